@@ -1,0 +1,1 @@
+"""The container runtime (udiRoot): configuration, image and volume grammar, UDI build."""

@@ -1,0 +1,61 @@
+"""Build step for the compiled parts, run by ``pip install``.
+
+  <prefix>/lib/shifter/shifter_slurm.so     the SPANK shim (C, NOT linked to libpython)
+  <prefix>/lib/shifter/_shifter_spank_py.so the cffi-embedded Python module it loads on demand
+
+Everything else is declared in pyproject.toml.
+"""
+
+import importlib.util
+import os
+import subprocess
+
+from setuptools import Command, setup
+from setuptools.command.build import build
+from setuptools.dist import Distribution
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NATIVE = os.path.join("build", "native")
+SHIM = os.path.join(NATIVE, "shifter_slurm.so")
+PYMOD = os.path.join(NATIVE, "_shifter_spank_py.so")
+
+
+class build_native(Command):
+    description = "compile the SPANK shim and the cffi-embedded Python module"
+    user_options = []
+
+    def initialize_options(self):
+        pass
+
+    def finalize_options(self):
+        pass
+
+    def run(self):
+        os.makedirs(NATIVE, exist_ok=True)
+        cc = os.environ.get("CC", "gcc")
+        subprocess.run(
+            [cc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
+             "-o", SHIM, os.path.join("spank", "shim.c"), "-ldl"],
+            check=True,
+        )
+        spec = importlib.util.spec_from_file_location(
+            "shifter_embed_build", os.path.join(HERE, "spank", "embed_build.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.build(NATIVE, os.path.join(NATIVE, "tmp"))
+
+
+class build_with_native(build):
+    sub_commands = [("build_native", None)] + build.sub_commands
+
+
+class BinaryDistribution(Distribution):
+    def has_ext_modules(self):
+        return True
+
+
+setup(
+    distclass=BinaryDistribution,
+    cmdclass={"build_native": build_native, "build": build_with_native},
+    data_files=[("lib/shifter", [SHIM, PYMOD])],
+)

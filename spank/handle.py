@@ -1,0 +1,126 @@
+"""The SpankHandle seam: what the plugin's Python code may ask of Slurm.
+
+``CffiSpank`` is the real implementation over the embedded module's C helpers;
+tests use ``FakeSpank``.  Everything above this module is plain Python.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+# spank_context_t values (spank.h)
+CTX_ERROR, CTX_LOCAL, CTX_REMOTE, CTX_ALLOCATOR, CTX_SLURMD, CTX_JOB_SCRIPT = range(6)
+CONTEXT_NAMES = {
+    CTX_ERROR: "error",
+    CTX_LOCAL: "local",
+    CTX_REMOTE: "remote",
+    CTX_ALLOCATOR: "allocator",
+    CTX_SLURMD: "slurmd",
+    CTX_JOB_SCRIPT: "job_script",
+}
+
+
+class SpankHandle(Protocol):
+    context: int
+
+    def job_id(self) -> int | None: ...
+    def job_uid(self) -> int | None: ...
+    def job_gid(self) -> int | None: ...
+    def getenv(self, name: str) -> str | None: ...
+    def setenv(self, name: str, value: str, overwrite: bool = True) -> bool: ...
+    def job_control_setenv(self, name: str, value: str, overwrite: bool = True) -> bool: ...
+    def error(self, msg: str) -> None: ...
+    def info(self, msg: str) -> None: ...
+    def verbose(self, msg: str) -> None: ...
+
+
+class CffiSpank:
+    """SpankHandle over the real spank_t of the running Slurm process."""
+
+    def __init__(self, ffi, lib, sp, context: int):
+        self._ffi, self._lib, self._sp = ffi, lib, sp
+        self.context = context
+
+    def _u32(self, getter, *args) -> int | None:
+        out = self._ffi.new("uint32_t *")
+        if getter(self._sp, *args, out) != self._lib.ESPANK_SUCCESS:
+            return None
+        return int(out[0])
+
+    def job_id(self):
+        return self._u32(self._lib.shifter_sp_get_u32, self._lib.S_JOB_ID)
+
+    def job_uid(self):
+        return self._u32(self._lib.shifter_sp_get_uid)
+
+    def job_gid(self):
+        return self._u32(self._lib.shifter_sp_get_gid)
+
+    def getenv(self, name):
+        buf = self._ffi.new("char[]", 65536)
+        if self._lib.shifter_sp_getenv(self._sp, name.encode(), buf, len(buf)) != 0:
+            return None
+        return self._ffi.string(buf).decode(errors="surrogateescape")
+
+    def setenv(self, name, value, overwrite=True):
+        return self._lib.shifter_sp_setenv(self._sp, name.encode(), _b(value), int(overwrite)) == 0
+
+    def job_control_setenv(self, name, value, overwrite=True):
+        rc = self._lib.shifter_sp_job_control_setenv(self._sp, name.encode(), _b(value), int(overwrite))
+        return rc == 0
+
+    def error(self, msg):
+        self._lib.shifter_log_error(_b(msg))
+
+    def info(self, msg):
+        self._lib.shifter_log_info(_b(msg))
+
+    def verbose(self, msg):
+        self._lib.shifter_log_verbose(_b(msg))
+
+
+def _b(text: str) -> bytes:
+    return text.encode(errors="surrogateescape")
+
+
+class FakeSpank:
+    """An in-memory SpankHandle for unit tests."""
+
+    def __init__(self, context: int, job_id: int | None = 7, uid: int = 4242, gid: int = 4242,
+                 env: dict | None = None):
+        self.context = context
+        self._job_id, self._uid, self._gid = job_id, uid, gid
+        self.env = dict(env or {})
+        self.control_env: dict[str, str] = {}
+        self.errors: list[str] = []
+        self.infos: list[str] = []
+
+    def job_id(self):
+        return self._job_id
+
+    def job_uid(self):
+        return self._uid
+
+    def job_gid(self):
+        return self._gid
+
+    def getenv(self, name):
+        return self.env.get(name)
+
+    def setenv(self, name, value, overwrite=True):
+        if overwrite or name not in self.env:
+            self.env[name] = value
+        return True
+
+    def job_control_setenv(self, name, value, overwrite=True):
+        if overwrite or name not in self.control_env:
+            self.control_env[name] = value
+        return True
+
+    def error(self, msg):
+        self.errors.append(msg)
+
+    def info(self, msg):
+        self.infos.append(msg)
+
+    verbose = info

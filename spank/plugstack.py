@@ -1,0 +1,60 @@
+"""The plugstack.conf arguments of the shifter plugin, parsed strictly.
+
+``required /opt/shifter/lib/shifter/shifter_slurm.so shifter_config=/path enable_ccm=1 ...``
+
+The C shim validates the keys before Python is ever loaded; this module turns the same
+arguments into a frozen object for the Python hooks (and is what the unit tests check).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shifter.errors import ConfigError
+
+KNOWN_KEYS = (
+    "shifter_config",  # path of udiRoot.conf (default <prefix>/etc/udiRoot.conf)
+    "enable_sshd",  # 0/1: start the per-node sshd in the prolog
+    "enable_ccm",  # 0/1: register --ccm (cluster compatibility mode)
+    "memory_cgroup",  # path of the memory cgroup hierarchy for the job's sshd
+    "extern_cgroup",  # 0/1: put the sshd into the job's extern step cgroup
+    "extern_setup",  # script run as root in the extern step
+    "long_options",  # 0/1: also register --shifter-image, --shifter-volume, ...
+)
+BOOL_KEYS = ("enable_sshd", "enable_ccm", "extern_cgroup", "long_options")
+
+
+@dataclass(frozen=True)
+class PlugstackArgs:
+    shifter_config: str | None = None
+    enable_sshd: bool = False
+    enable_ccm: bool = False
+    memory_cgroup: str | None = None
+    extern_cgroup: bool = False
+    extern_setup: str | None = None
+    long_options: bool = False
+
+    @classmethod
+    def parse(cls, args: list[str]) -> "PlugstackArgs":
+        values: dict[str, object] = {}
+        for arg in args:
+            key, sep, value = arg.partition("=")
+            if not sep or not key:
+                raise ConfigError(
+                    f"plugstack.conf: argument {arg!r} is not key=value",
+                    f"known keys: {', '.join(KNOWN_KEYS)}",
+                )
+            if key not in KNOWN_KEYS:
+                raise ConfigError(
+                    f"plugstack.conf: unknown argument {key!r} in {arg!r}",
+                    f"known keys: {', '.join(KNOWN_KEYS)}",
+                )
+            if key in BOOL_KEYS:
+                if value not in ("0", "1"):
+                    raise ConfigError(f"plugstack.conf: {key!r} must be 0 or 1, not {value!r}")
+                values[key] = value == "1"
+            else:
+                if not value:
+                    raise ConfigError(f"plugstack.conf: {key!r} needs a value")
+                values[key] = value
+        return cls(**values)

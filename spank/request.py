@@ -1,0 +1,82 @@
+"""What a job asks of shifter, checked at submission and handed to the nodes.
+
+At submission (sbatch/salloc: allocator context; srun creating its own allocation:
+local context) the options are parsed and validated, and the result travels to every
+node's prolog/epilog through Slurm's job-control environment:
+
+  SHIFTER_IMAGE      the image value (e.g. ``test/busybox:latest`` or a 64-hex id)
+  SHIFTER_IMAGETYPE  its type (``docker``, ``id``)
+  SHIFTER_VOLUME     the --volume maps, ';'-separated
+  SHIFTER_MODULE     the --module value
+  SHIFTER_CCM        1 with --ccm
+
+(the prolog sees them as ``SPANK_SHIFTER_*``, the batch script as ``SLURM_SPANK_SHIFTER_*``).
+A user's mistake is refused here, with one line, so no node ever sees it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from shifter.errors import ConfigError, UsageError
+from shifter.runtime import config as udiconfig
+from shifter.runtime.image import ImageRef, parse_image
+from shifter.spank.handle import SpankHandle
+from shifter.spank.plugstack import PlugstackArgs
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    image: ImageRef | None
+    volume: str | None
+    module: str | None
+    ccm: bool
+
+    def control_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.image is not None:
+            env["SHIFTER_IMAGE"] = self.image.tag
+            env["SHIFTER_IMAGETYPE"] = self.image.type
+        if self.volume is not None:
+            env["SHIFTER_VOLUME"] = self.volume
+        if self.module is not None:
+            env["SHIFTER_MODULE"] = self.module
+        if self.ccm:
+            env["SHIFTER_CCM"] = "1"
+        return env
+
+
+def parse_request(options: dict[str, str], plugstack: PlugstackArgs) -> JobRequest:
+    config = udiconfig.load(plugstack.shifter_config)
+    image = None
+    if "image" in options:
+        image = parse_image(options["image"], config.defaultImageType)
+    volume = options.get("volume")
+    if volume is not None and image is None:
+        raise UsageError(
+            f"--volume={volume!r} needs an image",
+            "add --image=docker:REPO:TAG (volumes are mounted into the image)",
+        )
+    if volume is not None and volume.strip("; ") == "":
+        raise UsageError("invalid --volume '': the volume map is empty", "use --volume=/src:/dst[:ro]")
+    module = options.get("module")
+    if module is not None and module.strip() == "":
+        raise UsageError("invalid --module '': the module list is empty", "use --module=NAME[,NAME] or --module=none")
+    return JobRequest(image=image, volume=volume, module=module, ccm="ccm" in options)
+
+
+def submit(sp: SpankHandle, plugstack: PlugstackArgs, options: dict[str, str], *, required: bool) -> None:
+    """Validate the options and put the request into the job-control environment.
+
+    ``required``: the control environment must take the values (sbatch/salloc, or an
+    srun that creates its own allocation); inside an existing allocation it cannot.
+    """
+    request = parse_request(options, plugstack)
+    for name, value in request.control_env().items():
+        if not sp.job_control_setenv(name, value, True) and required:
+            raise ConfigError(f"can't hand {name} to the job: spank_job_control_setenv failed")
+
+
+def inside_allocation(environ=os.environ) -> bool:
+    return bool(environ.get("SLURM_JOB_ID"))

@@ -1,0 +1,349 @@
+/*
+ * shifter SPANK plugin: the C shim that plugstack.conf loads.
+ *
+ * This object is deliberately NOT linked to libpython.  It
+ *   - exports the SPANK symbols and registers shifter's options itself,
+ *   - parses the plugstack.conf arguments itself (unknown key = error naming it),
+ *   - stores the option values,
+ * and only when a shifter option is present (in the prolog/epilog: only when the job
+ * carries one) dlopens the cffi-embedded Python module that sits beside it
+ * (_shifter_spank_py.so), starts Python from the install prefix's venv and hands the
+ * hook to the Python dispatcher (shifter.spank.dispatch).
+ *
+ * A job that uses no shifter option never maps libpython.
+ *
+ * Return convention of the Python entry point: 1 = success, anything else = failure.
+ * cffi returns 0 when its own Python init fails, so 0 must never mean success here.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <slurm/spank.h>
+
+SPANK_PLUGIN(shifter, 1)
+
+#define PLUGIN "shifter"
+#define PYMOD_NAME "_shifter_spank_py.so"
+
+/* ------------------------------------------------------------------------ */
+/* stored option values                                                      */
+
+enum { OPT_IMAGE = 1, OPT_VOLUME, OPT_MODULE, OPT_CCM };
+
+static char *opt_image = NULL;   /* last --image value (validated in Python) */
+static char *opt_volume = NULL;  /* every --volume value, joined with ';' */
+static char *opt_module = NULL;  /* last --module value */
+static int opt_image_set = 0, opt_volume_set = 0, opt_module_set = 0, opt_ccm = 0;
+
+static int set_string(char **dst, const char *value)
+{
+    char *copy = strdup(value ? value : "");
+    if (copy == NULL) return -1;
+    free(*dst);
+    *dst = copy;
+    return 0;
+}
+
+static int append_volume(const char *value)
+{
+    const char *v = value ? value : "";
+    if (opt_volume == NULL || !opt_volume_set) return set_string(&opt_volume, v);
+    size_t n = strlen(opt_volume) + strlen(v) + 2;
+    char *joined = malloc(n);
+    if (joined == NULL) return -1;
+    snprintf(joined, n, "%s;%s", opt_volume, v);
+    free(opt_volume);
+    opt_volume = joined;
+    return 0;
+}
+
+static int opt_cb(int val, const char *optarg, int remote)
+{
+    (void) remote;
+    switch (val) {
+    case OPT_IMAGE:
+        opt_image_set = 1;
+        return set_string(&opt_image, optarg);
+    case OPT_VOLUME: {
+        int rc = append_volume(optarg);
+        opt_volume_set = 1;
+        return rc;
+    }
+    case OPT_MODULE:
+        opt_module_set = 1;
+        return set_string(&opt_module, optarg);
+    case OPT_CCM:
+        opt_ccm = 1;
+        return 0;
+    }
+    return -1;
+}
+
+/* The option tables stay alive for the life of the process: spank_option_getopt needs
+ * them in the prolog/epilog context too, where slurm_spank_init is not called. */
+static struct spank_option options[] = {
+    {"image", "image", "shifter image to use (docker:repo:tag, repo:tag, id:<hex>)", 1, OPT_IMAGE,
+     (spank_opt_cb_f) opt_cb},
+    {"volume", "volume", "shifter volume bindings (src:dst[:flags][;...])", 1, OPT_VOLUME,
+     (spank_opt_cb_f) opt_cb},
+    {"module", "module", "shifter modules to load (comma separated, 'none' for none)", 1,
+     OPT_MODULE, (spank_opt_cb_f) opt_cb},
+    {"ccm", NULL, "ccm emulation mode", 0, OPT_CCM, (spank_opt_cb_f) opt_cb},
+    SPANK_OPTIONS_TABLE_END
+};
+
+/* long_options=1: the same options also as --shifter-image, --shifter-volume, ... for
+ * sites where another plugin already owns one of the short names. */
+static struct spank_option long_options[] = {
+    {"shifter-image", "image", "shifter image to use (alias of --image)", 1, OPT_IMAGE,
+     (spank_opt_cb_f) opt_cb},
+    {"shifter-volume", "volume", "shifter volume bindings (alias of --volume)", 1, OPT_VOLUME,
+     (spank_opt_cb_f) opt_cb},
+    {"shifter-module", "module", "shifter modules (alias of --module)", 1, OPT_MODULE,
+     (spank_opt_cb_f) opt_cb},
+    {"shifter-ccm", NULL, "ccm emulation mode (alias of --ccm)", 0, OPT_CCM,
+     (spank_opt_cb_f) opt_cb},
+    SPANK_OPTIONS_TABLE_END
+};
+
+/* ------------------------------------------------------------------------ */
+/* plugstack.conf arguments                                                  */
+
+static const char *const known_keys[] = {
+    "shifter_config", "enable_sshd", "enable_ccm", "memory_cgroup",
+    "extern_cgroup",  "extern_setup", "long_options", NULL
+};
+static const char *const bool_keys[] = {
+    "enable_sshd", "enable_ccm", "extern_cgroup", "long_options", NULL
+};
+
+static int enable_ccm = 0, use_long_options = 0;
+
+static int in_list(const char *key, size_t keylen, const char *const *list)
+{
+    for (int i = 0; list[i] != NULL; i++)
+        if (strlen(list[i]) == keylen && strncmp(list[i], key, keylen) == 0) return 1;
+    return 0;
+}
+
+/* Validates every plugstack argument; 0 = ok, -1 = error already reported. */
+static int parse_plugstack(int ac, char **av)
+{
+    enable_ccm = 0;
+    use_long_options = 0;
+    for (int i = 0; i < ac; i++) {
+        const char *arg = av[i];
+        const char *eq = strchr(arg, '=');
+        if (eq == NULL || eq == arg) {
+            slurm_error(PLUGIN ": plugstack.conf: argument '%s' is not key=value "
+                        "(known keys: shifter_config, enable_sshd, enable_ccm, memory_cgroup, "
+                        "extern_cgroup, extern_setup, long_options)", arg);
+            return -1;
+        }
+        size_t keylen = (size_t) (eq - arg);
+        if (!in_list(arg, keylen, known_keys)) {
+            slurm_error(PLUGIN ": plugstack.conf: unknown argument '%.*s' in '%s' "
+                        "(known keys: shifter_config, enable_sshd, enable_ccm, memory_cgroup, "
+                        "extern_cgroup, extern_setup, long_options)", (int) keylen, arg, arg);
+            return -1;
+        }
+        const char *value = eq + 1;
+        if (in_list(arg, keylen, bool_keys)) {
+            if (strcmp(value, "0") != 0 && strcmp(value, "1") != 0) {
+                slurm_error(PLUGIN ": plugstack.conf: '%.*s' must be 0 or 1, not '%s'",
+                            (int) keylen, arg, value);
+                return -1;
+            }
+            if (strncmp(arg, "enable_ccm", keylen) == 0) enable_ccm = value[0] == '1';
+            if (strncmp(arg, "long_options", keylen) == 0) use_long_options = value[0] == '1';
+        } else if (value[0] == '\0') {
+            slurm_error(PLUGIN ": plugstack.conf: '%.*s' needs a value", (int) keylen, arg);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int register_table(spank_t sp, struct spank_option *table)
+{
+    for (int i = 0; table[i].name != NULL; i++) {
+        if (table[i].val == OPT_CCM && !enable_ccm) continue;
+        if (spank_option_register(sp, &table[i]) != ESPANK_SUCCESS) {
+            slurm_error(PLUGIN ": cannot register option --%s", table[i].name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* In the prolog/epilog the option callbacks are not run: fetch the job's values. */
+static void fetch_job_options(spank_t sp, struct spank_option *table)
+{
+    for (int i = 0; table[i].name != NULL; i++) {
+        char *optarg = NULL;
+        if (spank_option_getopt(sp, &table[i], &optarg) == ESPANK_SUCCESS)
+            opt_cb(table[i].val, optarg, 1);
+    }
+}
+
+static int have_option(void)
+{
+    return opt_image_set || opt_volume_set || opt_module_set || opt_ccm;
+}
+
+/* ------------------------------------------------------------------------ */
+/* loading Python on demand                                                  */
+
+typedef int (*py_boot_f)(const char *python_executable, char *err, int errlen);
+typedef int (*py_hook_f)(const char *hook, void *sp, int ctx, int ac, char **av, int nopt,
+                         const char **names, const char **values);
+
+static py_hook_f py_hook = NULL;
+static int py_failed = 0;
+
+/* Directory holding this shim (symlinks resolved). */
+static int shim_dir(char *out, size_t len)
+{
+    Dl_info info;
+    char real[PATH_MAX];
+    if (dladdr((void *) &shim_dir, &info) == 0 || info.dli_fname == NULL) return -1;
+    if (realpath(info.dli_fname, real) == NULL) return -1;
+    char *slash = strrchr(real, '/');
+    if (slash == NULL) return -1;
+    *slash = '\0';
+    if ((size_t) snprintf(out, len, "%s", real) >= len) return -1;
+    return 0;
+}
+
+static int load_python(void)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 64], exe[PATH_MAX + 64], err[512] = "";
+    struct stat st;
+
+    if (py_hook != NULL) return 0;
+    if (py_failed) return -1;
+    py_failed = 1; /* until proven otherwise */
+
+    if (shim_dir(dir, sizeof(dir)) != 0) {
+        slurm_error(PLUGIN ": can't locate the plugin's own directory");
+        return -1;
+    }
+    /* <prefix>/lib/shifter/shifter_slurm.so -> python at <prefix>/bin/python */
+    snprintf(path, sizeof(path), "%s/" PYMOD_NAME, dir);
+    snprintf(exe, sizeof(exe), "%s/../../bin/python", dir);
+    char exe_real[PATH_MAX + 64];
+    snprintf(exe_real, sizeof(exe_real), "%s/../../pyvenv.cfg", dir);
+    if (stat(exe_real, &st) != 0) {
+        slurm_error(PLUGIN ": can't start Python: %s is missing (hint: install shifter "
+                    "into a venv and point plugstack.conf at <prefix>/lib/shifter/)", exe_real);
+        return -1;
+    }
+    void *h = dlopen(path, RTLD_NOW | RTLD_GLOBAL);
+    if (h == NULL) {
+        slurm_error(PLUGIN ": can't load %s: %s", path, dlerror());
+        return -1;
+    }
+    py_boot_f boot = (py_boot_f) dlsym(h, "shifter_py_boot");
+    py_hook_f hook = (py_hook_f) dlsym(h, "shifter_py_hook");
+    if (boot == NULL || hook == NULL) {
+        slurm_error(PLUGIN ": %s lacks its entry points (rebuild shifter)", path);
+        return -1;
+    }
+    if (boot(exe, err, (int) sizeof(err)) != 0) {
+        slurm_error(PLUGIN ": can't start Python (%s): %s", exe, err);
+        return -1;
+    }
+    /* A first call proves the embedded init code ran: it must answer 1. */
+    if (hook("ping", NULL, 0, 0, NULL, 0, NULL, NULL) != 1) {
+        slurm_error(PLUGIN ": the embedded Python module failed to initialise "
+                    "(see the traceback above in this log)");
+        return -1;
+    }
+    py_hook = hook;
+    py_failed = 0;
+    return 0;
+}
+
+static int call_python(const char *name, spank_t sp, int ac, char **av)
+{
+    const char *names[4], *values[4];
+    int n = 0;
+    if (opt_image_set) { names[n] = "image"; values[n++] = opt_image ? opt_image : ""; }
+    if (opt_volume_set) { names[n] = "volume"; values[n++] = opt_volume ? opt_volume : ""; }
+    if (opt_module_set) { names[n] = "module"; values[n++] = opt_module ? opt_module : ""; }
+    if (opt_ccm) { names[n] = "ccm"; values[n++] = "1"; }
+
+    if (load_python() != 0) return -1;
+    int rc = py_hook(name, (void *) sp, (int) spank_context(), ac, av, n, names, values);
+    return rc == 1 ? 0 : -1;
+}
+
+/* Is this process (or, in the prolog/epilog, this job) using shifter at all? */
+static int active(spank_t sp)
+{
+    spank_context_t ctx = spank_context();
+    if (ctx == S_CTX_JOB_SCRIPT) {
+        static int fetched = 0;
+        if (!fetched) {
+            fetched = 1;
+            fetch_job_options(sp, options);
+            if (use_long_options) fetch_job_options(sp, long_options);
+        }
+        const char *img = getenv("SPANK_SHIFTER_IMAGE");
+        return have_option() || (img != NULL && img[0] != '\0');
+    }
+    if (ctx == S_CTX_SLURMD || ctx == S_CTX_ERROR) return 0;
+    return have_option();
+}
+
+/* ------------------------------------------------------------------------ */
+/* SPANK entry points                                                        */
+
+int slurm_spank_init(spank_t sp, int ac, char **av)
+{
+    if (parse_plugstack(ac, av) != 0) return -1;
+    spank_context_t ctx = spank_context();
+    if (ctx == S_CTX_LOCAL || ctx == S_CTX_REMOTE || ctx == S_CTX_ALLOCATOR) {
+        if (register_table(sp, options) != 0) return -1;
+        if (use_long_options && register_table(sp, long_options) != 0) return -1;
+    }
+    return 0;
+}
+
+#define FORWARD(hook)                                                   \
+    int slurm_spank_##hook(spank_t sp, int ac, char **av)               \
+    {                                                                   \
+        if (!active(sp)) return 0;                                      \
+        return call_python(#hook, sp, ac, av);                          \
+    }
+
+FORWARD(init_post_opt)
+FORWARD(local_user_init)
+FORWARD(user_init)
+FORWARD(task_init_privileged)
+FORWARD(task_init)
+FORWARD(task_post_fork)
+FORWARD(task_exit)
+FORWARD(exit)
+
+int slurm_spank_job_prolog(spank_t sp, int ac, char **av)
+{
+    if (parse_plugstack(ac, av) != 0) return -1;
+    if (!active(sp)) return 0;
+    return call_python("job_prolog", sp, ac, av);
+}
+
+int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
+{
+    if (parse_plugstack(ac, av) != 0) return -1;
+    if (!active(sp)) return 0;
+    return call_python("job_epilog", sp, ac, av);
+}

@@ -1,0 +1,1 @@
+"""The local site: a real Slurm cluster, munge, registries and test images on one machine."""

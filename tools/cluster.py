@@ -1,0 +1,375 @@
+"""``tools/cluster up | down | status | restart``: the whole local site on one machine.
+
+``up`` is idempotent: it installs what is missing, creates the test users, starts a
+private munged, one slurmctld and N slurmd (each in its own mount+UTS namespace with
+hostname nI and a private /etc/hosts), the local registries (127.0.0.1:5000 open,
+:5001 htpasswd) with the test images pushed, waits until every node is idle, resumes
+drained nodes, and writes ``.cluster/env.sh`` in the checkout.
+
+Generated files come from templates/; all state lives under ``Site().root``.  Nothing
+is written under /etc except the test users and /dev/fuse mode 0666 (the documented
+site prerequisite for unprivileged squashfuse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+from shifter import templates
+from shifter.errors import ShifterError
+from shifter.tools import daemons, users
+from shifter.tools.site import Site
+
+APT_PACKAGES = (
+    "slurmctld", "slurmd", "slurm-client", "munge", "libslurm-dev", "squashfs-tools",
+    "xfsprogs", "squashfuse", "fuse3", "docker-registry", "skopeo", "debootstrap",
+    "apache2-utils", "mpich", "libmpich-dev", "util-linux", "openssh-server",
+    "openssh-client", "gcc",
+)
+MAX_NODES = 64
+
+
+def say(msg: str) -> None:
+    print(f"cluster: {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- packages
+def missing_packages(packages=APT_PACKAGES) -> list[str]:
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
+        capture_output=True, text=True,
+    ).stdout
+    installed = {line.split()[0] for line in out.splitlines() if line.endswith(" installed")}
+    return [p for p in packages if p not in installed]
+
+
+def ensure_packages() -> None:
+    missing = missing_packages()
+    if not missing:
+        return
+    say(f"installing {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    res = subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+        env=env, capture_output=True, text=True,
+    )
+    if res.returncode != 0:
+        raise ShifterError(f"can't install {' '.join(missing)}: {res.stderr.strip()[-500:]}")
+
+
+# --------------------------------------------------------------------------- layout
+def ensure_dirs(site: Site) -> None:
+    for d in (site.root, site.etc, site.log, site.run, site.state, site.spool, site.images,
+              site.cache, site.munge_dir, os.path.join(site.prefix, "etc")):
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o755)
+    # the munge socket directory must be reachable (o+x) by job users
+    os.chmod(site.munge_dir, 0o755)
+
+
+def ensure_fuse() -> None:
+    if os.path.exists("/dev/fuse"):
+        os.chmod("/dev/fuse", 0o666)
+
+
+def node_table(site: Site) -> list[dict]:
+    return [
+        {"name": name, "port": site.slurmd_base_port + i, "addr": f"127.0.1.{i}"}
+        for i, name in enumerate(site.node_names(), 1)
+    ]
+
+
+def write_configs(site: Site) -> bool:
+    """Render every config file; True when one that slurm reads changed."""
+    nodes = node_table(site)
+    udiroot = os.path.join(site.prefix, "etc", "udiRoot.conf")
+    templates.write(
+        "udiRoot.conf", udiroot,
+        system="local", image_path=site.images, udi_mount="/var/udiMount",
+        loop_mount="/var/udiLoopMount", etc_path=os.path.join(site.prefix, "etc", "shifter_etc_files"),
+        image_gateways=[f"http://127.0.0.1:{site.gateway_port}"], munge_socket=site.munge_socket,
+    )
+    changed = templates.write(
+        "plugstack.conf", site.plugstack_conf,
+        plugin_path=site.plugin_path, udiroot_conf=udiroot, plugin_args={},
+    )
+    changed |= templates.write(
+        "slurm.conf", site.slurm_conf,
+        cluster_name="shifter", slurmctld_port=site.slurmctld_port, munge_socket=site.munge_socket,
+        plugstack_conf=site.plugstack_conf, state_dir=site.state, spool_dir=site.spool,
+        run_dir=site.run, log_dir=site.log, nodes=nodes, cpus=2, memory_mb=1000, partition="debug",
+    )
+    templates.write("hosts", os.path.join(site.etc, "hosts"), nodes=nodes)
+    return changed
+
+
+def config_stamp(site: Site) -> str:
+    """What slurmd has loaded: slurm.conf, plugstack.conf and the plugin binaries."""
+    h = hashlib.sha256()
+    for path in (site.slurm_conf, site.plugstack_conf, *sorted(glob.glob(os.path.dirname(site.plugin_path) + "/*.so"))):
+        try:
+            with open(path, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+        except FileNotFoundError:
+            h.update(b"-")
+    return h.hexdigest()
+
+
+def slurm_env(site: Site) -> dict:
+    return dict(os.environ, SLURM_CONF=site.slurm_conf)
+
+
+# --------------------------------------------------------------------------- munge
+def munge_up(site: Site) -> None:
+    pidfile = site.pidfile("munged")
+    if daemons.running(pidfile, "munged"):
+        return
+    if not os.path.exists(site.munge_key):
+        subprocess.run(["mungekey", "-c", "-k", site.munge_key], check=True)
+    os.chmod(site.munge_key, 0o400)
+    log = os.path.join(site.log, "munged.log")
+    subprocess.run(
+        ["munged", f"--key-file={site.munge_key}", f"--socket={site.munge_socket}",
+         f"--pid-file={pidfile}", f"--log-file={log}",
+         f"--seed-file={os.path.join(site.state, 'munge.seed')}", "--force"],
+        check=True, capture_output=True,
+    )
+    daemons.wait_for(lambda: os.path.exists(site.munge_socket), 10, "munged", log)
+    os.chmod(site.munge_socket, 0o777)
+
+
+# --------------------------------------------------------------------------- slurm
+def slurmctld_up(site: Site, fresh: bool) -> None:
+    pidfile = os.path.join(site.run, "slurmctld.pid")
+    if daemons.running(pidfile, "slurmctld") and not fresh:
+        return
+    daemons.stop(pidfile, "slurmctld")
+    slurmd_down(site)
+    # A clean slurmctld restarts job ids at 1, and slurmd silently skips the prolog of
+    # ids it remembers: clear slurmctld state and every slurmd spool together.
+    for d in [site.state, *glob.glob(os.path.join(site.spool, "slurmd-*"))]:
+        shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(site.state, exist_ok=True)
+    rotate_logs(site)
+    log = os.path.join(site.log, "slurmctld.log")
+    res = subprocess.run(["slurmctld", "-c", "-f", site.slurm_conf], env=slurm_env(site),
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise ShifterError(f"can't start slurmctld: {res.stderr.strip() or daemons.log_tail(log)}")
+    daemons.wait_for(lambda: daemons.running(pidfile, "slurmctld"), 10, "slurmctld", log)
+    daemons.wait_for(lambda: _scontrol_ping(site), 15, "slurmctld to answer", log, interval=0.2)
+
+
+def _scontrol_ping(site: Site) -> bool:
+    res = subprocess.run(["scontrol", "ping"], env=slurm_env(site), capture_output=True, text=True)
+    return "UP" in res.stdout
+
+
+def rotate_logs(site: Site) -> None:
+    old = os.path.join(site.log, "old")
+    os.makedirs(old, exist_ok=True)
+    for path in glob.glob(os.path.join(site.log, "slurm*.log")):
+        os.replace(path, os.path.join(old, os.path.basename(path)))
+
+
+def slurmd_pidfile(site: Site, node: str) -> str:
+    return os.path.join(site.run, f"slurmd-{node}.pid")
+
+
+def slurmd_down(site: Site) -> None:
+    for pidfile in glob.glob(os.path.join(site.run, "slurmd-*.pid")):
+        daemons.stop(pidfile, "slurmd")
+
+
+def slurmd_up(site: Site) -> None:
+    hosts = os.path.join(site.etc, "hosts")
+    for node in site.node_names():
+        pidfile = slurmd_pidfile(site, node)
+        if daemons.running(pidfile, "slurmd"):
+            continue
+        log = site.slurmd_log(node)
+        os.makedirs(os.path.join(site.spool, f"slurmd-{node}"), exist_ok=True)
+        # own mount + UTS namespace: hostname nI, a private /etc/hosts, and mounts made by
+        # this node's prolog are invisible to the other nodes.
+        script = 'hostname "$1" && mount --bind "$2" /etc/hosts && exec slurmd -f "$3" -N "$1"'
+        res = subprocess.run(
+            ["unshare", "--mount", "--uts", "--propagation", "private", "--",
+             "/bin/sh", "-c", script, "slurmd-ns", node, hosts, site.slurm_conf],
+            env=slurm_env(site), capture_output=True, text=True,
+        )
+        if res.returncode != 0:
+            raise ShifterError(f"can't start slurmd {node}: {res.stderr.strip() or daemons.log_tail(log)}")
+    for node in site.node_names():
+        daemons.wait_for(lambda n=node: daemons.running(slurmd_pidfile(site, n), "slurmd"), 10,
+                         f"slurmd {node}", site.slurmd_log(node))
+
+
+def node_states(site: Site) -> dict[str, str]:
+    res = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=slurm_env(site),
+                         capture_output=True, text=True)
+    states = {}
+    for line in res.stdout.splitlines():
+        name, _, state = line.partition(" ")
+        states[name] = state.strip()
+    return states
+
+
+def wait_idle(site: Site, timeout: float = 60) -> None:
+    names = set(site.node_names())
+    resumed: set[str] = set()
+
+    def all_idle():
+        states = node_states(site)
+        for name in names:
+            state = states.get(name, "")
+            if ("drain" in state or state.startswith("down")) and name not in resumed:
+                say(f"resuming {name} ({state})")
+                subprocess.run(["scontrol", "update", f"nodename={name}", "state=resume"],
+                               env=slurm_env(site), capture_output=True)
+                resumed.add(name)
+        return all(states.get(n, "").rstrip("*") == "idle" for n in names)
+
+    daemons.wait_for(all_idle, timeout, "all nodes idle", os.path.join(site.log, "slurmctld.log"), 0.2)
+
+
+# --------------------------------------------------------------------------- commands
+def write_env(site: Site, checkout: str | None) -> str | None:
+    if not checkout:
+        return None
+    d = os.path.join(checkout, ".cluster")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "env.sh")
+    templates.write(
+        "env.sh", path,
+        slurm_conf=site.slurm_conf, shifter_config=os.path.join(site.prefix, "etc", "udiRoot.conf"),
+        bindir=site.bindir, site_dir=site.root,
+    )
+    return path
+
+
+def saved_state(site: Site) -> dict:
+    try:
+        with open(os.path.join(site.run, "cluster.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def save_state(site: Site, **values) -> None:
+    state = saved_state(site)
+    state.update(values)
+    path = os.path.join(site.run, "cluster.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(path + ".tmp", path)
+
+
+def up(site: Site, checkout: str | None = None, images: bool = True) -> None:
+    t0 = time.monotonic()
+    ensure_packages()
+    ensure_dirs(site)
+    users.ensure()
+    ensure_fuse()
+    munge_up(site)
+    previous = saved_state(site)
+    if previous.get("nodes") not in (None, site.nodes):
+        say(f"node count changes {previous['nodes']} -> {site.nodes}: restarting Slurm")
+        slurmd_down(site)
+        daemons.stop(os.path.join(site.run, "slurmctld.pid"), "slurmctld")
+    slurm_changed = write_configs(site)
+    stamp = config_stamp(site)
+    fresh = slurm_changed or previous.get("stamp") != stamp
+    if fresh and previous.get("stamp"):
+        say("slurm.conf, plugstack.conf or the plugin changed: restarting Slurm")
+    slurmctld_up(site, fresh=fresh and bool(previous.get("stamp")))
+    slurmd_up(site)
+    save_state(site, stamp=stamp, nodes=site.nodes)
+    wait_idle(site)
+    say(f"slurm: {site.nodes} nodes idle ({time.monotonic() - t0:.1f} s)")
+    from shifter.tools import registry
+
+    registry.start(site)
+    if images:
+        from shifter.tools import images as test_images
+
+        test_images.ensure(site, log=lambda m: say(m))
+    env = write_env(site, checkout)
+    say(f"site up in {time.monotonic() - t0:.1f} s" + (f"; source {env}" if env else ""))
+
+
+def down(site: Site) -> None:
+    from shifter.tools import registry
+
+    slurmd_down(site)
+    daemons.stop(os.path.join(site.run, "slurmctld.pid"), "slurmctld")
+    registry.stop(site)
+    daemons.stop(site.pidfile("munged"), "munged")
+    say("site down")
+
+
+def status(site: Site) -> int:
+    from shifter.tools import registry
+
+    ok = True
+    rows = [("munged", daemons.running(site.pidfile("munged"), "munged")),
+            ("slurmctld", daemons.running(os.path.join(site.run, "slurmctld.pid"), "slurmctld"))]
+    rows += [(f"slurmd {n}", daemons.running(slurmd_pidfile(site, n), "slurmd")) for n in site.node_names()]
+    for name, pid in rows:
+        print(f"{name:12} {'running pid ' + str(pid) if pid else 'stopped'}")
+        ok &= bool(pid)
+    for name, value in registry.status(site).items():
+        print(f"{name:12} {value}")
+    if rows[1][1]:
+        for node, state in sorted(node_states(site).items()):
+            print(f"node {node:7} {state}")
+    return 0 if ok else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="tools/cluster", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("up", "down", "status", "restart"))
+    parser.add_argument("-n", "--nodes", type=int, default=None,
+                        help=f"number of slurmd (1..{MAX_NODES}; default: as before, else 3)")
+    parser.add_argument("--no-images", action="store_true", help="do not build/push the test images")
+    args = parser.parse_args(argv)
+    site = Site()
+    nodes = args.nodes or saved_state(site).get("nodes") or 3
+    if not 1 <= nodes <= MAX_NODES:
+        print(f"cluster: --nodes must be 1..{MAX_NODES}, not {nodes}", file=sys.stderr)
+        return 2
+    site = replace(site, nodes=nodes)
+    checkout = os.environ.get("SHIFTER_CHECKOUT")
+    try:
+        if args.command == "up":
+            up(site, checkout, images=not args.no_images)
+        elif args.command == "down":
+            down(site)
+        elif args.command == "restart":
+            down(site)
+            save_state(site, stamp=None)
+            up(site, checkout, images=not args.no_images)
+        else:
+            return status(site)
+    except ShifterError as e:
+        print(f"cluster: error: {e}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as e:
+        print(f"cluster: error: {' '.join(map(str, e.cmd))} exited {e.returncode}: "
+              f"{(e.stderr or b'').decode(errors='replace').strip()[-400:] if isinstance(e.stderr, bytes) else e.stderr}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Small helpers to start, find and stop the local site's daemons by pidfile.
+
+``down`` stops only our daemons: a pid is trusted only when the process still runs the
+program we started (checked through /proc/<pid>/exe or cmdline), never by name alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from shifter.errors import ShifterError
+
+
+def read_pid(pidfile: str) -> int | None:
+    try:
+        with open(pidfile) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def running(pidfile: str, program: str) -> int | None:
+    """The pid in ``pidfile`` if that process is alive and runs ``program`` (basename)."""
+    pid = read_pid(pidfile)
+    if pid is None:
+        return None
+    argv = _cmdline(pid)
+    if argv and os.path.basename(argv[0]) == program:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return None
+        except OSError:
+            return None
+        return pid
+    return None
+
+
+def stop(pidfile: str, program: str, timeout: float = 10.0) -> bool:
+    """SIGTERM (then SIGKILL) our daemon; True if one was running."""
+    pid = running(pidfile, program)
+    if pid is None:
+        _unlink(pidfile)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running(pidfile, program) is None and not os.path.exists(f"/proc/{pid}"):
+            break
+        time.sleep(0.05)
+    else:
+        if running(pidfile, program) is not None:
+            os.kill(pid, signal.SIGKILL)
+    _unlink(pidfile)
+    return True
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def spawn(argv: list[str], logfile: str, env: dict | None = None) -> subprocess.Popen:
+    """Start ``argv`` detached (own session), stdout/stderr appended to ``logfile``."""
+    with open(logfile, "ab") as log:
+        try:
+            return subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, env=env, close_fds=True,
+            )
+        except OSError as e:
+            raise ShifterError(f"can't start {argv[0]}: {e.strerror}") from None
+
+
+def wait_for(predicate, timeout: float, what: str, logfile: str | None = None, interval: float = 0.05):
+    """Poll ``predicate`` until it returns a true value; raise naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tail = ""
+            if logfile:
+                tail = f"; last log lines of {logfile}: " + " | ".join(log_tail(logfile, 5))
+            raise ShifterError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
+        time.sleep(interval)
+
+
+def log_tail(path: str, lines: int = 5) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            return [ln.decode(errors="replace") for ln in f.read().splitlines()[-lines:]]
+    except OSError:
+        return []

@@ -1,0 +1,117 @@
+"""Layout of the local site: every path and port the site tools use, in one place.
+
+All state lives under one world-readable directory (default ``/var/lib/shifter-site``,
+override with ``SHIFTER_SITE_DIR``), never under a 0700 home, so job users can read
+slurm.conf, udiRoot.conf and the munge socket.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+DEFAULT_SITE_DIR = "/var/lib/shifter-site"
+
+
+@dataclass(frozen=True)
+class Site:
+    root: str = field(default_factory=lambda: os.environ.get("SHIFTER_SITE_DIR", DEFAULT_SITE_DIR))
+    prefix: str = sys.prefix
+    nodes: int = 3
+    slurmctld_port: int = 16817
+    slurmd_base_port: int = 17000  # node nI listens on base + I
+    registry_port: int = 5000  # open registry
+    registry_auth_port: int = 5001  # htpasswd registry
+    gateway_port: int = 8000
+    registry_user: str = "shifter"
+    registry_password: str = "shifter-test-pw"
+
+    # directories -------------------------------------------------------------
+    @property
+    def etc(self) -> str:
+        return os.path.join(self.root, "etc")
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.root, "log")
+
+    @property
+    def run(self) -> str:
+        return os.path.join(self.root, "run")
+
+    @property
+    def state(self) -> str:
+        return os.path.join(self.root, "state")
+
+    @property
+    def spool(self) -> str:
+        return os.path.join(self.root, "spool")
+
+    @property
+    def images(self) -> str:
+        """imagePath of udiRoot.conf: where squashfs images and .meta files live."""
+        return os.path.join(self.root, "images")
+
+    @property
+    def cache(self) -> str:
+        """Build cache of the test images (kept between runs)."""
+        return os.path.join(self.root, "cache")
+
+    @property
+    def registry_data(self) -> str:
+        return os.path.join(self.root, "registry")
+
+    # files ----------------------------------------------------------------
+    @property
+    def slurm_conf(self) -> str:
+        return os.path.join(self.etc, "slurm.conf")
+
+    @property
+    def plugstack_conf(self) -> str:
+        return os.path.join(self.etc, "plugstack.conf")
+
+    @property
+    def udiroot_conf(self) -> str:
+        return os.path.join(self.etc, "udiRoot.conf")
+
+    @property
+    def munge_dir(self) -> str:
+        return os.path.join(self.run, "munge")
+
+    @property
+    def munge_socket(self) -> str:
+        return os.path.join(self.munge_dir, "munge.socket")
+
+    @property
+    def munge_key(self) -> str:
+        return os.path.join(self.etc, "munge.key")
+
+    def node_names(self) -> list[str]:
+        return [f"n{i}" for i in range(1, self.nodes + 1)]
+
+    def slurmd_log(self, node: str) -> str:
+        return os.path.join(self.log, f"slurmd-{node}.log")
+
+    def pidfile(self, name: str) -> str:
+        return os.path.join(self.run, f"{name}.pid")
+
+    @property
+    def bindir(self) -> str:
+        return os.path.join(self.prefix, "bin")
+
+    @property
+    def plugin_path(self) -> str:
+        """The SPANK shim that plugstack.conf loads."""
+        return os.path.join(self.prefix, "lib", "shifter", "shifter_slurm.so")
+
+    def registry_url(self, auth: bool = False) -> str:
+        return f"127.0.0.1:{self.registry_auth_port if auth else self.registry_port}"
+
+
+TEST_USERS = (
+    # name, uid, own gid
+    ("sftest1", 4242, 4242),
+    ("sftest2", 4243, 4243),
+)
+TEST_SHARED_GROUP = ("sftestgrp", 4240)
