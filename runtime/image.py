@@ -21,8 +21,9 @@ KNOWN_TYPES = ("docker", "id")
 
 # Docker reference grammar (distribution/reference), without the digest form.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)"
-_REPO_RE = re.compile(rf"^(?:{_HOST})?{_COMPONENT}(?:/{_COMPONENT})*$")
+_HOST_RE = re.compile(
+    r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?$")
+_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
 _TYPE_RE = re.compile(r"^[a-z]+$")
@@ -90,7 +91,11 @@ def _normalise_docker(spec: str, ref: str, hint: str) -> str:
         repo, tag = ref[:colon], ref[colon + 1 :]
         if not _TAG_RE.match(tag):
             raise _refuse(spec, f"tag {tag!r} is not a valid Docker tag", hint)
-    if not _REPO_RE.match(repo):
+    host, _, path = repo.partition("/")
+    # as in Docker, the first component names a registry only if it looks like a host
+    if not path or not ("." in host or ":" in host or host == "localhost"):
+        host, path = "", repo
+    if (host and not _HOST_RE.match(host)) or not _PATH_RE.match(path):
         raise _refuse(
             spec,
             f"repository {repo!r} is not a valid Docker repository name "

@@ -40,13 +40,14 @@ def entry(ffi, lib, hook, sp, ctx, ac, av, nopt, names, values) -> int:
 def run(sp: SpankHandle, hook: str, args: list[str], options: dict[str, str]) -> int:
     """Run ``hook`` for ``sp.context``; map every outcome to 1 (ok) or -1 (error)."""
     try:
+        plugstack = PlugstackArgs.parse(args)
         modname = CONTEXT_MODULES.get(CONTEXT_NAMES.get(sp.context, "error"))
         if modname is None:
             return 1
         func = getattr(importlib.import_module(modname), hook, None)
         if func is None:
             return 1
-        func(sp, PlugstackArgs.parse(args), options)
+        func(sp, plugstack, options)
         return 1
     except ShifterError as e:
         sp.error(f"shifter: {e}")

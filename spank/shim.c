@@ -289,18 +289,20 @@ static int call_python(const char *name, spank_t sp, int ac, char **av)
 /* Is this process (or, in the prolog/epilog, this job) using shifter at all? */
 static int active(spank_t sp)
 {
+    static int fetched = 0;
     spank_context_t ctx = spank_context();
+    if (ctx == S_CTX_SLURMD || ctx == S_CTX_ERROR) return 0;
+    /* slurmstepd and the prolog/epilog: ask Slurm for the job's option values (the
+     * callbacks are not reliably run there), once and before any Python. */
+    if ((ctx == S_CTX_JOB_SCRIPT || ctx == S_CTX_REMOTE) && !fetched && !have_option()) {
+        fetched = 1;
+        fetch_job_options(sp, options);
+        if (use_long_options) fetch_job_options(sp, long_options);
+    }
     if (ctx == S_CTX_JOB_SCRIPT) {
-        static int fetched = 0;
-        if (!fetched) {
-            fetched = 1;
-            fetch_job_options(sp, options);
-            if (use_long_options) fetch_job_options(sp, long_options);
-        }
         const char *img = getenv("SPANK_SHIFTER_IMAGE");
         return have_option() || (img != NULL && img[0] != '\0');
     }
-    if (ctx == S_CTX_SLURMD || ctx == S_CTX_ERROR) return 0;
     return have_option();
 }
 

@@ -1,0 +1,219 @@
+"""The walking skeleton on the real local cluster: --image at submission reaches the
+prolog and epilog of every node; bad values are refused at submission; jobs that do
+not use shifter never load Python."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import USER1
+
+pytestmark = pytest.mark.slurm
+
+IMAGE = "docker:test/busybox:latest"
+
+
+def _job_id(stdout: str) -> int:
+    m = re.search(r"Submitted batch job (\d+)", stdout)
+    assert m, f"no job id in {stdout!r}"
+    return int(m.group(1))
+
+
+def _node_states(runner) -> dict[str, str]:
+    res = runner.run(["sinfo", "-h", "-N", "-o", "%N %T"], user=None, check=True)
+    return dict(line.split(None, 1) for line in res.stdout.splitlines())
+
+
+def test_sbatch_image_reaches_prolog_and_epilog_of_every_node(runner, slurmd_logs, site):
+    out = f"/tmp/shifter-skeleton-{os.getpid()}.out"
+    res = runner.run(["sbatch", "-N3", "--wait", f"--output={out}", f"--image={IMAGE}",
+                      "--wrap", "srun -N3 hostname"], timeout=120)
+    assert res.returncode == 0, res.stderr
+    job = _job_id(res.stdout)
+    with open(out) as f:
+        hosts = sorted(f.read().split())
+    os.unlink(out)
+    assert hosts == ["n1", "n2", "n3"]
+
+    def seen(kind):
+        pattern = re.compile(
+            rf"shifter: {kind}: job={job} node=(n\d+) uid=4242 imagetype=docker image=test/busybox:latest$")
+        found = set()
+        for node in site.node_names()[:3]:
+            for line in slurmd_logs.new_lines(node):
+                m = pattern.search(line)
+                if m:
+                    assert m.group(1) == node, f"{node}'s log names {m.group(1)}: {line}"
+                    found.add(node)
+        return found
+
+    assert slurmd_logs.wait_for(lambda: seen("prolog") == {"n1", "n2", "n3"}), seen("prolog")
+    assert slurmd_logs.wait_for(lambda: seen("epilog") == {"n1", "n2", "n3"}), seen("epilog")
+
+
+def test_srun_creating_its_allocation_hands_image_to_prolog(runner, slurmd_logs, site):
+    res = runner.run(["srun", "-N1", "-w", "n2", "--image=docker:test/debian", "true"])
+    assert res.returncode == 0, res.stderr
+    assert slurmd_logs.wait_for(lambda: any(
+        "shifter: prolog:" in ln and "image=test/debian:latest" in ln and "node=n2" in ln
+        for ln in slurmd_logs.new_lines("n2")))
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("", "the image name is empty"),
+    ("docker:", "nothing follows 'docker:'"),
+    ("docker:Test/Busybox", "not a valid Docker repository name"),
+    ("docker:busybox;reboot", "character ';' is not allowed"),
+    ("id:1234", "an image id is 64 lowercase hex digits"),
+    ("weird:thing/x:1", "unknown image type 'weird'"),
+])
+def test_bad_image_refused_at_submission(runner, value, reason):
+    before = runner.run(["squeue", "-h", "-o", "%i"], user=None).stdout
+    res = runner.run(["sbatch", "-N1", f"--image={value}", "--wrap", "true"])
+    assert res.returncode != 0
+    assert "Submitted batch job" not in res.stdout
+    ours = [ln for ln in res.stderr.splitlines() if "shifter:" in ln and "spank" not in ln]
+    assert len(ours) == 1, res.stderr
+    assert reason in ours[0] and "hint:" in ours[0], ours[0]
+    assert runner.run(["squeue", "-h", "-o", "%i"], user=None).stdout == before
+    assert not any("drain" in s or "down" in s for s in _node_states(runner).values())
+
+
+def test_bad_image_refused_by_srun_and_salloc(runner):
+    for argv in (["srun", "-N1", "--image=docker:x y", "true"],
+                 ["salloc", "-N1", "--image=", "true"]):
+        res = runner.run(argv, timeout=60)
+        assert res.returncode != 0, argv
+        assert "shifter: invalid image" in res.stderr, res.stderr
+
+
+def test_volume_without_image_refused(runner):
+    res = runner.run(["sbatch", "--volume=/tmp:/scratch", "--wrap", "true"])
+    assert res.returncode != 0
+    assert "needs an image" in res.stderr
+
+
+def _maps_have_python(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as f:
+        return "libpython" in f.read()
+
+
+def _srun_and_stepd_map_python(runner, extra: list[str]) -> tuple[bool, bool]:
+    """Start ``srun [extra] task`` as the user; while its task runs, look (as root) at
+    the maps of srun and of the task's parent slurmstepd."""
+    marker = f"/tmp/shifter-ppid-{os.getpid()}-{len(extra)}"
+    pw = pwd.getpwnam(USER1)
+    proc = subprocess.Popen(
+        ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
+         "srun", "-N1", *extra, "/bin/sh", "-c", f"echo $PPID > {marker}.tmp && mv {marker}.tmp {marker}; sleep 5"],
+        env=runner.env(USER1), cwd=pw.pw_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(marker):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the task never started"
+            time.sleep(0.05)
+        with open(marker) as f:
+            stepd = int(f.read())
+        with open(f"/proc/{stepd}/comm") as f:
+            assert f.read().strip() == "slurmstepd"
+        with open(f"/proc/{proc.pid}/comm") as f:
+            assert f.read().strip() == "srun"
+        return _maps_have_python(proc.pid), _maps_have_python(stepd)
+    finally:
+        proc.communicate(timeout=60)
+        os.unlink(marker)
+
+
+def test_job_without_shifter_never_maps_libpython(runner):
+    assert _srun_and_stepd_map_python(runner, []) == (False, False)
+    # positive control: the same check sees Python in srun and slurmstepd with --image
+    assert _srun_and_stepd_map_python(runner, [f"--image={IMAGE}"]) == (True, True)
+
+
+def test_batch_job_without_shifter_never_maps_libpython(runner):
+    """sbatch script step and its srun steps, no shifter option anywhere."""
+    marker = f"/tmp/shifter-batch-{os.getpid()}"
+    # the script and its step record their slurmstepd pids; root reads those maps
+    script = (f"echo $PPID > {marker}.pid; sleep 3; "
+              f"srun -N1 /bin/sh -c 'echo $PPID > {marker}.steppid; sleep 3'")
+    res = runner.run(["sbatch", "-N1", "--output=/dev/null", "--wrap", script])
+    assert res.returncode == 0, res.stderr
+    try:
+        seen = {}
+        deadline = time.monotonic() + 60
+        while len(seen) < 2 and time.monotonic() < deadline:
+            for kind in ("pid", "steppid"):
+                path = f"{marker}.{kind}"
+                if kind not in seen and os.path.exists(path):
+                    with open(path) as f:
+                        text = f.read().strip()
+                    if text:
+                        pid = int(text)
+                        seen[kind] = _maps_have_python(pid)
+            time.sleep(0.1)
+        assert seen == {"pid": False, "steppid": False}, seen
+    finally:
+        for kind in ("pid", "steppid"):
+            if os.path.exists(f"{marker}.{kind}"):
+                os.unlink(f"{marker}.{kind}")
+
+
+def _private_conf(site, plugstack_line: str) -> str:
+    """A copy of slurm.conf whose PlugStackConfig is a private plugstack.conf."""
+    d = tempfile.mkdtemp(prefix="shifter-plugstack-")
+    os.chmod(d, 0o755)
+    plug = os.path.join(d, "plugstack.conf")
+    with open(plug, "w") as f:
+        f.write(plugstack_line + "\n")
+    with open(site.slurm_conf) as f:
+        conf = re.sub(r"^PlugStackConfig=.*$", f"PlugStackConfig={plug}", f.read(), flags=re.M)
+    path = os.path.join(d, "slurm.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    for p in (plug, path):
+        os.chmod(p, 0o644)
+    return path
+
+
+def test_unknown_plugstack_argument_is_an_error_naming_it(runner, site):
+    conf = _private_conf(site, f"required {site.plugin_path} shifter_config=/nonexistent bogus_key=1")
+    try:
+        res = runner.run(["srun", "-N1", "true"], env={"SLURM_CONF": conf}, timeout=60)
+        assert res.returncode != 0
+        assert "unknown argument 'bogus_key'" in res.stderr, res.stderr
+    finally:
+        shutil.rmtree(os.path.dirname(conf))
+
+
+def test_long_options_registers_aliases(runner, site):
+    conf = _private_conf(site, f"required {site.plugin_path} long_options=1 enable_ccm=1")
+    try:
+        res = runner.run(["sbatch", "--help"], env={"SLURM_CONF": conf}, timeout=60)
+        assert "--shifter-image" in res.stdout and "--ccm" in res.stdout, res.stdout[-2000:]
+        plain = runner.run(["sbatch", "--help"], timeout=60)
+        assert "--image" in plain.stdout and "--shifter-image" not in plain.stdout
+        assert "--ccm" not in plain.stdout
+    finally:
+        shutil.rmtree(os.path.dirname(conf))
+
+
+def test_missing_config_fails_submission_with_its_path(runner, site):
+    conf = _private_conf(site, f"required {site.plugin_path} shifter_config=/nonexistent/udiRoot.conf")
+    try:
+        res = runner.run(["sbatch", f"--image={IMAGE}", "--wrap", "true"], env={"SLURM_CONF": conf}, timeout=60)
+        assert res.returncode != 0
+        assert "/nonexistent/udiRoot.conf" in res.stderr, res.stderr
+        # without a shifter option the plugin never reads the config: the job goes through
+        ok = runner.run(["sbatch", "--test-only", "--wrap", "true"], env={"SLURM_CONF": conf}, timeout=60)
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        shutil.rmtree(os.path.dirname(conf))

@@ -1,0 +1,75 @@
+"""The dispatcher maps every outcome to 1 or -1 with one slurm_error line."""
+
+import pytest
+
+from shifter.spank import dispatch
+from shifter.spank.handle import CTX_ALLOCATOR, CTX_JOB_SCRIPT, CTX_LOCAL, CTX_REMOTE, CTX_SLURMD, FakeSpank
+
+
+@pytest.fixture
+def conf(tmp_path):
+    path = tmp_path / "udiRoot.conf"
+    path.write_text("system=test\nimagePath=/images\nudiMount=/var/udiMount\n")
+    return f"shifter_config={path}"
+
+
+def test_allocator_pins_request_in_job_control_env(conf):
+    sp = FakeSpank(CTX_ALLOCATOR)
+    rc = dispatch.run(sp, "init_post_opt", [conf], {"image": "test/busybox", "volume": "/a:/b;/c:/d:ro",
+                                                     "module": "mpich"})
+    assert rc == 1, sp.errors
+    assert sp.control_env == {"SHIFTER_IMAGE": "test/busybox:latest", "SHIFTER_IMAGETYPE": "docker",
+                              "SHIFTER_VOLUME": "/a:/b;/c:/d:ro", "SHIFTER_MODULE": "mpich"}
+
+
+def test_bad_image_is_one_error_and_minus_one(conf):
+    sp = FakeSpank(CTX_ALLOCATOR)
+    assert dispatch.run(sp, "init_post_opt", [conf], {"image": "docker:"}) == -1
+    assert len(sp.errors) == 1 and sp.errors[0].startswith("shifter: invalid image 'docker:'")
+    assert sp.control_env == {}
+
+
+def test_volume_needs_image(conf):
+    sp = FakeSpank(CTX_LOCAL, env={})
+    assert dispatch.run(sp, "init_post_opt", [conf], {"volume": "/a:/b"}) == -1
+    assert "needs an image" in sp.errors[0]
+
+
+def test_missing_config_is_an_error_naming_the_path():
+    sp = FakeSpank(CTX_ALLOCATOR)
+    assert dispatch.run(sp, "init_post_opt", ["shifter_config=/no/such/udiRoot.conf"], {"image": "x:y"}) == -1
+    assert "/no/such/udiRoot.conf" in sp.errors[0]
+
+
+def test_bad_plugstack_argument_fails_every_hook():
+    sp = FakeSpank(CTX_REMOTE)
+    assert dispatch.run(sp, "user_init", ["nope=1"], {}) == -1
+    assert "unknown argument 'nope'" in sp.errors[0]
+
+
+def test_internal_error_is_never_success(conf, monkeypatch):
+    from shifter.spank import request
+
+    def boom(*a, **k):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(request, "parse_request", boom)
+    sp = FakeSpank(CTX_ALLOCATOR)
+    assert dispatch.run(sp, "init_post_opt", [conf], {"image": "x:y"}) == -1
+    assert sp.errors == ["shifter: internal error in init_post_opt: RuntimeError: kaboom"]
+
+
+def test_hooks_a_context_does_not_implement_succeed(conf):
+    assert dispatch.run(FakeSpank(CTX_REMOTE), "task_init", [conf], {"image": "x:y"}) == 1
+    assert dispatch.run(FakeSpank(CTX_SLURMD), "slurmd_exit", [conf], {}) == 1
+
+
+def test_prolog_logs_job_node_and_image(conf, monkeypatch):
+    monkeypatch.setenv("SPANK_SHIFTER_IMAGE", "test/busybox:latest")
+    monkeypatch.setenv("SPANK_SHIFTER_IMAGETYPE", "docker")
+    monkeypatch.setenv("SLURMD_NODENAME", "n7")
+    sp = FakeSpank(CTX_JOB_SCRIPT, job_id=42)
+    assert dispatch.run(sp, "job_prolog", [conf], {}) == 1
+    assert sp.infos == ["shifter: prolog: job=42 node=n7 uid=4242 imagetype=docker image=test/busybox:latest"]
+    assert dispatch.run(sp, "job_epilog", [conf], {}) == 1
+    assert sp.infos[-1].startswith("shifter: epilog: job=42 node=n7")

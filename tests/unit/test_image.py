@@ -1,0 +1,54 @@
+import pytest
+
+from shifter.errors import UsageError
+from shifter.runtime.image import ImageRef, parse_image
+
+ID = "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("docker:test/busybox:latest", ImageRef("docker", "test/busybox:latest")),
+    ("docker:test/busybox", ImageRef("docker", "test/busybox:latest")),
+    ("test/busybox:1.0", ImageRef("docker", "test/busybox:1.0")),
+    ("ubuntu:22.04", ImageRef("docker", "ubuntu:22.04")),
+    ("ubuntu", ImageRef("docker", "ubuntu:latest")),
+    ("docker:127.0.0.1:5000/test/busybox:x", ImageRef("docker", "127.0.0.1:5000/test/busybox:x")),
+    ("docker:registry.example.org/a/b-c_d.e:v1.2-rc", ImageRef("docker", "registry.example.org/a/b-c_d.e:v1.2-rc")),
+    (f"id:{ID}", ImageRef("id", ID)),
+])
+def test_valid(spec, expected):
+    assert parse_image(spec) == expected
+    assert str(parse_image(spec)) == f"{expected.type}:{expected.tag}"
+
+
+@pytest.mark.parametrize("spec, reason", [
+    (None, "empty"),
+    ("", "empty"),
+    ("   ", "empty"),
+    ("docker:", "nothing follows"),
+    ("id:", "nothing follows"),
+    ("id:abc", "64 lowercase hex"),
+    (f"id:{ID.upper()}", "64 lowercase hex"),
+    ("docker:UPPER/case", "not a valid Docker repository"),
+    ("docker:a/../b", "not a valid Docker repository"),
+    ("docker:a b", "character ' '"),
+    ("docker:a\nb", "character '\\n'"),
+    ("docker:$(reboot)", "character '$'"),
+    ("docker:x`id`", "character '`'"),
+    ("docker:a/b:bad@tag", "digest references"),
+    ("docker:a/b:-tag", "not a valid Docker tag"),
+    ("docker:a/b:" + "t" * 200, "not a valid Docker tag"),
+    ("weird:a/b:c", "unknown image type 'weird'"),
+    ("custom:foo", "not supported here"),
+    ("x" * 2000, "longer than"),
+])
+def test_invalid_says_why_with_hint(spec, reason):
+    with pytest.raises(UsageError) as exc:
+        parse_image(spec)
+    assert reason in str(exc.value)
+    assert exc.value.hint
+    assert "\n" not in exc.value.message.replace("\\n", "")
+
+
+def test_default_type_is_used_for_bare_names():
+    assert parse_image(ID, default_type="id") == ImageRef("id", ID)
