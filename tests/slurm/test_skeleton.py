@@ -76,14 +76,14 @@ def test_srun_creating_its_allocation_hands_image_to_prolog(runner, slurmd_logs,
     ("weird:thing/x:1", "unknown image type 'weird'"),
 ])
 def test_bad_image_refused_at_submission(runner, value, reason):
-    before = runner.run(["squeue", "-h", "-o", "%i"], user=None).stdout
-    res = runner.run(["sbatch", "-N1", f"--image={value}", "--wrap", "true"])
+    name = f"shifter-refused-{os.getpid()}"
+    res = runner.run(["sbatch", "-N1", f"--job-name={name}", f"--image={value}", "--wrap", "sleep 30"])
     assert res.returncode != 0
     assert "Submitted batch job" not in res.stdout
     ours = [ln for ln in res.stderr.splitlines() if "shifter:" in ln and "spank" not in ln]
     assert len(ours) == 1, res.stderr
     assert reason in ours[0] and "hint:" in ours[0], ours[0]
-    assert runner.run(["squeue", "-h", "-o", "%i"], user=None).stdout == before
+    assert runner.run(["squeue", "-h", "-n", name, "-o", "%i"], user=None).stdout == ""
     assert not any("drain" in s or "down" in s for s in _node_states(runner).values())
 
 
