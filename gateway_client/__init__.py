@@ -1,0 +1,1 @@
+"""Client of the image gateway (munge auth, failover) and the shifterimg command."""
