@@ -1,41 +1,132 @@
-"""udiRoot.conf: Shifter's site configuration file.
+"""udiRoot.conf: Shifter's site configuration file, parsed once into a frozen object.
 
-Format: ``key=value`` lines, ``#`` comments, a trailing ``\\`` continues a line.  Parsed
-once into a frozen ``UdiRootConfig``; every error names ``file:line`` and the key.
+Format: ``key=value`` lines, ``#`` comments, a trailing ``\\`` continues a line.  Every
+key of Shifter's is understood (see docs/configuration.md); the keys that have no job
+in this design are accepted and listed in ``UdiRootConfig.ignored`` (tools print one
+notice line), so Shifter's example config loads unchanged.  An unknown key, a bad value
+or a key set twice is an error naming ``file:line`` and the key.
 
-This is the foundation's reader: the syntax is complete; typed keys cover what the
-plugin, the gateway client and the site tools need so far.  Other keys are kept in
-``raw`` (the runtime-core work gives each of Shifter's keys its type and checks).
-Extension: ``mungeSocketPath`` — the munged socket clients use (for a private munged).
+Extension (not in Shifter): ``mungeSocketPath`` — the munged socket clients use.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from shifter import paths
-from shifter.errors import ConfigError
+from shifter.errors import ConfigError, ShifterError
+from shifter.runtime import volumes
 
-_IMAGE_TYPES = ("docker", "id", "custom", "local")
+IMAGE_TYPES = ("docker", "id", "custom", "local")
+
+#: Shifter keys with no job here: accepted, reported once, otherwise ignored.
+IGNORED_KEYS = (
+    "autoLoadKernelModule", "modprobePath", "insmodPath", "cpPath", "mvPath", "chmodPath",
+    "batchType", "kmodBasePath", "kmodCacheFile", "populateEtcDynamically", "allowLibcPwdCalls",
+    "nodeContextPrefix", "optionalSshdAsRoot", "usersToImport",
+)
+
+#: keys whose values accumulate when the key is repeated (space-joined)
+MULTI_KEYS = ("siteFs", "siteEnv", "siteEnvAppend", "siteEnvPrepend", "siteEnvUnset")
+
+MODULE_ATTRS = ("siteEnvPrepend", "siteEnvAppend", "siteEnvUnset", "siteEnv", "conflict", "siteFs",
+                "copyPath", "enabled", "roothook", "userhook")
+_MODULE_RE = re.compile(rf"^module_(?P<name>[A-Za-z0-9_.-]+?)_(?P<attr>{'|'.join(MODULE_ATTRS)})$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MODULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+KNOWN_KEYS = (
+    "udiMount", "loopMount", "imagePath", "udiRootPath", "sitePreMountHook", "sitePostMountHook",
+    "optUdiImage", "etcPath", "allowLocalChroot", "mountUdiRootWritable", "maxGroupCount",
+    "mkfsXfsPath", "rootfsType", "gatewayTimeout", "siteFs", "siteEnv", "siteEnvAppend",
+    "siteEnvPrepend", "siteEnvUnset", "imageGateway", "system", "defaultImageType",
+    "defaultModules", "perNodeCacheSizeLimit", "perNodeCacheAllowedFsType", "perNodeCachePath",
+    "mountPropagationStyle", "ddPath", "mungeSocketPath",
+)
+
+
+@dataclass(frozen=True)
+class EnvRules:
+    """siteEnv*-style rules: applied in the order set, prepend, append, unset."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    prepend: tuple[tuple[str, str], ...] = ()
+    append: tuple[tuple[str, str], ...] = ()
+    unset: tuple[str, ...] = ()
+
+    def apply(self, env: dict[str, str]) -> dict[str, str]:
+        out = dict(env)
+        for name, value in self.set:
+            out[name] = value
+        for name, value in self.prepend:
+            out[name] = f"{value}:{out[name]}" if out.get(name) else value
+        for name, value in self.append:
+            out[name] = f"{out[name]}:{value}" if out.get(name) else value
+        for name in self.unset:
+            out.pop(name, None)
+        return out
+
+
+@dataclass(frozen=True)
+class Module:
+    """A site module (``module_<name>_*`` keys): files, mounts, env and hooks for a job."""
+
+    name: str
+    env: EnvRules = EnvRules()
+    conflict: tuple[str, ...] = ()
+    site_fs: tuple = ()  # tuple[VolumeMap, ...]
+    copy_path: str | None = None
+    enabled: bool = True
+    roothook: str | None = None
+    userhook: str | None = None
 
 
 @dataclass(frozen=True)
 class UdiRootConfig:
     path: str
-    system: str = "default"
-    imagePath: str = "/images"
     udiMount: str = "/var/udiMount"
-    imageGateway: tuple[str, ...] = ()
-    defaultImageType: str = "docker"
-    mungeSocketPath: str | None = None
+    loopMount: str = "/var/udiLoopMount"
+    imagePath: str = "/images"
+    udiRootPath: str = paths.PREFIX
+    sitePreMountHook: str | None = None
+    sitePostMountHook: str | None = None
+    optUdiImage: str | None = None
+    etcPath: str | None = None
+    allowLocalChroot: bool = False
+    mountUdiRootWritable: bool = False
+    maxGroupCount: int = 31
+    mkfsXfsPath: str = "/sbin/mkfs.xfs"
+    rootfsType: str = "tmpfs"
     gatewayTimeout: int = 30
+    siteFs: tuple = ()  # tuple[VolumeMap, ...]
+    siteEnv: EnvRules = EnvRules()
+    imageGateway: tuple[str, ...] = ()
+    system: str = "default"
+    defaultImageType: str = "docker"
+    defaultModules: tuple[str, ...] = ()
+    perNodeCacheSizeLimit: int | None = None
+    perNodeCacheAllowedFsType: tuple[str, ...] = ("xfs",)
+    perNodeCachePath: str = "/tmp"
+    mountPropagationStyle: str = "slave"
+    ddPath: str = "/bin/dd"
+    mungeSocketPath: str | None = None
+    modules: "MappingProxyType[str, Module]" = field(default_factory=lambda: MappingProxyType({}))
+    ignored: tuple[str, ...] = ()
     raw: "MappingProxyType[str, str]" = field(default_factory=lambda: MappingProxyType({}))
+
+    def notice(self) -> str | None:
+        """One line naming the ignored Shifter keys, or None."""
+        if not self.ignored:
+            return None
+        return f"{self.path}: ignoring Shifter keys with no effect here: {', '.join(self.ignored)}"
 
 
 def _logical_lines(text: str):
-    """Yield (first line number, logical line) with continuations joined."""
+    """Yield (first line number, logical line) with ``\\`` continuations joined."""
     buf, start = "", None
     for lineno, line in enumerate(text.splitlines(), 1):
         if start is None:
@@ -51,9 +142,97 @@ def _logical_lines(text: str):
         yield start, buf
 
 
+class _Reader:
+    """Typed accessors that report errors as ``file:line: key ...``."""
+
+    def __init__(self, path: str, raw: dict[str, str], where: dict[str, int]):
+        self.path, self.raw, self.where = path, raw, where
+
+    def error(self, key: str, why: str, hint: str | None = None) -> ConfigError:
+        return ConfigError(f"{self.path}:{self.where.get(key, 0)}: {key} {why}", hint)
+
+    def abspath(self, key: str) -> str:
+        value = self.raw[key]
+        if not value.startswith("/"):
+            raise self.error(key, f"must be an absolute path, not {value!r}")
+        if "\0" in value or "\n" in value:
+            raise self.error(key, "contains a control character")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self.raw[key].lower()
+        if value in ("1", "true", "yes"):
+            return True
+        if value in ("0", "false", "no"):
+            return False
+        raise self.error(key, f"must be 0 or 1, not {self.raw[key]!r}")
+
+    def integer(self, key: str, minimum: int = 0) -> int:
+        try:
+            value = int(self.raw[key])
+        except ValueError:
+            raise self.error(key, f"must be a whole number, not {self.raw[key]!r}") from None
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum}, not {value}")
+        return value
+
+    def size(self, key: str) -> int:
+        try:
+            return volumes.parse_size(self.raw[key])
+        except ValueError as e:
+            raise self.error(key, str(e)) from None
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.raw[key]
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def words(self, key: str, sep: str = r"[\s,]+") -> tuple[str, ...]:
+        return tuple(w for w in re.split(sep, self.raw[key]) if w)
+
+    def env_pairs(self, key: str) -> tuple[tuple[str, str], ...]:
+        out = []
+        for word in self.raw[key].split():
+            name, eq, value = word.partition("=")
+            if not eq or not _ENV_NAME_RE.match(name):
+                raise self.error(key, f"entry {word!r} is not NAME=value")
+            out.append((name, value))
+        return tuple(out)
+
+    def env_names(self, key: str) -> tuple[str, ...]:
+        names = tuple(self.raw[key].split())
+        for name in names:
+            if not _ENV_NAME_RE.match(name):
+                raise self.error(key, f"{name!r} is not an environment variable name")
+        return names
+
+    def volumes(self, key: str) -> tuple:
+        # Shifter separates siteFs maps with ';' or with whitespace (older configs)
+        spec = ";".join(part for part in re.split(r"[\s;]+", self.raw[key]) if part)
+        try:
+            return tuple(volumes.parse_volumes(spec, site=True))
+        except ShifterError as e:
+            raise self.error(key, f"is invalid: {e.message}", e.hint) from None
+
+    def env_rules(self, prefix: str) -> EnvRules:
+        def get(suffix, fn):
+            key = prefix + suffix
+            return fn(key) if key in self.raw else ()
+
+        return EnvRules(
+            set=get("siteEnv", self.env_pairs),
+            prepend=get("siteEnvPrepend", self.env_pairs),
+            append=get("siteEnvAppend", self.env_pairs),
+            unset=get("siteEnvUnset", self.env_names),
+        )
+
+
 def parse(text: str, path: str = "<udiRoot.conf>") -> UdiRootConfig:
     raw: dict[str, str] = {}
     where: dict[str, int] = {}
+    ignored: list[str] = []
+    module_keys: dict[str, set[str]] = {}
     for lineno, line in _logical_lines(text):
         body = line.split("#", 1)[0].strip()
         if not body:
@@ -62,40 +241,90 @@ def parse(text: str, path: str = "<udiRoot.conf>") -> UdiRootConfig:
         key, value = key.strip(), value.strip()
         if not sep or not key:
             raise ConfigError(f"{path}:{lineno}: expected key=value, got {body!r}")
-        if key in raw and not key.startswith("siteEnv") and key != "siteFs":
+        if key in IGNORED_KEYS:
+            ignored.append(key)
+            continue
+        m = _MODULE_RE.match(key)
+        if m:
+            module_keys.setdefault(m.group("name"), set()).add(m.group("attr"))
+        elif key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+            raise ConfigError(f"{path}:{lineno}: unknown key {key!r}",
+                              f"did you mean {close[0]!r}?" if close else "see docs/configuration.md")
+        if key in raw:
+            if key in MULTI_KEYS or key.endswith(("_siteFs", "_siteEnv", "_siteEnvAppend",
+                                                   "_siteEnvPrepend", "_siteEnvUnset")):
+                raw[key] = f"{raw[key]} {value}".strip()
+                continue
             raise ConfigError(f"{path}:{lineno}: {key} is set twice (first at line {where[key]})")
-        raw[key] = f"{raw[key]} {value}".strip() if key in raw else value
+        raw[key] = value
         where[key] = lineno
 
-    def loc(key: str) -> str:
-        return f"{path}:{where[key]}: {key}"
-
-    kwargs: dict[str, object] = {}
-    for key in ("system", "imagePath", "udiMount"):
+    r = _Reader(path, raw, where)
+    kw: dict[str, object] = {}
+    for key in ("udiMount", "loopMount", "imagePath", "udiRootPath", "perNodeCachePath", "mkfsXfsPath", "ddPath"):
+        if raw.get(key):
+            kw[key] = r.abspath(key)
+    for key in ("sitePreMountHook", "sitePostMountHook", "optUdiImage", "etcPath", "mungeSocketPath"):
+        if raw.get(key):
+            kw[key] = r.abspath(key)
+    for key in ("allowLocalChroot", "mountUdiRootWritable"):
         if key in raw:
-            if not raw[key]:
-                raise ConfigError(f"{loc(key)} is empty")
-            kwargs[key] = raw[key]
-    for key in ("imagePath", "udiMount"):
-        if key in kwargs and not str(kwargs[key]).startswith("/"):
-            raise ConfigError(f"{loc(key)} must be an absolute path, not {kwargs[key]!r}")
-    if "imageGateway" in raw:
-        kwargs["imageGateway"] = tuple(raw["imageGateway"].split())
-    if "defaultImageType" in raw:
-        if raw["defaultImageType"] not in _IMAGE_TYPES:
-            raise ConfigError(
-                f"{loc('defaultImageType')} must be one of {', '.join(_IMAGE_TYPES)}, "
-                f"not {raw['defaultImageType']!r}"
-            )
-        kwargs["defaultImageType"] = raw["defaultImageType"]
-    if raw.get("mungeSocketPath"):
-        kwargs["mungeSocketPath"] = raw["mungeSocketPath"]
+            kw[key] = r.boolean(key)
+    if "maxGroupCount" in raw:
+        kw["maxGroupCount"] = r.integer("maxGroupCount")
     if "gatewayTimeout" in raw:
-        try:
-            kwargs["gatewayTimeout"] = int(raw["gatewayTimeout"])
-        except ValueError:
-            raise ConfigError(f"{loc('gatewayTimeout')} must be a whole number of seconds") from None
-    return UdiRootConfig(path=path, raw=MappingProxyType(raw), **kwargs)
+        kw["gatewayTimeout"] = r.integer("gatewayTimeout", minimum=1)
+    if "rootfsType" in raw:
+        kw["rootfsType"] = r.choice("rootfsType", ("tmpfs", "ramfs"))
+    if "defaultImageType" in raw:
+        kw["defaultImageType"] = r.choice("defaultImageType", IMAGE_TYPES)
+    if "mountPropagationStyle" in raw:
+        kw["mountPropagationStyle"] = r.choice("mountPropagationStyle", ("slave", "private"))
+    if raw.get("system"):
+        if not re.match(r"^[A-Za-z0-9_.-]+$", raw["system"]):
+            raise r.error("system", f"must be a simple name, not {raw['system']!r}")
+        kw["system"] = raw["system"]
+    if raw.get("imageGateway"):
+        kw["imageGateway"] = r.words("imageGateway", r"\s+")
+        for url in kw["imageGateway"]:
+            if not re.match(r"^https?://", url):
+                raise r.error("imageGateway", f"entry {url!r} is not an http(s) URL")
+    if raw.get("defaultModules"):
+        kw["defaultModules"] = r.words("defaultModules")
+    if raw.get("perNodeCacheSizeLimit"):
+        kw["perNodeCacheSizeLimit"] = r.size("perNodeCacheSizeLimit")
+    if raw.get("perNodeCacheAllowedFsType"):
+        kw["perNodeCacheAllowedFsType"] = r.words("perNodeCacheAllowedFsType")
+    if raw.get("siteFs"):
+        kw["siteFs"] = r.volumes("siteFs")
+    kw["siteEnv"] = r.env_rules("")
+
+    modules = {}
+    for name, attrs in module_keys.items():
+        prefix = f"module_{name}_"
+        if not _MODULE_NAME_RE.match(name) or name == "none":
+            raise r.error(prefix + sorted(attrs)[0], f"names an invalid module {name!r}")
+        modules[name] = Module(
+            name=name,
+            env=r.env_rules(prefix),
+            conflict=r.words(prefix + "conflict") if prefix + "conflict" in raw else (),
+            site_fs=r.volumes(prefix + "siteFs") if raw.get(prefix + "siteFs") else (),
+            copy_path=r.abspath(prefix + "copyPath") if raw.get(prefix + "copyPath") else None,
+            enabled=r.boolean(prefix + "enabled") if prefix + "enabled" in raw else True,
+            roothook=r.abspath(prefix + "roothook") if raw.get(prefix + "roothook") else None,
+            userhook=r.abspath(prefix + "userhook") if raw.get(prefix + "userhook") else None,
+        )
+    for name in kw.get("defaultModules", ()):
+        if name not in modules:
+            raise r.error("defaultModules", f"names module {name!r}, which is not defined",
+                          f"define it with module_{name}_* keys")
+    for module in modules.values():
+        for other in module.conflict:
+            if other not in modules:
+                raise r.error(f"module_{module.name}_conflict", f"names unknown module {other!r}")
+    return UdiRootConfig(path=path, modules=MappingProxyType(modules), ignored=tuple(ignored),
+                         raw=MappingProxyType(raw), **kw)
 
 
 def load(path: str | None = None) -> UdiRootConfig:

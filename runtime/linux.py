@@ -1,0 +1,165 @@
+"""The only module that makes raw Linux system calls (libc through ctypes).
+
+Python 3.11 has no ``os.unshare``/``os.setns`` and no mount API; this module wraps
+mount, umount2, unshare, setns, prctl and the loop-device ioctls.  Every failure raises
+``OSError`` whose message names the call and the path, so callers can turn it into a
+one-line user-facing error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import struct
+
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)  # find_library would fork ldconfig
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc.unshare.argtypes = (ctypes.c_int,)
+_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+
+# mount(2) flags
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+
+MNT_FORCE = 1
+MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+
+PR_SET_NO_NEW_PRIVS = 38
+
+# loop devices
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_CONFIGURE = 0x4C0A
+LO_FLAGS_READ_ONLY = 1
+LO_FLAGS_AUTOCLEAR = 4
+_LO_NAME_SIZE = 64
+_LO_KEY_SIZE = 32
+# struct loop_config { u32 fd; u32 block_size; struct loop_info64 info; u64 reserved[8]; }
+_LOOP_INFO64 = f"=QQQQQIIII{_LO_NAME_SIZE}s{_LO_NAME_SIZE}s{_LO_KEY_SIZE}s2Q"
+_LOOP_CONFIG = "=II" + _LOOP_INFO64[1:] + "8Q"
+
+
+def _raise(call: str, target: str | None = None):
+    err = ctypes.get_errno()
+    msg = f"{call}: {os.strerror(err)}"
+    raise OSError(err, msg, target)
+
+
+def _b(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0,
+          data: str | None = None) -> None:
+    if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
+        _raise("mount", target)
+
+
+def bind(source: str, target: str, flags: int = 0, recursive: bool = False) -> None:
+    """Bind ``source`` onto ``target``, then apply per-mount ``flags`` (ro, nosuid, ...)."""
+    mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
+    if flags:
+        mount(None, target, None, MS_REMOUNT | MS_BIND | flags)
+
+
+def remount(target: str, flags: int) -> None:
+    mount(None, target, None, MS_REMOUNT | MS_BIND | flags)
+
+
+def make_propagation(target: str, kind: int, recursive: bool = False) -> None:
+    mount(None, target, None, kind | (MS_REC if recursive else 0))
+
+
+def umount(target: str, flags: int = MNT_DETACH | UMOUNT_NOFOLLOW) -> bool:
+    """Unmount; True if something was unmounted, False if nothing was mounted there."""
+    if _libc.umount2(_b(target), flags) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOENT):
+            return False
+        _raise("umount", target)
+    return True
+
+
+def unshare(flags: int) -> None:
+    if _libc.unshare(flags) != 0:
+        _raise("unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    if _libc.setns(fd, nstype) != 0:
+        _raise("setns")
+
+
+def no_new_privs() -> None:
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        _raise("prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+def loop_attach(backing_fd: int, read_only: bool = True, autoclear: bool = True) -> str:
+    """Attach ``backing_fd`` to a free loop device in one ioctl; returns ``/dev/loopN``.
+
+    With autoclear, the device frees itself when its last user (mount or open fd) goes:
+    a crash between attach and mount leaks nothing.
+    """
+    flags = (LO_FLAGS_READ_ONLY if read_only else 0) | (LO_FLAGS_AUTOCLEAR if autoclear else 0)
+    config = struct.pack(_LOOP_CONFIG, backing_fd, 0, 0, 0, 0, 0, 0, 0, 0, 0, flags,
+                         b"", b"", b"", 0, 0, *([0] * 8))
+    ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for _ in range(16):  # another process may grab the free device first
+            number = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+            dev = f"/dev/loop{number}"
+            fd = os.open(dev, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(fd, LOOP_CONFIGURE, config)
+                return dev
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise OSError(e.errno, f"LOOP_CONFIGURE {dev}: {e.strerror}") from None
+            finally:
+                os.close(fd)
+        raise OSError(errno.EBUSY, "no free loop device after 16 tries")
+    finally:
+        os.close(ctl)
+
+
+def mountinfo() -> list[tuple[str, str, str]]:
+    """(mount point, fstype, source) of every mount in this mount namespace."""
+    out = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index(b"-")
+            out.append((_unescape(fields[4]), fields[sep + 1].decode(), _unescape(fields[sep + 2])))
+    return out
+
+
+def _unescape(field: bytes) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    if b"\\" in field:
+        field = bytes(field.decode("latin-1").encode("latin-1").decode("unicode_escape"), "latin-1")
+    return os.fsdecode(field)
+
+
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below ``path``, deepest (and latest) first."""
+    prefix = path.rstrip("/") + "/"
+    found = [mp for mp, _, _ in mountinfo() if mp == path or mp.startswith(prefix)]
+    return list(reversed(found))
