@@ -51,24 +51,13 @@ KNOWN_KEYS = (
 
 @dataclass(frozen=True)
 class EnvRules:
-    """siteEnv*-style rules: applied in the order set, prepend, append, unset."""
+    """siteEnv*-style rules, applied in the order set, prepend, append, unset
+    (see ``shifter.runtime.plan.env_ops``/``apply_env``)."""
 
     set: tuple[tuple[str, str], ...] = ()
     prepend: tuple[tuple[str, str], ...] = ()
     append: tuple[tuple[str, str], ...] = ()
     unset: tuple[str, ...] = ()
-
-    def apply(self, env: dict[str, str]) -> dict[str, str]:
-        out = dict(env)
-        for name, value in self.set:
-            out[name] = value
-        for name, value in self.prepend:
-            out[name] = f"{value}:{out[name]}" if out.get(name) else value
-        for name, value in self.append:
-            out[name] = f"{out[name]}:{value}" if out.get(name) else value
-        for name in self.unset:
-            out.pop(name, None)
-        return out
 
 
 @dataclass(frozen=True)

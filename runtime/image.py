@@ -5,6 +5,9 @@ Grammar (Shifter's):
                          (no tag means ``:latest``; REPO may carry a registry host)
   ``REPO:TAG``           the same with the site's ``defaultImageType`` (docker)
   ``id:<64 hex>``        an image already on the system, by id (as pinned at submission)
+  ``custom:NAME``        a site-provided image file ``<imagePath>/NAME.squashfs`` (+ .meta)
+  ``local:/PATH``        a directory of the host as the root (``/`` = the host itself);
+                         only where udiRoot.conf sets ``allowLocalChroot=1``
 
 Anything else is refused with one line saying which value and why: hostile characters
 are never silently dropped.
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 
 from shifter.errors import UsageError
 
-KNOWN_TYPES = ("docker", "id")
+KNOWN_TYPES = ("docker", "id", "custom", "local")
 
 # Docker reference grammar (distribution/reference), without the digest form.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -27,7 +30,8 @@ _PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
 _TYPE_RE = re.compile(r"^[a-z]+$")
-_BAD_CHARS = re.compile(r"[^A-Za-z0-9:_./@-]")
+_BAD_CHARS = re.compile(r"[^A-Za-z0-9:_./@+-]")
+_CUSTOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 MAX_LEN = 1024
 
@@ -47,8 +51,16 @@ def _refuse(spec: str, why: str, hint: str) -> UsageError:
     return UsageError(f"invalid image {spec!r}: {why}", hint)
 
 
-def parse_image(spec: str | None, default_type: str = "docker") -> ImageRef:
-    """Parse an image descriptor; raise ``UsageError`` with the reason when malformed."""
+def parse_image(spec: str | None, config=None, *, default_type: str | None = None) -> ImageRef:
+    """Parse an image descriptor; raise ``UsageError`` with the reason when malformed.
+
+    ``config`` (a ``UdiRootConfig``) supplies ``defaultImageType`` for bare names and
+    ``allowLocalChroot`` for ``local:`` images; without it bare names are docker images
+    and ``local:`` is refused.
+    """
+    if default_type is None:
+        default_type = config.defaultImageType if config is not None else "docker"
+    allow_local = bool(config is not None and config.allowLocalChroot)
     hint = "use docker:REPO:TAG (e.g. docker:ubuntu:22.04) or id:<64-hex image id>"
     if spec is None or spec.strip() == "":
         raise UsageError("invalid image '': the image name is empty", hint)
@@ -59,9 +71,8 @@ def parse_image(spec: str | None, default_type: str = "docker") -> ImageRef:
         raise _refuse(spec, f"character {bad.group()!r} is not allowed in an image name", hint)
 
     itype, sep, rest = spec.partition(":")
-    if sep and _TYPE_RE.match(itype) and itype in KNOWN_TYPES + ("custom", "local"):
-        if itype not in KNOWN_TYPES:
-            raise _refuse(spec, f"image type {itype!r} is not supported here", hint)
+    if sep and itype in KNOWN_TYPES:
+        pass
     elif sep and itype.isalpha() and "/" not in itype and _looks_like_type(itype, rest):
         raise _refuse(spec, f"unknown image type {itype!r} (known: {', '.join(KNOWN_TYPES)})", hint)
     else:
@@ -73,6 +84,20 @@ def parse_image(spec: str | None, default_type: str = "docker") -> ImageRef:
         if not _ID_RE.match(rest):
             raise _refuse(spec, "an image id is 64 lowercase hex digits", "run 'shifterimg lookup IMAGE' to get the id")
         return ImageRef("id", rest)
+    if itype == "custom":
+        if not _CUSTOM_RE.match(rest):
+            raise _refuse(spec, "a custom image name is letters, digits and . _ + - (no '/')",
+                          "use custom:NAME for <imagePath>/NAME.squashfs")
+        return ImageRef("custom", rest)
+    if itype == "local":
+        if not allow_local:
+            raise _refuse(spec, "local images are not allowed on this system (allowLocalChroot=0)",
+                          "use a docker: image")
+        if not rest.startswith("/") or (rest != "/" and (rest.endswith("/") or "//" in rest)) or any(
+                part in (".", "..") for part in rest.split("/")):
+            raise _refuse(spec, "local: needs an absolute, normalised path (no '.', '..', '//' or trailing '/')",
+                          "e.g. local:/ or local:/opt/rootfs")
+        return ImageRef("local", rest)
     return ImageRef("docker", _normalise_docker(spec, rest, hint))
 
 

@@ -8,6 +8,7 @@ one-line user-facing error.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -72,11 +73,21 @@ def mount(source: str | None, target: str, fstype: str | None = None, flags: int
         _raise("mount", target)
 
 
+def mounted_path(target: str) -> str:
+    """The path of what was just mounted on ``target``.
+
+    A target given as ``/proc/self/fd/N`` (an fd resolved without following symlinks)
+    still names the directory *under* the new mount afterwards; its path string names
+    the new mount's root.
+    """
+    return os.readlink(target) if target.startswith("/proc/self/fd/") else target
+
+
 def bind(source: str, target: str, flags: int = 0, recursive: bool = False) -> None:
     """Bind ``source`` onto ``target``, then apply per-mount ``flags`` (ro, nosuid, ...)."""
     mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
     if flags:
-        mount(None, target, None, MS_REMOUNT | MS_BIND | flags)
+        mount(None, mounted_path(target), None, MS_REMOUNT | MS_BIND | flags)
 
 
 def remount(target: str, flags: int) -> None:
@@ -84,7 +95,7 @@ def remount(target: str, flags: int) -> None:
 
 
 def make_propagation(target: str, kind: int, recursive: bool = False) -> None:
-    mount(None, target, None, kind | (MS_REC if recursive else 0))
+    mount(None, mounted_path(target), None, kind | (MS_REC if recursive else 0))
 
 
 def umount(target: str, flags: int = MNT_DETACH | UMOUNT_NOFOLLOW) -> bool:
@@ -112,16 +123,19 @@ def no_new_privs() -> None:
         _raise("prctl(PR_SET_NO_NEW_PRIVS)")
 
 
-def loop_attach(backing_fd: int, read_only: bool = True, autoclear: bool = True) -> str:
-    """Attach ``backing_fd`` to a free loop device in one ioctl; returns ``/dev/loopN``.
+@contextlib.contextmanager
+def loop_device(backing_fd: int, read_only: bool = True, autoclear: bool = True):
+    """Attach ``backing_fd`` to a free loop device in one ioctl; yields ``/dev/loopN``.
 
-    With autoclear, the device frees itself when its last user (mount or open fd) goes:
-    a crash between attach and mount leaks nothing.
+    With autoclear the device frees itself at its last close: mount it inside the
+    ``with`` block (the mount then holds it, and unmounting frees it); if anything fails
+    before, leaving the block frees it, so a crash leaks nothing.
     """
     flags = (LO_FLAGS_READ_ONLY if read_only else 0) | (LO_FLAGS_AUTOCLEAR if autoclear else 0)
     config = struct.pack(_LOOP_CONFIG, backing_fd, 0, 0, 0, 0, 0, 0, 0, 0, 0, flags,
                          b"", b"", b"", 0, 0, *([0] * 8))
     ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    fd = dev = None
     try:
         for _ in range(16):  # another process may grab the free device first
             number = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
@@ -129,26 +143,42 @@ def loop_attach(backing_fd: int, read_only: bool = True, autoclear: bool = True)
             fd = os.open(dev, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
             try:
                 fcntl.ioctl(fd, LOOP_CONFIGURE, config)
-                return dev
+                break
             except OSError as e:
+                os.close(fd)
+                fd = None
                 if e.errno != errno.EBUSY:
                     raise OSError(e.errno, f"LOOP_CONFIGURE {dev}: {e.strerror}") from None
-            finally:
-                os.close(fd)
-        raise OSError(errno.EBUSY, "no free loop device after 16 tries")
+        else:
+            raise OSError(errno.EBUSY, "no free loop device after 16 tries")
     finally:
         os.close(ctl)
+    try:
+        yield dev
+    finally:
+        os.close(fd)
 
 
-def mountinfo() -> list[tuple[str, str, str]]:
-    """(mount point, fstype, source) of every mount in this mount namespace."""
+def mountinfo(options: bool = False) -> list[tuple]:
+    """(mount point, fstype, source[, per-mount options]) of every mount in this
+    mount namespace, in mount order."""
     out = []
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
             fields = line.split()
             sep = fields.index(b"-")
-            out.append((_unescape(fields[4]), fields[sep + 1].decode(), _unescape(fields[sep + 2])))
+            row = (_unescape(fields[4]), fields[sep + 1].decode(), _unescape(fields[sep + 2]))
+            out.append(row + (fields[5].decode().split(","),) if options else row)
     return out
+
+
+def harden_tree(path: str, flags: int) -> None:
+    """Add ``flags`` (e.g. nosuid) to every mount below ``path``, keeping read-only ones
+    read-only: a remount of an rbind changes only its top mount."""
+    prefix = path.rstrip("/") + "/"
+    for mp, _, _, opts in mountinfo(options=True):
+        if mp.startswith(prefix):
+            mount(None, mp, None, MS_REMOUNT | MS_BIND | flags | (MS_RDONLY if "ro" in opts else 0))
 
 
 def _unescape(field: bytes) -> str:

@@ -2,7 +2,7 @@ import pytest
 
 from shifter import paths
 from shifter.errors import ConfigError
-from shifter.runtime import config
+from shifter.runtime import config, plan
 
 
 def test_syntax_comments_and_continuations():
@@ -131,7 +131,7 @@ def test_every_shifter_key():
 def test_env_rules_apply_in_order():
     cfg = config.parse("siteEnv=A=1\nsiteEnvPrepend=PATH=/pre\nsiteEnvAppend=PATH=/post X=new\n"
                        "siteEnvUnset=GONE\n")
-    env = cfg.siteEnv.apply({"PATH": "/usr/bin", "GONE": "1", "KEEP": "k"})
+    env = plan.apply_env(plan.env_ops([cfg.siteEnv]), {"PATH": "/usr/bin", "GONE": "1", "KEEP": "k"})
     assert env == {"PATH": "/pre:/usr/bin:/post", "A": "1", "X": "new", "KEEP": "k"}
 
 

@@ -1,6 +1,7 @@
 import pytest
 
 from shifter.errors import UsageError
+from shifter.runtime import config
 from shifter.runtime.image import ImageRef, parse_image
 
 ID = "0123456789abcdef" * 4
@@ -39,7 +40,8 @@ def test_valid(spec, expected):
     ("docker:a/b:-tag", "not a valid Docker tag"),
     ("docker:a/b:" + "t" * 200, "not a valid Docker tag"),
     ("weird:a/b:c", "unknown image type 'weird'"),
-    ("custom:foo", "not supported here"),
+    ("custom:a/b", "custom image name"),
+    ("local:/", "not allowed on this system"),
     ("x" * 2000, "longer than"),
 ])
 def test_invalid_says_why_with_hint(spec, reason):
@@ -52,3 +54,15 @@ def test_invalid_says_why_with_hint(spec, reason):
 
 def test_default_type_is_used_for_bare_names():
     assert parse_image(ID, default_type="id") == ImageRef("id", ID)
+    assert parse_image(ID, config.parse("defaultImageType=id\n")) == ImageRef("id", ID)
+
+
+def test_custom_and_local():
+    allow = config.parse("allowLocalChroot=1\n")
+    assert parse_image("custom:site-image_1.0") == ImageRef("custom", "site-image_1.0")
+    assert parse_image("local:/", allow) == ImageRef("local", "/")
+    assert parse_image("local:/opt/root", allow) == ImageRef("local", "/opt/root")
+    for bad in ("local:relative", "local:/a/../b", "local:/a/", "local://a"):
+        with pytest.raises(UsageError) as exc:
+            parse_image(bad, allow)
+        assert "absolute, normalised path" in str(exc.value)

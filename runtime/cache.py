@@ -1,0 +1,65 @@
+"""Per-node caches: ``--volume=/any:/dst:perNodeCache=size=10G[,fs=xfs][,bs=4K]``.
+
+A sparse file in the site's ``perNodeCachePath`` gets a fresh XFS (``mkfsXfsPath``), is
+attached to a loop device (autoclear) and mounted at the destination, owned by the
+user.  ``perNodeCacheSizeLimit`` and ``perNodeCacheAllowedFsType`` are enforced before
+anything is created.  The backing file is removed at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+
+from shifter.errors import UsageError
+from shifter.runtime import linux
+
+
+def check(config, volume) -> None:
+    cache = volume.per_node_cache
+    if cache.fs not in config.perNodeCacheAllowedFsType:
+        raise UsageError(
+            f"can't create the per-node cache at {volume.destination}: filesystem {cache.fs!r} is not "
+            f"allowed here", f"allowed: {', '.join(config.perNodeCacheAllowedFsType)}")
+    if config.perNodeCacheSizeLimit is not None and cache.size > config.perNodeCacheSizeLimit:
+        raise UsageError(
+            f"can't create the per-node cache at {volume.destination}: size {cache.size} bytes is over "
+            f"the site limit of {config.perNodeCacheSizeLimit} bytes",
+            "ask for less (perNodeCache=size=...)")
+
+
+def backing_path(config, tag: str, index: int) -> str:
+    return os.path.join(config.perNodeCachePath, f"shifter-cache.{tag}.{index}.xfs")
+
+
+def create(config, volume, backing: str, target: str, uid: int, gid: int) -> None:
+    """Make the filesystem in ``backing`` and mount it on ``target`` (an existing dir)."""
+    from shifter.runtime import proc
+
+    cache = volume.per_node_cache
+    os.makedirs(config.perNodeCachePath, mode=0o755, exist_ok=True)
+    fd = os.open(backing, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.ftruncate(fd, cache.size)
+    finally:
+        os.close(fd)
+    argv = [config.mkfsXfsPath, "-q", "-f"]
+    if cache.block_size:
+        argv += ["-b", f"size={cache.block_size}"]
+    proc.run(argv + [backing], f"make the per-node cache filesystem for {volume.destination}", timeout=120)
+    fd = os.open(backing, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        with linux.loop_device(fd, read_only=False) as dev:
+            # the mount holds the loop device; with autoclear it is freed at umount
+            linux.mount(dev, target, cache.fs, linux.MS_NOSUID | linux.MS_NODEV)
+    finally:
+        os.close(fd)
+    root = linux.mounted_path(target)
+    os.chown(root, uid, gid)
+    os.chmod(root, 0o700)
+
+
+def remove(backing: str) -> None:
+    try:
+        os.unlink(backing)
+    except FileNotFoundError:
+        pass

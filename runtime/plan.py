@@ -1,0 +1,138 @@
+"""The launch plan: what setupRoot precomputes inside the UDI for the launcher.
+
+Path (fixed): ``<udiMount>/var/shifter/launch.plan`` (inside the container:
+``/var/shifter/launch.plan``).  Format, version 1 — built for a small C program that
+parses it without a library: a sequence of NUL-terminated strings::
+
+    "SHIFTER_PLAN" "1"  then  KEY VALUE  pairs ...  then  "END" ""
+
+Single keys: ``uid``, ``gid``, ``jobid`` (empty outside a job), ``image_type``,
+``image_id``, ``volumes`` (canonical form, ``volumes.format_volumes``), ``modules``
+(comma-joined, sorted), ``udi`` (the udiMount path), ``workdir`` (the image WORKDIR,
+may be empty).  Repeated keys, in order: ``entry`` and ``cmd`` (one argv element each;
+the image ENTRYPOINT/CMD), and ``env`` — environment operations applied in order over
+the caller's environment::
+
+    =NAME=VALUE   set        <NAME=VALUE   prepend (VALUE:old)
+    >NAME=VALUE   append     -NAME         unset
+
+(image ENV, then each module's rules, then the site's siteEnv* rules).  No value may
+contain a NUL byte.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+MAGIC = "SHIFTER_PLAN"
+VERSION = "1"
+RELPATH = "var/shifter/launch.plan"
+SINGLE_KEYS = ("uid", "gid", "jobid", "image_type", "image_id", "volumes", "modules", "udi", "workdir")
+
+
+@dataclass(frozen=True)
+class Plan:
+    uid: int
+    gid: int
+    jobid: str
+    image_type: str
+    image_id: str
+    volumes: str
+    modules: str
+    udi: str
+    workdir: str = ""
+    entry: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: tuple[str, ...] = field(default=())
+
+    def identity(self) -> tuple:
+        """What a launch request must match to use this UDI."""
+        return (self.uid, self.gid, self.jobid, self.image_type, self.image_id, self.volumes, self.modules)
+
+
+def env_ops(rules, image_env: dict[str, str] | None = None) -> list[str]:
+    """Encode image ENV (sets) and ``EnvRules`` objects (in order) as plan env ops."""
+    ops = [f"={k}={v}" for k, v in (image_env or {}).items()]
+    for r in rules:
+        ops += [f"={k}={v}" for k, v in r.set]
+        ops += [f"<{k}={v}" for k, v in r.prepend]
+        ops += [f">{k}={v}" for k, v in r.append]
+        ops += [f"-{k}" for k in r.unset]
+    return ops
+
+
+def apply_env(ops, env: dict[str, str]) -> dict[str, str]:
+    """Apply plan env ops to ``env`` (the Python twin of the C launcher's loop)."""
+    out = dict(env)
+    for op in ops:
+        kind, body = op[0], op[1:]
+        if kind == "-":
+            out.pop(body, None)
+            continue
+        name, _, value = body.partition("=")
+        if kind == "=":
+            out[name] = value
+        elif kind == "<":
+            out[name] = f"{value}:{out[name]}" if out.get(name) else value
+        elif kind == ">":
+            out[name] = f"{out[name]}:{value}" if out.get(name) else value
+    return out
+
+
+def dumps(plan: Plan) -> bytes:
+    items = [MAGIC, VERSION]
+    for key in SINGLE_KEYS:
+        items += [key, str(getattr(plan, key))]
+    for key in ("entry", "cmd", "env"):
+        for value in getattr(plan, key):
+            items += [key, value]
+    items += ["END", ""]
+    for item in items:
+        if "\0" in item:
+            raise ValueError(f"launch plan value contains a NUL byte: {item!r}")
+    return b"".join(os.fsencode(i) + b"\0" for i in items)
+
+
+def loads(data: bytes) -> Plan:
+    parts = [os.fsdecode(p) for p in data.split(b"\0")]
+    if len(parts) < 3 or parts[0] != MAGIC:
+        raise ValueError("not a shifter launch plan")
+    if parts[1] != VERSION:
+        raise ValueError(f"launch plan version {parts[1]!r} is not supported (want {VERSION})")
+    single: dict[str, str] = {}
+    lists: dict[str, list[str]] = {"entry": [], "cmd": [], "env": []}
+    i = 2
+    while i + 1 < len(parts):
+        key, value = parts[i], parts[i + 1]
+        i += 2
+        if key == "END":
+            break
+        if key in lists:
+            lists[key].append(value)
+        elif key in SINGLE_KEYS:
+            single[key] = value
+        else:
+            raise ValueError(f"launch plan has unknown key {key!r}")
+    else:
+        raise ValueError("launch plan is truncated (no END)")
+    missing = [k for k in SINGLE_KEYS if k not in single]
+    if missing:
+        raise ValueError(f"launch plan lacks {', '.join(missing)}")
+    return Plan(uid=int(single.pop("uid")), gid=int(single.pop("gid")), entry=tuple(lists["entry"]),
+                cmd=tuple(lists["cmd"]), env=tuple(lists["env"]), **single)
+
+
+def write(udi: str, plan: Plan) -> str:
+    path = os.path.join(udi, RELPATH)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(dumps(plan))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def read(udi: str) -> Plan:
+    with open(os.path.join(udi, RELPATH), "rb") as f:
+        return loads(f.read())

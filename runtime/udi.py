@@ -1,0 +1,492 @@
+"""Build and remove the container tree (the "UDI") at ``udiMount``: what setupRoot does.
+
+Layout of a UDI (every mount nosuid,nodev except /dev; the image read-only)::
+
+    <udiMount>/                 tmpfs (rootfsType), read-only at the end unless
+                                mountUdiRootWritable=1; a shared mount, so that
+                                namespaces made later get slave copies and teardown
+                                reaches them
+      bin usr lib ...           the image's top-level entries: directories bound from
+                                the loop-mounted squashfs at loopMount, symlinks copied
+      etc                       read-only overlayfs: site files (etcPath, passwd/group
+                                filtered to the user) over the image's /etc
+      var, opt                  tmpfs directories holding the image's entries (bound)
+      var/tmp                   empty, 1777
+      var/shifter/              udi.json (inputs, cleanup record), launch.plan, etc/
+      opt/udiImage              copy of optUdiImage; modules/<name> from copyPath
+      dev proc sys tmp          the host's (rbind; /tmp bind)
+      siteFs, module siteFs     site binds with their flags
+      user volumes              sources opened as the user (fd passing), bound by fd
+      per-node caches           XFS on a loop device, owned by the user
+
+``teardown`` is idempotent: it unmounts everything under udiMount and loopMount (loop
+devices free themselves: autoclear) and removes per-node cache files, after a full,
+partial or crashed setup.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import stat
+import time
+from dataclasses import dataclass, field
+
+from shifter.errors import ConfigError, ShifterError, UsageError
+from shifter.runtime import cache, etcfiles, linux, meta, plan, volumes
+from shifter.runtime.image import ImageRef
+
+RO = linux.MS_RDONLY
+SAFE = linux.MS_NOSUID | linux.MS_NODEV
+STATE_DIR = "var/shifter"
+STATE_FILE = "var/shifter/udi.json"
+#: image top-level names the UDI provides itself
+_SPECIAL = {"etc", "dev", "proc", "sys", "tmp", "var", "opt", "run"}
+
+
+class SetupError(ShifterError):
+    """setupRoot failed; everything it had done is undone."""
+
+
+@dataclass(frozen=True)
+class Request:
+    image: ImageRef  # id, custom or local (docker tags are resolved to ids before)
+    uid: int
+    gid: int
+    username: str
+    volumes: tuple = ()  # tuple[VolumeMap, ...] (user maps)
+    modules: tuple[str, ...] | None = None  # None: the site's defaultModules
+    job_id: str = ""
+    ssh_pubkey: str | None = None
+    hostlist: str | None = None
+    gids: tuple[int, ...] = field(default=())  # filled by setup_root when empty
+
+
+# --------------------------------------------------------------------------- helpers
+def _ensure_dir(path: str, mode: int = 0o755) -> None:
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    os.chmod(path, mode)
+
+
+def _mkdir_p(path: str) -> None:
+    os.makedirs(path, mode=0o755, exist_ok=True)
+
+
+def resolve_image(config, image: ImageRef) -> tuple[str, meta.ImageMeta]:
+    """(path of the squashfs or directory, its metadata) for an id/custom/local image."""
+    if image.type == "local":
+        if not config.allowLocalChroot:
+            raise UsageError(f"can't use image {image}: local images are not allowed (allowLocalChroot=0)")
+        if not os.path.isdir(image.tag):
+            raise UsageError(f"can't use image {image}: {image.tag} is not a directory")
+        return image.tag, meta.ImageMeta(format="vfs")
+    if image.type not in ("id", "custom"):
+        raise UsageError(f"can't set up image {image}: docker images must be resolved to an id first",
+                         "pass 'id <image id>' (shifterimg lookup IMAGE prints it)")
+    base = os.path.join(config.imagePath, image.tag)
+    squashfs = base + ".squashfs"
+    if not os.path.isfile(squashfs):
+        raise UsageError(f"can't set up image {image}: {squashfs} does not exist",
+                         "pull it first (shifterimg pull IMAGE) or check the id")
+    if image.type == "custom" and not os.path.exists(base + ".meta"):
+        return squashfs, meta.ImageMeta()
+    m = meta.read(base + ".meta")
+    if m.format != "squashfs":
+        raise ConfigError(f"can't set up image {image}: format {m.format!r} is not supported here (squashfs only)")
+    return squashfs, m
+
+
+def select_modules(config, requested: tuple[str, ...] | None) -> tuple:
+    names = config.defaultModules if requested is None else requested
+    if "none" in names:
+        if len(names) > 1:
+            raise UsageError(f"invalid module list {','.join(names)!r}: 'none' can't be combined with modules")
+        return ()
+    chosen = []
+    for name in dict.fromkeys(names):
+        module = config.modules.get(name)
+        if module is None:
+            known = ", ".join(sorted(config.modules)) or "none defined"
+            raise UsageError(f"unknown module {name!r}", f"modules on this system: {known}")
+        if not module.enabled:
+            raise UsageError(f"module {name!r} is disabled on this system")
+        chosen.append(module)
+    for module in chosen:
+        for other in module.conflict:
+            if other in names:
+                raise UsageError(f"modules {module.name!r} and {other!r} conflict", "load only one of them")
+    return tuple(chosen)
+
+
+def open_sources_as_user(paths: list[str], uid: int, gid: int, gids: tuple[int, ...]) -> list[int]:
+    """Open each path as the user (O_PATH), in a child with the user's credentials, and
+    pass the fds back: what is bound later is exactly what the user could reach then,
+    whatever they swap afterwards.  Only readable directories and regular files."""
+    if not paths:
+        return []
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        status = 1
+        try:
+            parent.close()
+            os.setgroups(list(gids))
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            fds = []
+            for path in paths:
+                try:
+                    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                    st = os.fstat(fd)
+                    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                        raise OSError(errno.EINVAL, "not a directory or regular file")
+                    want = os.R_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
+                    if not os.access(f"/proc/self/fd/{fd}", want):
+                        raise OSError(errno.EACCES, "permission denied")
+                except OSError as e:
+                    child.sendall(json.dumps({"error": path, "why": e.strerror or str(e)}).encode())
+                    os._exit(1)
+                fds.append(fd)
+            socket.send_fds(child, [json.dumps({"ok": len(fds)}).encode()], fds)
+            status = 0
+        finally:
+            os._exit(status)
+    child.close()
+    try:
+        msg, fds, _, _ = socket.recv_fds(parent, 65536, len(paths))
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+    try:
+        answer = json.loads(msg.decode() or "{}")
+    except ValueError:
+        answer = {}
+    if "error" in answer:
+        for fd in fds:
+            os.close(fd)
+        raise UsageError(f"can't mount volume source {answer['error']}: {answer['why']} (as uid {uid})",
+                         "use a directory or file you can read")
+    if len(fds) != len(paths):
+        for fd in fds:
+            os.close(fd)
+        raise SetupError("can't open the volume sources as the user (the helper process failed)")
+    return fds
+
+
+def resolve_destination(udi: str, dest: str, *, is_dir: bool, create: bool, what: str) -> int:
+    """Open ``dest`` inside the UDI without following any symlink (an image may make
+    /data a link to /etc or to the host); create missing parts where the UDI is
+    writable.  Returns an O_PATH fd of the destination."""
+    fd = os.open(udi, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    parts = [p for p in dest.split("/") if p]
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                nfd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise UsageError(f"can't mount {what}: {dest} does not exist in the image") from None
+                try:
+                    if last and not is_dir:
+                        os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+                                         | os.O_CLOEXEC, 0o644, dir_fd=fd))
+                    else:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                except OSError as e:
+                    if e.errno == errno.EROFS:
+                        raise UsageError(
+                            f"can't mount {what}: {dest} does not exist in the image and can't be created "
+                            f"there ({'/' + '/'.join(parts[:i]) or '/'} is read-only)",
+                            "choose a destination that exists in the image, or a new top-level directory") from None
+                    raise
+                nfd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            st = os.fstat(nfd)
+            if stat.S_ISLNK(st.st_mode):
+                os.close(nfd)
+                raise UsageError(f"can't mount {what}: {'/' + '/'.join(parts[:i + 1])} is a symbolic link "
+                                 f"in the image", "mount on the link's target path instead")
+            if (not last or is_dir) and not stat.S_ISDIR(st.st_mode):
+                os.close(nfd)
+                raise UsageError(f"can't mount {what}: {'/' + '/'.join(parts[:i + 1])} is not a directory")
+            if last and not is_dir and not stat.S_ISREG(st.st_mode):
+                os.close(nfd)
+                raise UsageError(f"can't mount {what}: {dest} is not a regular file in the image")
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _fdpath(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def _run_hook(script: str, cwd: str, what: str, env: dict[str, str]) -> None:
+    from shifter.runtime import proc
+
+    proc.run(["/bin/sh", script], what, cwd=cwd, timeout=300,
+             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env})
+
+
+# --------------------------------------------------------------------------- state
+def _write_state(udi: str, state: dict) -> None:
+    path = os.path.join(udi, STATE_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(state, f, indent=1, sort_keys=True)
+    os.chmod(path + ".tmp", 0o644)
+    os.replace(path + ".tmp", path)
+
+
+def read_state(config) -> dict | None:
+    try:
+        with open(os.path.join(config.udiMount, STATE_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def is_set_up(config) -> bool:
+    return any(mp == config.udiMount for mp, _, _ in linux.mountinfo())
+
+
+# --------------------------------------------------------------------------- build
+def _merge_dir(image_dir: str, target: str, skip: set[str]) -> None:
+    """Put each entry of ``image_dir`` into the tmpfs dir ``target``: directories and
+    files are bound read-only, symlinks copied."""
+    try:
+        entries = list(os.scandir(image_dir))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name in skip:
+            continue
+        dst = os.path.join(target, entry.name)
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), dst)
+        elif entry.is_dir():
+            os.mkdir(dst, 0o755)
+            linux.bind(entry.path, dst, RO | SAFE)
+        elif entry.is_file():
+            os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            linux.bind(entry.path, dst, RO | SAFE)
+        # sockets, fifos and device nodes of an image are left out
+
+
+def setup_root(config, req: Request, log=lambda msg: None) -> plan.Plan:
+    """Build the UDI for ``req``.  On any failure everything done is undone, then the
+    error is raised."""
+    if os.geteuid() != 0:
+        raise UsageError("setupRoot must run as root")
+    t0 = time.perf_counter()
+    image_path, image_meta = resolve_image(config, req.image)
+    gids = req.gids or tuple(etcfiles.user_groups(req.username, req.gid, config.maxGroupCount))
+    if not image_meta.allows(req.uid, set(gids)):
+        raise UsageError(f"can't use image {req.image}: it is private and uid {req.uid} is not allowed",
+                         "ask the image's owner to add you (shifterimg pull --user/--group)")
+    modules = select_modules(config, req.modules)
+    volumes.destination_conflicts(req.volumes)
+    for v in req.volumes:
+        if v.per_node_cache is not None:
+            cache.check(config, v)
+    if is_set_up(config):
+        raise SetupError(f"can't set up {config.udiMount}: a UDI is already mounted there",
+                         "run unsetupRoot first")
+    plain = [v for v in req.volumes if v.per_node_cache is None]
+    fds = open_sources_as_user([v.source for v in plain], req.uid, req.gid, gids)
+    try:
+        return _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, t0)
+    except BaseException as e:
+        try:
+            teardown(config)
+        except Exception as cleanup:  # noqa: BLE001 - report both
+            log(f"cleanup after a failed setup also failed: {cleanup}")
+        if isinstance(e, ShifterError):
+            raise
+        if isinstance(e, OSError):
+            raise SetupError(f"can't set up the UDI: {e.strerror or e}"
+                             + (f": {e.filename}" if e.filename else "")) from None
+        raise
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, t0) -> plan.Plan:
+    udi, loop = config.udiMount, config.loopMount
+    _mkdir_p(udi)
+    _mkdir_p(loop)
+    linux.mount("shifter-udi", udi, config.rootfsType, SAFE, "mode=755")
+    linux.make_propagation(udi, linux.MS_SHARED)
+    _mkdir_p(os.path.join(udi, STATE_DIR))
+    state = {"version": 1, "uid": req.uid, "gid": req.gid, "username": req.username, "job_id": req.job_id,
+             "image": str(req.image), "image_path": image_path, "volumes": [v.spec() for v in req.volumes],
+             "modules": [m.name for m in modules], "ssh_pubkey": req.ssh_pubkey, "hostlist": req.hostlist,
+             "caches": [], "complete": False, "created": time.time()}
+    _write_state(udi, state)
+
+    # the image, read-only
+    if req.image.type == "local":
+        image_root = image_path
+    else:
+        fd = os.open(image_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with linux.loop_device(fd, read_only=True) as dev:
+                linux.mount(dev, loop, "squashfs", RO | SAFE)
+        finally:
+            os.close(fd)
+        linux.make_propagation(loop, linux.MS_SHARED)
+        image_root = loop
+    hook_env = {"SHIFTER_UDI": udi, "SHIFTER_USER": req.username, "SHIFTER_UID": str(req.uid)}
+    if config.sitePreMountHook:
+        _run_hook(config.sitePreMountHook, udi, "run sitePreMountHook", hook_env)
+
+    _merge_dir(image_root, udi, _SPECIAL | {"shifter"})
+    for name in ("var", "opt", "run", "tmp", "dev", "proc", "sys", "etc"):
+        _ensure_dir(os.path.join(udi, name))
+    _merge_dir(os.path.join(image_root, "var"), os.path.join(udi, "var"), {"tmp", "shifter"})
+    _ensure_dir(os.path.join(udi, "var", "tmp"), 0o1777)
+    _merge_dir(os.path.join(image_root, "opt"), os.path.join(udi, "opt"), {"udiImage"})
+
+    # /etc: site files over the image's, one read-only overlay
+    site_etc = os.path.join(udi, STATE_DIR, "etc")
+    os.mkdir(site_etc, 0o755)
+    etcfiles.build(site_etc, config.etcPath, req.uid, req.username, list(gids))
+    image_etc = os.path.join(image_root, "etc")
+    if os.path.isdir(image_etc) and not os.path.islink(image_etc):
+        linux.mount("shifter-etc", os.path.join(udi, "etc"), "overlay", RO | SAFE,
+                    f"lowerdir={site_etc}:{image_etc}")
+    else:
+        linux.bind(site_etc, os.path.join(udi, "etc"), RO | SAFE)
+
+    # the host's /dev, /proc, /sys and /tmp
+    linux.bind("/dev", os.path.join(udi, "dev"), recursive=True)
+    linux.remount(os.path.join(udi, "dev"), linux.MS_NOSUID)
+    linux.harden_tree(os.path.join(udi, "dev"), SAFE)  # /dev/shm, /dev/pts, ...
+    for name in ("proc", "sys"):
+        linux.bind(f"/{name}", os.path.join(udi, name), recursive=True)
+        linux.remount(os.path.join(udi, name), SAFE | linux.MS_NOEXEC)
+        linux.harden_tree(os.path.join(udi, name), SAFE | linux.MS_NOEXEC)
+    linux.bind("/tmp", os.path.join(udi, "tmp"), SAFE)
+
+    # site filesystems, then the post-mount hook
+    for v in config.siteFs:
+        _bind_site(udi, v, "siteFs")
+    if config.sitePostMountHook:
+        _run_hook(config.sitePostMountHook, udi, "run sitePostMountHook", hook_env)
+
+    # /opt/udiImage and modules
+    opt_udi = os.path.join(udi, "opt", "udiImage")
+    _ensure_dir(opt_udi)
+    if config.optUdiImage and os.path.isdir(config.optUdiImage):
+        shutil.copytree(config.optUdiImage, opt_udi, symlinks=True, dirs_exist_ok=True)
+    for module in modules:
+        if module.copy_path:
+            dst = os.path.join(opt_udi, "modules", module.name)
+            shutil.copytree(module.copy_path, dst, symlinks=True, dirs_exist_ok=True)
+        for v in module.site_fs:
+            _bind_site(udi, v, f"module {module.name} siteFs")
+        if module.roothook:
+            _run_hook(module.roothook, udi, f"run the roothook of module {module.name}",
+                      {**hook_env, "SHIFTER_MODULE": module.name})
+
+    # the user's volumes, bound from the fds opened as the user
+    for v, src_fd in zip(plain, fds):
+        is_dir = stat.S_ISDIR(os.fstat(src_fd).st_mode)
+        dst_fd = resolve_destination(udi, v.destination, is_dir=is_dir, create=True,
+                                     what=f"volume {v.spec()}")
+        try:
+            linux.bind(_fdpath(src_fd), _fdpath(dst_fd), SAFE | (RO if v.read_only else 0))
+        finally:
+            os.close(dst_fd)
+
+    # per-node caches
+    for index, v in enumerate(vv for vv in req.volumes if vv.per_node_cache is not None):
+        backing = cache.backing_path(config, f"{os.uname().nodename}.{req.job_id or 'nojob'}.{req.uid}", index)
+        state["caches"].append(backing)
+        _write_state(udi, state)
+        dst_fd = resolve_destination(udi, v.destination, is_dir=True, create=True, what=f"volume {v.spec()}")
+        try:
+            cache.create(config, v, backing, _fdpath(dst_fd), req.uid, req.gid)
+        finally:
+            os.close(dst_fd)
+
+    # the launch plan, then the root read-only
+    env_rules = [m.env for m in modules] + [config.siteEnv]
+    launch = plan.Plan(
+        uid=req.uid, gid=req.gid, jobid=req.job_id, image_type=req.image.type, image_id=req.image.tag,
+        volumes=volumes.format_volumes(req.volumes), modules=",".join(sorted(m.name for m in modules)),
+        udi=udi, workdir=image_meta.workdir or "",
+        entry=_argv(image_meta.entry), cmd=_argv(image_meta.cmd),
+        env=tuple(plan.env_ops(env_rules, image_meta.env_dict())),
+    )
+    plan.write(udi, launch)
+    state["complete"] = True
+    state["setup_seconds"] = round(time.perf_counter() - t0, 4)
+    _write_state(udi, state)
+    if not config.mountUdiRootWritable:
+        linux.remount(udi, RO | SAFE)
+    log(f"UDI ready at {udi} in {time.perf_counter() - t0:.3f} s")
+    return launch
+
+
+def _argv(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, tuple):
+        return value
+    return ("/bin/sh", "-c", value)
+
+
+def _bind_site(udi: str, v, what: str) -> None:
+    """A site map: the source is trusted (root), the destination resolved in the UDI."""
+    if not os.path.exists(v.source):
+        raise ConfigError(f"can't mount {what} {v.spec()}: source {v.source} does not exist")
+    is_dir = os.path.isdir(v.source)
+    dst_fd = resolve_destination(udi, v.destination, is_dir=is_dir, create=True, what=f"{what} {v.spec()}")
+    try:
+        target = _fdpath(dst_fd)
+        linux.bind(v.source, target, SAFE | (RO if v.read_only else 0), recursive=v.recursive)
+        if v.propagation:
+            kind = linux.MS_SLAVE if v.propagation == "slave" else linux.MS_PRIVATE
+            linux.make_propagation(target, kind, recursive=v.recursive)
+    finally:
+        os.close(dst_fd)
+
+
+# --------------------------------------------------------------------------- teardown
+def teardown(config, log=lambda msg: None) -> bool:
+    """Remove the UDI: every mount under udiMount and loopMount, per-node cache files.
+
+    Idempotent; True if anything was there to remove."""
+    state = read_state(config)
+    removed = False
+    for root in (config.udiMount, config.loopMount):
+        for _ in range(64):  # stacked mounts (a crashed setup re-run) need several passes
+            found = linux.mounts_under(root)
+            if not found:
+                break
+            for mp in found:
+                try:
+                    removed |= linux.umount(mp)
+                except OSError as e:
+                    if e.errno not in (errno.EINVAL, errno.ENOENT):
+                        raise SetupError(f"can't unmount {mp}: {e.strerror}") from None
+        else:
+            raise SetupError(f"can't tear down {root}: mounts keep reappearing")
+    for backing in (state or {}).get("caches", []):
+        if os.path.dirname(backing) == config.perNodeCachePath and os.path.basename(backing).startswith(
+                "shifter-cache."):
+            cache.remove(backing)
+            removed = True
+    if removed:
+        log(f"removed the UDI at {config.udiMount}")
+    return removed

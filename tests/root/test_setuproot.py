@@ -1,0 +1,290 @@
+"""setupRoot/unsetupRoot on the real kernel: loop-mounted squashfs, mounts, overlay,
+user volumes opened as the user, per-node XFS caches, modules, hooks, teardown."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import textwrap
+
+import pytest
+
+from conftest import USER1, USER2
+from shifter.runtime import config as udiconfig
+from shifter.runtime import linux, plan, udi, volumes
+from shifter.runtime.image import ImageRef
+
+pytestmark = pytest.mark.root
+
+SETUPROOT = "/opt/shifter/bin/setupRoot"
+UNSETUPROOT = "/opt/shifter/bin/unsetupRoot"
+
+
+def _extras(root: str) -> None:
+    """Hostile bits in the test image: a setuid-root shell, a device node, a root-only file."""
+    shutil.copy2(os.path.join(root, "bin", "busybox"), os.path.join(root, "bin", "busybox.suid"))
+    os.chmod(os.path.join(root, "bin", "busybox.suid"), 0o4755)
+    os.makedirs(os.path.join(root, "usr", "share", "evil"), exist_ok=True)
+    os.mknod(os.path.join(root, "usr", "share", "evil", "mem"), 0o666 | stat.S_IFCHR, os.makedev(1, 1))
+    with open(os.path.join(root, "root", "secret"), "w") as f:
+        f.write("root only\n")
+    os.chmod(os.path.join(root, "root", "secret"), 0o600)
+    os.makedirs(os.path.join(root, "opt", "imagetool"))
+    os.symlink("/etc", os.path.join(root, "linked-etc"))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, cluster):
+    base = tmp_path_factory.mktemp("udi")
+    os.chmod(base, 0o755)
+    images = base / "images"
+    from shifter.tools import squash
+
+    image_id = squash.make_image(cluster, "busybox", str(images), extra=_extras)
+    private_id = squash.make_image(cluster, "busybox", str(images), user_acl=(4243,),
+                                   extra=lambda r: open(os.path.join(r, "private"), "w").close())
+    etc = base / "etc_files"
+    etc.mkdir()
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nsftest1:x:4242:4242:Site One:/home/sftest1:/bin/sh\n"
+                                "sftest2:x:4243:4243::/home/sftest2:/bin/sh\nother:x:5000:5000::/:/bin/sh\n")
+    (etc / "group").write_text("root:x:0:\nsftest1:x:4242:\nsftestgrp:x:4240:sftest1,sftest2\nother:x:5000:\n")
+    (etc / "site-marker").write_text("from the site\n")
+    modules = base / "modules"
+    (modules / "tools" / "bin").mkdir(parents=True)
+    (modules / "tools" / "bin" / "hello").write_text("#!/bin/sh\necho module hello\n")
+    (modules / "tools" / "bin" / "hello").chmod(0o755)
+    sitefs = base / "sitefs"
+    sitefs.mkdir()
+    (sitefs / "shared").write_text("site data\n")
+    hooks = base / "hooks"
+    hooks.mkdir()
+    (hooks / "roothook.sh").write_text("#!/bin/sh\necho \"$SHIFTER_MODULE\" > var/shifter/roothook-ran\n")
+    (hooks / "fail.sh").write_text("#!/bin/sh\nexit 3\n")
+    mnt = base / "mnt"
+    conf = base / "udiRoot.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        udiMount={mnt}/udi
+        loopMount={mnt}/loop
+        imagePath={images}
+        etcPath={etc}
+        perNodeCachePath={base}/cache
+        perNodeCacheSizeLimit=1G
+        siteFs={sitefs}:/site:ro
+        siteEnvPrepend=PATH=/opt/udiImage/bin
+        module_tools_copyPath={modules}/tools
+        module_tools_siteFs={sitefs}:/opt/sitetools:ro
+        module_tools_roothook={hooks}/roothook.sh
+        module_tools_siteEnv=TOOLS=1
+        module_off_enabled=0
+        module_clash_conflict=tools
+        """))
+    failing = base / "failing.conf"
+    failing.write_text(conf.read_text() + f"sitePostMountHook={hooks}/fail.sh\n")
+    home = pwd.getpwnam(USER1).pw_dir
+    vol = os.path.join(home, "vol")
+    os.makedirs(vol, exist_ok=True)
+    os.chown(vol, 4242, 4242)
+    yield {"conf": str(conf), "failing": str(failing), "id": image_id, "private": private_id,
+           "config": udiconfig.load(str(conf)), "home": home, "vol": vol, "base": str(base)}
+    udi.teardown(udiconfig.load(str(conf)))
+
+
+@pytest.fixture
+def torn_down(env):
+    yield env
+    udi.teardown(env["config"])
+    assert not linux.mounts_under(env["config"].udiMount)
+
+
+def _setup(env, *args, conf=None):
+    return subprocess.run([SETUPROOT, *args], capture_output=True, text=True,
+                          env={"SHIFTER_CONFIG": conf or env["conf"], "PATH": "/usr/bin:/bin"})
+
+
+def _in_udi(env, argv, uid=4242, gid=4242):
+    """Run ``argv`` chrooted into the UDI as the user (what the launcher will do)."""
+    return subprocess.run(["/usr/sbin/chroot", f"--userspec={uid}:{gid}", env["config"].udiMount, *argv],
+                          capture_output=True, text=True, env={"PATH": "/bin:/usr/bin"})
+
+
+def _loops_for(path):
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if path in ln]
+
+
+def test_setup_builds_a_readonly_image_with_site_etc(torn_down):
+    env = torn_down
+    res = _setup(env, "-U", "4242", "-v", f"{env['vol']}:/data", "id", env["id"])
+    assert res.returncode == 0, res.stderr
+    root = env["config"].udiMount
+    # the image is there and read-only, even for root
+    assert _in_udi(env, ["/bin/cat", "/etc/os-release"]).stdout.startswith('NAME="BusyBox"')
+    with pytest.raises(OSError) as exc:
+        open(os.path.join(root, "bin", "new"), "w")
+    assert exc.value.errno == 30  # EROFS
+    # /etc/passwd and group are the site's, filtered to the user
+    assert open(os.path.join(root, "etc/passwd")).read().splitlines() == [
+        "root:x:0:0:root:/root:/bin/sh", "sftest1:x:4242:4242:Site One:/home/sftest1:/bin/sh"]
+    groups = open(os.path.join(root, "etc/group")).read()
+    assert "sftestgrp:x:4240:sftest1" in groups and "other" not in groups and "sftest2" not in groups
+    assert open(os.path.join(root, "etc/site-marker")).read() == "from the site\n"
+    assert "root" in _in_udi(env, ["/bin/id", "-un"], uid=0, gid=0).stdout
+    # the volume is the user's directory, writable; the site fs read-only
+    res = _in_udi(env, ["/bin/sh", "-c", "echo hi > /data/f && cat /data/f && id -u"])
+    assert res.stdout.split() == ["hi", "4242"], res.stderr
+    assert open(os.path.join(env["vol"], "f")).read() == "hi\n"
+    assert _in_udi(env, ["/bin/cat", "/site/shared"]).stdout == "site data\n"
+    assert _in_udi(env, ["/bin/sh", "-c", "echo x > /site/new"]).returncode != 0
+    # /tmp is the host's, /var/tmp a fresh 1777 dir
+    assert stat.S_IMODE(os.stat(os.path.join(root, "var/tmp")).st_mode) == 0o1777
+    # the launch plan records the UDI's identity and the environment rules
+    p = plan.read(root)
+    assert (p.uid, p.gid, p.image_type, p.image_id) == (4242, 4242, "id", env["id"])
+    assert p.volumes == f"{env['vol']}:/data"
+    assert p.modules == "" and p.cmd == ("/bin/sh",)
+    assert "=SHIFTER_TEST_IMAGE=busybox" in p.env and p.env[-1] == "<PATH=/opt/udiImage/bin"
+
+
+def test_setuid_and_device_nodes_of_the_image_give_nothing(torn_down):
+    env = torn_down
+    assert _setup(env, "-U", "4242", "id", env["id"]).returncode == 0
+    root = env["config"].udiMount
+    assert os.stat(os.path.join(root, "bin/busybox.suid")).st_mode & stat.S_ISUID
+    res = _in_udi(env, ["/bin/busybox.suid", "id", "-u"])
+    assert res.stdout.strip() == "4242", res  # nosuid: no root
+    with pytest.raises(PermissionError):
+        open(os.path.join(root, "usr/share/evil/mem"), "rb")  # nodev, even for root
+    # the root-only file of the image stays root-only
+    assert _in_udi(env, ["/bin/cat", "/root/secret"]).returncode != 0
+
+
+def test_forbidden_destination_and_symlinked_destination_refused(torn_down):
+    env = torn_down
+    res = _setup(env, "-U", "4242", "-v", f"{env['vol']}:/etc/x", "id", env["id"])
+    assert res.returncode == 2 and "inside /etc" in res.stderr and res.stderr.count("\n") == 1
+    res = _setup(env, "-U", "4242", "-v", f"{env['vol']}:/linked-etc/x", "id", env["id"])
+    assert res.returncode != 0 and "/linked-etc is a symbolic link" in res.stderr, res.stderr
+    assert not linux.mounts_under(env["config"].udiMount)
+    assert not _loops_for(env["id"])
+
+
+def test_volume_source_is_resolved_as_the_user(torn_down):
+    env = torn_down
+    link = os.path.join(env["home"], "sneaky")
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink("/root", link)  # root's 0700 home: the user can't read it
+    try:
+        res = _setup(env, "-U", "4242", "-v", f"{link}:/data", "id", env["id"])
+        assert res.returncode != 0 and "permission denied (as uid 4242)" in res.stderr.lower(), res.stderr
+        assert not linux.mounts_under(env["config"].udiMount)
+        # swapped for a link to something the user can read: that is what gets bound
+        os.unlink(link)
+        os.symlink(env["vol"], link)
+        res = _setup(env, "-U", "4242", "-v", f"{link}:/data", "id", env["id"])
+        assert res.returncode == 0, res.stderr
+        assert os.stat(os.path.join(env["config"].udiMount, "data")).st_ino == os.stat(env["vol"]).st_ino
+    finally:
+        os.unlink(link)
+
+
+def test_private_image_only_for_its_acl(torn_down):
+    env = torn_down
+    res = _setup(env, "-U", "4242", "id", env["private"])
+    assert res.returncode != 0 and "private" in res.stderr
+    assert _setup(env, "-U", "4243", "id", env["private"]).returncode == 0
+
+
+def test_per_node_cache_is_xfs_owned_by_the_user_and_limited(torn_down):
+    env = torn_down
+    res = _setup(env, "-U", "4242", "-v", "/x:/scratch:perNodeCache=size=2G", "id", env["id"])
+    assert res.returncode != 0 and "over the site limit" in res.stderr
+    res = _setup(env, "-U", "4242", "-v", "/x:/scratch:perNodeCache=size=300M", "id", env["id"])
+    assert res.returncode == 0, res.stderr
+    target = os.path.join(env["config"].udiMount, "scratch")
+    fstype = [t for mp, t, _ in linux.mountinfo() if mp == target]
+    assert fstype == ["xfs"]
+    st = os.stat(target)
+    assert (st.st_uid, st.st_gid) == (4242, 4242)
+    sv = os.statvfs(target)
+    assert 200 << 20 < sv.f_blocks * sv.f_frsize <= 300 << 20  # XFS keeps some for its log
+    assert _in_udi(env, ["/bin/sh", "-c", "echo x > /scratch/f && cat /scratch/f"]).stdout == "x\n"
+    backing = [f for f in os.listdir(os.path.join(env["base"], "cache")) if f.startswith("shifter-cache.")]
+    assert len(backing) == 1
+    udi.teardown(env["config"])
+    assert os.listdir(os.path.join(env["base"], "cache")) == []
+    assert not _loops_for("shifter-cache")
+
+
+def test_modules_copy_path_site_fs_roothook_and_env(torn_down):
+    env = torn_down
+    res = _setup(env, "-U", "4242", "-m", "tools", "id", env["id"])
+    assert res.returncode == 0, res.stderr
+    root = env["config"].udiMount
+    assert _in_udi(env, ["/opt/udiImage/modules/tools/bin/hello"]).stdout == "module hello\n"
+    assert _in_udi(env, ["/bin/cat", "/opt/sitetools/shared"]).stdout == "site data\n"
+    assert open(os.path.join(root, "var/shifter/roothook-ran")).read() == "tools\n"
+    p = plan.read(root)
+    assert p.modules == "tools" and "=TOOLS=1" in p.env
+    for bad, message in ((["-m", "nope"], "unknown module 'nope'"), (["-m", "off"], "disabled"),
+                         (["-m", "tools,clash"], "conflict")):
+        udi.teardown(env["config"])
+        res = _setup(env, "-U", "4242", *bad, "id", env["id"])
+        assert res.returncode != 0 and message in res.stderr, res.stderr
+        assert not linux.mounts_under(root)
+
+
+def test_failure_halfway_leaves_nothing(torn_down):
+    env = torn_down
+    res = _setup(env, "-U", "4242", "-v", f"{env['vol']}:/data", "id", env["id"], conf=env["failing"])
+    assert res.returncode == 1 and "sitePostMountHook" in res.stderr and "exited with 3" in res.stderr
+    assert not linux.mounts_under(env["config"].udiMount)
+    assert not linux.mounts_under(env["config"].loopMount)
+    assert not _loops_for(env["id"])
+
+
+def test_unsetuproot_after_a_crashed_setup(torn_down):
+    env = torn_down
+    # a setup killed halfway: mounts left behind, no cleanup ran
+    config = env["config"]
+    os.makedirs(config.udiMount, exist_ok=True)
+    linux.mount("crashed", config.udiMount, "tmpfs", 0)
+    os.makedirs(os.path.join(config.udiMount, "bin"))
+    linux.bind("/usr", os.path.join(config.udiMount, "bin"), linux.MS_RDONLY)
+    res = subprocess.run([UNSETUPROOT], capture_output=True, text=True, env={"SHIFTER_CONFIG": env["conf"]})
+    assert res.returncode == 0, res.stderr
+    assert not linux.mounts_under(config.udiMount)
+    again = subprocess.run([UNSETUPROOT], capture_output=True, text=True, env={"SHIFTER_CONFIG": env["conf"]})
+    assert again.returncode == 0 and again.stderr == ""
+
+
+def test_hundred_cycles_leave_no_mounts_or_loop_devices(env):
+    config = env["config"]
+    request = udi.Request(image=ImageRef("id", env["id"]), uid=4242, gid=4242, username=USER1,
+                          volumes=volumes.parse_volumes(f"{env['vol']}:/data:ro"))
+    before = len(linux.mountinfo())
+    for _ in range(100):
+        udi.setup_root(config, request)
+        assert udi.teardown(config)
+    assert len(linux.mountinfo()) == before
+    assert not _loops_for(env["id"])
+
+
+def test_bad_usage_is_one_line(env):
+    for args, code in (([], 2), (["id"], 2), (["-U", "x", "id", env["id"]], 2),
+                       (["-U", "4242", "id", "0" * 64], 2), (["-U", "4242", "docker", "Bad Name"], 2)):
+        res = _setup(env, *args)
+        assert res.returncode == code, (args, res.stderr)
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith("setupRoot: "), res.stderr
+
+
+def test_other_user_cannot_use_the_first_users_udi_files(torn_down):
+    env = torn_down
+    assert _setup(env, "-U", "4242", "-v", f"{env['vol']}:/data", "id", env["id"]).returncode == 0
+    os.chmod(env["vol"], 0o700)
+    res = _in_udi(env, ["/bin/ls", "/data"], uid=4243, gid=4243)
+    assert res.returncode != 0  # the volume keeps its owner's permissions
+    assert USER2
