@@ -11,7 +11,6 @@ Extension (not in Shifter): ``mungeSocketPath`` — the munged socket clients us
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from types import MappingProxyType
 
 from shifter import paths
 from shifter.errors import ConfigError, ShifterError
-from shifter.runtime import volumes
+from shifter.runtime import confsyntax, volumes
 
 IMAGE_TYPES = ("docker", "id", "custom", "local")
 
@@ -77,8 +76,8 @@ class Module:
 @dataclass(frozen=True)
 class UdiRootConfig:
     path: str
-    udiMount: str = "/var/udiMount"
-    loopMount: str = "/var/udiLoopMount"
+    udiMount: str = confsyntax.DEFAULTS["udiMount"]
+    loopMount: str = confsyntax.DEFAULTS["loopMount"]
     imagePath: str = "/images"
     udiRootPath: str = paths.PREFIX
     sitePreMountHook: str | None = None
@@ -99,7 +98,7 @@ class UdiRootConfig:
     defaultModules: tuple[str, ...] = ()
     perNodeCacheSizeLimit: int | None = None
     perNodeCacheAllowedFsType: tuple[str, ...] = ("xfs",)
-    perNodeCachePath: str = "/tmp"
+    perNodeCachePath: str = confsyntax.DEFAULTS["perNodeCachePath"]
     mountPropagationStyle: str = "slave"
     ddPath: str = "/bin/dd"
     mungeSocketPath: str | None = None
@@ -112,23 +111,6 @@ class UdiRootConfig:
         if not self.ignored:
             return None
         return f"{self.path}: ignoring Shifter keys with no effect here: {', '.join(self.ignored)}"
-
-
-def _logical_lines(text: str):
-    """Yield (first line number, logical line) with ``\\`` continuations joined."""
-    buf, start = "", None
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if start is None:
-            start = lineno
-        stripped = line.rstrip()
-        if stripped.endswith("\\"):
-            buf += stripped[:-1]
-            continue
-        buf += line
-        yield start, buf
-        buf, start = "", None
-    if start is not None:
-        yield start, buf
 
 
 class _Reader:
@@ -222,14 +204,7 @@ def parse(text: str, path: str = "<udiRoot.conf>") -> UdiRootConfig:
     where: dict[str, int] = {}
     ignored: list[str] = []
     module_keys: dict[str, set[str]] = {}
-    for lineno, line in _logical_lines(text):
-        body = line.split("#", 1)[0].strip()
-        if not body:
-            continue
-        key, sep, value = body.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key:
-            raise ConfigError(f"{path}:{lineno}: expected key=value, got {body!r}")
+    for lineno, key, value in confsyntax.entries(text, path):
         if key in IGNORED_KEYS:
             ignored.append(key)
             continue
@@ -237,6 +212,8 @@ def parse(text: str, path: str = "<udiRoot.conf>") -> UdiRootConfig:
         if m:
             module_keys.setdefault(m.group("name"), set()).add(m.group("attr"))
         elif key not in KNOWN_KEYS:
+            import difflib
+
             close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
             raise ConfigError(f"{path}:{lineno}: unknown key {key!r}",
                               f"did you mean {close[0]!r}?" if close else "see docs/configuration.md")
@@ -319,14 +296,4 @@ def parse(text: str, path: str = "<udiRoot.conf>") -> UdiRootConfig:
 def load(path: str | None = None) -> UdiRootConfig:
     """Read udiRoot.conf from ``path`` or the default location (see ``shifter.paths``)."""
     path = path or paths.config_path()
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"can't read the shifter configuration: {path}: no such file",
-            "set SHIFTER_CONFIG or the plugstack argument shifter_config= to your udiRoot.conf",
-        ) from None
-    except OSError as e:
-        raise ConfigError(f"can't read the shifter configuration: {path}: {e.strerror}") from None
-    return parse(text, os.path.abspath(path))
+    return parse(confsyntax.read(path), os.path.abspath(path))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shutil
 
 NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\n"
 _FILTERED = ("passwd", "group")
@@ -87,7 +86,8 @@ def build(target: str, etc_path: str | None, uid: int, username: str, gids: list
             continue
         src = os.path.join(etc_path, name)
         if os.path.isfile(src):
-            shutil.copyfile(src, os.path.join(target, name))
+            with open(src, "rb") as fin, open(os.path.join(target, name), "wb") as fout:
+                fout.write(fin.read())
             os.chmod(os.path.join(target, name), 0o644)
     site = etc_path or "/nonexistent"
     _write(os.path.join(target, "passwd"),

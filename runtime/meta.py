@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 from shifter.errors import ShifterError
@@ -157,6 +156,8 @@ def read(path: str) -> ImageMeta:
 
 def write(path: str, meta: ImageMeta) -> None:
     """Write atomically (temp file in the same directory + rename), mode 0644."""
+    import tempfile
+
     text = dumps(meta)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".meta.", dir=directory)

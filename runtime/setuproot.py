@@ -1,17 +1,16 @@
-"""``setupRoot`` and ``unsetupRoot``: Shifter's root commands, same command lines.
+"""``setupRoot``: Shifter's root command, same command line (``unsetupRoot`` lives in
+``shifter.runtime.teardown``).
 
     setupRoot [-U uid] [-G gid] [-u username] [-s sshPubKey] [-N "host/slots ..."]
               [-v map]... [-m modules] [-V] TYPE IDENTIFIER
-    unsetupRoot [-V]
 
-Both run as root with a clean environment and a fixed PATH (``SHIFTER_CONFIG`` or
+It runs as root with a clean environment and a fixed PATH (``SHIFTER_CONFIG`` or
 ``shifter_config`` is read first).  Exit status: 0 ok, 1 failure (one line on stderr;
-for setupRoot nothing is left mounted), 2 bad usage.
+nothing is left mounted), 2 bad usage.
 """
 
 from __future__ import annotations
 
-import getopt
 import os
 import pwd
 import sys
@@ -46,14 +45,39 @@ def _int(opt: str, value: str) -> int:
     return n
 
 
+def _getopt(argv: list[str], with_value: str, flags: str):
+    """POSIX getopt (what Shifter's setupRoot uses) without the cost of importing getopt:
+    ``-X value`` or ``-Xvalue``, flags, stop at the first non-option or ``--``."""
+    opts, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return opts, argv[i + 1:]
+        if not arg.startswith("-") or arg == "-":
+            break
+        letter = arg[1]
+        if letter in with_value:
+            if len(arg) > 2:
+                value = arg[2:]
+            elif i + 1 < len(argv):
+                i += 1
+                value = argv[i]
+            else:
+                raise UsageError(f"option -{letter} needs a value", SETUP_USAGE)
+            opts.append((f"-{letter}", value))
+        elif letter in flags and len(arg) == 2:
+            opts.append((arg, ""))
+        else:
+            raise UsageError(f"unknown option {arg!r}", SETUP_USAGE)
+        i += 1
+    return opts, argv[i:]
+
+
 def parse_setup_args(argv: list[str], config):
     from shifter.runtime import udi, volumes
     from shifter.runtime.image import parse_image
 
-    try:
-        opts, args = getopt.getopt(argv, "U:G:u:s:N:v:m:Vh")
-    except getopt.GetoptError as e:
-        raise UsageError(f"{e.msg}", SETUP_USAGE) from None
+    opts, args = _getopt(argv, "UGusNvm", "Vh")
     uid = gid = username = pubkey = hostlist = modules = None
     maps: list[str] = []
     verbose = False
@@ -133,27 +157,6 @@ def setup_main(argv: list[str] | None = None) -> int:
         udi.setup_root(config, request, log)
     except ShifterError as e:
         return _fail("setupRoot", e)
-    return 0
-
-
-def unsetup_main(argv: list[str] | None = None) -> int:
-    config_path = _clean_environment()
-    argv = sys.argv[1:] if argv is None else argv
-    verbose = "-V" in argv
-    extra = [a for a in argv if a != "-V"]
-    if extra:
-        print(f"unsetupRoot: unexpected argument {extra[0]!r} (usage: unsetupRoot [-V])", file=sys.stderr)
-        return 2
-    try:
-        from shifter.runtime import config as udiconfig
-        from shifter.runtime import udi
-
-        if os.geteuid() != 0:
-            raise UsageError("unsetupRoot must run as root")
-        config = udiconfig.load(config_path)
-        udi.teardown(config, (lambda m: print(f"unsetupRoot: {m}", file=sys.stderr)) if verbose else (lambda m: None))
-    except ShifterError as e:
-        return _fail("unsetupRoot", e)
     return 0
 
 

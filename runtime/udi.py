@@ -29,14 +29,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
-import socket
 import stat
 import time
 from dataclasses import dataclass, field
 
 from shifter.errors import ConfigError, ShifterError, UsageError
 from shifter.runtime import cache, etcfiles, linux, meta, plan, volumes
+from shifter.runtime import teardown as _teardown
 from shifter.runtime.image import ImageRef
 
 RO = linux.MS_RDONLY
@@ -130,6 +129,8 @@ def open_sources_as_user(paths: list[str], uid: int, gid: int, gids: tuple[int, 
     whatever they swap afterwards.  Only readable directories and regular files."""
     if not paths:
         return []
+    import socket
+
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -386,6 +387,8 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     # /opt/udiImage and modules
     opt_udi = os.path.join(udi, "opt", "udiImage")
     _ensure_dir(opt_udi)
+    if config.optUdiImage or any(m.copy_path for m in modules):
+        import shutil
     if config.optUdiImage and os.path.isdir(config.optUdiImage):
         shutil.copytree(config.optUdiImage, opt_udi, symlinks=True, dirs_exist_ok=True)
     for module in modules:
@@ -412,6 +415,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     for index, v in enumerate(vv for vv in req.volumes if vv.per_node_cache is not None):
         backing = cache.backing_path(config, f"{os.uname().nodename}.{req.job_id or 'nojob'}.{req.uid}", index)
         state["caches"].append(backing)
+        _teardown.record_cache(udi, backing)
         _write_state(udi, state)
         dst_fd = resolve_destination(udi, v.destination, is_dir=True, create=True, what=f"volume {v.spec()}")
         try:
@@ -464,29 +468,5 @@ def _bind_site(udi: str, v, what: str) -> None:
 
 # --------------------------------------------------------------------------- teardown
 def teardown(config, log=lambda msg: None) -> bool:
-    """Remove the UDI: every mount under udiMount and loopMount, per-node cache files.
-
-    Idempotent; True if anything was there to remove."""
-    state = read_state(config)
-    removed = False
-    for root in (config.udiMount, config.loopMount):
-        for _ in range(64):  # stacked mounts (a crashed setup re-run) need several passes
-            found = linux.mounts_under(root)
-            if not found:
-                break
-            for mp in found:
-                try:
-                    removed |= linux.umount(mp)
-                except OSError as e:
-                    if e.errno not in (errno.EINVAL, errno.ENOENT):
-                        raise SetupError(f"can't unmount {mp}: {e.strerror}") from None
-        else:
-            raise SetupError(f"can't tear down {root}: mounts keep reappearing")
-    for backing in (state or {}).get("caches", []):
-        if os.path.dirname(backing) == config.perNodeCachePath and os.path.basename(backing).startswith(
-                "shifter-cache."):
-            cache.remove(backing)
-            removed = True
-    if removed:
-        log(f"removed the UDI at {config.udiMount}")
-    return removed
+    """Remove the UDI (see ``shifter.runtime.teardown``); idempotent."""
+    return _teardown.teardown(config.udiMount, config.loopMount, config.perNodeCachePath, log)

@@ -28,8 +28,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from fractions import Fraction
-from typing import Iterable
+from collections.abc import Iterable
 
 from shifter.errors import ConfigError, ShifterError, UsageError
 
@@ -160,9 +159,12 @@ def _parse_size(text: str, what: str) -> int:
     if not m:
         raise _Refusal(f"{what} {_show(text)} is not a size", hint)
     number, unit = m.groups()
-    value = Fraction(number) * 1024 ** (_UNITS.index(unit.upper()) + 1 if unit else 0)
-    if value.denominator != 1:
+    scale = 1024 ** (_UNITS.index(unit.upper()) + 1 if unit else 0)
+    whole, _, frac = number.partition(".")
+    value, rest = divmod(int(frac or "0") * scale, 10 ** len(frac))
+    if rest:
         raise _Refusal(f"{what} {_show(text)} is not a whole number of bytes", hint)
+    value += int(whole) * scale
     if value <= 0:
         raise _Refusal(f"{what} {_show(text)} must be greater than 0", hint)
     if value > MAX_SIZE:
