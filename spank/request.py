@@ -51,7 +51,7 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs) -> JobReque
     config = udiconfig.load(plugstack.shifter_config)
     image = None
     if "image" in options:
-        image = parse_image(options["image"], config.defaultImageType)
+        image = parse_image(options["image"], config)
     volume = options.get("volume")
     if volume is not None and image is None:
         raise UsageError(
