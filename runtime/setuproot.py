@@ -76,6 +76,7 @@ def _getopt(argv: list[str], with_value: str, flags: str):
 def parse_setup_args(argv: list[str], config):
     from shifter.runtime import udi, volumes
     from shifter.runtime.image import parse_image
+    from shifter.runtime.modules import parse_list
 
     opts, args = _getopt(argv, "UGusNvm", "Vh")
     uid = gid = username = pubkey = hostlist = modules = None
@@ -95,7 +96,7 @@ def parse_setup_args(argv: list[str], config):
         elif opt == "-v":
             maps.append(value)
         elif opt == "-m":
-            modules = tuple(m for m in value.replace(" ", ",").split(",") if m)
+            modules = parse_list(value)
         elif opt == "-V":
             verbose = True
         elif opt == "-h":

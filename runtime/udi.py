@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from shifter.errors import ConfigError, ShifterError, UsageError
 from shifter.runtime import cache, etcfiles, linux, meta, plan, volumes
+from shifter.runtime.modules import select_modules
 from shifter.runtime import teardown as _teardown
 from shifter.runtime.image import ImageRef
 
@@ -99,28 +100,6 @@ def resolve_image(config, image: ImageRef) -> tuple[str, meta.ImageMeta]:
     if m.format != "squashfs":
         raise ConfigError(f"can't set up image {image}: format {m.format!r} is not supported here (squashfs only)")
     return squashfs, m
-
-
-def select_modules(config, requested: tuple[str, ...] | None) -> tuple:
-    names = config.defaultModules if requested is None else requested
-    if "none" in names:
-        if len(names) > 1:
-            raise UsageError(f"invalid module list {','.join(names)!r}: 'none' can't be combined with modules")
-        return ()
-    chosen = []
-    for name in dict.fromkeys(names):
-        module = config.modules.get(name)
-        if module is None:
-            known = ", ".join(sorted(config.modules)) or "none defined"
-            raise UsageError(f"unknown module {name!r}", f"modules on this system: {known}")
-        if not module.enabled:
-            raise UsageError(f"module {name!r} is disabled on this system")
-        chosen.append(module)
-    for module in chosen:
-        for other in module.conflict:
-            if other in names:
-                raise UsageError(f"modules {module.name!r} and {other!r} conflict", "load only one of them")
-    return tuple(chosen)
 
 
 def open_sources_as_user(paths: list[str], uid: int, gid: int, gids: tuple[int, ...]) -> list[int]:

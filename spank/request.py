@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 from shifter.errors import ConfigError, UsageError
 from shifter.runtime import config as udiconfig
+from shifter.runtime import volumes
 from shifter.runtime.image import ImageRef, parse_image
+from shifter.runtime.modules import parse_list, select_modules
 from shifter.spank.handle import SpankHandle
 from shifter.spank.plugstack import PlugstackArgs
 
@@ -58,11 +60,18 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs) -> JobReque
             f"--volume={volume!r} needs an image",
             "add --image=docker:REPO:TAG (volumes are mounted into the image)",
         )
-    if volume is not None and volume.strip("; ") == "":
-        raise UsageError("invalid --volume '': the volume map is empty", "use --volume=/src:/dst[:ro]")
+    if volume is not None:
+        if volume.strip("; ") == "":
+            raise UsageError("invalid --volume '': the volume map is empty", "use --volume=/src:/dst[:ro]")
+        maps = volumes.parse_volumes(volume)
+        volumes.destination_conflicts(maps + config.siteFs)
+        volume = volumes.format_volumes(maps)
     module = options.get("module")
-    if module is not None and module.strip() == "":
-        raise UsageError("invalid --module '': the module list is empty", "use --module=NAME[,NAME] or --module=none")
+    if module is not None:
+        if module.strip() == "":
+            raise UsageError("invalid --module '': the module list is empty",
+                             "use --module=NAME[,NAME] or --module=none")
+        select_modules(config, parse_list(module))
     return JobRequest(image=image, volume=volume, module=module, ccm="ccm" in options)
 
 

@@ -217,3 +217,30 @@ def test_missing_config_fails_submission_with_its_path(runner, site):
         assert ok.returncode == 0, ok.stderr
     finally:
         shutil.rmtree(os.path.dirname(conf))
+
+
+@pytest.mark.parametrize("option, reason", [
+    ("--volume=/tmp:/etc/x", "inside /etc"),
+    ("--volume=relative:/data", "is not an absolute path"),
+    ("--volume=/tmp:/data:bogus", "bogus"),
+    ("--volume=/tmp:/data:rec", "site"),
+    ("--module=no-such-module", "unknown module 'no-such-module'"),
+])
+def test_bad_volume_or_module_refused_at_submission(runner, option, reason):
+    res = runner.run(["sbatch", "-N1", f"--image={IMAGE}", option, "--wrap", "true"])
+    assert res.returncode != 0 and "Submitted" not in res.stdout
+    ours = [ln for ln in res.stderr.splitlines() if "shifter:" in ln and "spank" not in ln]
+    assert len(ours) == 1 and reason in ours[0], res.stderr
+
+
+def test_batch_script_sees_the_request_in_canonical_form(runner):
+    out = f"/tmp/shifter-env-{os.getpid()}.out"
+    res = runner.run(["sbatch", "-N1", "--wait", f"--output={out}", f"--image={IMAGE}",
+                      "--volume=/var/tmp:/data;/tmp:/scratch:ro", "--wrap", "env"])
+    assert res.returncode == 0, res.stderr
+    with open(out) as f:
+        env = dict(line.split("=", 1) for line in f.read().splitlines() if "=" in line)
+    os.unlink(out)
+    assert env["SLURM_SPANK_SHIFTER_IMAGE"] == "test/busybox:latest"
+    assert env["SLURM_SPANK_SHIFTER_IMAGETYPE"] == "docker"
+    assert env["SLURM_SPANK_SHIFTER_VOLUME"] == "/tmp:/scratch:ro;/var/tmp:/data"

@@ -9,7 +9,7 @@ from shifter.spank.handle import CTX_ALLOCATOR, CTX_JOB_SCRIPT, CTX_LOCAL, CTX_R
 @pytest.fixture
 def conf(tmp_path):
     path = tmp_path / "udiRoot.conf"
-    path.write_text("system=test\nimagePath=/images\nudiMount=/var/udiMount\n")
+    path.write_text("system=test\nimagePath=/images\nudiMount=/var/udiMount\nmodule_mpich_siteEnv=A=1\n")
     return f"shifter_config={path}"
 
 
