@@ -2,6 +2,7 @@
 
   <prefix>/lib/shifter/shifter_slurm.so     the SPANK shim (C, NOT linked to libpython)
   <prefix>/lib/shifter/_shifter_spank_py.so the cffi-embedded Python module it loads on demand
+  <prefix>/bin/shifter                      the launcher's compiled fast path (no setuid bit)
 
 Everything else is declared in pyproject.toml.
 """
@@ -18,10 +19,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 NATIVE = os.path.join("build", "native")
 SHIM = os.path.join(NATIVE, "shifter_slurm.so")
 PYMOD = os.path.join(NATIVE, "_shifter_spank_py.so")
+LAUNCHER = os.path.join(NATIVE, "shifter")
 
 
 class build_native(Command):
-    description = "compile the SPANK shim and the cffi-embedded Python module"
+    description = "compile the SPANK shim, the cffi-embedded Python module and the launcher"
     user_options = []
 
     def initialize_options(self):
@@ -38,6 +40,11 @@ class build_native(Command):
              "-o", SHIM, os.path.join("spank", "shim.c"), "-ldl"],
             check=True,
         )
+        subprocess.run(
+            [cc, "-O2", "-Wall", "-Wextra", "-o", LAUNCHER, os.path.join("runtime", "launcher.c")],
+            check=True,
+        )
+        os.chmod(LAUNCHER, 0o755)
         spec = importlib.util.spec_from_file_location(
             "shifter_embed_build", os.path.join(HERE, "spank", "embed_build.py"))
         mod = importlib.util.module_from_spec(spec)
@@ -57,5 +64,5 @@ class BinaryDistribution(Distribution):
 setup(
     distclass=BinaryDistribution,
     cmdclass={"build_native": build_native, "build": build_with_native},
-    data_files=[("lib/shifter", [SHIM, PYMOD])],
+    data_files=[("lib/shifter", [SHIM, PYMOD]), ("bin", [LAUNCHER])],
 )

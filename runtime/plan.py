@@ -8,10 +8,12 @@ parses it without a library: a sequence of NUL-terminated strings::
 
 Single keys: ``uid``, ``gid``, ``jobid`` (empty outside a job), ``image_type``,
 ``image_id``, ``volumes`` (canonical form, ``volumes.format_volumes``), ``modules``
-(comma-joined, sorted), ``udi`` (the udiMount path), ``workdir`` (the image WORKDIR,
+(comma-joined, sorted), ``modules_default`` (``1`` when setupRoot got no module list and
+used the site's defaults), ``udi`` (the udiMount path), ``workdir`` (the image WORKDIR,
 may be empty).  Repeated keys, in order: ``entry`` and ``cmd`` (one argv element each;
-the image ENTRYPOINT/CMD), and ``env`` — environment operations applied in order over
-the caller's environment::
+the image ENTRYPOINT/CMD), ``userhook`` (module userhooks, in-container paths, run as
+the user before the command), and ``env`` — environment operations applied in order
+over the caller's environment::
 
     =NAME=VALUE   set        <NAME=VALUE   prepend (VALUE:old)
     >NAME=VALUE   append     -NAME         unset
@@ -28,7 +30,9 @@ from dataclasses import dataclass, field
 MAGIC = "SHIFTER_PLAN"
 VERSION = "1"
 RELPATH = "var/shifter/launch.plan"
-SINGLE_KEYS = ("uid", "gid", "jobid", "image_type", "image_id", "volumes", "modules", "udi", "workdir")
+SINGLE_KEYS = ("uid", "gid", "jobid", "image_type", "image_id", "volumes", "modules", "modules_default", "udi",
+               "workdir")
+LIST_KEYS = ("entry", "cmd", "env", "userhook")
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,12 @@ class Plan:
     volumes: str
     modules: str
     udi: str
+    modules_default: str = "0"  # "1": setupRoot was given no module list (site defaults)
     workdir: str = ""
     entry: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
     env: tuple[str, ...] = field(default=())
+    userhook: tuple[str, ...] = ()
 
     def identity(self) -> tuple:
         """What a launch request must match to use this UDI."""
@@ -84,7 +90,7 @@ def dumps(plan: Plan) -> bytes:
     items = [MAGIC, VERSION]
     for key in SINGLE_KEYS:
         items += [key, str(getattr(plan, key))]
-    for key in ("entry", "cmd", "env"):
+    for key in LIST_KEYS:
         for value in getattr(plan, key):
             items += [key, value]
     items += ["END", ""]
@@ -101,7 +107,7 @@ def loads(data: bytes) -> Plan:
     if parts[1] != VERSION:
         raise ValueError(f"launch plan version {parts[1]!r} is not supported (want {VERSION})")
     single: dict[str, str] = {}
-    lists: dict[str, list[str]] = {"entry": [], "cmd": [], "env": []}
+    lists: dict[str, list[str]] = {key: [] for key in LIST_KEYS}
     i = 2
     while i + 1 < len(parts):
         key, value = parts[i], parts[i + 1]
@@ -119,8 +125,8 @@ def loads(data: bytes) -> Plan:
     missing = [k for k in SINGLE_KEYS if k not in single]
     if missing:
         raise ValueError(f"launch plan lacks {', '.join(missing)}")
-    return Plan(uid=int(single.pop("uid")), gid=int(single.pop("gid")), entry=tuple(lists["entry"]),
-                cmd=tuple(lists["cmd"]), env=tuple(lists["env"]), **single)
+    return Plan(uid=int(single.pop("uid")), gid=int(single.pop("gid")),
+                **{key: tuple(values) for key, values in lists.items()}, **single)
 
 
 def write(udi: str, plan: Plan) -> str:

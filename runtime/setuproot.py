@@ -22,12 +22,14 @@ SETUP_USAGE = ("usage: setupRoot [-U uid] [-G gid] [-u username] [-s sshPubKey] 
                "[-v volumeMap]... [-m modules] [-V] TYPE IDENTIFIER")
 
 
-def _clean_environment() -> str | None:
-    """Keep only the config location; everything else goes."""
+def _clean_environment() -> tuple[str | None, str]:
+    """Keep only the config location and the job id (a prolog's SLURM_JOB_ID, recorded
+    as the UDI's owner job); everything else goes."""
     config_path = os.environ.get("SHIFTER_CONFIG") or os.environ.get("shifter_config")
+    job_id = os.environ.get("SLURM_JOB_ID", "")
     os.environ.clear()
     os.environ["PATH"] = FIXED_PATH
-    return config_path
+    return config_path, job_id
 
 
 def _fail(prog: str, e: ShifterError) -> int:
@@ -73,7 +75,7 @@ def _getopt(argv: list[str], with_value: str, flags: str):
     return opts, argv[i:]
 
 
-def parse_setup_args(argv: list[str], config):
+def parse_setup_args(argv: list[str], config, job_id: str = ""):
     from shifter.runtime import udi, volumes
     from shifter.runtime.image import parse_image
     from shifter.runtime.modules import parse_list
@@ -124,7 +126,7 @@ def parse_setup_args(argv: list[str], config):
     request = udi.Request(
         image=image, uid=uid, gid=gid, username=username,
         volumes=volumes.parse_volume_list(maps), modules=modules,
-        job_id=os.environ.get("SLURM_JOB_ID", ""), ssh_pubkey=pubkey, hostlist=hostlist,
+        job_id=job_id, ssh_pubkey=pubkey, hostlist=hostlist,
     )
     return request, verbose
 
@@ -144,7 +146,7 @@ def _lookup(config, image):
 
 
 def setup_main(argv: list[str] | None = None) -> int:
-    config_path = _clean_environment()
+    config_path, job_id = _clean_environment()
     argv = sys.argv[1:] if argv is None else argv
     try:
         from shifter.runtime import config as udiconfig
@@ -153,7 +155,7 @@ def setup_main(argv: list[str] | None = None) -> int:
         config = udiconfig.load(config_path)
         if config.notice():
             print(f"setupRoot: notice: {config.notice()}", file=sys.stderr)
-        request, verbose = parse_setup_args(argv, config)
+        request, verbose = parse_setup_args(argv, config, job_id)
         log = (lambda msg: print(f"setupRoot: {msg}", file=sys.stderr)) if verbose else (lambda msg: None)
         udi.setup_root(config, request, log)
     except ShifterError as e:

@@ -261,9 +261,10 @@ def _merge_dir(image_dir: str, target: str, skip: set[str]) -> None:
         # sockets, fifos and device nodes of an image are left out
 
 
-def setup_root(config, req: Request, log=lambda msg: None) -> plan.Plan:
+def setup_root(config, req: Request, log=lambda msg: None, private: bool = False) -> plan.Plan:
     """Build the UDI for ``req``.  On any failure everything done is undone, then the
-    error is raised."""
+    error is raised.  ``private``: the caller is in its own private mount namespace (a
+    launcher building a container for one process), where it may stack over a UDI."""
     if os.geteuid() != 0:
         raise UsageError("setupRoot must run as root")
     t0 = time.perf_counter()
@@ -277,7 +278,7 @@ def setup_root(config, req: Request, log=lambda msg: None) -> plan.Plan:
     for v in req.volumes:
         if v.per_node_cache is not None:
             cache.check(config, v)
-    if is_set_up(config):
+    if not private and is_set_up(config):
         raise SetupError(f"can't set up {config.udiMount}: a UDI is already mounted there",
                          "run unsetupRoot first")
     plain = [v for v in req.volumes if v.per_node_cache is None]
@@ -407,8 +408,9 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     launch = plan.Plan(
         uid=req.uid, gid=req.gid, jobid=req.job_id, image_type=req.image.type, image_id=req.image.tag,
         volumes=volumes.format_volumes(req.volumes), modules=",".join(sorted(m.name for m in modules)),
-        udi=udi, workdir=image_meta.workdir or "",
-        entry=_argv(image_meta.entry), cmd=_argv(image_meta.cmd),
+        modules_default="1" if req.modules is None else "0", udi=udi, workdir=image_meta.workdir or "",
+        userhook=tuple(m.userhook for m in modules if m.userhook),
+        entry=command_argv(image_meta.entry), cmd=command_argv(image_meta.cmd),
         env=tuple(plan.env_ops(env_rules, image_meta.env_dict())),
     )
     plan.write(udi, launch)
@@ -421,7 +423,8 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     return launch
 
 
-def _argv(value) -> tuple[str, ...]:
+def command_argv(value) -> tuple[str, ...]:
+    """An image ENTRYPOINT/CMD as argv: exec form as is, shell form through /bin/sh -c."""
     if value is None:
         return ()
     if isinstance(value, tuple):

@@ -1,0 +1,348 @@
+"""``shifter``: run a command in a container — the Python implementation.
+
+The compiled fast path (launcher.c) handles ``shifter CMD`` when the prepared UDI
+matches; it hands everything else here, unchanged.
+
+    shifter [-i IMAGE] [-V MAP]... [-m MODULES] [-e NAME=VALUE]... [--env-file FILE]
+            [-E] [-w PATH | --workdir[=PATH]] [--entrypoint[=CMD]] [-v] [--dry-run]
+            [--] [CMD [ARG...]]
+
+Options stop at the first non-option.  Image: ``--image`` > ``SHIFTER_IMAGE`` /
+``SHIFTER_IMAGETYPE`` > ``SLURM_SPANK_SHIFTER_IMAGE`` / ``..._IMAGETYPE``.  Volumes:
+``--volume`` (replaces the job's) > ``SHIFTER_VOLUME`` > ``SLURM_SPANK_SHIFTER_VOLUME``;
+modules likewise with ``--module``/``SHIFTER_MODULE``.
+
+The container: the UDI the node's prolog (setupRoot) prepared when it was made for this
+very request (uid, gid, job, image, volumes, modules); otherwise a private one for this
+process (as root: a new mount namespace; as a user: squashfuse in a user namespace).
+
+Environment, in Shifter's order: the caller's (none with ``--clearenv``) -> image ENV ->
+``--env-file`` -> ``-e`` -> modules' siteEnv* -> the site's siteEnv*; ``SHIFTER_RUNTIME=1``.
+Working directory: the caller's (``/`` if the container lacks it); ``-w PATH``;
+``--workdir`` alone: the image's WORKDIR.  Command: CMD, else the image's CMD, else
+``/bin/sh``; ``--entrypoint`` runs the image's ENTRYPOINT (or the given one) before it.
+
+Exit status: the command's; 126 not executable; 127 not found; 125 shifter itself
+failed (one line on stderr, with a hint).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from shifter.errors import ShifterError, UsageError
+
+EXIT_LAUNCH = 125
+USAGE = ("usage: shifter [-i IMAGE] [-V SRC:DST[:FLAGS]]... [-m MODULES] [-e NAME=VALUE]... "
+         "[--env-file FILE] [-E] [-w PATH|--workdir[=PATH]] [--entrypoint[=CMD]] [-v] [--dry-run] "
+         "[CMD [ARG...]]")
+_WITH_VALUE = {"-i": "image", "--image": "image", "-V": "volume", "--volume": "volume",
+               "-m": "module", "--module": "module", "-e": "env", "--env": "env",
+               "--env-file": "env_file", "-w": "workdir"}
+_FLAGS = {"-E": "clearenv", "--clearenv": "clearenv", "-v": "verbose", "--verbose": "verbose",
+          "-h": "help", "--help": "help", "--dry-run": "dry_run"}
+_OPTIONAL = {"--workdir": "workdir", "--entrypoint": "entrypoint", "--entry": "entrypoint"}
+
+
+class Options:
+    def __init__(self):
+        self.image = None
+        self.volume: list[str] = []
+        self.module = None
+        self.env: list[str] = []
+        self.env_file: list[str] = []
+        self.workdir = None  # None: caller's cwd; "": the image's WORKDIR; else a path
+        self.entrypoint = None  # None: no; "": the image's; else a command
+        self.clearenv = self.verbose = self.help = self.dry_run = False
+        self.args: list[str] = []
+
+
+def parse_args(argv: list[str]) -> Options:
+    opts = Options()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[:2], "=", arg[2:]  # -iIMAGE
+        if name in _FLAGS and not eq:
+            setattr(opts, _FLAGS[name], True)
+        elif name in _OPTIONAL:
+            setattr(opts, _OPTIONAL[name], value if eq else "")
+        elif name in _WITH_VALUE:
+            if not eq:
+                i += 1
+                if i >= len(argv):
+                    raise UsageError(f"option {name} needs a value", USAGE)
+                value = argv[i]
+            key = _WITH_VALUE[name]
+            if isinstance(getattr(opts, key), list):
+                getattr(opts, key).append(value)
+            else:
+                setattr(opts, key, value)
+        else:
+            raise UsageError(f"unknown option {arg!r}", USAGE)
+        i += 1
+    opts.args = argv[i:]
+    return opts
+
+
+# --------------------------------------------------------------------------- the request
+def _first(env, *names):
+    for name in names:
+        if env.get(name) is not None:
+            return env[name]
+    return None
+
+
+def choose_image(opts: Options, env, config):
+    from shifter.runtime.image import parse_image
+
+    if opts.image is not None:
+        return parse_image(opts.image, config)
+    for prefix in ("SHIFTER_", "SLURM_SPANK_SHIFTER_"):
+        tag, itype = env.get(prefix + "IMAGE"), env.get(prefix + "IMAGETYPE")
+        if tag:
+            return parse_image(f"{itype}:{tag}" if itype else tag, config)
+    raise UsageError("no image: give --image=IMAGE or submit the job with --image",
+                     "e.g. shifter --image=docker:ubuntu:22.04 CMD")
+
+
+def resolve_id(config, image):
+    """A docker tag becomes the image id through the image gateway."""
+    if image.type != "docker":
+        return image
+    try:
+        from shifter.gateway_client import client
+    except ImportError:
+        client = None
+    if client is None or not hasattr(client, "lookup_id"):
+        raise UsageError(f"can't resolve {image} to an image id: no image gateway client here",
+                         "use --image=id:<image id>")
+    from shifter.runtime.image import ImageRef
+
+    return ImageRef("id", client.lookup_id(config, image))
+
+
+def read_env_file(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise UsageError(f"can't read --env-file {path}: {e.strerror}") from None
+    out = []
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        if "=" not in line or not line.split("=", 1)[0]:
+            raise UsageError(f"--env-file {path}:{lineno}: expected NAME=value, got {line!r}")
+        out.append(line)
+    return out
+
+
+def build_env(opts: Options, environ, image_meta, rules) -> dict[str, str]:
+    from shifter.runtime import plan
+
+    env = {} if opts.clearenv else dict(environ)
+    env.update(image_meta.env_dict())
+    for item in [*(x for f in opts.env_file for x in read_env_file(f)), *opts.env]:
+        name, eq, value = item.partition("=")
+        if not name or "\0" in item:
+            raise UsageError(f"invalid --env {item!r}: expected NAME=value")
+        if eq:
+            env[name] = value
+        elif name in environ:  # -e NAME: take the caller's value
+            env[name] = environ[name]
+    env = plan.apply_env(plan.env_ops(rules), env)
+    env["SHIFTER_RUNTIME"] = "1"
+    return env
+
+
+def build_argv(opts: Options, image_meta) -> list[str]:
+    from shifter.runtime.udi import command_argv
+
+    args = list(opts.args)
+    if not args and image_meta.cmd and opts.entrypoint in (None, ""):
+        args = list(command_argv(image_meta.cmd))
+    if opts.entrypoint is not None:
+        if opts.entrypoint:
+            entry = opts.entrypoint.split()
+        elif image_meta.entry:
+            entry = list(command_argv(image_meta.entry))
+        else:
+            raise UsageError("the image has no ENTRYPOINT", "give one: --entrypoint=CMD")
+        args = entry + args
+    return args or ["/bin/sh"]
+
+
+def choose_cwd(opts: Options, image_meta) -> str:
+    if opts.workdir is None:
+        try:
+            return os.getcwd()
+        except OSError:
+            return "/"
+    if opts.workdir == "":
+        return image_meta.workdir or "/"
+    if not opts.workdir.startswith("/"):
+        raise UsageError(f"invalid --workdir {opts.workdir!r}: must be an absolute path")
+    return opts.workdir
+
+
+def prepared_plan(config, uid, gid, image, vols, modules_req, env):
+    """The node's launch plan, if the prepared UDI was made for exactly this request."""
+    from shifter.runtime import plan, volumes
+
+    path = os.path.join(config.udiMount, plan.RELPATH)
+    try:
+        st = os.stat(path)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            return None
+        p = plan.read(config.udiMount)
+    except (OSError, ValueError):
+        return None
+    if (p.uid, p.gid, p.jobid) != (uid, gid, env.get("SLURM_JOB_ID", "")):
+        return None
+    if (p.image_type, p.image_id) != (image.type, image.tag) or p.volumes != volumes.format_volumes(vols):
+        return None
+    if modules_req is None:
+        return p if p.modules_default == "1" else None
+    return p if ",".join(sorted(set(m for m in modules_req if m != "none"))) == p.modules else None
+
+
+# --------------------------------------------------------------------------- entering
+def _mounts(config, vols, modules) -> list[dict]:
+    out = []
+    for v in [*config.siteFs, *(x for m in modules for x in m.site_fs), *vols]:
+        flags = [f for f, on in (("ro", v.read_only), ("rec", v.recursive)) if on]
+        if v.per_node_cache is not None:
+            flags.append(v.per_node_cache.spec())
+        out.append({"source": v.source, "destination": v.destination, "flags": flags})
+    return out
+
+
+def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, userns: bool):
+    """chroot into ``udi`` (through an own user namespace unless root), no_new_privs, run
+    the userhooks, exec ``argv``.  Does not return."""
+    from shifter.runtime import linux
+
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        if userns:
+            linux.unshare(linux.CLONE_NEWUSER)
+            for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+        os.chdir(udi)
+        os.chroot(udi)
+        os.chdir("/")
+        linux.no_new_privs()
+    except OSError as e:
+        raise ShifterError(f"can't enter the container at {udi}: {e.strerror or e}",
+                           "are unprivileged user namespaces enabled (kernel.unprivileged_userns_clone)?") from None
+    try:
+        os.chdir(cwd)
+    except OSError:
+        print(f"shifter: {cwd} does not exist in the container, starting in /", file=sys.stderr)
+    for hook in userhooks:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                os.execve("/bin/sh", ["sh", hook], env)
+            finally:
+                os._exit(127)
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            raise ShifterError(f"module userhook {hook} failed (status {os.waitstatus_to_exitcode(status)})")
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        print(f"shifter: can't run {argv[0]}: {e.strerror}", file=sys.stderr)
+        os._exit(127 if isinstance(e, (FileNotFoundError, NotADirectoryError)) else 126)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except ShifterError as e:
+        print(f"shifter: {e}", file=sys.stderr)
+        return EXIT_LAUNCH
+
+
+def _main(argv: list[str]) -> int:
+    from shifter.runtime import config as udiconfig
+    from shifter.runtime import udi, volumes
+    from shifter.runtime.modules import parse_list, select_modules
+
+    opts = parse_args(argv)
+    if opts.help:
+        print(USAGE)
+        print(__doc__.split("\n\n", 2)[2])
+        return 0
+    environ = os.environ
+    config = udiconfig.load()
+    image = resolve_id(config, choose_image(opts, environ, config))
+    if opts.volume:
+        vols = volumes.parse_volume_list(opts.volume)
+    else:
+        vols = volumes.parse_volumes(_first(environ, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME") or "")
+    mod_text = opts.module if opts.module is not None else _first(environ, "SHIFTER_MODULE",
+                                                                    "SLURM_SPANK_SHIFTER_MODULE")
+    modules_req = parse_list(mod_text) if mod_text is not None else None
+    modules = select_modules(config, modules_req)
+    image_path, image_meta = udi.resolve_image(config, image)
+    uid, gid = os.getuid(), os.getgid()
+    prepared = prepared_plan(config, uid, gid, image, vols, modules_req, environ)
+    env = build_env(opts, environ, image_meta, [m.env for m in modules] + [config.siteEnv])
+    args = build_argv(opts, image_meta)
+    cwd = choose_cwd(opts, image_meta)
+    userhooks = tuple(m.userhook for m in modules if m.userhook)
+    if opts.dry_run:
+        import json
+
+        print(json.dumps({
+            "image": {"type": image.type, "tag": image.tag, "path": image_path},
+            "udi": "prepared" if prepared else "private",
+            "mounts": _mounts(config, vols, modules), "env": env, "cwd": cwd, "argv": args,
+        }, indent=1, sort_keys=True))
+        return 0
+    if opts.verbose:
+        print(f"shifter: image {image}, {'prepared' if prepared else 'private'} container", file=sys.stderr)
+    if prepared:
+        enter(config.udiMount, cwd, env, args, userhooks, userns=uid != 0)
+    gids = tuple(dict.fromkeys([gid, *os.getgroups()]))
+    import pwd
+
+    try:
+        username = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        username = str(uid)
+    request = udi.Request(image=image, uid=uid, gid=gid, username=username, volumes=vols,
+                          modules=modules_req, job_id=environ.get("SLURM_JOB_ID", ""), gids=gids)
+    if uid != 0:
+        from shifter.runtime import private_user
+
+        return private_user.run(config, image_path, image_meta, request, args, env, cwd, userhooks)
+    # root: a private UDI in a new mount namespace, gone when the process exits
+    from shifter.runtime import linux
+
+    linux.unshare(linux.CLONE_NEWNS)
+    linux.make_propagation("/", linux.MS_PRIVATE, recursive=True)
+    udi.setup_root(config, request, private=True)
+    enter(config.udiMount, cwd, env, args, userhooks, userns=False)
+    return EXIT_LAUNCH  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

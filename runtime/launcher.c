@@ -1,0 +1,398 @@
+/*
+ * shifter: the launcher's compiled fast path.  No setuid bit, no Python.
+ *
+ * It handles exactly one case: `shifter CMD...` with no option, by an ordinary user,
+ * when the UDI that setupRoot prepared on this node (its launch plan at
+ * <udiMount>/var/shifter/launch.plan, see shifter.runtime.plan) was made for this very
+ * request: same uid, gid, job id, image, volumes and modules.  Then it
+ *   - enters an unprivileged user namespace mapping the caller to their own uid/gid
+ *     (setgroups denied: supplementary groups still grant access),
+ *   - chroots into the UDI in-process, sets no_new_privs,
+ *   - applies the plan's environment rules, changes to the caller's directory,
+ *   - runs the modules' userhooks, and execs the command (capabilities are gone at
+ *     exec: the caller is not uid 0 in the namespace).
+ * Everything else (options, root, another image, no or another prepared UDI, no user
+ * namespaces) is handed, unchanged, to the Python implementation:
+ *   <prefix>/bin/python -I -m shifter.runtime.launch ARGS...
+ *
+ * Exit status: the command's; 127 command not found, 126 not executable; 125 the
+ * container could not be entered (one line on stderr).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define PLAN_REL "/var/shifter/launch.plan"
+#define PLAN_MAX (1 << 20)
+#define EXIT_LAUNCH 125
+
+extern char **environ;
+
+static char prefix[PATH_MAX];
+
+/* ------------------------------------------------------------------ fallback */
+static void to_python(int argc, char **argv)
+{
+    char python[PATH_MAX + 32];
+    snprintf(python, sizeof(python), "%s/bin/python", prefix);
+    char **args = calloc((size_t) argc + 5, sizeof(char *));
+    if (args == NULL) {
+        fprintf(stderr, "shifter: out of memory\n");
+        exit(EXIT_LAUNCH);
+    }
+    int n = 0;
+    args[n++] = python;
+    args[n++] = "-I";
+    args[n++] = "-m";
+    args[n++] = "shifter.runtime.launch";
+    for (int i = 1; i < argc; i++) args[n++] = argv[i];
+    args[n] = NULL;
+    execv(python, args);
+    fprintf(stderr, "shifter: can't start %s: %s\n", python, strerror(errno));
+    exit(EXIT_LAUNCH);
+}
+
+/* ------------------------------------------------------------------ helpers */
+static char *read_file(const char *path, size_t *len, int need_root_owned)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > PLAN_MAX ||
+        (need_root_owned && (st.st_uid != 0 || (st.st_mode & 022)))) {
+        close(fd);
+        return NULL;
+    }
+    char *buf = malloc((size_t) st.st_size + 1);
+    if (buf == NULL) {
+        close(fd);
+        return NULL;
+    }
+    size_t got = 0;
+    while (got < (size_t) st.st_size) {
+        ssize_t r = read(fd, buf + got, (size_t) st.st_size - got);
+        if (r <= 0) break;
+        got += (size_t) r;
+    }
+    close(fd);
+    buf[got] = '\0';
+    *len = got;
+    return buf;
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t') s++;
+    char *end = s + strlen(s);
+    while (end > s && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r' || end[-1] == '\n')) *--end = '\0';
+    return s;
+}
+
+/* udiMount from udiRoot.conf (the key=value syntax of shifter.runtime.confsyntax). */
+static int udi_mount(char *out, size_t outlen)
+{
+    char path[PATH_MAX + 32];
+    const char *conf = getenv("SHIFTER_CONFIG");
+    if (conf == NULL || conf[0] == '\0') {
+        snprintf(path, sizeof(path), "%s/etc/udiRoot.conf", prefix);
+        conf = path;
+    }
+    snprintf(out, outlen, "/var/udiMount");
+    size_t len = 0;
+    char *text = read_file(conf, &len, 0);
+    if (text == NULL) return -1;
+    char *save = NULL;
+    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char *hash = strchr(line, '#');
+        if (hash) *hash = '\0';
+        char *eq = strchr(line, '=');
+        if (eq == NULL) continue;
+        *eq = '\0';
+        if (strcmp(trim(line), "udiMount") == 0) {
+            char *value = trim(eq + 1);
+            if (value[0] != '/' || value[strlen(value) - 1] == '\\') {
+                free(text);
+                return -1;
+            }
+            snprintf(out, outlen, "%s", value);
+        }
+    }
+    free(text);
+    return 0;
+}
+
+struct plan {
+    const char *uid, *gid, *jobid, *image_type, *image_id, *volumes, *modules, *modules_default, *workdir;
+    const char **entry, **cmd, **env, **userhook;
+    int n_cmd, n_env, n_userhook;
+};
+
+static int parse_plan(char *buf, size_t len, struct plan *p)
+{
+    /* count strings */
+    size_t count = 0;
+    for (size_t i = 0; i < len; i++)
+        if (buf[i] == '\0') count++;
+    if (count < 4 || buf[len - 1] != '\0') return -1;
+    char **s = calloc(count + 1, sizeof(char *));
+    if (s == NULL) return -1;
+    size_t n = 0;
+    for (size_t i = 0; i < len; i += strlen(buf + i) + 1) s[n++] = buf + i;
+    if (strcmp(s[0], "SHIFTER_PLAN") != 0 || strcmp(s[1], "1") != 0) return -1;
+    memset(p, 0, sizeof(*p));
+    p->cmd = calloc(count, sizeof(char *));
+    p->env = calloc(count, sizeof(char *));
+    p->userhook = calloc(count, sizeof(char *));
+    if (!p->cmd || !p->env || !p->userhook) return -1;
+    int ended = 0;
+    for (size_t i = 2; i + 1 < n; i += 2) {
+        const char *k = s[i], *v = s[i + 1];
+        if (strcmp(k, "END") == 0) { ended = 1; break; }
+        else if (strcmp(k, "uid") == 0) p->uid = v;
+        else if (strcmp(k, "gid") == 0) p->gid = v;
+        else if (strcmp(k, "jobid") == 0) p->jobid = v;
+        else if (strcmp(k, "image_type") == 0) p->image_type = v;
+        else if (strcmp(k, "image_id") == 0) p->image_id = v;
+        else if (strcmp(k, "volumes") == 0) p->volumes = v;
+        else if (strcmp(k, "modules") == 0) p->modules = v;
+        else if (strcmp(k, "modules_default") == 0) p->modules_default = v;
+        else if (strcmp(k, "workdir") == 0) p->workdir = v;
+        else if (strcmp(k, "cmd") == 0) p->cmd[p->n_cmd++] = v;
+        else if (strcmp(k, "env") == 0) p->env[p->n_env++] = v;
+        else if (strcmp(k, "userhook") == 0) p->userhook[p->n_userhook++] = v;
+        /* udi, entry: not needed here */
+    }
+    if (!ended || !p->uid || !p->gid || !p->jobid || !p->image_type || !p->image_id || !p->volumes ||
+        !p->modules || !p->modules_default)
+        return -1;
+    return 0;
+}
+
+static const char *env2(const char *a, const char *b)
+{
+    const char *v = getenv(a);
+    if (v == NULL) v = getenv(b);
+    return v;
+}
+
+static int cmpstr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+/* "b,a,,b" -> "a,b" (sorted, unique); "none" -> "" */
+static char *normal_modules(const char *spec)
+{
+    char *copy = strdup(spec), *save = NULL;
+    const char *items[256];
+    int n = 0;
+    for (char *t = strtok_r(copy, ", ", &save); t && n < 256; t = strtok_r(NULL, ", ", &save)) {
+        if (strcmp(t, "none") == 0) { n = 0; break; }
+        items[n++] = t;
+    }
+    qsort(items, (size_t) n, sizeof(char *), cmpstr);
+    char *out = calloc(strlen(spec) + 1, 1);
+    for (int i = 0; i < n; i++) {
+        if (i > 0 && strcmp(items[i], items[i - 1]) == 0) continue;
+        if (out[0]) strcat(out, ",");
+        strcat(out, items[i]);
+    }
+    free(copy);
+    return out;
+}
+
+/* Does the caller's request match the prepared UDI? */
+static int matches(const struct plan *p, uid_t uid, gid_t gid)
+{
+    char num[32];
+    snprintf(num, sizeof(num), "%u", (unsigned) uid);
+    if (strcmp(p->uid, num) != 0) return 0;
+    snprintf(num, sizeof(num), "%u", (unsigned) gid);
+    if (strcmp(p->gid, num) != 0) return 0;
+    const char *job = getenv("SLURM_JOB_ID");
+    if (strcmp(p->jobid, job ? job : "") != 0) return 0;
+    const char *type = getenv("SHIFTER_IMAGETYPE"), *image = getenv("SHIFTER_IMAGE");
+    if (type == NULL || image == NULL) {
+        type = getenv("SLURM_SPANK_SHIFTER_IMAGETYPE");
+        image = getenv("SLURM_SPANK_SHIFTER_IMAGE");
+    }
+    if (type == NULL || image == NULL || strcmp(type, p->image_type) != 0 || strcmp(image, p->image_id) != 0)
+        return 0;
+    const char *vol = env2("SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME");
+    if (strcmp(vol ? vol : "", p->volumes) != 0) return 0;
+    const char *mod = env2("SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE");
+    if (mod == NULL) return strcmp(p->modules_default, "1") == 0;
+    char *norm = normal_modules(mod);
+    int same = strcmp(norm, p->modules) == 0;
+    free(norm);
+    return same;
+}
+
+static int write_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t len = (ssize_t) strlen(text);
+    int ok = write(fd, text, (size_t) len) == len;
+    close(fd);
+    return ok ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ environment */
+static char **env_copy;
+static int env_n, env_cap;
+
+static int env_find(const char *name, size_t len)
+{
+    for (int i = 0; i < env_n; i++)
+        if (strncmp(env_copy[i], name, len) == 0 && env_copy[i][len] == '=') return i;
+    return -1;
+}
+
+static void env_put(const char *name, size_t len, const char *value)
+{
+    size_t size = len + strlen(value) + 2;
+    char *entry = malloc(size);
+    snprintf(entry, size, "%.*s=%s", (int) len, name, value);
+    int i = env_find(name, len);
+    if (i >= 0) {
+        env_copy[i] = entry;
+        return;
+    }
+    if (env_n + 2 > env_cap) {
+        env_cap = env_cap * 2 + 16;
+        env_copy = realloc(env_copy, (size_t) env_cap * sizeof(char *));
+    }
+    env_copy[env_n++] = entry;
+    env_copy[env_n] = NULL;
+}
+
+static void env_apply(const char *op)
+{
+    char kind = op[0];
+    const char *body = op + 1;
+    if (kind == '-') {
+        int i = env_find(body, strlen(body));
+        if (i >= 0) {
+            env_copy[i] = env_copy[--env_n];
+            env_copy[env_n] = NULL;
+        }
+        return;
+    }
+    const char *eq = strchr(body, '=');
+    if (eq == NULL) return;
+    size_t len = (size_t) (eq - body);
+    const char *value = eq + 1;
+    int i = env_find(body, len);
+    const char *old = (i >= 0) ? env_copy[i] + len + 1 : NULL;
+    if (kind == '=' || old == NULL || old[0] == '\0') {
+        env_put(body, len, value);
+    } else {
+        size_t size = strlen(old) + strlen(value) + 2;
+        char *joined = malloc(size);
+        if (kind == '<') snprintf(joined, size, "%s:%s", value, old);
+        else snprintf(joined, size, "%s:%s", old, value);
+        env_put(body, len, joined);
+    }
+}
+
+/* ------------------------------------------------------------------ main */
+int main(int argc, char **argv)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0) {
+        fprintf(stderr, "shifter: can't find my own path: %s\n", strerror(errno));
+        return EXIT_LAUNCH;
+    }
+    self[n] = '\0';
+    /* <prefix>/bin/shifter */
+    char *slash = strrchr(self, '/');
+    *slash = '\0';
+    slash = strrchr(self, '/');
+    if (slash) *slash = '\0';
+    snprintf(prefix, sizeof(prefix), "%s", self);
+
+    if (argc >= 2 && argv[1][0] == '-') to_python(argc, argv);
+    if (getenv("SHIFTER_NO_FAST_PATH") != NULL) to_python(argc, argv);
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    if (uid == 0 || geteuid() != uid) to_python(argc, argv);
+
+    char udi[PATH_MAX], plan_path[PATH_MAX + 64];
+    if (udi_mount(udi, sizeof(udi)) != 0) to_python(argc, argv);
+    snprintf(plan_path, sizeof(plan_path), "%s" PLAN_REL, udi);
+    size_t len = 0;
+    char *buf = read_file(plan_path, &len, 1);
+    struct plan p;
+    if (buf == NULL || parse_plan(buf, len, &p) != 0 || !matches(&p, uid, gid)) to_python(argc, argv);
+
+    char cwd[PATH_MAX];
+    if (getcwd(cwd, sizeof(cwd)) == NULL) snprintf(cwd, sizeof(cwd), "/");
+
+    /* enter: own user namespace, the caller mapped to themselves */
+    if (unshare(CLONE_NEWUSER) != 0) to_python(argc, argv);
+    char map[64];
+    if (write_file("/proc/self/setgroups", "deny") != 0) goto fail;
+    snprintf(map, sizeof(map), "%u %u 1", (unsigned) uid, (unsigned) uid);
+    if (write_file("/proc/self/uid_map", map) != 0) goto fail;
+    snprintf(map, sizeof(map), "%u %u 1", (unsigned) gid, (unsigned) gid);
+    if (write_file("/proc/self/gid_map", map) != 0) goto fail;
+    if (chdir(udi) != 0 || chroot(udi) != 0 || chdir("/") != 0) goto fail;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) goto fail;
+    if (chdir(cwd) != 0) {
+        fprintf(stderr, "shifter: %s does not exist in the container, starting in /\n", cwd);
+        if (chdir("/") != 0) goto fail;
+    }
+
+    /* environment: the caller's, then the plan's rules */
+    for (char **e = environ; *e; e++) env_n++;
+    env_cap = env_n + 16;
+    env_copy = calloc((size_t) env_cap, sizeof(char *));
+    for (int i = 0; i < env_n; i++) env_copy[i] = environ[i];
+    for (int i = 0; i < p.n_env; i++) env_apply(p.env[i]);
+    env_put("SHIFTER_RUNTIME", 15, "1");
+    environ = env_copy; /* execvp searches the container's PATH */
+
+    for (int i = 0; i < p.n_userhook; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            execl("/bin/sh", "sh", p.userhook[i], (char *) NULL);
+            _exit(127);
+        }
+        int status = 0;
+        if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "shifter: module userhook %s failed\n", p.userhook[i]);
+            return EXIT_LAUNCH;
+        }
+    }
+
+    char **cmd = argv + 1;
+    char *shell[] = {"/bin/sh", NULL};
+    if (argc < 2) {
+        if (p.n_cmd > 0) {
+            p.cmd[p.n_cmd] = NULL;
+            cmd = (char **) p.cmd;
+        } else {
+            cmd = shell;
+        }
+    }
+    execvp(cmd[0], cmd);
+    int err = errno;
+    fprintf(stderr, "shifter: can't run %s: %s\n", cmd[0], strerror(err));
+    return (err == ENOENT || err == ENOTDIR) ? 127 : 126;
+
+fail:
+    fprintf(stderr, "shifter: can't enter the container at %s: %s\n", udi, strerror(errno));
+    return EXIT_LAUNCH;
+}

@@ -1,0 +1,209 @@
+"""The shifter launcher on the real kernel: the compiled fast path into a prepared UDI,
+the Python path (options, env merge, workdir, entrypoint), private containers as root,
+exit codes and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import textwrap
+
+import pytest
+
+from conftest import USER1, USER2
+from shifter.runtime import config as udiconfig
+from shifter.runtime import linux, udi
+
+pytestmark = pytest.mark.root
+
+SHIFTER = "/opt/shifter/bin/shifter"
+
+
+def _extras(root):
+    with open(os.path.join(root, "root", "secret"), "w") as f:
+        f.write("root only\n")
+    os.chmod(os.path.join(root, "root", "secret"), 0o600)
+    os.makedirs(os.path.join(root, "work"))
+    with open(os.path.join(root, "bin", "entry.sh"), "w") as f:
+        f.write("#!/bin/sh\necho entry:\"$@\"\n")
+    os.chmod(os.path.join(root, "bin", "entry.sh"), 0o755)
+
+
+@pytest.fixture(scope="module")
+def env(cluster):
+    import pathlib
+    import shutil
+    import tempfile
+
+    from shifter.runtime import meta
+    from shifter.tools import squash
+
+    # the test users must reach the config and images: not under pytest's 0700 tmp
+    base = pathlib.Path(tempfile.mkdtemp(prefix="shifter-launch-", dir="/var/tmp"))
+    os.chmod(base, 0o755)
+    images = base / "images"
+    image_id = squash.make_image(cluster, "busybox", str(images), extra=_extras)
+    # give the image an ENTRYPOINT, WORKDIR and ENV to merge
+    m = meta.read(str(images / f"{image_id}.meta"))
+    meta.write(str(images / f"{image_id}.meta"), meta.ImageMeta(
+        entry=("/bin/entry.sh",), cmd=("/bin/echo", "default-cmd"), workdir="/work",
+        env=m.env + ("LAYER=image", "IMAGE_ONLY=1")))
+    hooks = base / "hooks"
+    hooks.mkdir()
+    (hooks / "user.sh").write_text("#!/bin/sh\ncat /proc/$PPID/cmdline | tr '\\0' ' ' > /tmp/shifter-hook-parent-$(id -u)\n")
+    conf = base / "udiRoot.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        udiMount={base}/mnt/udi
+        loopMount={base}/mnt/loop
+        imagePath={images}
+        siteEnv=SITE_ONLY=1
+        siteEnvPrepend=PATH=/opt/udiImage/bin
+        module_hook_userhook={hooks}/user.sh
+        module_hook_siteFs={hooks}:{hooks}:ro
+        module_hook_siteEnv=LAYER=module
+        """))
+    for p in (conf, images, hooks, base / "hooks" / "user.sh"):
+        os.chmod(p, 0o755 if os.path.isdir(p) else 0o644)
+    os.chmod(hooks / "user.sh", 0o755)
+    envfile = base / "envfile"
+    envfile.write_text("# comment\nLAYER=envfile\nFROM_FILE=1\n")
+    os.chmod(envfile, 0o644)
+    config = udiconfig.load(str(conf))
+    yield {"conf": str(conf), "id": image_id, "config": config, "base": str(base), "envfile": str(envfile)}
+    udi.teardown(config)
+    shutil.rmtree(base)
+
+
+@pytest.fixture
+def prepared(env):
+    """setupRoot for sftest1, as the prolog would (job 4711)."""
+    res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "id", env["id"]], capture_output=True,
+                         text=True, env={"SHIFTER_CONFIG": env["conf"], "SLURM_JOB_ID": "4711"})
+    assert res.returncode == 0, res.stderr
+    yield env
+    udi.teardown(env["config"])
+
+
+def run(env, args, user=USER1, extra_env=None, strace=False):
+    pw = pwd.getpwnam(user)
+    e = {"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "SHIFTER_CONFIG": env["conf"], "SLURM_JOB_ID": "4711",
+         "SHIFTER_IMAGETYPE": "id", "SHIFTER_IMAGE": env["id"], "LAYER": "host", "HOST_ONLY": "1"}
+    e.update(extra_env or {})
+    e = {k: v for k, v in e.items() if v is not None}
+    trace = []
+    if strace:
+        out = f"/tmp/shifter-strace-{user}-{os.getpid()}"
+        trace = ["strace", "-f", "-qq", "-e", "trace=execve", "-o", out]
+    res = subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
+                          *trace, SHIFTER, *args], capture_output=True, text=True, env=e, cwd="/tmp", timeout=60)
+    if strace:
+        with open(out) as f:
+            res.execs = [ln for ln in f.read().splitlines() if "execve(" in ln]
+        os.unlink(out)
+    return res
+
+
+def _python_ran(res) -> bool:
+    return any("/bin/python" in ln for ln in res.execs)
+
+
+def test_fast_path_enters_the_prepared_udi_without_python(prepared):
+    res = run(prepared, ["sh", "-c", "id -u; id -g; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
+                                      "cat /etc/os-release | head -1; pwd"], strace=True)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[:2] == ["4242", "4242"]
+    assert lines[2].split() == ["CapEff:", "0000000000000000"] and lines[3].split() == ["NoNewPrivs:", "1"]
+    assert lines[4] == 'NAME="BusyBox"' and lines[5] == "/tmp"
+    assert not _python_ran(res), res.execs
+    # control: the same check sees Python when an option forces the Python path
+    res = run(prepared, ["-v", "true"], strace=True)
+    assert res.returncode == 0 and _python_ran(res)
+
+
+def test_fast_path_env_readonly_image_and_exit_status(prepared):
+    res = run(prepared, ["sh", "-c", "echo $LAYER $HOST_ONLY $IMAGE_ONLY $SITE_ONLY $SHIFTER_RUNTIME; "
+                                      "echo $PATH; touch /bin/x 2>/dev/null || echo ro; cat /root/secret; exit 7"])
+    assert res.returncode == 7
+    lines = res.stdout.splitlines()
+    assert lines[0] == "image 1 1 1 1"
+    assert lines[1].startswith("/opt/udiImage/bin:/usr/local/sbin")
+    assert lines[2] == "ro" and "Permission denied" in res.stderr
+    assert run(prepared, ["no-such-command"]).returncode == 127
+
+
+def test_request_that_does_not_match_takes_the_python_path(prepared):
+    for extra in ({"SLURM_JOB_ID": "999"}, {"SHIFTER_VOLUME": "/tmp:/data"}, {"SHIFTER_MODULE": "hook"}):
+        res = run(prepared, ["--dry-run", "true"], extra_env=extra)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["udi"] == "private", extra
+    res = run(prepared, ["--dry-run", "true"])
+    assert json.loads(res.stdout)["udi"] == "prepared"
+
+
+def test_other_user_cannot_enter_the_prepared_udi(prepared):
+    res = run(prepared, ["--dry-run", "true"], user=USER2)
+    assert json.loads(res.stdout)["udi"] == "private"
+    res = run(prepared, ["sh", "-c", "id -u"], user=USER2, strace=True)
+    assert _python_ran(res)  # never the fast path into sftest1's UDI
+    if res.returncode == 0:  # a private container of their own
+        assert res.stdout.strip() == "4243"
+
+
+def test_env_merge_order_workdir_entrypoint_and_cmd(prepared):
+    res = run(prepared, ["--dry-run", f"--env-file={prepared['envfile']}", "-e", "FROM_E=1", "-e", "LAYER=dash-e",
+                         "--workdir", "--entrypoint", "a", "b"])
+    plan = json.loads(res.stdout)
+    assert plan["env"]["LAYER"] == "dash-e" and plan["env"]["FROM_FILE"] == "1" and plan["env"]["FROM_E"] == "1"
+    assert plan["env"]["HOST_ONLY"] == "1" and plan["env"]["SITE_ONLY"] == "1"
+    assert plan["cwd"] == "/work" and plan["argv"] == ["/bin/entry.sh", "a", "b"]
+    # modules' rules come after -e, the site's last
+    res = run(prepared, ["--dry-run", "-m", "hook", "-e", "LAYER=dash-e", "true"])
+    assert json.loads(res.stdout)["env"]["LAYER"] == "module"
+    # --clearenv drops the caller's environment
+    env = json.loads(run(prepared, ["--dry-run", "-E", "true"]).stdout)["env"]
+    assert "HOST_ONLY" not in env and env["IMAGE_ONLY"] == "1"
+    # no command: the image's CMD; --entrypoint with it
+    assert json.loads(run(prepared, ["--dry-run"]).stdout)["argv"] == ["/bin/echo", "default-cmd"]
+    res = run(prepared, ["--entrypoint"])
+    assert res.stdout == "entry:/bin/echo default-cmd\n", res.stderr
+    res = run(prepared, ["-w", "/work", "pwd"])
+    assert res.stdout == "/work\n"
+
+
+def test_private_container_as_root_leaves_nothing(env):
+    before = len(linux.mountinfo())
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    res = subprocess.run([SHIFTER, f"--image=id:{env['id']}", "-m", "hook", "sh", "-c",
+                          "id -u; cat /root/secret; echo $LAYER; exit 3"],
+                         capture_output=True, text=True, env={"SHIFTER_CONFIG": env["conf"], "PATH": "/usr/bin:/bin"},
+                         cwd="/")
+    assert res.returncode == 3, res.stderr
+    assert res.stdout.split() == ["0", "root", "only", "module"]
+    assert len(linux.mountinfo()) == before
+    assert subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout == loops
+    assert open("/tmp/shifter-hook-parent-0").read().startswith("/opt/shifter/bin/python")
+
+
+def test_userhook_runs_before_the_command_in_the_fast_path(env):
+    res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "-m", "hook", "id", env["id"]],
+                         capture_output=True, text=True, env={"SHIFTER_CONFIG": env["conf"], "SLURM_JOB_ID": "4711"})
+    assert res.returncode == 0, res.stderr
+    try:
+        res = run(env, ["true"], extra_env={"SHIFTER_MODULE": "hook"}, strace=True)
+        assert res.returncode == 0, res.stderr
+        assert not _python_ran(res)
+        assert open("/tmp/shifter-hook-parent-4242").read().startswith(SHIFTER)
+    finally:
+        udi.teardown(env["config"])
+
+
+def test_bad_usage_is_one_line_and_125(env):
+    for args, message in ((["--bogus"], "unknown option '--bogus'"), (["-i"], "needs a value"),
+                          (["--image=docker:Bad"], "invalid image"), (["-V", "/tmp:/etc/x", "true"], "inside /etc"),
+                          (["--image=id:" + "0" * 64, "true"], "does not exist")):
+        res = run(env, args)
+        assert res.returncode == 125, (args, res)
+        assert res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
