@@ -1,17 +1,17 @@
 /*
  * shifter: the launcher's compiled fast path.  No setuid bit, no Python.
  *
- * It handles exactly one case: `shifter CMD...` with no option, by an ordinary user,
- * when the UDI that setupRoot prepared on this node (its launch plan at
- * <udiMount>/var/shifter/launch.plan, see shifter.runtime.plan) was made for this very
- * request: same uid, gid, job id, image, volumes and modules.  Then it
+ * It handles exactly one case: `shifter CMD...` with no option, when the UDI that
+ * setupRoot prepared on this node (its launch plan at <udiMount>/var/shifter/launch.plan,
+ * see shifter.runtime.plan) was made for this very request: same uid, gid, job id,
+ * image, volumes and modules.  Then it
  *   - enters an unprivileged user namespace mapping the caller to their own uid/gid
- *     (setgroups denied: supplementary groups still grant access),
+ *     (setgroups denied: supplementary groups still grant access; root needs none),
  *   - chroots into the UDI in-process, sets no_new_privs,
  *   - applies the plan's environment rules, changes to the caller's directory,
  *   - runs the modules' userhooks, and execs the command (capabilities are gone at
  *     exec: the caller is not uid 0 in the namespace).
- * Everything else (options, root, another image, no or another prepared UDI, no user
+ * Everything else (options, another image, no or another prepared UDI, no user
  * namespaces) is handed, unchanged, to the Python implementation:
  *   <prefix>/bin/python -I -m shifter.runtime.launch ARGS...
  *
@@ -327,7 +327,7 @@ int main(int argc, char **argv)
     if (getenv("SHIFTER_NO_FAST_PATH") != NULL) to_python(argc, argv);
     uid_t uid = getuid();
     gid_t gid = getgid();
-    if (uid == 0 || geteuid() != uid) to_python(argc, argv);
+    if (geteuid() != uid || getegid() != gid) to_python(argc, argv);
 
     char udi[PATH_MAX], plan_path[PATH_MAX + 64];
     if (udi_mount(udi, sizeof(udi)) != 0) to_python(argc, argv);
@@ -340,14 +340,16 @@ int main(int argc, char **argv)
     char cwd[PATH_MAX];
     if (getcwd(cwd, sizeof(cwd)) == NULL) snprintf(cwd, sizeof(cwd), "/");
 
-    /* enter: own user namespace, the caller mapped to themselves */
-    if (unshare(CLONE_NEWUSER) != 0) to_python(argc, argv);
-    char map[64];
-    if (write_file("/proc/self/setgroups", "deny") != 0) goto fail;
-    snprintf(map, sizeof(map), "%u %u 1", (unsigned) uid, (unsigned) uid);
-    if (write_file("/proc/self/uid_map", map) != 0) goto fail;
-    snprintf(map, sizeof(map), "%u %u 1", (unsigned) gid, (unsigned) gid);
-    if (write_file("/proc/self/gid_map", map) != 0) goto fail;
+    /* enter: own user namespace, the caller mapped to themselves (root needs none) */
+    if (uid != 0) {
+        if (unshare(CLONE_NEWUSER) != 0) to_python(argc, argv);
+        char map[64];
+        if (write_file("/proc/self/setgroups", "deny") != 0) goto fail;
+        snprintf(map, sizeof(map), "%u %u 1", (unsigned) uid, (unsigned) uid);
+        if (write_file("/proc/self/uid_map", map) != 0) goto fail;
+        snprintf(map, sizeof(map), "%u %u 1", (unsigned) gid, (unsigned) gid);
+        if (write_file("/proc/self/gid_map", map) != 0) goto fail;
+    }
     if (chdir(udi) != 0 || chroot(udi) != 0 || chdir("/") != 0) goto fail;
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) goto fail;
     if (chdir(cwd) != 0) {

@@ -93,11 +93,14 @@ def write_configs(site: Site) -> bool:
     """Render every config file; True when one that slurm reads changed."""
     nodes = node_table(site)
     udiroot = os.path.join(site.prefix, "etc", "udiRoot.conf")
+    etc_files = os.path.join(site.prefix, "etc", "shifter_etc_files")
+    write_etc_files(etc_files)
     templates.write(
         "udiRoot.conf", udiroot,
         system="local", image_path=site.images, udi_mount="/var/udiMount",
-        loop_mount="/var/udiLoopMount", etc_path=os.path.join(site.prefix, "etc", "shifter_etc_files"),
+        loop_mount="/var/udiLoopMount", etc_path=etc_files,
         image_gateways=[f"http://127.0.0.1:{site.gateway_port}"], munge_socket=site.munge_socket,
+        site_fs="/home:/home",
     )
     changed = templates.write(
         "plugstack.conf", site.plugstack_conf,
@@ -111,6 +114,16 @@ def write_configs(site: Site) -> bool:
     )
     templates.write("hosts", os.path.join(site.etc, "hosts"), nodes=nodes)
     return changed
+
+
+def write_etc_files(path: str) -> None:
+    """The site's /etc files for containers (etcPath): the host's users and groups (the
+    runtime filters them to the job's user) and a files-only nsswitch.conf."""
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    for name in ("passwd", "group"):
+        shutil.copyfile(os.path.join("/etc", name), os.path.join(path, name))
+        os.chmod(os.path.join(path, name), 0o644)
+    templates.write("nsswitch.conf", os.path.join(path, "nsswitch.conf"))
 
 
 def config_stamp(site: Site) -> str:

@@ -1,0 +1,62 @@
+"""Inside a job whose nodes ran setupRoot, `srun -N3 shifter ...` runs in the image on
+every node through the fast path (until the Slurm-lifecycle work makes the prolog do it,
+the test runs setupRoot in each node's namespace itself)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from shifter.tools import cluster as cluster_tool
+from shifter.tools import squash
+
+pytestmark = pytest.mark.slurm
+
+
+def _ns(site, node, argv, env=None):
+    pid = open(cluster_tool.slurmd_pidfile(site, node)).read().strip()
+    return subprocess.run(["nsenter", "-t", pid, "-m", "--", *argv], capture_output=True, text=True,
+                          env={"SHIFTER_CONFIG": os.path.join(site.prefix, "etc", "udiRoot.conf"),
+                               "PATH": "/usr/bin:/bin:/usr/sbin:/sbin", **(env or {})})
+
+
+def test_srun_shifter_on_three_prepared_nodes(cluster, runner):
+    image_id = squash.make_image(cluster, "busybox", cluster.images)
+    ready = f"/tmp/shifter-ready-{os.getpid()}"
+    out = f"/tmp/shifter-job-{os.getpid()}.out"
+    script = (f"while [ ! -e {ready} ]; do sleep 0.1; done; "
+              "srun -N3 --ntasks-per-node=1 --label /opt/shifter/bin/shifter "
+              "sh -c 'echo $(hostname) $(id -u) $(grep ^ID= /etc/os-release)'")
+    res = runner.run(["sbatch", "-N3", f"--output={out}", f"--image=id:{image_id}", "--wrap", script])
+    assert res.returncode == 0, res.stderr
+    job = re.search(r"(\d+)", res.stdout).group(1)
+    nodes = ["n1", "n2", "n3"]
+    try:
+        deadline = time.monotonic() + 60
+        while runner.run(["squeue", "-h", "-j", job, "-o", "%T"], user=None).stdout.strip() != "RUNNING":
+            assert time.monotonic() < deadline, "job did not start"
+            time.sleep(0.2)
+        for node in nodes:
+            res = _ns(cluster, node, ["/opt/shifter/bin/setupRoot", "-U", "4242", "id", image_id],
+                      env={"SLURM_JOB_ID": job})
+            assert res.returncode == 0, res.stderr
+        open(ready, "w").close()
+        deadline = time.monotonic() + 60
+        while runner.run(["squeue", "-h", "-j", job], user=None).stdout.strip():
+            assert time.monotonic() < deadline, "job did not finish"
+            time.sleep(0.2)
+        lines = sorted(open(out).read().split("\n"))
+        rows = sorted(ln.split(": ", 1)[1] for ln in lines if ": " in ln and "shifter:" not in ln)
+        assert not any("shifter:" in ln for ln in lines), lines  # the cwd (home) is a siteFs
+        assert rows == [f"{n} 4242 ID=busybox" for n in nodes], open(out).read()
+    finally:
+        subprocess.run(["scancel", job], env=runner.env())
+        for node in nodes:
+            _ns(cluster, node, ["/opt/shifter/bin/unsetupRoot"])
+        for path in (ready, out, *(os.path.join(cluster.images, image_id + s) for s in (".squashfs", ".meta"))):
+            if os.path.exists(path):
+                os.unlink(path)
