@@ -114,22 +114,6 @@ def choose_image(opts: Options, env, config):
                      "e.g. shifter --image=docker:ubuntu:22.04 CMD")
 
 
-def resolve_id(config, image):
-    """A docker tag becomes the image id through the image gateway."""
-    if image.type != "docker":
-        return image
-    try:
-        from shifter.gateway_client import client
-    except ImportError:
-        client = None
-    if client is None or not hasattr(client, "lookup_id"):
-        raise UsageError(f"can't resolve {image} to an image id: no image gateway client here",
-                         "use --image=id:<image id>")
-    from shifter.runtime.image import ImageRef
-
-    return ImageRef("id", client.lookup_id(config, image))
-
-
 def read_env_file(path: str) -> list[str]:
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -292,7 +276,7 @@ def _main(argv: list[str]) -> int:
         return 0
     environ = os.environ
     config = udiconfig.load()
-    image = resolve_id(config, choose_image(opts, environ, config))
+    image = udi.resolve_id(config, choose_image(opts, environ, config))
     if opts.volume:
         vols = volumes.parse_volume_list(opts.volume)
     else:

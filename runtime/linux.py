@@ -29,12 +29,15 @@ MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
 MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
 MS_BIND = 0x1000
 MS_MOVE = 0x2000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
 
 MNT_FORCE = 1
 MNT_DETACH = 2
@@ -193,3 +196,56 @@ def mounts_under(path: str) -> list[str]:
     prefix = path.rstrip("/") + "/"
     found = [mp for mp, _, _ in mountinfo() if mp == path or mp.startswith(prefix)]
     return list(reversed(found))
+
+
+# ------------------------------------------------------------ unprivileged (user namespace) mounts
+# In a mount namespace owned by a user namespace, the flags a mount copied from the host
+# already has (ro, nosuid, nodev, noexec, atime) are locked: a remount must keep them all.
+_ST_NOATIME, _ST_RELATIME = 1024, 4096  # statvfs f_flag bits that differ from MS_*
+_OPT_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
+              "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
+
+
+def mount_flags(path: str) -> int:
+    """The per-mount flags of the mount at ``path`` (statvfs) as MS_* bits, atime included."""
+    f = os.statvfs(path).f_flag
+    flags = f & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NODIRATIME)
+    if f & _ST_NOATIME:
+        flags |= MS_NOATIME
+    elif not f & _ST_RELATIME:
+        flags |= MS_STRICTATIME
+    return flags
+
+
+def _opts_flags(opts: list[str]) -> int:
+    flags = 0
+    for opt in opts:
+        flags |= _OPT_FLAGS.get(opt, 0)
+    if not flags & (MS_NOATIME | MS_RELATIME):
+        flags |= MS_STRICTATIME
+    return flags
+
+
+def bind_keep(source: str, target: str, flags: int = 0, recursive: bool = False) -> None:
+    """``bind``, then add ``flags`` to the flags the new mount already has (what a user
+    namespace may do); with ``recursive``, every submount gets them too."""
+    mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
+    path = mounted_path(target)
+    if recursive:
+        remount_tree_keep(path, flags)
+    elif flags:
+        mount(None, path, None, MS_REMOUNT | MS_BIND | flags | mount_flags(path))
+
+
+def remount_tree_keep(path: str, flags: int, below: int | None = None) -> None:
+    """Add ``flags`` to the mount at ``path`` and ``below`` (default: ``flags``) to every
+    mount under it, keeping each one's own flags (read from mountinfo, not statvfs,
+    which would trigger automounts)."""
+    prefix = path.rstrip("/") + "/"
+    top: dict[str, list[str]] = {}
+    for mp, _, _, opts in mountinfo(options=True):
+        if mp == path or mp.startswith(prefix):
+            top[mp] = opts  # later entries are stacked over earlier ones: keep the top
+    for mp, opts in top.items():
+        add = flags if mp == path or below is None else below
+        mount(None, mp, None, MS_REMOUNT | MS_BIND | add | _opts_flags(opts))

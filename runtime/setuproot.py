@@ -121,28 +121,13 @@ def parse_setup_args(argv: list[str], config, job_id: str = ""):
             raise UsageError(f"uid {uid} is unknown here; pass -G gid", SETUP_USAGE)
         gid = pw.pw_gid
     image = parse_image(f"{args[0]}:{args[1]}", config)
-    if image.type == "docker":
-        image = _lookup(config, image)
+    image = udi.resolve_id(config, image)
     request = udi.Request(
         image=image, uid=uid, gid=gid, username=username,
         volumes=volumes.parse_volume_list(maps), modules=modules,
         job_id=job_id, ssh_pubkey=pubkey, hostlist=hostlist,
     )
     return request, verbose
-
-
-def _lookup(config, image):
-    """A docker tag is resolved to its image id through the image gateway."""
-    try:
-        from shifter.gateway_client import client  # the gateway issue provides it
-    except ImportError:
-        client = None
-    if client is None or not hasattr(client, "lookup_id"):
-        raise UsageError(f"can't resolve {image} to an image id: no image gateway client here",
-                         "pass the id instead: setupRoot id <64-hex id>")
-    from shifter.runtime.image import ImageRef
-
-    return ImageRef("id", client.lookup_id(config, image))
 
 
 def setup_main(argv: list[str] | None = None) -> int:

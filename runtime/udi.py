@@ -78,6 +78,19 @@ def _mkdir_p(path: str) -> None:
     os.makedirs(path, mode=0o755, exist_ok=True)
 
 
+def resolve_id(config, image: ImageRef) -> ImageRef:
+    """A docker tag becomes its image id through the image gateway (a lookup, as Shifter
+    does); other images are returned as they are."""
+    if image.type != "docker":
+        return image
+    try:
+        from shifter.gateway_client import client
+    except ImportError:  # pragma: no cover - installed together
+        raise UsageError(f"can't resolve {image} to an image id: no image gateway client here",
+                         "use the image id (id:<64 hex>)") from None
+    return ImageRef("id", client.lookup_id(config, image))
+
+
 def resolve_image(config, image: ImageRef) -> tuple[str, meta.ImageMeta]:
     """(path of the squashfs or directory, its metadata) for an id/custom/local image."""
     if image.type == "local":
@@ -239,9 +252,9 @@ def is_set_up(config) -> bool:
 
 
 # --------------------------------------------------------------------------- build
-def _merge_dir(image_dir: str, target: str, skip: set[str]) -> None:
+def _merge_dir(image_dir: str, target: str, skip: set[str], bind=linux.bind) -> None:
     """Put each entry of ``image_dir`` into the tmpfs dir ``target``: directories and
-    files are bound read-only, symlinks copied."""
+    files are bound read-only (with ``bind``), symlinks copied."""
     try:
         entries = list(os.scandir(image_dir))
     except FileNotFoundError:
@@ -254,10 +267,10 @@ def _merge_dir(image_dir: str, target: str, skip: set[str]) -> None:
             os.symlink(os.readlink(entry.path), dst)
         elif entry.is_dir():
             os.mkdir(dst, 0o755)
-            linux.bind(entry.path, dst, RO | SAFE)
+            bind(entry.path, dst, RO | SAFE)
         elif entry.is_file():
             os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            linux.bind(entry.path, dst, RO | SAFE)
+            bind(entry.path, dst, RO | SAFE)
         # sockets, fifos and device nodes of an image are left out
 
 
@@ -432,7 +445,7 @@ def command_argv(value) -> tuple[str, ...]:
     return ("/bin/sh", "-c", value)
 
 
-def _bind_site(udi: str, v, what: str) -> None:
+def _bind_site(udi: str, v, what: str, bind=linux.bind) -> None:
     """A site map: the source is trusted (root), the destination resolved in the UDI."""
     if not os.path.exists(v.source):
         raise ConfigError(f"can't mount {what} {v.spec()}: source {v.source} does not exist")
@@ -440,7 +453,7 @@ def _bind_site(udi: str, v, what: str) -> None:
     dst_fd = resolve_destination(udi, v.destination, is_dir=is_dir, create=True, what=f"{what} {v.spec()}")
     try:
         target = _fdpath(dst_fd)
-        linux.bind(v.source, target, SAFE | (RO if v.read_only else 0), recursive=v.recursive)
+        bind(v.source, target, SAFE | (RO if v.read_only else 0), recursive=v.recursive)
         if v.propagation:
             kind = linux.MS_SLAVE if v.propagation == "slave" else linux.MS_PRIVATE
             linux.make_propagation(target, kind, recursive=v.recursive)

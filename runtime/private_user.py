@@ -1,0 +1,566 @@
+"""A private container for one process of an ordinary user: no root, no setuid.
+
+``shifter`` comes here when no UDI prepared by setupRoot matches the request and the
+caller is not root.  Three processes::
+
+    launcher (the caller, stays in the host's namespaces)
+     |- squashfuse helper   own session, host namespaces; waits for the /dev/fuse fd,
+     |                      then execs ``squashfuse -f IMAGE /dev/fd/N``
+     '- builder -> CMD      unshare(user+mount ns), maps the user to themselves, mounts,
+                            chroot, no_new_privs, userhooks, exec CMD
+
+The builder, in a new user namespace (uid_map ``U U 1``, gid_map ``G G 1``, setgroups
+denied) and mount namespace (``/`` made rprivate), holds CAP_SYS_ADMIN over that
+namespace until it execs.  With it, it mounts:
+
+- a staging tmpfs on a fresh empty directory ``$TMPDIR/shifter.<uid>.<pid>.<random>``
+  (the only thing ever created on the host; the launcher removes it at the end);
+- the image: it opens /dev/fuse *in the new user namespace* (the kernel refuses a fd
+  opened outside it), mounts ``fuse.squashfuse`` read-only, nosuid, nodev with
+  ``fd=N,rootmode=40000,user_id=U,group_id=G,default_permissions`` and hands the fd to
+  the helper over a socket.  ``default_permissions`` makes the kernel enforce the image's
+  modes; the image's files belong to uid 0, which is not mapped in the namespace (they
+  show as 65534), so a 0600 root file stays unreadable.  The helper lives outside the
+  namespace: it does not keep it alive, and it exits when the FUSE mount goes away;
+- the container root (a tmpfs) laid out as ``udi._build`` does it (helpers reused):
+  image entries bound read-only, /etc a read-only overlay of the site's files over the
+  image's, /var and /opt directories with the image's entries (/var/tmp 1777), the
+  host's /dev (rbind, nosuid), /proc and /sys (rbind, nosuid,nodev,noexec), /tmp (bind),
+  siteFs and module siteFs binds, /opt/udiImage and module copyPath copies, the user's
+  volumes (sources opened as the user), then the root read-only unless
+  mountUdiRootWritable=1.  In a user namespace the flags a host mount already has
+  (ro, nosuid, nodev, noexec, atime) are locked: every remount here keeps them and only
+  adds; a bind whose source has locked submounts is made recursive (the kernel refuses
+  a plain one), read-only all the way down when asked.
+
+Then it chroots, sets no_new_privs, changes to ``cwd`` (``/`` with a warning if the
+container lacks it), runs each userhook (``/bin/sh HOOK`` in the container, as the user)
+and execs the command: 127 command not found, 126 not executable.  Its exec as a non-zero
+uid clears every capability.
+
+The launcher forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the
+command, except those the terminal sent (it already sent them to the whole foreground
+process group, the command included).  When the command exits, its namespaces die with
+it: the kernel unmounts everything, the FUSE connection ends and squashfuse exits; the
+launcher reaps it (terminating it if processes the command left behind still hold the
+namespace after 2 s), removes the staging directory and returns the status (128+N for a
+signal N).  An error while building is reported by the builder and raised here; the
+namespace, and with it every mount, is already gone.
+
+Not available without root, refused with one line and a hint: per-node caches
+(``perNodeCache=``) and modules with a ``roothook``.  The site's ``sitePreMountHook``
+and ``sitePostMountHook`` are not run (they are root's hooks); ``rootfsType`` is ignored
+(tmpfs); per-map ``slave`` propagation has no effect (the namespace is private).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+
+from shifter.errors import ConfigError, ShifterError, UsageError
+from shifter.runtime import etcfiles, linux, volumes
+from shifter.runtime import udi as _udi
+from shifter.runtime.modules import select_modules
+
+RO = linux.MS_RDONLY
+SAFE = linux.MS_NOSUID | linux.MS_NODEV
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+#: FUSE servers, in order of preference (the low-level one is faster)
+SQUASHFUSE = ("squashfuse_ll", "squashfuse")
+HELPER_GRACE = 2.0  # seconds squashfuse gets to exit by itself after the command
+ROOT_HINT = "use it in a job whose prolog prepared the container (sbatch/salloc --image=... with it)"
+_SI_KERNEL = 0x80  # si_code of signals the kernel (e.g. a terminal's ^C) generated
+
+
+def run(config, image_path: str, image_meta, request, argv: list[str], env: dict[str, str], cwd: str,
+        userhooks: tuple[str, ...] = ()) -> int:
+    """Build a private UDI for the calling (non-root) user in a new user+mount namespace,
+    run argv inside it as the user, tear everything down, return the exit status
+    (128+N if killed by signal N).
+
+    Raises ``ShifterError`` (``UsageError``, ``ConfigError``) with a one-line message
+    when the container can't be built; nothing is left behind then either.
+    """
+    uid, gid = os.getuid(), os.getgid()
+    _check(config, image_path, image_meta, request, argv, uid, gid)
+    modules = select_modules(config, request.modules)
+    for module in modules:
+        if module.roothook:
+            raise UsageError(f"can't use module {module.name!r} in a private container: its roothook needs root",
+                             ROOT_HINT)
+    gids = tuple(request.gids) or tuple(etcfiles.user_groups(request.username, gid, config.maxGroupCount))
+    local = request.image.type == "local"
+    prog = None if local else find_squashfuse(config)
+
+    base = _make_base(uid)
+    waitset = (*FORWARDED, signal.SIGCHLD)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waitset)
+    old_chld = _default_sigchld()
+    helper = builder = None
+    ours: list[int] = []  # fds to close in the launcher
+    sock = err = None
+    status = None
+    message = b""
+    try:
+        if prog:
+            sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            helper = os.fork()
+            if helper == 0:  # pragma: no cover - child
+                _helper_main(prog, image_path, sock, old_mask)
+        err = os.pipe()
+        ours += list(err)
+        builder = os.fork()
+        if builder == 0:  # pragma: no cover - child
+            _builder_main(config, image_path, request, modules, gids, argv, env, cwd, userhooks, base,
+                          prog, sock, err, old_mask)
+        os.close(err[1])
+        ours.remove(err[1])
+        if sock:
+            for s in sock:
+                s.close()
+            sock = None
+        status = _supervise(builder, waitset)
+        message = _read_all(err[0])
+    finally:
+        if sock:
+            for s in sock:
+                s.close()
+        for fd in ours:
+            os.close(fd)
+        if builder is not None and status is None:  # interrupted here: don't leave it running
+            _kill_and_reap(builder)
+        if helper is not None:
+            _stop_helper(helper)
+        _remove_base(base)
+        while signal.sigtimedwait(FORWARDED, 0) is not None:  # arrived after the command ended
+            pass
+        if old_chld is not None:
+            signal.signal(signal.SIGCHLD, old_chld)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    if message:
+        raise _decode_error(message)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+# --------------------------------------------------------------------------- launcher side
+def _check(config, image_path, image_meta, request, argv, uid, gid) -> None:
+    if uid == 0:
+        raise ShifterError("can't build a user's private container as root",
+                           "root builds private containers with shifter.runtime.udi.setup_root")
+    if (request.uid, request.gid) != (uid, gid):
+        raise ShifterError(f"can't build a private container for uid {request.uid} as uid {uid}")
+    if not argv:
+        raise UsageError("no command to run")
+    gids = set(request.gids or os.getgroups()) | {gid}
+    if not image_meta.allows(uid, gids):
+        raise UsageError(f"can't use image {request.image}: it is private and uid {uid} is not allowed",
+                         "ask the image's owner to add you (shifterimg pull --user/--group)")
+    for v in request.volumes:
+        if v.per_node_cache is not None:
+            raise UsageError(f"can't create the per-node cache at {v.destination} in a private container: "
+                             "it needs root", ROOT_HINT)
+    volumes.destination_conflicts(request.volumes)
+    if request.image.type == "local":
+        if not os.path.isdir(image_path):
+            raise UsageError(f"can't use image {request.image}: {image_path} is not a directory")
+        return
+    if not os.access(image_path, os.R_OK):
+        raise UsageError(f"can't use image {request.image}: {image_path} is not readable (as uid {uid})",
+                         "check the permissions of imagePath, or ask the site")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise ShifterError(f"can't build a private container: /dev/fuse is not usable (as uid {uid})",
+                           "the site must allow FUSE (/dev/fuse mode 0666), or " + ROOT_HINT[0].lower() + ROOT_HINT[1:])
+
+
+def find_squashfuse(config) -> str:
+    """Path of the FUSE server for squashfs images (see ``SQUASHFUSE``)."""
+    dirs = [os.path.join(config.udiRootPath, "bin"), "/usr/bin", "/usr/local/bin", "/bin"]
+    for name in SQUASHFUSE:
+        for d in dirs:
+            path = os.path.join(d, name)
+            if os.access(path, os.X_OK):
+                return path
+    raise ConfigError("can't build a private container: squashfuse is not installed",
+                      "install it (apt-get install squashfuse), or " + ROOT_HINT[0].lower() + ROOT_HINT[1:])
+
+
+def _make_base(uid: int) -> str:
+    tmp = os.environ.get("TMPDIR") or "/tmp"
+    if not tmp.startswith("/") or not os.path.isdir(tmp):
+        tmp = "/tmp"
+    base = os.path.join(tmp, f"shifter.{uid}.{os.getpid()}.{os.urandom(4).hex()}")
+    try:
+        os.mkdir(base, 0o700)
+    except OSError as e:
+        raise ShifterError(f"can't build a private container: can't create {base}: {e.strerror}",
+                           "set TMPDIR to a directory you can write") from None
+    return base
+
+
+def _remove_base(base: str) -> None:
+    try:
+        os.rmdir(base)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        print(f"shifter: can't remove {base}: {e.strerror}", file=sys.stderr)
+
+
+def _default_sigchld():
+    """SIGCHLD must not be ignored (children would reap themselves); returns what to restore."""
+    try:
+        old = signal.getsignal(signal.SIGCHLD)
+        if old == signal.SIG_IGN:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            return old
+    except ValueError:  # not the main thread: leave it
+        pass
+    return None
+
+
+def _supervise(builder: int, waitset) -> int:
+    """Forward signals to the builder (later: the command) until it exits; its wait status."""
+    while True:
+        info = signal.sigwaitinfo(waitset)
+        if info.si_signo == signal.SIGCHLD:
+            pid, status = os.waitpid(builder, os.WNOHANG)
+            if pid:
+                return status
+        elif info.si_code != _SI_KERNEL:
+            try:
+                os.kill(builder, info.si_signo)
+            except ProcessLookupError:
+                pass
+
+
+def _wait_child(pid: int, timeout: float | None):
+    """Reap ``pid`` within ``timeout`` seconds (None: wait); its status, or None."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if deadline is None:
+            signal.sigtimedwait([signal.SIGCHLD], 1.0)
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        signal.sigtimedwait([signal.SIGCHLD], left)
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        _wait_child(pid, None)
+    except ChildProcessError:
+        pass
+
+
+def _stop_helper(helper: int) -> None:
+    """squashfuse exits by itself when the namespace (and so the FUSE mount) is gone;
+    if processes the command left behind keep it alive, stop it: they lose the image."""
+    try:
+        if _wait_child(helper, HELPER_GRACE) is not None:
+            return
+        os.kill(helper, signal.SIGTERM)
+        if _wait_child(helper, HELPER_GRACE) is not None:
+            return
+    except ChildProcessError:
+        return
+    _kill_and_reap(helper)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+_KINDS = {"UsageError": UsageError, "ConfigError": ConfigError}
+
+
+def _decode_error(message: bytes) -> ShifterError:
+    kind, text, hint = (message.decode(errors="replace").split("\0") + ["", ""])[:3]
+    return _KINDS.get(kind, ShifterError)(text, hint or None)
+
+
+# --------------------------------------------------------------------------- children
+def _child_signals(old_mask) -> None:
+    """Python's handlers and ignored SIGPIPE/SIGXFSZ back to the defaults, the caller's mask."""
+    for sig in (*FORWARDED, signal.SIGCHLD):
+        if callable(signal.getsignal(sig)):
+            signal.signal(sig, signal.SIG_DFL)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _helper_main(prog: str, image_path: str, sock, old_mask) -> None:  # pragma: no cover - child
+    """Wait for the mounted /dev/fuse fd, then become squashfuse serving it."""
+    try:
+        os.setsid()  # the terminal's ^C is for the command, not for the image's server
+        sock[0].close()
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        _child_signals(old_mask)
+        try:
+            _, fds, _, _ = socket.recv_fds(sock[1], 16, 1)
+        except OSError:
+            fds = []
+        if not fds:  # the builder gave up before mounting
+            os._exit(0)
+        os.set_inheritable(fds[0], True)
+        os.execv(prog, [os.path.basename(prog), "-f", image_path, f"/dev/fd/{fds[0]}"])
+    except BaseException as e:  # noqa: BLE001 - report, never return into the caller
+        try:
+            os.write(2, f"shifter: can't start {prog}: {e}\n".encode())
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        os._exit(127)
+
+
+def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, userhooks, base, prog, sock, err,
+                  old_mask) -> None:  # pragma: no cover - child
+    """Build the container, exec the command; report a failure to the launcher."""
+    try:
+        os.close(err[0])
+        if sock:
+            sock[1].close()
+        _child_signals(old_mask)
+        b = _Builder(config, image_path, request, modules, gids, base, prog, sock[0] if sock else None)
+        b.build()
+        b.enter(cwd, env, userhooks)
+        _exec(argv, env)
+    except BaseException as e:  # noqa: BLE001 - everything becomes one line for the launcher
+        if isinstance(e, ShifterError):
+            kind, text, hint = type(e).__name__, e.message, e.hint or ""
+            if not isinstance(e, (UsageError, ConfigError)):
+                kind = "ShifterError"
+        elif isinstance(e, OSError):
+            kind, hint = "ShifterError", ""
+            text = f"can't build the private container: {e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        else:
+            kind, text, hint = "ShifterError", f"can't build the private container: {type(e).__name__}: {e}", ""
+        try:
+            os.write(err[1], "\0".join((kind, text, hint)).encode(errors="replace"))
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        os._exit(125)
+
+
+def _exec(argv: list[str], env: dict[str, str]) -> None:  # pragma: no cover - child
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        missing = isinstance(e, (FileNotFoundError, NotADirectoryError))
+        why = "command not found" if missing and "/" not in argv[0] else (e.strerror or str(e)).lower()
+        os.write(2, f"shifter: can't run {argv[0]}: {why}\n".encode(errors="replace"))
+        os._exit(127 if missing else 126)
+
+
+class _Builder:
+    """Runs in the builder process: namespaces, mounts, chroot."""
+
+    def __init__(self, config, image_path, request, modules, gids, base, prog, sock):
+        self.config, self.image_path, self.request = config, image_path, request
+        self.modules, self.gids, self.base, self.prog, self.sock = modules, gids, base, prog, sock
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.root = os.path.join(base, "root")
+
+    # ---------------------------------------------------------------- namespaces
+    def build(self) -> None:
+        try:
+            linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
+        except OSError as e:
+            raise ShifterError(f"can't build a private container: can't create a user namespace: "
+                               f"{os.strerror(e.errno)}",
+                               "unprivileged user namespaces must be enabled (sysctl user.max_user_namespaces, "
+                               "kernel.unprivileged_userns_clone), or " + ROOT_HINT[0].lower() + ROOT_HINT[1:]) from None
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{self.uid} {self.uid} 1"),
+                           ("gid_map", f"{self.gid} {self.gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        linux.make_propagation("/", linux.MS_PRIVATE, recursive=True)
+        plain = list(self.request.volumes)
+        sources = self._open_sources(plain)  # before anything is mounted: the host's view
+        linux.mount("shifter-stage", self.base, "tmpfs", SAFE, "mode=700")
+        os.chdir(self.base)
+        os.mkdir("image", 0o700)
+        os.mkdir("root", 0o755)
+        if self.prog:
+            image_root = os.path.join(self.base, "image")
+            self._mount_image(image_root)
+        else:
+            image_root = self.image_path
+        linux.mount("shifter-udi", self.root, "tmpfs", SAFE, "mode=755")
+        self._layout(image_root, plain, sources)
+        if not self.config.mountUdiRootWritable:
+            linux.remount(self.root, RO | SAFE)
+
+    def _mount_image(self, target: str) -> None:
+        try:
+            fuse = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise ShifterError(f"can't build a private container: can't open /dev/fuse: {e.strerror}",
+                               "the site must allow FUSE, or " + ROOT_HINT[0].lower() + ROOT_HINT[1:]) from None
+        try:
+            linux.mount(self.image_path, target, "fuse." + os.path.basename(self.prog), RO | SAFE,
+                        f"fd={fuse},rootmode=40000,user_id={self.uid},group_id={self.gid},default_permissions")
+            socket.send_fds(self.sock, [b"fd"], [fuse])
+        finally:
+            os.close(fuse)
+            self.sock.close()
+        try:
+            os.stat(target)  # answers once squashfuse serves the mount
+        except OSError as e:
+            if e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV):
+                raise ShifterError(f"can't mount the image {self.image_path}: {self.prog} exited "
+                                   "(its message, if any, is above)") from None
+            raise
+
+    def _open_sources(self, plain) -> list[int]:
+        """Open each volume source (O_PATH) and check the user may read it.  In this
+        namespace the user's capabilities reach only their own files."""
+        fds = []
+        for v in plain:
+            try:
+                fd = os.open(v.source, os.O_PATH | os.O_CLOEXEC)
+                fds.append(fd)
+                st = os.fstat(fd)
+                if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                    raise OSError(errno.EINVAL, "not a directory or regular file")
+                want = os.R_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
+                if not os.access(f"/proc/self/fd/{fd}", want):
+                    raise OSError(errno.EACCES, "permission denied")
+            except OSError as e:
+                raise UsageError(f"can't mount volume source {v.source}: {(e.strerror or str(e)).lower()} "
+                                 f"(as uid {self.uid})", "use a directory or file you can read") from None
+        return fds
+
+    # ---------------------------------------------------------------- the tree
+    def _bind(self, source: str, target: str, flags: int = 0, recursive: bool = False) -> None:
+        """A bind that keeps the source's locked flags; recursive when the source has
+        locked submounts (the kernel refuses a plain bind then), without our own mounts."""
+        if not recursive:
+            try:
+                linux.bind_keep(source, target, flags)
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+        linux.bind_keep(source, target, flags, recursive=True)
+        src = linux.mounted_path(source)
+        if self.base == src or self.base.startswith(src.rstrip("/") + "/"):
+            copy = linux.mounted_path(target).rstrip("/") + self.base[len(src.rstrip("/")):]
+            linux.umount(copy)
+
+    def _layout(self, image_root: str, plain, sources) -> None:
+        root, config = self.root, self.config
+        _udi._merge_dir(image_root, root, _udi._SPECIAL | {"shifter"}, bind=self._bind)
+        for name in ("var", "opt", "run", "tmp", "dev", "proc", "sys", "etc"):
+            _udi._ensure_dir(os.path.join(root, name))
+        _udi._merge_dir(os.path.join(image_root, "var"), os.path.join(root, "var"), {"tmp", "shifter"},
+                        bind=self._bind)
+        _udi._ensure_dir(os.path.join(root, "var", "tmp"), 0o1777)
+        _udi._merge_dir(os.path.join(image_root, "opt"), os.path.join(root, "opt"), {"udiImage"}, bind=self._bind)
+
+        # /etc: the site's files over the image's, one read-only overlay
+        os.makedirs(os.path.join(root, _udi.STATE_DIR), 0o755, exist_ok=True)
+        site_etc = os.path.join(root, _udi.STATE_DIR, "etc")
+        os.mkdir(site_etc, 0o755)
+        etcfiles.build(site_etc, config.etcPath, self.uid, self.request.username, list(self.gids))
+        image_etc = os.path.join(image_root, "etc")
+        if os.path.isdir(image_etc) and not os.path.islink(image_etc):
+            # relative to the staging dir (cwd): no ',' or ':' of $TMPDIR in the options
+            lower = os.path.relpath(site_etc) + ":" + (os.path.relpath(image_etc) if self.prog else image_etc)
+            linux.mount("shifter-etc", os.path.join(root, "etc"), "overlay", RO | SAFE, f"lowerdir={lower}")
+        else:
+            self._bind(site_etc, os.path.join(root, "etc"), RO | SAFE)
+
+        # the host's /dev, /proc, /sys and /tmp
+        linux.bind("/dev", os.path.join(root, "dev"), recursive=True)
+        linux.remount_tree_keep(os.path.join(root, "dev"), linux.MS_NOSUID, below=SAFE)
+        for name in ("proc", "sys"):
+            linux.bind(f"/{name}", os.path.join(root, name), recursive=True)
+            linux.remount_tree_keep(os.path.join(root, name), SAFE | linux.MS_NOEXEC)
+        self._bind("/tmp", os.path.join(root, "tmp"), SAFE)
+
+        # site filesystems (sitePre/PostMountHook are root's: not run here)
+        for v in config.siteFs:
+            self._site(v, "siteFs")
+
+        # /opt/udiImage and modules (roothooks were refused before)
+        opt_udi = os.path.join(root, "opt", "udiImage")
+        _udi._ensure_dir(opt_udi)
+        if config.optUdiImage or any(m.copy_path for m in self.modules):
+            import shutil
+        if config.optUdiImage and os.path.isdir(config.optUdiImage):
+            shutil.copytree(config.optUdiImage, opt_udi, symlinks=True, dirs_exist_ok=True)
+        for module in self.modules:
+            if module.copy_path:
+                shutil.copytree(module.copy_path, os.path.join(opt_udi, "modules", module.name), symlinks=True,
+                                dirs_exist_ok=True)
+            for v in module.site_fs:
+                self._site(v, f"module {module.name} siteFs")
+
+        # the user's volumes, bound from the fds opened as the user
+        for v, src_fd in zip(plain, sources):
+            is_dir = stat.S_ISDIR(os.fstat(src_fd).st_mode)
+            dst_fd = _udi.resolve_destination(root, v.destination, is_dir=is_dir, create=True,
+                                              what=f"volume {v.spec()}")
+            try:
+                self._bind(f"/proc/self/fd/{src_fd}", f"/proc/self/fd/{dst_fd}", SAFE | (RO if v.read_only else 0))
+            finally:
+                os.close(dst_fd)
+                os.close(src_fd)
+
+    def _site(self, v, what: str) -> None:
+        try:
+            os.stat(v.source)
+        except PermissionError:
+            raise ShifterError(f"can't mount {what} {v.spec()}: permission denied (as uid {self.uid})",
+                               "a private container mounts site filesystems as the user; "
+                               + ROOT_HINT[0].lower() + ROOT_HINT[1:]) from None
+        except OSError:
+            pass  # _bind_site says what is wrong
+        _udi._bind_site(self.root, v, what, bind=self._bind)
+
+    # ---------------------------------------------------------------- entering
+    def enter(self, cwd: str, env: dict[str, str], userhooks) -> None:
+        os.chdir(self.root)
+        os.chroot(".")
+        os.chdir("/")
+        linux.no_new_privs()
+        try:
+            os.chdir(cwd)
+        except OSError:
+            os.write(2, f"shifter: {cwd} does not exist in the container, starting in /\n".encode(errors="replace"))
+        for hook in userhooks:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                try:
+                    os.execve("/bin/sh", ["sh", hook], env)
+                finally:
+                    os._exit(127)
+            _, status = os.waitpid(pid, 0)
+            if status != 0:
+                code = os.waitstatus_to_exitcode(status)
+                raise ShifterError(f"can't run the userhook {hook}: "
+                                   + (f"killed by signal {-code}" if code < 0 else f"it exited with {code}"))
