@@ -75,7 +75,7 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs) -> JobReque
     return JobRequest(image=image, volume=volume, module=module, ccm="ccm" in options)
 
 
-def submit(sp: SpankHandle, plugstack: PlugstackArgs, options: dict[str, str], *, required: bool) -> None:
+def submit(sp: SpankHandle, plugstack: PlugstackArgs, options: dict[str, str], *, required: bool) -> JobRequest:
     """Validate the options and put the request into the job-control environment.
 
     ``required``: the control environment must take the values (sbatch/salloc, or an
@@ -85,6 +85,7 @@ def submit(sp: SpankHandle, plugstack: PlugstackArgs, options: dict[str, str], *
     for name, value in request.control_env().items():
         if not sp.job_control_setenv(name, value, True) and required:
             raise ConfigError(f"can't hand {name} to the job: spank_job_control_setenv failed")
+    return request
 
 
 def inside_allocation(environ=os.environ) -> bool:

@@ -244,3 +244,10 @@ def test_batch_script_sees_the_request_in_canonical_form(runner):
     assert env["SLURM_SPANK_SHIFTER_IMAGE"] == "test/busybox:latest"
     assert env["SLURM_SPANK_SHIFTER_IMAGETYPE"] == "docker"
     assert env["SLURM_SPANK_SHIFTER_VOLUME"] == "/tmp:/scratch:ro;/var/tmp:/data"
+
+
+def test_srun_image_reaches_the_tasks(runner):
+    res = runner.run(["srun", "-N1", f"--image={IMAGE}", "--volume=/tmp:/scratch", "/bin/sh", "-c",
+                      "echo $SHIFTER_IMAGETYPE $SHIFTER_IMAGE $SHIFTER_VOLUME"])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["docker", "test/busybox:latest", "/tmp:/scratch"]
