@@ -216,6 +216,8 @@ def _mounts(config, vols, modules) -> list[dict]:
 def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, userns: bool):
     """chroot into ``udi`` (through an own user namespace unless root), no_new_privs, run
     the userhooks, exec ``argv``.  Does not return."""
+    import signal  # everything this needs is imported before the chroot
+
     from shifter.runtime import linux
 
     uid, gid = os.getuid(), os.getgid()
@@ -248,6 +250,7 @@ def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, u
             raise ShifterError(f"module userhook {hook} failed (status {os.waitstatus_to_exitcode(status)})")
     os.environ.clear()
     os.environ.update(env)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # Python ignores it; the command must not
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as e:

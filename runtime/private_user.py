@@ -43,7 +43,7 @@ command, except those the terminal sent (it already sent them to the whole foreg
 process group, the command included).  When the command exits, its namespaces die with
 it: the kernel unmounts everything, the FUSE connection ends and squashfuse exits; the
 launcher reaps it (terminating it if processes the command left behind still hold the
-namespace after 2 s), removes the staging directory and returns the status (128+N for a
+namespace after 1 s), removes the staging directory and returns the status (128+N for a
 signal N).  An error while building is reported by the builder and raised here; the
 namespace, and with it every mount, is already gone.
 
@@ -73,8 +73,9 @@ SAFE = linux.MS_NOSUID | linux.MS_NODEV
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 #: FUSE servers, in order of preference (the low-level one is faster)
 SQUASHFUSE = ("squashfuse_ll", "squashfuse")
-HELPER_GRACE = 2.0  # seconds squashfuse gets to exit by itself after the command
+HELPER_GRACE = 1.0  # seconds squashfuse gets to exit by itself after the command
 ROOT_HINT = "use it in a job whose prolog prepared the container (sbatch/salloc --image=... with it)"
+_OR_JOB = "or run in a job whose prolog prepared the container"
 _SI_KERNEL = 0x80  # si_code of signals the kernel (e.g. a terminal's ^C) generated
 
 
@@ -85,7 +86,9 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
     (128+N if killed by signal N).
 
     Raises ``ShifterError`` (``UsageError``, ``ConfigError``) with a one-line message
-    when the container can't be built; nothing is left behind then either.
+    when the container can't be built; nothing is left behind then either.  Refused
+    (they need root): per-node caches and modules with a roothook.  The site's
+    sitePreMountHook and sitePostMountHook are not run.  See the module docstring.
     """
     uid, gid = os.getuid(), os.getgid()
     _check(config, image_path, image_meta, request, argv, uid, gid)
@@ -102,17 +105,19 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
     waitset = (*FORWARDED, signal.SIGCHLD)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waitset)
     old_chld = _default_sigchld()
-    helper = builder = None
+    helper = builder = log = None
     ours: list[int] = []  # fds to close in the launcher
     sock = err = None
     status = None
     message = b""
     try:
         if prog:
+            log = os.memfd_create("shifter-squashfuse-stderr", os.MFD_CLOEXEC)
+            ours.append(log)
             sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             helper = os.fork()
             if helper == 0:  # pragma: no cover - child
-                _helper_main(prog, image_path, sock, old_mask)
+                _helper_main(prog, image_path, sock, log, old_mask)
         err = os.pipe()
         ours += list(err)
         builder = os.fork()
@@ -127,6 +132,8 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
             sock = None
         status = _supervise(builder, waitset)
         message = _read_all(err[0])
+        if message.startswith(_FUSE_EXITED.encode() + b"\0") and log is not None:
+            message += b"\0" + _tail(log)
     finally:
         if sock:
             for s in sock:
@@ -176,7 +183,7 @@ def _check(config, image_path, image_meta, request, argv, uid, gid) -> None:
                          "check the permissions of imagePath, or ask the site")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise ShifterError(f"can't build a private container: /dev/fuse is not usable (as uid {uid})",
-                           "the site must allow FUSE (/dev/fuse mode 0666), or " + ROOT_HINT[0].lower() + ROOT_HINT[1:])
+                           "the site must allow FUSE (/dev/fuse mode 0666), " + _OR_JOB)
 
 
 def find_squashfuse(config) -> str:
@@ -188,7 +195,7 @@ def find_squashfuse(config) -> str:
             if os.access(path, os.X_OK):
                 return path
     raise ConfigError("can't build a private container: squashfuse is not installed",
-                      "install it (apt-get install squashfuse), or " + ROOT_HINT[0].lower() + ROOT_HINT[1:])
+                      "install it (apt-get install squashfuse), " + _OR_JOB)
 
 
 def _make_base(uid: int) -> str:
@@ -291,11 +298,25 @@ def _read_all(fd: int) -> bytes:
 
 
 _KINDS = {"UsageError": UsageError, "ConfigError": ConfigError}
+_FUSE_EXITED = "FuseExited"  # the launcher adds squashfuse's last words
+
+
+class _FuseExited(ShifterError):
+    pass
 
 
 def _decode_error(message: bytes) -> ShifterError:
-    kind, text, hint = (message.decode(errors="replace").split("\0") + ["", ""])[:3]
+    kind, text, hint, *more = message.decode(errors="replace").split("\0") + ["", ""]
+    if kind == _FUSE_EXITED:
+        text += ": " + (more[0] or "no error output")
     return _KINDS.get(kind, ShifterError)(text, hint or None)
+
+
+def _tail(fd: int) -> bytes:
+    """The last line squashfuse wrote to its stderr (a memfd)."""
+    data = os.pread(fd, 65536, max(0, os.fstat(fd).st_size - 65536))
+    lines = [ln.strip() for ln in data.splitlines() if ln.strip()]
+    return lines[-1].replace(b"\0", b" ") if lines else b""
 
 
 # --------------------------------------------------------------------------- children
@@ -309,14 +330,17 @@ def _child_signals(old_mask) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-def _helper_main(prog: str, image_path: str, sock, old_mask) -> None:  # pragma: no cover - child
-    """Wait for the mounted /dev/fuse fd, then become squashfuse serving it."""
+def _helper_main(prog: str, image_path: str, sock, log: int, old_mask) -> None:  # pragma: no cover - child
+    """Wait for the mounted /dev/fuse fd, then become squashfuse serving it (its stderr
+    goes to ``log``: shown only if it fails to start; its complaints when the mount goes
+    away are noise)."""
     try:
         os.setsid()  # the terminal's ^C is for the command, not for the image's server
         sock[0].close()
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(null, 1)
+        os.dup2(log, 2)
         _child_signals(old_mask)
         try:
             _, fds, _, _ = socket.recv_fds(sock[1], 16, 1)
@@ -348,7 +372,9 @@ def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, us
         b.enter(cwd, env, userhooks)
         _exec(argv, env)
     except BaseException as e:  # noqa: BLE001 - everything becomes one line for the launcher
-        if isinstance(e, ShifterError):
+        if isinstance(e, _FuseExited):
+            kind, text, hint = _FUSE_EXITED, e.message, ""
+        elif isinstance(e, ShifterError):
             kind, text, hint = type(e).__name__, e.message, e.hint or ""
             if not isinstance(e, (UsageError, ConfigError)):
                 kind = "ShifterError"
@@ -392,7 +418,7 @@ class _Builder:
             raise ShifterError(f"can't build a private container: can't create a user namespace: "
                                f"{os.strerror(e.errno)}",
                                "unprivileged user namespaces must be enabled (sysctl user.max_user_namespaces, "
-                               "kernel.unprivileged_userns_clone), or " + ROOT_HINT[0].lower() + ROOT_HINT[1:]) from None
+                               "kernel.unprivileged_userns_clone), " + _OR_JOB) from None
         for name, text in (("setgroups", "deny"), ("uid_map", f"{self.uid} {self.uid} 1"),
                            ("gid_map", f"{self.gid} {self.gid} 1")):
             with open(f"/proc/self/{name}", "w") as f:
@@ -419,7 +445,7 @@ class _Builder:
             fuse = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
             raise ShifterError(f"can't build a private container: can't open /dev/fuse: {e.strerror}",
-                               "the site must allow FUSE, or " + ROOT_HINT[0].lower() + ROOT_HINT[1:]) from None
+                               "the site must allow FUSE, " + _OR_JOB) from None
         try:
             linux.mount(self.image_path, target, "fuse." + os.path.basename(self.prog), RO | SAFE,
                         f"fd={fuse},rootmode=40000,user_id={self.uid},group_id={self.gid},default_permissions")
@@ -431,8 +457,8 @@ class _Builder:
             os.stat(target)  # answers once squashfuse serves the mount
         except OSError as e:
             if e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV):
-                raise ShifterError(f"can't mount the image {self.image_path}: {self.prog} exited "
-                                   "(its message, if any, is above)") from None
+                raise _FuseExited(f"can't mount the image {self.image_path}: "
+                                  f"{os.path.basename(self.prog)} failed") from None
             raise
 
     def _open_sources(self, plain) -> list[int]:
@@ -536,8 +562,8 @@ class _Builder:
             os.stat(v.source)
         except PermissionError:
             raise ShifterError(f"can't mount {what} {v.spec()}: permission denied (as uid {self.uid})",
-                               "a private container mounts site filesystems as the user; "
-                               + ROOT_HINT[0].lower() + ROOT_HINT[1:]) from None
+                               "a private container mounts site filesystems as the user: ask the site to open it up, "
+                               + _OR_JOB) from None
         except OSError:
             pass  # _bind_site says what is wrong
         _udi._bind_site(self.root, v, what, bind=self._bind)

@@ -146,10 +146,11 @@ def test_request_that_does_not_match_takes_the_python_path(prepared):
 def test_other_user_cannot_enter_the_prepared_udi(prepared):
     res = run(prepared, ["--dry-run", "true"], user=USER2)
     assert json.loads(res.stdout)["udi"] == "private"
-    res = run(prepared, ["sh", "-c", "id -u"], user=USER2, strace=True)
+    res = run(prepared, ["sh", "-c", "id -u; ls /tmp/shifter-hook-parent-4242 2>&1 >/dev/null; cat /etc/passwd"],
+              user=USER2, strace=True)
     assert _python_ran(res)  # never the fast path into sftest1's UDI
-    if res.returncode == 0:  # a private container of their own
-        assert res.stdout.strip() == "4243"
+    assert res.returncode == 0, res.stderr  # a private container of their own
+    assert res.stdout.splitlines()[0] == "4243" and "sftest2" in res.stdout and "sftest1" not in res.stdout
 
 
 def test_env_merge_order_workdir_entrypoint_and_cmd(prepared):
