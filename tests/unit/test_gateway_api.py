@@ -1,0 +1,463 @@
+"""The gateway's REST API end to end: a real ``shifter-gateway`` process (private config,
+catalog and imageDir), real munge credentials of the test users, the site's real registries.
+
+Covers the wire contract (paths, record fields, error bodies, never a 500), ACLs, registry
+logins in the credential, one conversion for concurrent pulls, a gateway killed mid-pull
+and restarted, expire/autoexpire, import, queue and metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import require
+from shifter.errors import ShifterError
+from shifter.gateway.catalog import API_FIELDS
+from shifter.runtime import meta
+from shifter.tools import gateway as gwtool
+from shifter.tools import images as test_images
+from shifter.tools import registry as site_registry
+from shifter.tools.images import LAYERS_EXPECT
+from shifter.tools.site import TEST_SHARED_GROUP, TEST_USERS, Site
+
+pytestmark = pytest.mark.root  # credentials of the test users are made with setpriv
+
+SITE = Site()
+UIDS = {name: uid for name, uid, _ in TEST_USERS}
+USER1, USER2 = TEST_USERS[0][0], TEST_USERS[1][0]
+GROUP = TEST_SHARED_GROUP[1]
+NO_PROXY = {"http": None, "https": None, "all": None}
+ERROR_KEYS = {"status", "error", "message"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def credential(user: str = "root", payload: str | None = None, ttl: int | None = None) -> str:
+    """A fresh munge credential made by ``user`` (root: the gateway's admin)."""
+    argv = ["munge", f"--socket={SITE.munge_socket}"]
+    argv += [f"--ttl={ttl}"] if ttl else []
+    argv += [] if payload else ["--no-input"]
+    if user != "root":
+        argv = ["setpriv", f"--reuid={UIDS[user]}", f"--regid={UIDS[user]}", "--init-groups", "--", *argv]
+    return subprocess.run(argv, input=payload, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def prerequisites() -> None:
+    require(os.path.exists(SITE.munge_socket), f"munged is not running ({SITE.munge_socket})")
+    require(site_registry.probe(SITE.registry_url()) == 200, "the site's registry 5000 is not up")
+    require(test_images.remote_digest(SITE, "test/debian:latest") is not None, "test images not pushed")
+    for name in UIDS:
+        require(subprocess.run(["id", name], capture_output=True).returncode == 0, f"no test user {name}")
+
+
+class Api:
+    def __init__(self, gateway: gwtool.Instance, system: str = "local"):
+        self.gw = gateway
+        self.system = system
+
+    def call(self, method: str, path: str, user: str = "root", body=None, payload: str | None = None,
+             cred: str | None = ..., **kw) -> requests.Response:
+        headers = kw.pop("headers", {})
+        if cred is ...:
+            cred = credential(user, payload)
+        if cred is not None:
+            headers["authentication"] = cred
+        data = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
+        return requests.request(method, self.gw.url + path, headers=headers, data=data,
+                                proxies=NO_PROXY, timeout=60, **kw)
+
+    def ok(self, method: str, path: str, **kw):
+        resp = self.call(method, path, **kw)
+        assert resp.status_code == 200, (resp.status_code, resp.text)
+        return resp.json()
+
+    def pull(self, tag: str, user: str = "root", body=None, payload=None, timeout: float = 180,
+             op: str = "pull", itype: str = "docker") -> dict:
+        """POST until the record is READY or FAILURE (what shifterimg does)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.ok("POST", f"/api/{op}/{self.system}/{itype}/{tag}/", user=user, body=body,
+                             payload=payload)
+            if record["status"] in ("READY", "FAILURE"):
+                return record
+            assert time.monotonic() < deadline, record
+            time.sleep(0.2)
+
+    def lookup(self, tag: str, user: str = "root", itype: str = "docker") -> requests.Response:
+        return self.call("GET", f"/api/lookup/{self.system}/{itype}/{tag}/", user=user)
+
+    def tags(self, user: str = "root") -> set[str]:
+        return {t for r in self.ok("GET", f"/api/list/{self.system}/", user=user)["list"] for t in r["tag"]}
+
+
+def new_gateway(**config) -> gwtool.Instance:
+    directory = tempfile.mkdtemp(prefix="shifter-gw-test-")
+    return gwtool.Instance(directory, SITE, free_port(), **config)
+
+
+@pytest.fixture(scope="module")
+def gw():
+    prerequisites()
+    gateway = new_gateway(import_users=(USER1,)).start()
+    yield gateway
+    gateway.stop()
+    shutil.rmtree(gateway.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh():
+    """A gateway of its own for tests that kill, restart or count conversions."""
+    prerequisites()
+    made = []
+
+    def make(**config) -> gwtool.Instance:
+        gateway = new_gateway(**config).start()
+        made.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in made:
+        gateway.kill()
+        shutil.rmtree(gateway.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def api(gw) -> Api:
+    return Api(gw)
+
+
+# -- the contract --------------------------------------------------------------------------------
+
+
+def test_pull_lookup_list_and_the_image_files(api, gw):
+    first = api.ok("POST", "/api/pull/local/docker/test/layers/", user=USER1)
+    assert tuple(first) == API_FIELDS and first["status"] in ("PENDING", "PULLING", "CONVERSION",
+                                                              "TRANSFER", "READY")
+    record = api.pull("test/layers:latest", user=USER1)
+    assert record["status"] == "READY", record
+    assert tuple(record) == API_FIELDS
+    image_id = record["id"]
+    assert len(image_id) == 64 and int(image_id, 16) >= 0
+    assert image_id == test_images.remote_digest(SITE, "test/layers:latest").split(":")[1]
+    assert record["tag"] == ["test/layers:latest"] and record["itype"] == "docker"
+    assert record["system"] == "local" and record["userACL"] == [] and record["groupACL"] == []
+    assert "SHIFTER_TEST_IMAGE=layers" in record["ENV"] and record["WORKDIR"] == "/"
+    assert isinstance(record["last_pull"], float) and record["LABELS"] == {}
+
+    assert api.lookup("test/layers", user=USER2).json() == record  # no tag means :latest
+    assert "test/layers:latest" in api.tags(user=USER2)
+    squashfs = os.path.join(gw.image_dir, f"{image_id}.squashfs")
+    info = meta.read(os.path.join(gw.image_dir, f"{image_id}.meta"))
+    assert info.format == "squashfs" and info.cmd == ("/bin/sh",) and not info.private
+    assert "SHIFTER_TEST_IMAGE=layers" in info.env
+    listing = subprocess.run(["unsquashfs", "-lc", "-d", "", squashfs], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for path in LAYERS_EXPECT["present"]:
+        assert path in listing, path
+    for path in LAYERS_EXPECT["absent"]:
+        assert path not in listing, path
+    assert not [p for p in listing if "/.wh." in p]
+    assert [f for f in os.listdir(gw.image_dir) if f.startswith(".")] == []  # no temporary files
+
+
+def test_a_pull_of_an_image_already_here_is_immediate(api):
+    api.pull("test/layers:latest")
+    t0 = time.monotonic()
+    record = api.ok("POST", "/api/pull/local/docker/test/layers:latest/")
+    assert record["status"] == "READY" and time.monotonic() - t0 < 2
+
+
+@pytest.mark.parametrize("method, path, auth, expect", [
+    ("GET", "/api/lookup/nosuchsystem/docker/test/busybox/", "root", 404),
+    ("GET", "/api/list/nosuchsystem/", "root", 404),
+    ("GET", "/api/lookup/local/docker/test/never-pulled:1/", "root", 404),
+    ("GET", "/api/lookup/local/nosuchtype/test/busybox/", "root", 400),
+    ("GET", "/api/lookup/local/docker/UPPER/Case/", "root", 400),
+    ("GET", "/api/lookup/local/docker/test/busybox:bad%20tag/", "root", 400),
+    ("GET", "/api/lookup/local/docker/..%2F..%2Fetc%2Fpasswd/", "root", 400),
+    ("GET", "/api/lookup/local/docker/" + "a" * 5000 + "/", "root", 400),
+    ("GET", "/api/lookup/local/docker/test/busybox/", None, 401),
+    ("GET", "/api/lookup/local/docker/test/busybox/", "MUNGE:garbage:", 401),
+    ("GET", "/api/lookup/local/docker/test/busybox/", "not even munge", 401),
+    ("GET", "/api/lookup/local/docker/test/busybox/", "MUNGE:" + "A" * 60000, 401),
+    ("POST", "/api/pull/local/docker/test/busybox/", "body:{not json", 400),
+    ("POST", "/api/pull/local/docker/test/busybox/", "body:[1, 2]", 400),
+    ("POST", "/api/pull/local/docker/test/busybox/", 'body:{"allowed_uids": "1,x"}', 400),
+    ("POST", "/api/pull/local/docker/test/busybox/", 'body:{"allowed_uids": "-1"}', 400),
+    ("POST", "/api/pull/local/docker/test/busybox/", 'body:{"allowed_gids": {"a": 1}}', 400),
+    ("POST", "/api/pull/local/docker/test/busybox/", "body:" + json.dumps({"x": "y" * 70000}), 413),
+    ("POST", "/api/pull/local/custom/test/busybox/", "root", 400),
+    ("POST", "/api/pull/local/docker/quay.io/x/y:1/", "root", 404),
+    ("GET", "/api/pull/local/docker/test/busybox/", "root", 405),
+    ("GET", "/api/nosuchop/local/", "root", 404),
+    ("GET", "/api/metrics/local/?limit=lots", "root", 400),
+    ("GET", "/api/metrics/local/?limit=0", "root", 400),
+    ("GET", "/api/expire/local/docker/test/never-pulled:1/", "root", 404),
+    ("GET", "/api/expire/local/docker/test/layers/", USER1, 403),
+    ("GET", "/api/autoexpire/local/", USER2, 403),
+    ("GET", "/api/metrics/local/", USER2, 403),
+    ("POST", "/api/doimport/local/custom/x:1/", USER2, 403),
+    ("POST", "/api/doimport/local/custom/x:1/", "body:{}", 400),
+    ("POST", "/api/doimport/local/custom/x:1/", 'body:{"filepath": "relative"}', 400),
+    ("POST", "/api/doimport/local/custom/x:1/", 'body:{"filepath": "/nonexistent"}', 400),
+    ("POST", "/api/doimport/local/custom/x:1/", 'body:{"filepath": "/etc/passwd", "format": "ext4"}', 400),
+])
+def test_client_mistakes_get_json_errors_never_500(api, method, path, auth, expect):
+    body = None
+    if auth and auth.startswith("body:"):
+        body, auth = auth[5:], "root"
+    if auth in UIDS or auth == "root":
+        resp = api.call(method, path, user=auth, body=body)
+    else:
+        resp = api.call(method, path, cred=auth, body=body)
+    assert resp.status_code == expect, resp.text
+    data = resp.json()
+    assert set(data) == ERROR_KEYS and data["status"] == expect
+    assert isinstance(data["error"], str) and data["error"]
+    assert data["message"].startswith(data["error"])
+
+
+def test_replayed_and_expired_credentials_are_refused(api):
+    cred = credential()
+    assert api.call("GET", "/api/list/local/", cred=cred).status_code == 200
+    again = api.call("GET", "/api/list/local/", cred=cred)
+    assert again.status_code == 401 and "replayed credential" in again.json()["error"]
+    old = credential(ttl=1)
+    time.sleep(2.1)
+    late = api.call("GET", "/api/list/local/", cred=old)
+    assert late.status_code == 401 and "expired credential" in late.json()["error"]
+
+
+def test_unknown_tag_fails_with_the_registrys_reason(api):
+    record = api.pull("test/no-such:latest", user=USER1)
+    assert record["status"] == "FAILURE" and record["id"] is None
+    assert "not in the registry" in record["status_message"]
+    assert api.lookup("test/no-such:latest").status_code == 404
+
+
+# -- ACLs ------------------------------------------------------------------------------------
+
+
+def test_private_image_is_invisible_to_another_uid(api, gw):
+    record = api.pull("test/busybox:oci", user=USER1, body={"allowed_uids": str(UIDS[USER1])})
+    assert record["status"] == "READY" and record["userACL"] == [UIDS[USER1]]
+    info = meta.read(os.path.join(gw.image_dir, f"{record['id']}.meta"))
+    assert info.user_acl == (UIDS[USER1],)
+    assert api.lookup("test/busybox:oci", user=USER1).status_code == 200
+    hidden = api.lookup("test/busybox:oci", user=USER2)
+    assert hidden.status_code == 404 and set(hidden.json()) == ERROR_KEYS
+    assert "test/busybox:oci" not in api.tags(user=USER2)
+    assert "test/busybox:oci" in api.tags(user=USER1) and "test/busybox:oci" in api.tags()  # root
+    # a member changes the ACL to the shared group: now both see it
+    again = api.pull("test/busybox:oci", user=USER1, body={"allowed_uids": str(UIDS[USER1]),
+                                                           "allowed_gids": str(GROUP)})
+    assert again["groupACL"] == [GROUP] and again["id"] == record["id"]
+    assert api.lookup("test/busybox:oci", user=USER2).status_code == 200
+    assert meta.read(os.path.join(gw.image_dir, f"{record['id']}.meta")).group_acl == (GROUP,)
+
+
+def test_a_plain_user_cannot_make_a_public_image_private(api):
+    public = api.pull("test/busybox:latest", user=USER1)
+    assert public["status"] == "READY" and public["userACL"] == []
+    record = api.pull("test/busybox:latest", user=USER2, body={"allowed_uids": str(UIDS[USER2])})
+    assert record["status"] == "READY" and record["userACL"] == []
+    assert "already public" in record["status_message"]
+    assert api.lookup("test/busybox:latest", user=USER1).status_code == 200
+
+
+def test_registry_logins_travel_in_the_credential(api):
+    tag = f"{SITE.registry_url(auth=True)}/test/busybox:latest"
+    missing = api.pull(tag, user=USER2)
+    assert missing["status"] == "FAILURE" and "requires a login" in missing["status_message"]
+    wrong = json.dumps({"authorized_locations": {SITE.registry_url(auth=True): "shifter:wrong"}})
+    refused = api.pull(tag, user=USER1, payload=wrong)
+    assert refused["status"] == "FAILURE" and "refused access" in refused["status_message"]
+    right = json.dumps({"authorized_locations": {
+        "default": f"{SITE.registry_user}:{SITE.registry_password}"}})
+    record = api.pull(tag, user=USER1, payload=right)  # new logins: not the failure just seen
+    assert record["status"] == "READY", record
+    assert SITE.registry_password not in api.call("GET", "/api/queue/local/").text
+    bad_payload = api.call("POST", f"/api/pull/local/docker/{tag}/", user=USER1, payload="not json")
+    assert bad_payload.status_code == 400
+
+
+# -- import ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def squashfs_file():
+    """A squashfs image in a directory the test users can reach, owned by USER1."""
+    d = tempfile.mkdtemp(prefix="shifter-import-")
+    os.chmod(d, 0o755)
+    tree = os.path.join(d, "tree")
+    os.makedirs(os.path.join(tree, "etc"))
+    with open(os.path.join(tree, "etc", "imported"), "w") as f:
+        f.write(f"imported {time.time()}\n")
+    path = os.path.join(d, "image.squashfs")
+    subprocess.run(["mksquashfs", tree, path, "-all-root", "-no-xattrs", "-comp", "lz4", "-quiet"],
+                   check=True, capture_output=True)
+    os.chown(path, UIDS[USER1], UIDS[USER1])
+    yield path
+    shutil.rmtree(d)
+
+
+def test_import_by_an_allowed_and_a_refused_user(api, gw, squashfs_file):
+    body = {"filepath": squashfs_file, "format": "squashfs"}
+    refused = api.call("POST", "/api/doimport/local/custom/imported:v1/", user=USER2, body=body)
+    assert refused.status_code == 403 and "may not import" in refused.json()["error"]
+    record = api.pull("imported:v1", user=USER1, body=body, op="doimport", itype="custom")
+    assert record["status"] == "READY", record
+    with open(squashfs_file, "rb") as f:
+        assert record["id"] == hashlib.sha256(f.read()).hexdigest()
+    assert api.lookup("imported:v1", user=USER2, itype="custom").json()["id"] == record["id"]
+    with open(os.path.join(gw.image_dir, f"{record['id']}.squashfs"), "rb") as f, \
+            open(squashfs_file, "rb") as g:
+        assert f.read() == g.read()
+    # a file that is not yours, or not a squashfs, is refused
+    os.chown(squashfs_file, 0, 0)
+    theirs = api.call("POST", "/api/doimport/local/custom/imported:v2/", user=USER1, body=body)
+    assert theirs.status_code == 403 and "not owned" in theirs.json()["error"]
+    notsq = os.path.join(os.path.dirname(squashfs_file), "not.squashfs")
+    with open(notsq, "w") as f:
+        f.write("hello")
+    os.chown(notsq, UIDS[USER1], UIDS[USER1])
+    failed = api.pull("imported:v3", user=USER1, body={"filepath": notsq}, op="doimport", itype="custom")
+    assert failed["status"] == "FAILURE" and "not a squashfs image" in failed["status_message"]
+    link = os.path.join(os.path.dirname(squashfs_file), "link.squashfs")
+    os.symlink(squashfs_file, link)
+    sym = api.call("POST", "/api/doimport/local/custom/imported:v4/", user=USER1, body={"filepath": link})
+    assert sym.status_code == 400 and "not a regular file" in sym.json()["error"]
+
+
+# -- expiry, queue, metrics ------------------------------------------------------------------
+
+
+def test_expire_then_lookup(api, gw):
+    record = api.pull("test/layers:latest")
+    assert api.ok("GET", "/api/expire/local/docker/test/layers/") == {"status": True}
+    assert api.lookup("test/layers:latest").status_code == 404
+    assert not os.path.exists(os.path.join(gw.image_dir, f"{record['id']}.squashfs"))
+    assert not os.path.exists(os.path.join(gw.image_dir, f"{record['id']}.meta"))
+    again = api.pull("test/layers:latest")  # an expired image can be pulled again
+    assert again["status"] == "READY" and again["id"] == record["id"]
+
+
+def test_metrics_record_lookups_for_admins(api):
+    api.pull("test/layers:latest")
+    assert api.lookup("test/layers:latest", user=USER2).status_code == 200
+    rows = api.ok("GET", "/api/metrics/local/?limit=1")
+    assert len(rows) == 1 and rows[0]["user"] == USER2 and rows[0]["tag"] == "test/layers:latest"
+    assert set(rows[0]) == {"user", "uid", "system", "type", "tag", "id", "time"}
+
+
+def test_autoexpire_removes_unused_images(fresh):
+    gateway = fresh(expiration_timeout="0:00:00:01")
+    api = Api(gateway)
+    record = api.pull("test/busybox:latest")
+    time.sleep(1.5)
+    assert api.ok("GET", "/api/autoexpire/local/") == {"status": [record["id"]]}
+    assert api.lookup("test/busybox:latest").status_code == 404
+    assert os.listdir(gateway.image_dir) == []
+
+
+# -- concurrency, crashes, restarts -----------------------------------------------------------
+
+
+def test_two_concurrent_pulls_of_one_tag_make_one_conversion(fresh):
+    gateway = fresh()
+    api = Api(gateway)
+    results = {}
+
+    def pull(user):
+        results[user] = api.pull("test/debian:latest", user=user)
+
+    threads = [threading.Thread(target=pull, args=(u,)) for u in (USER1, USER2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[USER1]["status"] == results[USER2]["status"] == "READY"
+    assert results[USER1]["id"] == results[USER2]["id"]
+    assert gateway.log_text().count("converting docker:test/debian:latest") == 1
+    # two tags of the same image, at the same time: one conversion, both tags
+    threads = [threading.Thread(target=lambda t=t: results.setdefault(t, api.pull(t)))
+               for t in ("test/busybox:oci", "test/busybox:multiarch")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["test/busybox:oci"]["id"] == results["test/busybox:multiarch"]["id"]
+    assert gateway.log_text().count("converting") == 2
+    assert {"test/busybox:oci", "test/busybox:multiarch"} <= api.tags()
+
+
+def _mksquashfs_of(directory: str) -> list[int]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"mksquashfs") and any(directory.encode() in a for a in argv):
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.parametrize("when", ["PULLING", "CONVERSION"])
+def test_gateway_killed_mid_pull_then_restarted(fresh, when):
+    gateway = fresh()
+    api = Api(gateway)
+    api.ok("POST", "/api/pull/local/docker/test/debian:latest/", user=USER1)
+    deadline = time.monotonic() + 120
+    while True:  # watch through the public queue (no credential needed)
+        states = [i["status"] for i in api.ok("GET", "/api/queue/local/", cred=None)["list"]]
+        if when in states:
+            break
+        assert states and time.monotonic() < deadline, (states, gateway.log_text()[-2000:])
+        time.sleep(0.02)
+    gateway.kill()
+    time.sleep(0.3)
+    assert _mksquashfs_of(gateway.dir) == []  # nothing converts behind a dead gateway
+    assert not [f for f in os.listdir(gateway.image_dir) if f.endswith((".squashfs", ".meta"))]
+    gateway.start()
+    record = api.pull("test/debian:latest", user=USER1)
+    assert record["status"] == "READY", record
+    log = gateway.log_text()
+    assert "resuming pull of docker:test/debian:latest" in log
+    assert sorted(os.listdir(gateway.image_dir)) == [f"{record['id']}.meta", f"{record['id']}.squashfs"]
+    assert os.listdir(os.path.join(gateway.state_dir, "expand")) == []
+
+
+def test_images_survive_a_restart(fresh):
+    gateway = fresh()
+    api = Api(gateway)
+    record = api.pull("test/busybox:latest")
+    gateway.stop()
+    gateway.start()
+    assert api.lookup("test/busybox:latest").json()["id"] == record["id"]
+    assert api.ok("GET", "/api/queue/local/", cred=None) == {"list": []}
+
+
+def test_one_gateway_per_catalog(gw):
+    second = new_gateway(state_dir=gw.state_dir)
+    try:
+        with pytest.raises(ShifterError, match="another gateway .* is using it"):
+            second.start()
+    finally:
+        shutil.rmtree(second.dir, ignore_errors=True)
