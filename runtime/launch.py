@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     from shifter.runtime import config as udiconfig
     from shifter.runtime import udi, volumes
+    from shifter.runtime.image import resolve_id
     from shifter.runtime.modules import parse_list, select_modules
 
     opts = parse_args(argv)
@@ -279,7 +280,7 @@ def _main(argv: list[str]) -> int:
         return 0
     environ = os.environ
     config = udiconfig.load()
-    image = udi.resolve_id(config, choose_image(opts, environ, config))
+    image = resolve_id(config, choose_image(opts, environ, config))
     if opts.volume:
         vols = volumes.parse_volume_list(opts.volume)
     else:

@@ -77,7 +77,7 @@ def _getopt(argv: list[str], with_value: str, flags: str):
 
 def parse_setup_args(argv: list[str], config, job_id: str = ""):
     from shifter.runtime import udi, volumes
-    from shifter.runtime.image import parse_image
+    from shifter.runtime.image import parse_image, resolve_id
     from shifter.runtime.modules import parse_list
 
     opts, args = _getopt(argv, "UGusNvm", "Vh")
@@ -121,7 +121,7 @@ def parse_setup_args(argv: list[str], config, job_id: str = ""):
             raise UsageError(f"uid {uid} is unknown here; pass -G gid", SETUP_USAGE)
         gid = pw.pw_gid
     image = parse_image(f"{args[0]}:{args[1]}", config)
-    image = udi.resolve_id(config, image)
+    image = resolve_id(config, image)
     request = udi.Request(
         image=image, uid=uid, gid=gid, username=username,
         volumes=volumes.parse_volume_list(maps), modules=modules,

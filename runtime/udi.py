@@ -78,19 +78,6 @@ def _mkdir_p(path: str) -> None:
     os.makedirs(path, mode=0o755, exist_ok=True)
 
 
-def resolve_id(config, image: ImageRef) -> ImageRef:
-    """A docker tag becomes its image id through the image gateway (a lookup, as Shifter
-    does); other images are returned as they are."""
-    if image.type != "docker":
-        return image
-    try:
-        from shifter.gateway_client import client
-    except ImportError:  # pragma: no cover - installed together
-        raise UsageError(f"can't resolve {image} to an image id: no image gateway client here",
-                         "use the image id (id:<64 hex>)") from None
-    return ImageRef("id", client.lookup_id(config, image))
-
-
 def resolve_image(config, image: ImageRef) -> tuple[str, meta.ImageMeta]:
     """(path of the squashfs or directory, its metadata) for an id/custom/local image."""
     if image.type == "local":

@@ -4,8 +4,10 @@ At submission (sbatch/salloc: allocator context; srun creating its own allocatio
 local context) the options are parsed and validated, and the result travels to every
 node's prolog/epilog through Slurm's job-control environment:
 
-  SHIFTER_IMAGE      the image value (e.g. ``test/busybox:latest`` or a 64-hex id)
-  SHIFTER_IMAGETYPE  its type (``docker``, ``id``)
+  SHIFTER_IMAGE      the image, pinned: its 64-hex id (docker tags are looked up at the
+                     image gateway once, here, as Shifter does)
+  SHIFTER_IMAGETYPE  its type (``id``; ``local`` for local images)
+  SHIFTER_IMAGE_REQUEST  what the user asked for (e.g. ``docker:test/busybox:latest``)
   SHIFTER_VOLUME     the --volume maps, ';'-separated
   SHIFTER_MODULE     the --module value
   SHIFTER_CCM        1 with --ccm
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from shifter.errors import ConfigError, UsageError
 from shifter.runtime import config as udiconfig
 from shifter.runtime import volumes
-from shifter.runtime.image import ImageRef, parse_image
+from shifter.runtime.image import ImageRef, parse_image, resolve_id
 from shifter.runtime.modules import parse_list, select_modules
 from shifter.spank.handle import SpankHandle
 from shifter.spank.plugstack import PlugstackArgs
@@ -30,16 +32,19 @@ from shifter.spank.plugstack import PlugstackArgs
 
 @dataclass(frozen=True)
 class JobRequest:
-    image: ImageRef | None
+    image: ImageRef | None  # pinned: an id (or local) image
     volume: str | None
     module: str | None
     ccm: bool
+    requested: ImageRef | None = None  # what the user asked for, e.g. docker:repo:tag
 
     def control_env(self) -> dict[str, str]:
         env: dict[str, str] = {}
         if self.image is not None:
             env["SHIFTER_IMAGE"] = self.image.tag
             env["SHIFTER_IMAGETYPE"] = self.image.type
+        if self.requested is not None:
+            env["SHIFTER_IMAGE_REQUEST"] = str(self.requested)
         if self.volume is not None:
             env["SHIFTER_VOLUME"] = self.volume
         if self.module is not None:
@@ -51,9 +56,10 @@ class JobRequest:
 
 def parse_request(options: dict[str, str], plugstack: PlugstackArgs) -> JobRequest:
     config = udiconfig.load(plugstack.shifter_config)
-    image = None
+    image = requested = None
     if "image" in options:
-        image = parse_image(options["image"], config)
+        requested = parse_image(options["image"], config)
+        image = resolve_id(config, requested)  # pinned once, at submission
     volume = options.get("volume")
     if volume is not None and image is None:
         raise UsageError(
@@ -72,7 +78,7 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs) -> JobReque
             raise UsageError("invalid --module '': the module list is empty",
                              "use --module=NAME[,NAME] or --module=none")
         select_modules(config, parse_list(module))
-    return JobRequest(image=image, volume=volume, module=module, ccm="ccm" in options)
+    return JobRequest(image=image, volume=volume, module=module, ccm="ccm" in options, requested=requested)
 
 
 def submit(sp: SpankHandle, plugstack: PlugstackArgs, options: dict[str, str], *, required: bool) -> JobRequest:

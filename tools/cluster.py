@@ -92,16 +92,9 @@ def node_table(site: Site) -> list[dict]:
 def write_configs(site: Site) -> bool:
     """Render every config file; True when one that slurm reads changed."""
     nodes = node_table(site)
-    udiroot = os.path.join(site.prefix, "etc", "udiRoot.conf")
-    etc_files = os.path.join(site.prefix, "etc", "shifter_etc_files")
-    write_etc_files(etc_files)
-    templates.write(
-        "udiRoot.conf", udiroot,
-        system="local", image_path=site.images, udi_mount="/var/udiMount",
-        loop_mount="/var/udiLoopMount", etc_path=etc_files,
-        image_gateways=[f"http://127.0.0.1:{site.gateway_port}"], munge_socket=site.munge_socket,
-        site_fs="/home:/home",
-    )
+    udiroot = site.udiroot_conf
+    write_etc_files(site.etc_files)
+    templates.write("udiRoot.conf", udiroot, **site.udiroot_context())
     changed = templates.write(
         "plugstack.conf", site.plugstack_conf,
         plugin_path=site.plugin_path, udiroot_conf=udiroot, plugin_args={},
@@ -316,8 +309,30 @@ def up(site: Site, checkout: str | None = None, images: bool = True) -> None:
         from shifter.tools import images as test_images
 
         test_images.ensure(site, log=lambda m: say(m))
+    from shifter.tools import gateway
+
+    gateway.start(site)
+    if images:
+        prepull(site)
     env = write_env(site, checkout)
     say(f"site up in {time.monotonic() - t0:.1f} s" + (f"; source {env}" if env else ""))
+
+
+#: pulled into the gateway by `up`, so jobs can use them at once
+PREPULLED = ("docker:test/busybox:latest", "docker:test/debian:latest")
+
+
+def prepull(site: Site) -> None:
+    """Pull the demo images through the gateway (idempotent: a READY image is looked up)."""
+    env = dict(os.environ, SHIFTER_CONFIG=site.udiroot_conf)
+    for image in PREPULLED:
+        shifterimg = os.path.join(site.bindir, "shifterimg")
+        if subprocess.run([shifterimg, "lookup", image], env=env, capture_output=True).returncode == 0:
+            continue
+        res = subprocess.run([shifterimg, "pull", image], env=env, capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            raise ShifterError(f"can't pull {image} into the gateway: {res.stderr.strip()}")
+        say(f"pulled {image} into the gateway")
 
 
 def down(site: Site) -> None:
@@ -325,6 +340,9 @@ def down(site: Site) -> None:
 
     slurmd_down(site)
     daemons.stop(os.path.join(site.run, "slurmctld.pid"), "slurmctld")
+    from shifter.tools import gateway
+
+    gateway.stop(site)
     registry.stop(site)
     daemons.stop(site.pidfile("munged"), "munged")
     say("site down")
@@ -342,6 +360,9 @@ def status(site: Site) -> int:
         ok &= bool(pid)
     for name, value in registry.status(site).items():
         print(f"{name:12} {value}")
+    from shifter.tools import gateway
+
+    print(f"{'gateway':12} {gateway.status(site)}")
     if rows[1][1]:
         for node, state in sorted(node_states(site).items()):
             print(f"node {node:7} {state}")

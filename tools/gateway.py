@@ -100,10 +100,8 @@ def wait_ready(url: str, proc: subprocess.Popen, log: str, timeout: float = READ
 
 def write_client_config(path: str, site: Site, gateways: list[str], image_dir: str) -> str:
     """A udiRoot.conf like the site's, but with these imageGateway URLs and imagePath (tests)."""
-    templates.write("udiRoot.conf", path, 0o644, system=SYSTEM, image_path=image_dir,
-                    udi_mount="/var/udiMount", loop_mount="/var/udiLoopMount",
-                    etc_path=os.path.join(site.prefix, "etc", "shifter_etc_files"), site_fs="/home:/home",
-                    image_gateways=gateways, munge_socket=site.munge_socket)
+    templates.write("udiRoot.conf", path, 0o644,
+                    **site.udiroot_context(system=SYSTEM, image_path=image_dir, image_gateways=gateways))
     return path
 
 

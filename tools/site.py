@@ -72,10 +72,6 @@ class Site:
         return os.path.join(self.etc, "plugstack.conf")
 
     @property
-    def udiroot_conf(self) -> str:
-        return os.path.join(self.etc, "udiRoot.conf")
-
-    @property
     def munge_dir(self) -> str:
         return os.path.join(self.run, "munge")
 
@@ -104,6 +100,26 @@ class Site:
     def plugin_path(self) -> str:
         """The SPANK shim that plugstack.conf loads."""
         return os.path.join(self.prefix, "lib", "shifter", "shifter_slurm.so")
+
+    @property
+    def udiroot_conf(self) -> str:
+        """The site's udiRoot.conf: at the prefix's default location."""
+        return os.path.join(self.prefix, "etc", "udiRoot.conf")
+
+    @property
+    def etc_files(self) -> str:
+        """etcPath: the site's /etc files for containers."""
+        return os.path.join(self.prefix, "etc", "shifter_etc_files")
+
+    def udiroot_context(self, **overrides) -> dict:
+        """What templates/udiRoot.conf.j2 renders for this site (tests override a few)."""
+        context = dict(
+            system="local", image_path=self.images, udi_mount="/var/udiMount", loop_mount="/var/udiLoopMount",
+            etc_path=self.etc_files, site_fs="/home:/home",
+            image_gateways=[f"http://127.0.0.1:{self.gateway_port}"], munge_socket=self.munge_socket,
+        )
+        context.update(overrides)
+        return context
 
     def registry_url(self, auth: bool = False) -> str:
         return f"127.0.0.1:{self.registry_auth_port if auth else self.registry_port}"

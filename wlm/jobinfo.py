@@ -21,6 +21,7 @@ class JobInfo:
     gid: int | None
     image_type: str | None
     image: str | None
+    request: str | None
     volume: str | None
     module: str | None
     ccm: bool
@@ -28,7 +29,7 @@ class JobInfo:
     def describe(self) -> str:
         return (
             f"job={self.job_id} node={self.node} uid={self.uid} "
-            f"imagetype={self.image_type or '-'} image={self.image or '-'}"
+            f"imagetype={self.image_type or '-'} image={self.image or '-'} request={self.request or '-'}"
         )
 
 
@@ -41,6 +42,7 @@ def from_spank(sp: SpankHandle, options: dict[str, str], environ=os.environ) -> 
         gid=sp.job_gid(),
         image_type=environ.get("SPANK_SHIFTER_IMAGETYPE") or None,
         image=environ.get("SPANK_SHIFTER_IMAGE") or None,
+        request=environ.get("SPANK_SHIFTER_IMAGE_REQUEST") or None,
         volume=environ.get("SPANK_SHIFTER_VOLUME") or options.get("volume"),
         module=environ.get("SPANK_SHIFTER_MODULE") or options.get("module"),
         ccm=environ.get("SPANK_SHIFTER_CCM") == "1" or "ccm" in options,

@@ -12,7 +12,6 @@ import time
 import pytest
 
 from shifter.tools import cluster as cluster_tool
-from shifter.tools import squash
 
 pytestmark = pytest.mark.slurm
 
@@ -25,13 +24,14 @@ def _ns(site, node, argv, env=None):
 
 
 def test_srun_shifter_on_three_prepared_nodes(cluster, runner):
-    image_id = squash.make_image(cluster, "busybox", cluster.images)
+    # the image as users get it: pulled through the gateway, pinned by sbatch --image
+    image_id = runner.run(["shifterimg", "lookup", "docker:test/busybox:latest"], check=True).stdout.strip()
     ready = f"/tmp/shifter-ready-{os.getpid()}"
     out = f"/tmp/shifter-job-{os.getpid()}.out"
     script = (f"while [ ! -e {ready} ]; do sleep 0.1; done; "
               "srun -N3 --ntasks-per-node=1 --label /opt/shifter/bin/shifter "
               "sh -c 'echo $(hostname) $(id -u) $(grep ^ID= /etc/os-release)'")
-    res = runner.run(["sbatch", "-N3", f"--output={out}", f"--image=id:{image_id}", "--wrap", script])
+    res = runner.run(["sbatch", "-N3", f"--output={out}", "--image=docker:test/busybox:latest", "--wrap", script])
     assert res.returncode == 0, res.stderr
     job = re.search(r"(\d+)", res.stdout).group(1)
     nodes = ["n1", "n2", "n3"]
@@ -57,6 +57,6 @@ def test_srun_shifter_on_three_prepared_nodes(cluster, runner):
         subprocess.run(["scancel", job], env=runner.env())
         for node in nodes:
             _ns(cluster, node, ["/opt/shifter/bin/unsetupRoot"])
-        for path in (ready, out, *(os.path.join(cluster.images, image_id + s) for s in (".squashfs", ".meta"))):
+        for path in (ready, out):
             if os.path.exists(path):
                 os.unlink(path)

@@ -27,6 +27,11 @@ def _job_id(stdout: str) -> int:
     return int(m.group(1))
 
 
+def _image_id(runner, image: str) -> str:
+    res = runner.run(["shifterimg", "lookup", image], check=True)
+    return res.stdout.strip()
+
+
 def _node_states(runner) -> dict[str, str]:
     res = runner.run(["sinfo", "-h", "-N", "-o", "%N %T"], user=None, check=True)
     return dict(line.split(None, 1) for line in res.stdout.splitlines())
@@ -43,9 +48,11 @@ def test_sbatch_image_reaches_prolog_and_epilog_of_every_node(runner, slurmd_log
     os.unlink(out)
     assert hosts == ["n1", "n2", "n3"]
 
+    image_id = _image_id(runner, IMAGE)
+
     def seen(kind):
-        pattern = re.compile(
-            rf"shifter: {kind}: job={job} node=(n\d+) uid=4242 imagetype=docker image=test/busybox:latest$")
+        pattern = re.compile(rf"shifter: {kind}: job={job} node=(n\d+) uid=4242 imagetype=id image={image_id} "
+                             r"request=docker:test/busybox:latest$")
         found = set()
         for node in site.node_names()[:3]:
             for line in slurmd_logs.new_lines(node):
@@ -63,7 +70,7 @@ def test_srun_creating_its_allocation_hands_image_to_prolog(runner, slurmd_logs,
     res = runner.run(["srun", "-N1", "-w", "n2", "--image=docker:test/debian", "true"])
     assert res.returncode == 0, res.stderr
     assert slurmd_logs.wait_for(lambda: any(
-        "shifter: prolog:" in ln and "image=test/debian:latest" in ln and "node=n2" in ln
+        "shifter: prolog:" in ln and "request=docker:test/debian:latest" in ln and "node=n2" in ln
         for ln in slurmd_logs.new_lines("n2")))
 
 
@@ -74,6 +81,7 @@ def test_srun_creating_its_allocation_hands_image_to_prolog(runner, slurmd_logs,
     ("docker:busybox;reboot", "character ';' is not allowed"),
     ("id:1234", "an image id is 64 lowercase hex digits"),
     ("weird:thing/x:1", "unknown image type 'weird'"),
+    ("docker:test/no-such-image:latest", "shifterimg pull"),
 ])
 def test_bad_image_refused_at_submission(runner, value, reason):
     name = f"shifter-refused-{os.getpid()}"
@@ -241,8 +249,8 @@ def test_batch_script_sees_the_request_in_canonical_form(runner):
     with open(out) as f:
         env = dict(line.split("=", 1) for line in f.read().splitlines() if "=" in line)
     os.unlink(out)
-    assert env["SLURM_SPANK_SHIFTER_IMAGE"] == "test/busybox:latest"
-    assert env["SLURM_SPANK_SHIFTER_IMAGETYPE"] == "docker"
+    assert env["SLURM_SPANK_SHIFTER_IMAGE"] == _image_id(runner, IMAGE)
+    assert env["SLURM_SPANK_SHIFTER_IMAGETYPE"] == "id"
     assert env["SLURM_SPANK_SHIFTER_VOLUME"] == "/tmp:/scratch:ro;/var/tmp:/data"
 
 
@@ -250,4 +258,4 @@ def test_srun_image_reaches_the_tasks(runner):
     res = runner.run(["srun", "-N1", f"--image={IMAGE}", "--volume=/tmp:/scratch", "/bin/sh", "-c",
                       "echo $SHIFTER_IMAGETYPE $SHIFTER_IMAGE $SHIFTER_VOLUME"])
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["docker", "test/busybox:latest", "/tmp:/scratch"]
+    assert res.stdout.split() == ["id", _image_id(runner, IMAGE), "/tmp:/scratch"]

@@ -6,6 +6,24 @@ from shifter.spank import dispatch
 from shifter.spank.handle import CTX_ALLOCATOR, CTX_JOB_SCRIPT, CTX_LOCAL, CTX_REMOTE, CTX_SLURMD, FakeSpank
 
 
+ID = "ab" * 32
+
+
+@pytest.fixture(autouse=True)
+def fake_gateway(monkeypatch):
+    """The gateway lookup is a seam here (tests/slurm pin through the real gateway)."""
+    from shifter.runtime.image import ImageRef
+    from shifter.spank import request
+
+    def lookup(config, image):
+        if image.tag.startswith("missing"):
+            from shifter.errors import ShifterError
+            raise ShifterError(f"image {image} not found", "shifterimg pull it first")
+        return ImageRef("id", ID) if image.type == "docker" else image
+
+    monkeypatch.setattr(request, "resolve_id", lookup)
+
+
 @pytest.fixture
 def conf(tmp_path):
     path = tmp_path / "udiRoot.conf"
@@ -18,8 +36,16 @@ def test_allocator_pins_request_in_job_control_env(conf):
     rc = dispatch.run(sp, "init_post_opt", [conf], {"image": "test/busybox", "volume": "/a:/b;/c:/d:ro",
                                                      "module": "mpich"})
     assert rc == 1, sp.errors
-    assert sp.control_env == {"SHIFTER_IMAGE": "test/busybox:latest", "SHIFTER_IMAGETYPE": "docker",
+    assert sp.control_env == {"SHIFTER_IMAGE": ID, "SHIFTER_IMAGETYPE": "id",
+                              "SHIFTER_IMAGE_REQUEST": "docker:test/busybox:latest",
                               "SHIFTER_VOLUME": "/a:/b;/c:/d:ro", "SHIFTER_MODULE": "mpich"}
+
+
+def test_unknown_image_is_refused_at_submission(conf):
+    sp = FakeSpank(CTX_ALLOCATOR)
+    assert dispatch.run(sp, "init_post_opt", [conf], {"image": "missing/image:1"}) == -1
+    assert sp.errors == ["shifter: image docker:missing/image:1 not found (hint: shifterimg pull it first)"]
+    assert sp.control_env == {}
 
 
 def test_bad_image_is_one_error_and_minus_one(conf):
@@ -65,11 +91,13 @@ def test_hooks_a_context_does_not_implement_succeed(conf):
 
 
 def test_prolog_logs_job_node_and_image(conf, monkeypatch):
-    monkeypatch.setenv("SPANK_SHIFTER_IMAGE", "test/busybox:latest")
-    monkeypatch.setenv("SPANK_SHIFTER_IMAGETYPE", "docker")
+    monkeypatch.setenv("SPANK_SHIFTER_IMAGE", ID)
+    monkeypatch.setenv("SPANK_SHIFTER_IMAGETYPE", "id")
+    monkeypatch.setenv("SPANK_SHIFTER_IMAGE_REQUEST", "docker:test/busybox:latest")
     monkeypatch.setenv("SLURMD_NODENAME", "n7")
     sp = FakeSpank(CTX_JOB_SCRIPT, job_id=42)
     assert dispatch.run(sp, "job_prolog", [conf], {}) == 1
-    assert sp.infos == ["shifter: prolog: job=42 node=n7 uid=4242 imagetype=docker image=test/busybox:latest"]
+    assert sp.infos == [f"shifter: prolog: job=42 node=n7 uid=4242 imagetype=id image={ID} "
+                        "request=docker:test/busybox:latest"]
     assert dispatch.run(sp, "job_epilog", [conf], {}) == 1
     assert sp.infos[-1].startswith("shifter: epilog: job=42 node=n7")
