@@ -33,7 +33,7 @@ APT_PACKAGES = (
     "slurmctld", "slurmd", "slurm-client", "munge", "libslurm-dev", "squashfs-tools",
     "xfsprogs", "squashfuse", "fuse3", "docker-registry", "skopeo", "debootstrap",
     "apache2-utils", "mpich", "libmpich-dev", "util-linux", "openssh-server",
-    "openssh-client", "gcc", "strace",
+    "openssh-client", "gcc", "strace", "openssl",
 )
 MAX_NODES = 64
 
