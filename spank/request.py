@@ -54,12 +54,22 @@ class JobRequest:
         return env
 
 
-def parse_request(options: dict[str, str], plugstack: PlugstackArgs) -> JobRequest:
+def _pinned_by_job(requested: ImageRef, environ) -> ImageRef | None:
+    """Inside a job submitted with the same --image (its steps' srun inherit the option),
+    reuse the job's pinned id: one lookup per job, and every step the same image."""
+    if (environ.get("SLURM_SPANK_SHIFTER_IMAGE_REQUEST") == str(requested)
+            and environ.get("SLURM_SPANK_SHIFTER_IMAGETYPE") == "id" and environ.get("SLURM_SPANK_SHIFTER_IMAGE")):
+        return parse_image("id:" + environ["SLURM_SPANK_SHIFTER_IMAGE"])
+    return None
+
+
+def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=os.environ) -> JobRequest:
     config = udiconfig.load(plugstack.shifter_config)
     image = requested = None
     if "image" in options:
         requested = parse_image(options["image"], config)
-        image = resolve_id(config, requested)  # pinned once, at submission
+        # pinned once, at submission
+        image = _pinned_by_job(requested, environ) or resolve_id(config, requested)
     volume = options.get("volume")
     if volume is not None and image is None:
         raise UsageError(

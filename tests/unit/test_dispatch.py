@@ -101,3 +101,27 @@ def test_prolog_logs_job_node_and_image(conf, monkeypatch):
                         "request=docker:test/busybox:latest"]
     assert dispatch.run(sp, "job_epilog", [conf], {}) == 1
     assert sp.infos[-1].startswith("shifter: epilog: job=42 node=n7")
+
+
+def test_steps_of_a_job_reuse_its_pinned_image(conf, monkeypatch):
+    from shifter.spank import request
+
+    def no_lookup(config, image):
+        raise AssertionError("the gateway was asked again")
+
+    monkeypatch.setattr(request, "resolve_id", no_lookup)
+    for name in ("SHIFTER_IMAGE", "SHIFTER_IMAGETYPE", "SHIFTER_IMAGE_REQUEST"):
+        monkeypatch.setenv(name, "")  # srun's hook sets them: restored after the test
+    monkeypatch.setenv("SLURM_JOB_ID", "5")
+    monkeypatch.setenv("SLURM_SPANK_SHIFTER_IMAGE_REQUEST", "docker:test/busybox:latest")
+    monkeypatch.setenv("SLURM_SPANK_SHIFTER_IMAGETYPE", "id")
+    monkeypatch.setenv("SLURM_SPANK_SHIFTER_IMAGE", ID)
+    sp = FakeSpank(CTX_LOCAL)
+    assert dispatch.run(sp, "init_post_opt", [conf], {"image": "docker:test/busybox"}) == 1, sp.errors
+    import os
+
+    assert os.environ["SHIFTER_IMAGE"] == ID and os.environ["SHIFTER_IMAGETYPE"] == "id"
+    # a different image in a step is looked up
+    sp = FakeSpank(CTX_LOCAL)
+    assert dispatch.run(sp, "init_post_opt", [conf], {"image": "docker:other/image"}) == -1
+    assert "internal error" in sp.errors[0] or "asked again" in sp.errors[0]
