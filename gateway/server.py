@@ -208,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(config.log_level.upper())
         serve(config, args.listen)
     except ShifterError as e:
-        print(f"shifter-gateway: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
+        print(f"shifter-gateway: {e}", file=sys.stderr)
         return e.exit_code
     return 0
 

@@ -216,9 +216,7 @@ def _mounts(config, vols, modules) -> list[dict]:
 def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, userns: bool):
     """chroot into ``udi`` (through an own user namespace unless root), no_new_privs, run
     the userhooks, exec ``argv``.  Does not return."""
-    import signal  # everything this needs is imported before the chroot
-
-    from shifter.runtime import linux
+    from shifter.runtime import entry, linux  # everything is imported before the chroot
 
     uid, gid = os.getuid(), os.getgid()
     try:
@@ -234,28 +232,8 @@ def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, u
     except OSError as e:
         raise ShifterError(f"can't enter the container at {udi}: {e.strerror or e}",
                            "are unprivileged user namespaces enabled (kernel.unprivileged_userns_clone)?") from None
-    try:
-        os.chdir(cwd)
-    except OSError:
-        print(f"shifter: {cwd} does not exist in the container, starting in /", file=sys.stderr)
-    for hook in userhooks:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child
-            try:
-                os.execve("/bin/sh", ["sh", hook], env)
-            finally:
-                os._exit(127)
-        _, status = os.waitpid(pid, 0)
-        if status != 0:
-            raise ShifterError(f"module userhook {hook} failed (status {os.waitstatus_to_exitcode(status)})")
-    os.environ.clear()
-    os.environ.update(env)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # Python ignores it; the command must not
-    try:
-        os.execvpe(argv[0], argv, env)
-    except OSError as e:
-        print(f"shifter: can't run {argv[0]}: {e.strerror}", file=sys.stderr)
-        os._exit(127 if isinstance(e, (FileNotFoundError, NotADirectoryError)) else 126)
+    entry.start(cwd, env, userhooks)
+    entry.exec_command(argv, env)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,7 +64,7 @@ import sys
 import time
 
 from shifter.errors import ConfigError, ShifterError, UsageError
-from shifter.runtime import etcfiles, linux, volumes
+from shifter.runtime import entry, etcfiles, linux, volumes
 from shifter.runtime import udi as _udi
 from shifter.runtime.modules import select_modules
 
@@ -370,7 +370,7 @@ def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, us
         b = _Builder(config, image_path, request, modules, gids, base, prog, sock[0] if sock else None)
         b.build()
         b.enter(cwd, env, userhooks)
-        _exec(argv, env)
+        entry.exec_command(argv, env)
     except BaseException as e:  # noqa: BLE001 - everything becomes one line for the launcher
         if isinstance(e, _FuseExited):
             kind, text, hint = _FUSE_EXITED, e.message, ""
@@ -389,16 +389,6 @@ def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, us
             pass
     finally:
         os._exit(125)
-
-
-def _exec(argv: list[str], env: dict[str, str]) -> None:  # pragma: no cover - child
-    try:
-        os.execvpe(argv[0], argv, env)
-    except OSError as e:
-        missing = isinstance(e, (FileNotFoundError, NotADirectoryError))
-        why = "command not found" if missing and "/" not in argv[0] else (e.strerror or str(e)).lower()
-        os.write(2, f"shifter: can't run {argv[0]}: {why}\n".encode(errors="replace"))
-        os._exit(127 if missing else 126)
 
 
 class _Builder:
@@ -574,19 +564,4 @@ class _Builder:
         os.chroot(".")
         os.chdir("/")
         linux.no_new_privs()
-        try:
-            os.chdir(cwd)
-        except OSError:
-            os.write(2, f"shifter: {cwd} does not exist in the container, starting in /\n".encode(errors="replace"))
-        for hook in userhooks:
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - child
-                try:
-                    os.execve("/bin/sh", ["sh", hook], env)
-                finally:
-                    os._exit(127)
-            _, status = os.waitpid(pid, 0)
-            if status != 0:
-                code = os.waitstatus_to_exitcode(status)
-                raise ShifterError(f"can't run the userhook {hook}: "
-                                   + (f"killed by signal {-code}" if code < 0 else f"it exited with {code}"))
+        entry.start(cwd, env, userhooks)

@@ -297,25 +297,7 @@ def status(site: Site) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m shifter.tools.gateway",
-                                     description="Run the test site's image gateway.")
-    parser.add_argument("action", choices=("start", "stop", "status"))
-    args = parser.parse_args(argv)
-    site = Site()
-    try:
-        if args.action == "start":
-            start(site)
-        elif args.action == "stop":
-            stop(site)
-        print(json.dumps(status(site), indent=2))
-    except ShifterError as e:
-        print(f"shifter: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
-    return 0
+    return daemons.service_main(argv, "python -m shifter.tools.gateway", "Run the test site's image gateway.", start, stop, status)
 
 
 if __name__ == "__main__":

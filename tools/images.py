@@ -932,9 +932,7 @@ def main(argv: list[str] | None = None) -> int:
         for ref, digest in ensure(Site(), args.names, args.force).items():
             print(f"{ref} {digest}")
     except ShifterError as e:
-        print(f"shifter: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
+        print(f"images: {e}", file=sys.stderr)
         return e.exit_code
     return 0
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 
 from shifter import templates
 from shifter.errors import ShifterError
+from shifter.tools import daemons
 from shifter.tools.site import Site
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -340,25 +340,7 @@ def status(site: Site) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m shifter.tools.registry",
-                                     description="Run the test site's two Docker registries.")
-    parser.add_argument("action", choices=("start", "stop", "status"))
-    args = parser.parse_args(argv)
-    site = Site()
-    try:
-        if args.action == "start":
-            start(site)
-        elif args.action == "stop":
-            stop(site)
-        print(json.dumps(status(site), indent=2))
-    except ShifterError as e:
-        print(f"shifter: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
-    return 0
+    return daemons.service_main(argv, "python -m shifter.tools.registry", "Run the test site's two Docker registries.", start, stop, status)
 
 
 if __name__ == "__main__":
