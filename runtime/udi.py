@@ -360,7 +360,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
 
     # site filesystems, then the post-mount hook
     for v in config.siteFs:
-        _bind_site(udi, v, "siteFs")
+        _bind_site(udi, v, "siteFs", style=config.mountPropagationStyle)
     if config.sitePostMountHook:
         _run_hook(config.sitePostMountHook, udi, "run sitePostMountHook", hook_env)
 
@@ -376,7 +376,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
             dst = os.path.join(opt_udi, "modules", module.name)
             shutil.copytree(module.copy_path, dst, symlinks=True, dirs_exist_ok=True)
         for v in module.site_fs:
-            _bind_site(udi, v, f"module {module.name} siteFs")
+            _bind_site(udi, v, f"module {module.name} siteFs", style=config.mountPropagationStyle)
         if module.roothook:
             _run_hook(module.roothook, udi, f"run the roothook of module {module.name}",
                       {**hook_env, "SHIFTER_MODULE": module.name})
@@ -432,8 +432,11 @@ def command_argv(value) -> tuple[str, ...]:
     return ("/bin/sh", "-c", value)
 
 
-def _bind_site(udi: str, v, what: str, bind=linux.bind) -> None:
-    """A site map: the source is trusted (root), the destination resolved in the UDI."""
+def _bind_site(udi: str, v, what: str, bind=linux.bind, style: str | None = None) -> None:
+    """A site map: the source is trusted (root), the destination resolved in the UDI.
+    Propagation: the map's own ``slave``/``private`` flag, else ``style`` (the site's
+    mountPropagationStyle: with ``slave``, mounts the host makes below the source later
+    appear in the container)."""
     if not os.path.exists(v.source):
         raise ConfigError(f"can't mount {what} {v.spec()}: source {v.source} does not exist")
     is_dir = os.path.isdir(v.source)
@@ -441,8 +444,9 @@ def _bind_site(udi: str, v, what: str, bind=linux.bind) -> None:
     try:
         target = _fdpath(dst_fd)
         bind(v.source, target, SAFE | (RO if v.read_only else 0), recursive=v.recursive)
-        if v.propagation:
-            kind = linux.MS_SLAVE if v.propagation == "slave" else linux.MS_PRIVATE
+        propagation = v.propagation or style
+        if propagation:
+            kind = linux.MS_SLAVE if propagation == "slave" else linux.MS_PRIVATE
             linux.make_propagation(target, kind, recursive=v.recursive)
     finally:
         os.close(dst_fd)

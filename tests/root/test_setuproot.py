@@ -288,3 +288,30 @@ def test_other_user_cannot_use_the_first_users_udi_files(torn_down):
     res = _in_udi(env, ["/bin/ls", "/data"], uid=4243, gid=4243)
     assert res.returncode != 0  # the volume keeps its owner's permissions
     assert USER2
+
+
+@pytest.mark.parametrize("style, seen", [("slave", True), ("private", False)])
+def test_site_fs_propagation_follows_mount_propagation_style(torn_down, style, seen):
+    env = torn_down
+    src = os.path.join(env["base"], "sitefs")
+    conf = os.path.join(env["base"], f"{style}.conf")
+    with open(conf, "w") as f:
+        f.write(open(env["conf"]).read() + f"mountPropagationStyle={style}\n")
+    # the source is a shared mount of its own, as a site's /global would be
+    linux.bind(src, src)
+    linux.make_propagation(src, linux.MS_SHARED)
+    try:
+        assert _setup(env, "-U", "4242", "id", env["id"], conf=conf).returncode == 0
+        later = os.path.join(src, "later")
+        os.makedirs(later, exist_ok=True)
+        linux.mount("later", later, "tmpfs", 0)
+        try:
+            with open(os.path.join(later, "f"), "w") as f:
+                f.write("mounted after setup\n")
+            inside = os.path.join(env["config"].udiMount, "site", "later", "f")
+            assert os.path.exists(inside) is seen
+        finally:
+            linux.umount(later)
+    finally:
+        udi.teardown(env["config"])
+        linux.umount(src)
