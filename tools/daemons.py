@@ -56,7 +56,7 @@ def stop(pidfile: str, program: str, timeout: float = 10.0) -> bool:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if running(pidfile, program) is None and not os.path.exists(f"/proc/{pid}"):
+        if running(pidfile, program) is None:  # gone, or a zombie nobody reaps (pid 1 here doesn't)
             break
         time.sleep(0.05)
     else:
