@@ -208,3 +208,27 @@ def test_bad_usage_is_one_line_and_125(env):
         res = run(env, args)
         assert res.returncode == 125, (args, res)
         assert res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+
+
+def test_fast_path_with_the_jobs_volumes(env):
+    """A prepared UDI with volumes is entered by the fast path when the job's volumes
+    (canonical form, as the plugin hands them on) are the same."""
+    home = pwd.getpwnam(USER1).pw_dir
+    vol = os.path.join(home, "fastvol")
+    os.makedirs(vol, exist_ok=True)
+    os.chown(vol, 4242, 4242)
+    res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "-v", f"{vol}:/data", "-v", "/tmp:/scratch:ro",
+                          "id", env["id"]], capture_output=True, text=True,
+                         env={"SHIFTER_CONFIG": env["conf"], "SLURM_JOB_ID": "4711"})
+    assert res.returncode == 0, res.stderr
+    try:
+        volume = f"{vol}:/data;/tmp:/scratch:ro"  # canonical: sorted
+        res = run(env, ["sh", "-c", "echo ok > /data/f && cat /data/f && touch /scratch/x 2>/dev/null || echo ro"],
+                  extra_env={"SHIFTER_VOLUME": volume}, strace=True)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split() == ["ok", "ro"] and not _python_ran(res)
+        # the same maps in another order are another request for the fast path: Python decides
+        res = run(env, ["--dry-run", "true"], extra_env={"SHIFTER_VOLUME": f"/tmp:/scratch:ro;{vol}:/data"})
+        assert json.loads(res.stdout)["udi"] == "prepared"
+    finally:
+        udi.teardown(env["config"])
