@@ -241,10 +241,13 @@ def is_set_up(config) -> bool:
 # --------------------------------------------------------------------------- build
 def _merge_dir(image_dir: str, target: str, skip: set[str], bind=linux.bind) -> None:
     """Put each entry of ``image_dir`` into the tmpfs dir ``target``: directories and
-    files are bound read-only (with ``bind``), symlinks copied."""
+    files are bound read-only (with ``bind``), symlinks copied.  An image whose /var or
+    /opt is a symlink gets an empty one: the link would resolve on the host."""
+    if os.path.islink(image_dir):
+        return
     try:
         entries = list(os.scandir(image_dir))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return
     for entry in entries:
         if entry.name in skip:

@@ -315,3 +315,28 @@ def test_site_fs_propagation_follows_mount_propagation_style(torn_down, style, s
     finally:
         udi.teardown(env["config"])
         linux.umount(src)
+
+
+def test_image_var_symlink_never_reaches_the_host(env, tmp_path):
+    """An image whose /var is a link to /etc must not get the host's /etc entries bound
+    into the container's /var (the link would be followed on the host)."""
+    from shifter.tools import squash
+    from shifter.tools.site import Site
+
+    def hostile(root):
+        shutil.rmtree(os.path.join(root, "var"), ignore_errors=True)
+        os.symlink("/etc", os.path.join(root, "var"))
+        os.symlink("/root", os.path.join(root, "opt"))
+
+    images = os.path.dirname(env["config"].imagePath + "/")
+    image_id = squash.make_image(Site(), "busybox", images, extra=hostile)
+    try:
+        res = _setup(env, "-U", "4242", "id", image_id)
+        assert res.returncode == 0, res.stderr
+        root = env["config"].udiMount
+        assert sorted(os.listdir(os.path.join(root, "var"))) == ["shifter", "tmp"]
+        assert sorted(os.listdir(os.path.join(root, "opt"))) == ["udiImage"]
+    finally:
+        udi.teardown(env["config"])
+        for suffix in (".squashfs", ".meta"):
+            os.unlink(os.path.join(images, image_id + suffix))
