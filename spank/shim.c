@@ -320,10 +320,21 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
     return 0;
 }
 
+/* Python is started only where a context module has work: submission (allocator and
+ * local init_post_opt) and the job's prolog/epilog.  Hooks of the remote context
+ * (slurmstepd) have none yet, so steps never pay for an interpreter; when one gains
+ * work, add its context to has_work(). */
+static int has_work(const char *hook)
+{
+    spank_context_t ctx = spank_context();
+    if (strcmp(hook, "init_post_opt") == 0) return ctx == S_CTX_ALLOCATOR || ctx == S_CTX_LOCAL;
+    return 0;
+}
+
 #define FORWARD(hook)                                                   \
     int slurm_spank_##hook(spank_t sp, int ac, char **av)               \
     {                                                                   \
-        if (!active(sp)) return 0;                                      \
+        if (!has_work(#hook) || !active(sp)) return 0;                  \
         return call_python(#hook, sp, ac, av);                          \
     }
 
