@@ -120,9 +120,10 @@ def write_etc_files(path: str) -> None:
 
 
 def config_stamp(site: Site) -> str:
-    """What slurmd has loaded: slurm.conf, plugstack.conf and the plugin binaries."""
+    """What slurmd has loaded: slurm.conf, plugstack.conf and the plugin's shim.  (The
+    embedded Python module is loaded afresh by every process that needs it.)"""
     h = hashlib.sha256()
-    for path in (site.slurm_conf, site.plugstack_conf, *sorted(glob.glob(os.path.dirname(site.plugin_path) + "/*.so"))):
+    for path in (site.slurm_conf, site.plugstack_conf, site.plugin_path):
         try:
             with open(path, "rb") as f:
                 h.update(hashlib.sha256(f.read()).digest())
