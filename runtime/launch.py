@@ -213,6 +213,24 @@ def _mounts(config, vols, modules) -> list[dict]:
     return out
 
 
+def _join_user_ns(udi: str) -> bool:
+    """Join the user namespace setupRoot made for this UDI's user (shared by all of the
+    job's tasks on the node), if there is one."""
+    from shifter.runtime import linux
+
+    try:
+        fd = os.open(os.path.join(udi, "var/shifter/userns"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        linux.setns(fd, linux.CLONE_NEWUSER)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, userns: bool):
     """chroot into ``udi`` (through an own user namespace unless root), no_new_privs, run
     the userhooks, exec ``argv``.  Does not return."""
@@ -220,7 +238,7 @@ def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, u
 
     uid, gid = os.getuid(), os.getgid()
     try:
-        if userns:
+        if userns and not _join_user_ns(udi):
             linux.unshare(linux.CLONE_NEWUSER)
             for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
                 with open(f"/proc/self/{name}", "w") as f:

@@ -5,7 +5,8 @@
  * setupRoot prepared on this node (its launch plan at <udiMount>/var/shifter/launch.plan,
  * see shifter.runtime.plan) was made for this very request: same uid, gid, job id,
  * image, volumes and modules.  Then it
- *   - enters an unprivileged user namespace mapping the caller to their own uid/gid
+ *   - joins the user namespace setupRoot made for the UDI's user (one per node for all
+ *     of the job's tasks) or else creates one, mapping the caller to their own uid/gid
  *     (setgroups denied: supplementary groups still grant access; root needs none),
  *   - chroots into the UDI in-process, sets no_new_privs,
  *   - applies the plan's environment rules, changes to the caller's directory,
@@ -340,8 +341,17 @@ int main(int argc, char **argv)
     char cwd[PATH_MAX];
     if (getcwd(cwd, sizeof(cwd)) == NULL) snprintf(cwd, sizeof(cwd), "/");
 
-    /* enter: own user namespace, the caller mapped to themselves (root needs none) */
-    if (uid != 0) {
+    /* enter: the UDI's user namespace (setupRoot made it, owned by the caller, so that
+     * all of the job's tasks on this node share one: MPI ranks can then ptrace and
+     * process_vm_readv each other); else an own one, the caller mapped to themselves.
+     * Root needs none. */
+    char userns[PATH_MAX + 64];
+    snprintf(userns, sizeof(userns), "%s/var/shifter/userns", udi);
+    int nsfd = uid != 0 ? open(userns, O_RDONLY | O_CLOEXEC) : -1;
+    if (nsfd >= 0 && setns(nsfd, CLONE_NEWUSER) == 0) {
+        close(nsfd);
+    } else if (uid != 0) {
+        if (nsfd >= 0) close(nsfd);
         if (unshare(CLONE_NEWUSER) != 0) to_python(argc, argv);
         char map[64];
         if (write_file("/proc/self/setgroups", "deny") != 0) goto fail;

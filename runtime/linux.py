@@ -121,6 +121,43 @@ def setns(fd: int, nstype: int = 0) -> None:
         _raise("setns")
 
 
+def persist_user_ns(uid: int, gid: int, target: str) -> None:
+    """Create a user namespace owned by ``uid`` mapping ``uid``/``gid`` to themselves
+    (setgroups denied), and keep it alive by binding its nsfs file onto ``target`` (an
+    existing empty file).  Processes of that user join it with setns() — as its owner they
+    may — so that every task of a job on a node shares one namespace: same-user tasks in
+    sibling namespaces can't ptrace or process_vm_readv each other (MPI's intra-node
+    transports need that).  Unmounting ``target`` releases it."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            unshare(CLONE_NEWUSER)
+            os.write(ready_w, b"1")
+            os.read(done_r, 1)  # stay until the parent has bound the namespace
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise OSError(errno.EPERM, "can't create the job's user namespace (the helper process failed)")
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(text)
+        mount(f"/proc/{pid}/ns/user", target, None, MS_BIND)
+    finally:
+        os.close(ready_r)
+        os.close(done_w)
+        os.waitpid(pid, 0)
+
+
 def no_new_privs() -> None:
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         _raise("prctl(PR_SET_NO_NEW_PRIVS)")

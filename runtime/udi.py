@@ -43,6 +43,8 @@ RO = linux.MS_RDONLY
 SAFE = linux.MS_NOSUID | linux.MS_NODEV
 STATE_DIR = "var/shifter"
 STATE_FILE = "var/shifter/udi.json"
+#: the job user's shared user namespace (an nsfs bind mount) that launchers setns() into
+USERNS_FILE = "var/shifter/userns"
 #: image top-level names the UDI provides itself
 _SPECIAL = {"etc", "dev", "proc", "sys", "tmp", "var", "opt", "run"}
 
@@ -417,6 +419,11 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         env=tuple(plan.env_ops(env_rules, image_meta.env_dict())),
     )
     plan.write(udi, launch)
+    if req.uid != 0:
+        # one user namespace for all of this user's tasks in this UDI (see linux.persist_user_ns)
+        userns = os.path.join(udi, USERNS_FILE)
+        os.close(os.open(userns, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o444))
+        linux.persist_user_ns(req.uid, req.gid, userns)
     state["complete"] = True
     state["setup_seconds"] = round(time.perf_counter() - t0, 4)
     _write_state(udi, state)

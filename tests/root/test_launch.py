@@ -22,6 +22,9 @@ SHIFTER = "/opt/shifter/bin/shifter"
 
 
 def _extras(root):
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(["gcc", "-static", "-O2", "-o", os.path.join(root, "bin", "cma"),
+                    os.path.join(here, "data", "cma.c")], check=True)
     with open(os.path.join(root, "root", "secret"), "w") as f:
         f.write("root only\n")
     os.chmod(os.path.join(root, "root", "secret"), 0o600)
@@ -232,3 +235,29 @@ def test_fast_path_with_the_jobs_volumes(env):
         assert json.loads(res.stdout)["udi"] == "prepared"
     finally:
         udi.teardown(env["config"])
+
+
+def test_tasks_of_a_job_share_one_user_namespace(prepared):
+    """Two fast-path tasks on a node can process_vm_readv each other (MPI's CMA): they
+    join the UDI's user namespace instead of each making its own."""
+    pw = pwd.getpwnam(USER1)
+    e = {"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "SHIFTER_CONFIG": prepared["conf"], "SLURM_JOB_ID": "4711",
+         "SHIFTER_IMAGETYPE": "id", "SHIFTER_IMAGE": prepared["id"]}
+    as_user = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"]
+    target = subprocess.Popen([*as_user, SHIFTER, "/bin/cma"], env=e, cwd="/tmp", stdout=subprocess.PIPE, text=True)
+    try:
+        pid, addr = target.stdout.readline().split()
+        reader = subprocess.run([*as_user, SHIFTER, "/bin/cma", pid, addr], env=e, cwd="/tmp",
+                                capture_output=True, text=True)
+        assert reader.stdout.strip() == "read: secret-of-the-target", reader
+        with open(f"/proc/{pid}/status") as f:
+            assert "CapEff:\t0000000000000000" in f.read()
+        # the other user can't read it (nor join the namespace)
+        other = pwd.getpwnam(USER2)
+        res = subprocess.run(["setpriv", f"--reuid={other.pw_uid}", f"--regid={other.pw_gid}", "--init-groups", "--",
+                              "/bin/sh", "-c", f"cat /proc/{pid}/environ >/dev/null 2>&1 && echo leaked || echo denied"],
+                             capture_output=True, text=True)
+        assert res.stdout.strip() == "denied"
+    finally:
+        target.kill()
+        target.wait()
