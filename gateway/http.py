@@ -11,8 +11,6 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-import requests
-
 NO_PROXY = {"http": None, "https": None, "all": None}
 USER_AGENT = "shifter/0.1"
 
@@ -32,7 +30,11 @@ def proxies_for(url: str) -> dict | None:
     return dict(NO_PROXY) if is_loopback(url) else None
 
 
-def new_session() -> requests.Session:
+def new_session():
+    """A requests.Session (imported here: ``import requests`` alone costs ~90 ms, which the
+    SPANK plugin's one lookup should not pay; see gateway_client.lite)."""
+    import requests
+
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
     return session

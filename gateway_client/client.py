@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import quote
 
-import requests
-
 from shifter.errors import ShifterError, UsageError
 from shifter.gateway import http, munge
+from shifter.gateway_client import lite
 from shifter.runtime.config import UdiRootConfig
 from shifter.runtime.image import ImageRef, parse_image
 
@@ -205,7 +204,7 @@ class CredentialStore:
 
 class GatewayClient:
     def __init__(self, config: UdiRootConfig, system: str | None = None,
-                 session: requests.Session | None = None, credentials: CredentialStore | None = None,
+                 session=None, credentials: CredentialStore | None = None,
                  trace: Callable[[str], None] | None = None):
         if not config.imageGateway:
             raise GatewayError(f"no image gateway configured: imageGateway is not set in {config.path}",
@@ -244,6 +243,7 @@ class GatewayClient:
     def request(self, method: str, path: str, body: dict | None = None, params: dict | None = None,
                 with_logins: bool = False):
         """Send ``method path`` to the first gateway that answers; return its decoded JSON."""
+        timeout_errors, errors = _errors(self.session)
         failures = []
         for base in self.urls:
             url = f"{base}{path}"
@@ -255,11 +255,11 @@ class GatewayClient:
                 resp = self.session.request(method, url, headers=headers, data=data, params=params,
                                             timeout=self.timeout, proxies=http.proxies_for(url),
                                             allow_redirects=False)
-            except requests.Timeout:
+            except timeout_errors:
                 failures.append(f"{base}: no answer within {self.timeout} s")
                 self._trace(f"{method} {url}: timed out")
                 continue
-            except requests.RequestException as e:
+            except errors as e:
                 failures.append(f"{base}: {http.reason(e)}")
                 self._trace(f"{method} {url}: {http.reason(e)}")
                 continue
@@ -271,7 +271,7 @@ class GatewayClient:
         raise GatewayUnavailable("can't reach the image gateway: " + "; ".join(failures),
                                  f"is shifter-gateway running? (imageGateway={' '.join(self.urls)})")
 
-    def _decode(self, resp: requests.Response, base: str):
+    def _decode(self, resp, base: str):
         try:
             data = json.loads(resp.content[:MAX_RESPONSE])
         except ValueError:
@@ -365,9 +365,20 @@ class GatewayClient:
             sleep(interval)
 
 
+def _errors(session) -> tuple[tuple, tuple]:
+    """(timeout exceptions, transport exceptions) of ``session``'s kind."""
+    if isinstance(session, lite.LiteSession):
+        return (lite.LiteTimeout,), (lite.LiteError,)
+    import requests
+
+    return (requests.Timeout,), (requests.RequestException,)
+
+
 def lookup_id(config: UdiRootConfig, ref: ImageRef) -> str:
-    """The id of docker image ``ref`` (what setupRoot and the SPANK plugin pin a job to)."""
-    record = GatewayClient(config).lookup(ref)
+    """The id of docker image ``ref`` (what setupRoot and the SPANK plugin pin a job to).
+    One request: over http.client when no proxy applies (see gateway_client.lite)."""
+    session = lite.LiteSession() if lite.usable(config.imageGateway) else None
+    record = GatewayClient(config, session=session).lookup(ref)
     if record.status != "READY" or not record.id or not _ID.match(record.id):
         raise GatewayError(f"can't resolve {ref}: the gateway gave no image id (status "
                            f"{record.status})", f"shifterimg pull {ref}")
