@@ -244,7 +244,7 @@ def wait_idle(site: Site, timeout: float = 60) -> None:
                 subprocess.run(["scontrol", "update", f"nodename={name}", "state=resume"],
                                env=slurm_env(site), capture_output=True)
                 resumed.add(name)
-        return all(states.get(n, "").rstrip("*") == "idle" for n in names)
+        return all(states.get(n, "") == "idle" for n in names)  # "idle*": not responding yet
 
     daemons.wait_for(all_idle, timeout, "all nodes idle", os.path.join(site.log, "slurmctld.log"), 0.2)
 
