@@ -104,6 +104,7 @@ def main() -> int:
     finally:
         if os.path.exists(conf):
             udi.teardown(udiconfig.load(conf))
+            udi.remove_anchors(udiconfig.load(conf))
         shutil.rmtree(base, ignore_errors=True)
     return 0
 

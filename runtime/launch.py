@@ -322,7 +322,9 @@ def _main(argv: list[str]) -> int:
     from shifter.runtime import linux
 
     linux.unshare(linux.CLONE_NEWNS)
-    linux.make_propagation("/", linux.MS_PRIVATE, recursive=True)
+    # slave: our mounts stay ours, and the host's teardown of its UDI still reaches the
+    # copies this namespace holds (see linux.ensure_anchor)
+    linux.make_propagation("/", linux.MS_SLAVE, recursive=True)
     udi.setup_root(config, request, private=True)
     enter(config.udiMount, cwd, env, args, userhooks, userns=False)
     return EXIT_LAUNCH  # not reached

@@ -228,11 +228,31 @@ def _unescape(field: bytes) -> str:
     return os.fsdecode(field)
 
 
-def mounts_under(path: str) -> list[str]:
-    """Mount points at or below ``path``, deepest (and latest) first."""
+#: source name of the anchor mounts (see ensure_anchor)
+ANCHOR = "shifter-anchor"
+
+
+def mounts_under(path: str, anchors: bool = False) -> list[str]:
+    """Mount points at or below ``path``, deepest (and latest) first; a stacked mount
+    point appears once per mount.  Anchors are left out unless asked for."""
     prefix = path.rstrip("/") + "/"
-    found = [mp for mp, _, _ in mountinfo() if mp == path or mp.startswith(prefix)]
+    found = [mp for mp, _, source in mountinfo()
+             if (mp == path or mp.startswith(prefix)) and (anchors or source != ANCHOR)]
     return list(reversed(found))
+
+
+def ensure_anchor(path: str) -> None:
+    """A tiny shared tmpfs at ``path`` for a UDI (or its image) to be mounted on.
+
+    Unmounting a mount propagates to the copies other mount namespaces hold only through
+    its parent's peers.  With the host's / private, namespaces created after setup (a
+    job's ``unshare -m``, a container runtime, a private launcher) would keep the UDI's
+    top mounts, and the image's loop device, after teardown.  Mounted on a shared anchor,
+    teardown reaches them.  The anchor stays (it holds nothing)."""
+    if any(mp == path and source == ANCHOR for mp, _, source in mountinfo()):
+        return
+    mount(ANCHOR, path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=16k,mode=755")
+    make_propagation(path, MS_SHARED)
 
 
 # ------------------------------------------------------------ unprivileged (user namespace) mounts
@@ -285,4 +305,10 @@ def remount_tree_keep(path: str, flags: int, below: int | None = None) -> None:
             top[mp] = opts  # later entries are stacked over earlier ones: keep the top
     for mp, opts in top.items():
         add = flags if mp == path or below is None else below
-        mount(None, mp, None, MS_REMOUNT | MS_BIND | add | _opts_flags(opts))
+        try:
+            mount(None, mp, None, MS_REMOUNT | MS_BIND | add | _opts_flags(opts))
+        except PermissionError:
+            # a submount below a directory the caller can't search (another user's
+            # private dir under /tmp, say): out of the caller's reach anyway
+            if mp == path or os.access(os.path.dirname(mp), os.X_OK):
+                raise

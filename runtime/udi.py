@@ -237,7 +237,7 @@ def read_state(config) -> dict | None:
 
 
 def is_set_up(config) -> bool:
-    return any(mp == config.udiMount for mp, _, _ in linux.mountinfo())
+    return any(mp == config.udiMount and source != linux.ANCHOR for mp, _, source in linux.mountinfo())
 
 
 # --------------------------------------------------------------------------- build
@@ -310,6 +310,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     udi, loop = config.udiMount, config.loopMount
     _mkdir_p(udi)
     _mkdir_p(loop)
+    linux.ensure_anchor(udi)
     linux.mount("shifter-udi", udi, config.rootfsType, SAFE, "mode=755")
     linux.make_propagation(udi, linux.MS_SHARED)
     _mkdir_p(os.path.join(udi, STATE_DIR))
@@ -323,6 +324,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     if req.image.type == "local":
         image_root = image_path
     else:
+        linux.ensure_anchor(loop)
         fd = os.open(image_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             with linux.loop_device(fd, read_only=True) as dev:
@@ -463,6 +465,14 @@ def _bind_site(udi: str, v, what: str, bind=linux.bind, style: str | None = None
 
 
 # --------------------------------------------------------------------------- teardown
+def remove_anchors(config) -> None:
+    """Unmount the (empty) anchors too, after teardown: for tests and benchmarks that
+    delete their udiMount directories."""
+    for path in (config.udiMount, config.loopMount):
+        while any(mp == path and src == linux.ANCHOR for mp, _, src in linux.mountinfo()):
+            linux.umount(path)
+
+
 def teardown(config, log=lambda msg: None) -> bool:
     """Remove the UDI (see ``shifter.runtime.teardown``); idempotent."""
     return _teardown.teardown(config.udiMount, config.loopMount, config.perNodeCachePath, log)

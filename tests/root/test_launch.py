@@ -76,6 +76,7 @@ def env(cluster):
     config = udiconfig.load(str(conf))
     yield {"conf": str(conf), "id": image_id, "config": config, "base": str(base), "envfile": str(envfile)}
     udi.teardown(config)
+    udi.remove_anchors(config)
     shutil.rmtree(base)
 
 

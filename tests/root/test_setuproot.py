@@ -90,6 +90,7 @@ def env(tmp_path_factory, cluster):
     yield {"conf": str(conf), "failing": str(failing), "id": image_id, "private": private_id,
            "config": udiconfig.load(str(conf)), "home": home, "vol": vol, "base": str(base)}
     udi.teardown(udiconfig.load(str(conf)))
+    udi.remove_anchors(udiconfig.load(str(conf)))
 
 
 @pytest.fixture
@@ -265,6 +266,8 @@ def test_hundred_cycles_leave_no_mounts_or_loop_devices(env):
     config = env["config"]
     request = udi.Request(image=ImageRef("id", env["id"]), uid=4242, gid=4242, username=USER1,
                           volumes=volumes.parse_volumes(f"{env['vol']}:/data:ro"))
+    udi.setup_root(config, request)  # the first setup leaves the (empty) anchors in place
+    udi.teardown(config)
     before = len(linux.mountinfo())
     for _ in range(100):
         udi.setup_root(config, request)
@@ -340,3 +343,29 @@ def test_image_var_symlink_never_reaches_the_host(env, tmp_path):
         udi.teardown(env["config"])
         for suffix in (".squashfs", ".meta"):
             os.unlink(os.path.join(images, image_id + suffix))
+
+
+@pytest.mark.parametrize("propagation", ["unchanged", "slave"])
+def test_teardown_reaches_namespaces_created_after_setup(torn_down, propagation):
+    """A mount namespace made after setup (a job's unshare, a container runtime) holds
+    copies of the UDI; teardown must remove them too, and free the loop device."""
+    env = torn_down
+    assert _setup(env, "-U", "4242", "-v", f"{env['vol']}:/data", "id", env["id"]).returncode == 0
+    sleeper = subprocess.Popen(["unshare", "-m", "--propagation", propagation, "sleep", "60"])
+    try:
+        def copies():
+            res = subprocess.run(["nsenter", "-t", str(sleeper.pid), "-m", "cat", "/proc/self/mountinfo"],
+                                 capture_output=True, text=True)
+            return res.stdout.count("shifter-udi") + res.stdout.count("squashfs")
+
+        import time
+        deadline = time.monotonic() + 5
+        while copies() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert copies() > 0
+        assert subprocess.run([UNSETUPROOT], env={"SHIFTER_CONFIG": env["conf"]}).returncode == 0
+        assert copies() == 0
+        assert not _loops_for(env["id"])
+    finally:
+        sleeper.kill()
+        sleeper.wait()

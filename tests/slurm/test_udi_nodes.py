@@ -26,8 +26,9 @@ def test_setuproot_on_one_node_is_invisible_on_the_others(cluster, runner):
         res = _ns(cluster, "n1", ["/opt/shifter/bin/setupRoot", "-U", "4242", "id", image_id])
         assert res.returncode == 0, res.stderr
         mounts = {n: _ns(cluster, n, ["cat", "/proc/self/mountinfo"]).stdout for n in ("n1", "n2")}
-        assert " /var/udiMount " in mounts["n1"] and "/var/udiMount" not in mounts["n2"]
-        assert "/var/udiMount" not in open("/proc/self/mountinfo").read()
+        assert " /var/udiMount " in mounts["n1"] and "shifter-udi" in mounts["n1"]
+        assert "shifter-udi" not in mounts["n2"]
+        assert "shifter-udi" not in open("/proc/self/mountinfo").read()
         # the jobs of n1 see it, those of n2 don't
         probe = ["test", "-e", "/var/udiMount/var/shifter/launch.plan"]
         assert runner.run(["srun", "-N1", "-w", "n1", *probe]).returncode == 0
@@ -37,4 +38,4 @@ def test_setuproot_on_one_node_is_invisible_on_the_others(cluster, runner):
         for suffix in (".squashfs", ".meta"):
             os.unlink(os.path.join(cluster.images, image_id + suffix))
     assert res.returncode == 0, res.stderr
-    assert "/var/udiMount" not in _ns(cluster, "n1", ["cat", "/proc/self/mountinfo"]).stdout
+    assert "shifter-udi" not in _ns(cluster, "n1", ["cat", "/proc/self/mountinfo"]).stdout
