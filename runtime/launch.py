@@ -37,6 +37,25 @@ EXIT_LAUNCH = 125
 USAGE = ("usage: shifter [-i IMAGE] [-V SRC:DST[:FLAGS]]... [-m MODULES] [-e NAME=VALUE]... "
          "[--env-file FILE] [-E] [-w PATH|--workdir[=PATH]] [--entrypoint[=CMD]] [-v] [--dry-run] "
          "[CMD [ARG...]]")
+HELP = """\
+Run CMD in a container made from IMAGE (Shifter-compatible).
+
+  -i, --image=IMAGE        docker:REPO[:TAG], REPO:TAG, id:<64 hex>, custom:NAME, local:/PATH
+                           (default: the job's --image, SHIFTER_IMAGE/SHIFTER_IMAGETYPE)
+  -V, --volume=SRC:DST[:ro|:perNodeCache=size=N]   repeatable; replaces the job's volumes
+  -m, --module=LIST        site modules (comma separated), 'none' for none
+  -e, --env=NAME=VALUE     set a variable in the container (repeatable; NAME alone copies it)
+      --env-file=FILE      NAME=VALUE lines
+  -E, --clearenv           start from an empty environment (the image's ENV still applies)
+  -w, --workdir=PATH       working directory (default: the current one);
+      --workdir            alone: the image's WORKDIR
+      --entrypoint[=CMD]   run the image's ENTRYPOINT (or CMD) with the arguments
+  -v, --verbose            say which container is used
+      --dry-run            print what would run, as JSON, and run nothing
+  -h, --help               this text
+
+Without CMD: the image's CMD, else /bin/sh.  Exit status: the command's; 126 not
+executable; 127 not found; 125 shifter could not run it.  See docs/launcher.md."""
 _WITH_VALUE = {"-i": "image", "--image": "image", "-V": "volume", "--volume": "volume",
                "-m": "module", "--module": "module", "-e": "env", "--env": "env",
                "--env-file": "env_file", "-w": "workdir"}
@@ -272,7 +291,7 @@ def _main(argv: list[str]) -> int:
     opts = parse_args(argv)
     if opts.help:
         print(USAGE)
-        print(__doc__.split("\n\n", 2)[2])
+        print(HELP)
         return 0
     environ = os.environ
     config = udiconfig.load()
