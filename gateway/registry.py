@@ -23,13 +23,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import requests
 
+from shifter import files
 from shifter.gateway import http
 from shifter.gateway.errors import PullError
 
@@ -336,19 +336,8 @@ class Registry:
         """Download blob ``desc`` to ``dest`` (atomically, verified); no-op if ``dest`` exists."""
         if os.path.exists(dest):
             return
-        directory = os.path.dirname(dest)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.partial-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                self._download(desc, out, progress)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        with files.atomic_file(dest, 0o644) as out:
+            self._download(desc, out, progress)
 
     def _download(self, desc: Descriptor, out, progress) -> None:
         what = f"layer {desc.digest[:19]}"

@@ -21,9 +21,9 @@ written back unchanged, so a newer writer's fields survive.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 
+from shifter import files
 from shifter.errors import ShifterError
 
 FORMATS = ("squashfs", "ext4", "cramfs", "vfs")
@@ -156,19 +156,6 @@ def read(path: str) -> ImageMeta:
 
 def write(path: str, meta: ImageMeta) -> None:
     """Write atomically (temp file in the same directory + rename), mode 0644."""
-    import tempfile
-
     text = dumps(meta)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".meta.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with files.atomic_file(path, 0o644, text=True) as f:
+        f.write(text)

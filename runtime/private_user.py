@@ -457,14 +457,7 @@ class _Builder:
         fds = []
         for v in plain:
             try:
-                fd = os.open(v.source, os.O_PATH | os.O_CLOEXEC)
-                fds.append(fd)
-                st = os.fstat(fd)
-                if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-                    raise OSError(errno.EINVAL, "not a directory or regular file")
-                want = os.R_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
-                if not os.access(f"/proc/self/fd/{fd}", want):
-                    raise OSError(errno.EACCES, "permission denied")
+                fds.append(_udi.open_source(v.source))
             except OSError as e:
                 raise UsageError(f"can't mount volume source {v.source}: {(e.strerror or str(e)).lower()} "
                                  f"(as uid {self.uid})", "use a directory or file you can read") from None

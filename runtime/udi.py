@@ -104,6 +104,23 @@ def resolve_image(config, image: ImageRef) -> tuple[str, meta.ImageMeta]:
     return squashfs, m
 
 
+def open_source(path: str) -> int:
+    """An O_PATH fd of a volume source the caller (already the user) may read: only a
+    readable directory or regular file.  Raises OSError with the reason."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            raise OSError(errno.EINVAL, "not a directory or regular file")
+        want = os.R_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
+        if not os.access(f"/proc/self/fd/{fd}", want):
+            raise OSError(errno.EACCES, "permission denied")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def open_sources_as_user(paths: list[str], uid: int, gid: int, gids: tuple[int, ...]) -> list[int]:
     """Open each path as the user (O_PATH), in a child with the user's credentials, and
     pass the fds back: what is bound later is exactly what the user could reach then,
@@ -124,13 +141,7 @@ def open_sources_as_user(paths: list[str], uid: int, gid: int, gids: tuple[int, 
             fds = []
             for path in paths:
                 try:
-                    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-                    st = os.fstat(fd)
-                    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-                        raise OSError(errno.EINVAL, "not a directory or regular file")
-                    want = os.R_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
-                    if not os.access(f"/proc/self/fd/{fd}", want):
-                        raise OSError(errno.EACCES, "permission denied")
+                    fd = open_source(path)
                 except OSError as e:
                     child.sendall(json.dumps({"error": path, "why": e.strerror or str(e)}).encode())
                     os._exit(1)
@@ -228,14 +239,6 @@ def _write_state(udi: str, state: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def read_state(config) -> dict | None:
-    try:
-        with open(os.path.join(config.udiMount, STATE_FILE)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def is_set_up(config) -> bool:
     return any(mp == config.udiMount and source != linux.ANCHOR for mp, _, source in linux.mountinfo())
 
@@ -317,7 +320,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     state = {"version": 1, "uid": req.uid, "gid": req.gid, "username": req.username, "job_id": req.job_id,
              "image": str(req.image), "image_path": image_path, "volumes": [v.spec() for v in req.volumes],
              "modules": [m.name for m in modules], "ssh_pubkey": req.ssh_pubkey, "hostlist": req.hostlist,
-             "caches": [], "complete": False, "created": time.time()}
+             "complete": False, "created": time.time()}
     _write_state(udi, state)
 
     # the image, read-only
@@ -401,9 +404,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     # per-node caches
     for index, v in enumerate(vv for vv in req.volumes if vv.per_node_cache is not None):
         backing = cache.backing_path(config, f"{os.uname().nodename}.{req.job_id or 'nojob'}.{req.uid}", index)
-        state["caches"].append(backing)
         _teardown.record_cache(udi, backing)
-        _write_state(udi, state)
         dst_fd = resolve_destination(udi, v.destination, is_dir=True, create=True, what=f"volume {v.spec()}")
         try:
             cache.create(config, v, backing, _fdpath(dst_fd), req.uid, req.gid)

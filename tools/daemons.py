@@ -22,12 +22,18 @@ def read_pid(pidfile: str) -> int | None:
         return None
 
 
-def _cmdline(pid: int) -> list[str]:
+def live_argv(pid: int) -> list[bytes] | None:
+    """The argv of process ``pid``, or None if it is gone or a zombie (pid 1 here does
+    not reap orphans, so a killed daemon can linger as one)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
+            argv = [a for a in f.read().split(b"\0") if a]
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return None
+    except (OSError, IndexError):
+        return None
+    return argv or None
 
 
 def running(pidfile: str, program: str) -> int | None:
@@ -35,14 +41,8 @@ def running(pidfile: str, program: str) -> int | None:
     pid = read_pid(pidfile)
     if pid is None:
         return None
-    argv = _cmdline(pid)
-    if argv and os.path.basename(argv[0]) == program:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return None
-        except OSError:
-            return None
+    argv = live_argv(pid)
+    if argv and os.path.basename(argv[0]) == os.fsencode(program):
         return pid
     return None
 

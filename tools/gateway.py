@@ -206,14 +206,8 @@ def write_config(site: Site) -> bool:
 
 
 def _is_ours(pid: int, site: Site) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != b"Z" and os.fsencode(gateway_bin(site.prefix)) in argv[:2] \
+    argv = daemons.live_argv(pid)
+    return bool(argv) and os.fsencode(gateway_bin(site.prefix)) in argv[:2] \
         and os.fsencode(config_path(site)) in argv
 
 

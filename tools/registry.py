@@ -145,15 +145,8 @@ def probe(url: str, timeout: float = 1.0) -> int | None:
 
 def _is_ours(pid: int, inst: Instance) -> bool:
     """Whether ``pid`` is a live (not zombie) docker-registry serving ``inst``'s config."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != b"Z" and os.path.basename(argv[0]) == b"docker-registry" \
-        and os.fsencode(inst.config) in argv
+    argv = daemons.live_argv(pid)
+    return bool(argv) and os.path.basename(argv[0]) == b"docker-registry" and os.fsencode(inst.config) in argv
 
 
 def _our_pid(inst: Instance) -> int | None:
