@@ -47,23 +47,32 @@ def running(pidfile: str, program: str) -> int | None:
     return None
 
 
+def terminate(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM ``pid``, SIGKILL after ``timeout`` if it is still there; reaps it when it
+    is our child (a zombie counts as gone: pid 1 here does not reap orphans)."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            if live_argv(pid) is None:
+                return
+            time.sleep(0.05)
+
+
 def stop(pidfile: str, program: str, timeout: float = 10.0) -> bool:
-    """SIGTERM (then SIGKILL) our daemon; True if one was running."""
+    """Stop our daemon named by ``pidfile``; True if one was running."""
     pid = running(pidfile, program)
-    if pid is None:
-        _unlink(pidfile)
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if running(pidfile, program) is None:  # gone, or a zombie nobody reaps (pid 1 here doesn't)
-            break
-        time.sleep(0.05)
-    else:
-        if running(pidfile, program) is not None:
-            os.kill(pid, signal.SIGKILL)
+    if pid is not None:
+        terminate(pid, timeout)
     _unlink(pidfile)
-    return True
+    return pid is not None
 
 
 def _unlink(path: str) -> None:

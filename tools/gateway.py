@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -216,31 +215,6 @@ def _pid(site: Site) -> int | None:
     return pid if pid and _is_ours(pid, site) else None
 
 
-def _terminate(pid: int) -> None:
-    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 2.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            if not os.path.exists(f"/proc/{pid}") or not _alive(pid):
-                return
-            time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
-
-
 def start(site: Site) -> None:
     """Start the site's gateway (idempotent); return once it answers."""
     for d in (site.etc, site.log, site.run, site.images, state_dir(site)):
@@ -256,7 +230,7 @@ def start(site: Site) -> None:
     if pid and not changed and previous == stamp and probe(url(site)) == 200:
         return
     if pid:
-        _terminate(pid)
+        daemons.terminate(pid, STOP_TIMEOUT)
     if probe(url(site)) is not None:
         raise ShifterError(f"can't start the gateway: 127.0.0.1:{site.gateway_port} is in use by "
                            "another process", f"ss -ltnp 'sport = :{site.gateway_port}'")
@@ -266,7 +240,7 @@ def start(site: Site) -> None:
     try:
         wait_ready(url(site), proc, log_path(site))
     except ShifterError:
-        _terminate(proc.pid)
+        daemons.terminate(proc.pid, STOP_TIMEOUT)
         raise
     with open(_stamp_path(site), "w") as f:
         json.dump(stamp, f)
@@ -276,7 +250,7 @@ def stop(site: Site) -> None:
     """Stop the gateway our pidfile names (and nothing else)."""
     pid = _pid(site)
     if pid:
-        _terminate(pid)
+        daemons.terminate(pid, STOP_TIMEOUT)
     for path in (site.pidfile("gateway"), _stamp_path(site)):
         try:
             os.unlink(path)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -42,7 +41,6 @@ READY_TIMEOUT = 10.0  # seconds a fresh registry gets to answer /v2/
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 
 # Popen objects of the registries this process started: kept so they are reaped, not zombies.
-_CHILDREN: dict[int, subprocess.Popen] = {}
 
 
 # -- the one helper for external commands of the site tools -------------------------------
@@ -221,7 +219,6 @@ def _spawn(inst: Instance) -> subprocess.Popen:
         except FileNotFoundError:
             raise ShifterError(f"can't start registry: {inst.url}: {REGISTRY_BIN} not found",
                                "apt-get install docker-registry") from None
-    _CHILDREN[proc.pid] = proc
     _write_pidfile(inst, proc.pid)
     return proc
 
@@ -238,7 +235,7 @@ def _wait_ready(inst: Instance, proc: subprocess.Popen) -> None:
         if code == expected:
             return
         if time.monotonic() > deadline:
-            _terminate(proc.pid)
+            daemons.terminate(proc.pid, STOP_TIMEOUT)
             _forget(inst, proc.pid)
             why = f"GET /v2/ answered {code}" if code else "port does not answer"
             raise ShifterError(f"can't start registry: {inst.url}: not ready after "
@@ -247,33 +244,7 @@ def _wait_ready(inst: Instance, proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
-def _gone(pid: int) -> bool:
-    proc = _CHILDREN.get(pid)
-    if proc is not None:
-        return proc.poll() is not None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except OSError:
-        return True
-
-
-def _terminate(pid: int) -> None:
-    """SIGTERM ``pid``, SIGKILL it if it is still there after STOP_TIMEOUT."""
-    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 2.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if _gone(pid):
-                return
-            time.sleep(0.05)
-
-
 def _forget(inst: Instance, pid: int) -> None:
-    _CHILDREN.pop(pid, None)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(inst.pidfile)
 
@@ -295,7 +266,7 @@ def start(site: Site) -> None:
                 _write_pidfile(inst, pid)
                 continue
             if pid:
-                _terminate(pid)
+                daemons.terminate(pid, STOP_TIMEOUT)
                 _forget(inst, pid)
             if probe(inst.url) is not None:
                 raise ShifterError(f"can't start registry: {inst.url}: the port is in use by "
@@ -311,7 +282,7 @@ def stop(site: Site) -> None:
         for inst in instances(site):
             pid = _our_pid(inst)
             if pid:
-                _terminate(pid)
+                daemons.terminate(pid, STOP_TIMEOUT)
             _forget(inst, pid or -1)
 
 
