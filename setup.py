@@ -2,7 +2,7 @@
 
   <prefix>/lib/shifter/shifter_slurm.so     the SPANK shim (C, NOT linked to libpython)
   <prefix>/lib/shifter/_shifter_spank_py.so the cffi-embedded Python module it loads on demand
-  <prefix>/bin/shifter                      the launcher's compiled fast path (no setuid bit)
+  <prefix>/bin/shifter                      the launcher's compiled fast path and plan replay (no setuid bit)
 
 Everything else is declared in pyproject.toml.
 """
@@ -41,7 +41,8 @@ class build_native(Command):
             check=True,
         )
         subprocess.run(
-            [cc, "-O2", "-Wall", "-Wextra", "-o", LAUNCHER, os.path.join("runtime", "launcher.c")],
+            [cc, "-O2", "-Wall", "-Wextra", "-o", LAUNCHER, os.path.join("runtime", "launcher.c"),
+             os.path.join("runtime", "replay.c")],
             check=True,
         )
         os.chmod(LAUNCHER, 0o755)

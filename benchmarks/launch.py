@@ -5,7 +5,11 @@ interleaved runs, medians (ms):
   ch-run tree         Charliecloud's ch-run on the unpacked tree
   ch-run squashfs     ch-run on the squashfs (it mounts it with squashfuse itself)
   shifter fast path   shifter into the UDI setupRoot prepared (the compiled launcher)
-  shifter private     shifter building a private UDI (no prepared one matches)
+  shifter private     shifter building a private UDI (no prepared one matches): the
+                      compiled launcher replaying the private plan the first launch
+                      recorded (docs/private-plans.md)
+  shifter private,    the same with no plan (removed before each run): Python builds
+    first launch      the container and records the plan
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import tempfile
 import time
 
 from shifter.runtime import config as udiconfig
-from shifter.runtime import udi
+from shifter.runtime import privplan, udi
 from shifter.tools import squash
 from shifter.tools.site import TEST_USERS, Site
 
@@ -64,6 +68,7 @@ def main() -> int:
                 "ch-run squashfs": ["ch-run", sqfs, "--", "/bin/true"],
                 "shifter fast path": [SHIFTER, "/bin/true"],
                 "shifter private": [SHIFTER, "/bin/true"],
+                "shifter private, first launch": [SHIFTER, "/bin/true"],
             }
             udi.teardown(config)
             subprocess.run([os.path.join(sys.prefix, "bin", "setupRoot"), "-U", str(pw.pw_uid), "id", image_id],
@@ -71,7 +76,9 @@ def main() -> int:
             times = {name: [] for name in cases}
             for i in range(args.runs + 2):
                 for name, argv in cases.items():
-                    e = dict(env, SLURM_JOB_ID="other") if name == "shifter private" else env
+                    e = dict(env, SLURM_JOB_ID="other") if name.startswith("shifter private") else env
+                    if name == "shifter private, first launch":
+                        shutil.rmtree(privplan.cache_dir(pw.pw_uid), ignore_errors=True)
                     t0 = time.perf_counter()
                     res = subprocess.run(as_user + argv, env=e, cwd="/", capture_output=True, text=True)
                     elapsed = (time.perf_counter() - t0) * 1000
@@ -83,12 +90,13 @@ def main() -> int:
                 cases = {n: a for n, a in cases.items() if times[n] is not None}
             results[who] = {n: (statistics.median(v) if v else None) for n, v in times.items()}
             udi.teardown(config)
-        names = ["chroot", "ch-run tree", "ch-run squashfs", "shifter fast path", "shifter private"]
+        names = ["chroot", "ch-run tree", "ch-run squashfs", "shifter fast path", "shifter private",
+                 "shifter private, first launch"]
         print(f"/bin/true in test/{args.image} (lz4 squashfs {os.path.getsize(sqfs) >> 20} MB), "
               f"median of {args.runs} interleaved runs, ms")
-        print(f"{'':20}" + "".join(f"{w:>24}" for w in results))
+        print(f"{'':30}" + "".join(f"{w:>24}" for w in results))
         for n in names:
-            row = f"{n:20}"
+            row = f"{n:30}"
             for w, r in results.items():
                 v = r.get(n)
                 if v is None:
@@ -97,7 +105,7 @@ def main() -> int:
                 ratio = ""
                 if n == "shifter fast path" and r.get("ch-run tree"):
                     ratio = f" ({v / r['ch-run tree']:.2f}x tree)"
-                if n == "shifter private" and r.get("ch-run squashfs"):
+                if n.startswith("shifter private") and r.get("ch-run squashfs"):
                     ratio = f" ({v / r['ch-run squashfs']:.2f}x sqfs)"
                 row += f"{v:>10.1f}{ratio:>14}"
             print(row)

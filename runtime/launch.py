@@ -112,6 +112,23 @@ def parse_args(argv: list[str]) -> Options:
     return opts
 
 
+def caller_environ():
+    """The environment the caller gave us.  CPython sets LC_CTYPE=C.UTF-8 at start-up
+    when the locale is C (locale coercion; ``-I`` can't turn it off): that is not the
+    caller's, and the compiled launcher does not add it either."""
+    env = os.environ
+    if env.get("LC_CTYPE") == "C.UTF-8":
+        try:
+            with open("/proc/self/environ", "rb") as f:  # the environment exec() gave us
+                original = f.read().split(b"\0")
+        except OSError:
+            return env
+        if not any(item.startswith(b"LC_CTYPE=") for item in original):
+            env = dict(env)
+            del env["LC_CTYPE"]
+    return env
+
+
 # --------------------------------------------------------------------------- the request
 def _first(env, *names):
     for name in names:
@@ -273,6 +290,21 @@ def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, u
     entry.exec_command(argv, env)
 
 
+def _saver(config, environ, image_path, image_meta, modules, uid, gid):
+    """A ``privplan.Saver`` for this request, or None if the launcher would not replay it."""
+    from shifter import paths
+    from shifter.runtime import plan, privplan
+    from shifter.runtime.udi import command_argv
+
+    config_path = paths.config_path(environ=environ)
+    key = privplan.request_key(environ, config_path, uid, gid, os.getgroups())
+    if key is None:
+        return None
+    env_ops = plan.env_ops([m.env for m in modules] + [config.siteEnv], image_meta.env_dict())
+    return privplan.Saver(key, "root" if uid == 0 else "user", uid, privplan.inputs(config, config_path, image_path),
+                          env_ops, [m.userhook for m in modules if m.userhook], command_argv(image_meta.cmd))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -293,7 +325,7 @@ def _main(argv: list[str]) -> int:
         print(USAGE)
         print(HELP)
         return 0
-    environ = os.environ
+    environ = caller_environ()
     config = udiconfig.load()
     image = resolve_id(config, choose_image(opts, environ, config))
     if opts.volume:
@@ -333,18 +365,27 @@ def _main(argv: list[str]) -> int:
         username = str(uid)
     request = udi.Request(image=image, uid=uid, gid=gid, username=username, volumes=vols,
                           modules=modules_req, job_id=environ.get("SLURM_JOB_ID", ""), gids=gids)
+    # `shifter CMD` (no option): record the build for the compiled launcher to replay
+    saver = None if argv and argv[0].startswith("-") else _saver(config, environ, image_path, image_meta,
+                                                                 modules, uid, gid)
     if uid != 0:
         from shifter.runtime import private_user
 
-        return private_user.run(config, image_path, image_meta, request, args, env, cwd, userhooks)
+        return private_user.run(config, image_path, image_meta, request, args, env, cwd, userhooks,
+                                save_plan=saver)
     # root: a private UDI in a new mount namespace, gone when the process exits
-    from shifter.runtime import linux
+    from shifter.runtime import linux, record
 
     linux.unshare(linux.CLONE_NEWNS)
     # slave: our mounts stay ours, and the host's teardown of its UDI still reaches the
     # copies this namespace holds (see linux.ensure_anchor)
     linux.make_propagation("/", linux.MS_SLAVE, recursive=True)
-    udi.setup_root(config, request, private=True)
+    if saver is None:
+        udi.setup_root(config, request, private=True)
+    else:
+        with record.recording(record.Recorder()) as rec:
+            udi.setup_root(config, request, private=True)
+        saver(rec, config.udiMount)
     enter(config.udiMount, cwd, env, args, userhooks, userns=False)
     return EXIT_LAUNCH  # not reached
 

@@ -12,8 +12,11 @@
  *   - applies the plan's environment rules, changes to the caller's directory,
  *   - runs the modules' userhooks, and execs the command (capabilities are gone at
  *     exec: the caller is not uid 0 in the namespace).
- * Everything else (options, another image, no or another prepared UDI, no user
- * namespaces) is handed, unchanged, to the Python implementation:
+ * When no prepared UDI matches, a private container may still be built here: by
+ * replaying the private plan Python recorded for this very request the first time
+ * (replay.c, docs/private-plans.md).
+ * Everything else (options, another image, no plan, no user namespaces, a failed
+ * replay) is handed, unchanged, to the Python implementation:
  *   <prefix>/bin/python -I -m shifter.runtime.launch ARGS...
  *
  * Exit status: the command's; 127 command not found, 126 not executable; 125 the
@@ -33,16 +36,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "replay.h"
+
 #define PLAN_REL "/var/shifter/launch.plan"
 #define PLAN_MAX (1 << 20)
-#define EXIT_LAUNCH 125
 
 extern char **environ;
 
-static char prefix[PATH_MAX];
+char prefix[PATH_MAX];
 
 /* ------------------------------------------------------------------ fallback */
-static void to_python(int argc, char **argv)
+void to_python(int argc, char **argv)
 {
     char python[PATH_MAX + 32];
     snprintf(python, sizeof(python), "%s/bin/python", prefix);
@@ -239,7 +243,7 @@ static int matches(const struct plan *p, uid_t uid, gid_t gid)
     return same;
 }
 
-static int write_file(const char *path, const char *text)
+int write_file(const char *path, const char *text)
 {
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0) return -1;
@@ -307,6 +311,57 @@ static void env_apply(const char *op)
     }
 }
 
+/* ------------------------------------------------------------------ entering */
+/* The last steps of every way in (the fast path and both kinds of replay), once
+ * chrooted into the container: no_new_privs, the caller's working directory, the
+ * environment (the caller's, then the plan's rules, SHIFTER_RUNTIME=1), the modules'
+ * userhooks, exec of the command (argv[1..], else the image's CMD, else /bin/sh).
+ * Returns only on failure, the exit status (one line on stderr). */
+int enter_container(const struct entry *e, int argc, char **argv)
+{
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+        fprintf(stderr, "shifter: can't enter the container: no_new_privs: %s\n", strerror(errno));
+        return EXIT_LAUNCH;
+    }
+    if (chdir(e->cwd) != 0) {
+        fprintf(stderr, "shifter: %s does not exist in the container, starting in /\n", e->cwd);
+        if (chdir("/") != 0) {
+            fprintf(stderr, "shifter: can't enter the container: /: %s\n", strerror(errno));
+            return EXIT_LAUNCH;
+        }
+    }
+
+    /* environment: the caller's, then the plan's rules */
+    for (char **v = environ; *v; v++) env_n++;
+    env_cap = env_n + 16;
+    env_copy = calloc((size_t) env_cap, sizeof(char *));
+    for (int i = 0; i < env_n; i++) env_copy[i] = environ[i];
+    for (int i = 0; i < e->n_env; i++) env_apply(e->env[i]);
+    env_put("SHIFTER_RUNTIME", 15, "1");
+    environ = env_copy; /* execvp searches the container's PATH */
+
+    for (int i = 0; i < e->n_userhook; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            execl("/bin/sh", "sh", e->userhook[i], (char *) NULL);
+            _exit(127);
+        }
+        int status = 0;
+        if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "shifter: module userhook %s failed\n", e->userhook[i]);
+            return EXIT_LAUNCH;
+        }
+    }
+
+    char **cmd = argv + 1;
+    char *shell[] = {"/bin/sh", NULL};
+    if (argc < 2) cmd = e->n_cmd > 0 ? (char **) e->cmd : shell; /* e->cmd[n_cmd] is NULL */
+    execvp(cmd[0], cmd);
+    int err = errno;
+    fprintf(stderr, "shifter: can't run %s: %s\n", cmd[0], strerror(err));
+    return (err == ENOENT || err == ENOTDIR) ? 127 : 126;
+}
+
 /* ------------------------------------------------------------------ main */
 int main(int argc, char **argv)
 {
@@ -330,13 +385,20 @@ int main(int argc, char **argv)
     gid_t gid = getgid();
     if (geteuid() != uid || getegid() != gid) to_python(argc, argv);
 
+    /* the prepared UDI, if it was made for this request; else a private container
+     * from its plan (returns only when there is none), else Python */
     char udi[PATH_MAX], plan_path[PATH_MAX + 64];
-    if (udi_mount(udi, sizeof(udi)) != 0) to_python(argc, argv);
-    snprintf(plan_path, sizeof(plan_path), "%s" PLAN_REL, udi);
-    size_t len = 0;
-    char *buf = read_file(plan_path, &len, 1);
     struct plan p;
-    if (buf == NULL || parse_plan(buf, len, &p) != 0 || !matches(&p, uid, gid)) to_python(argc, argv);
+    size_t len = 0;
+    char *buf = NULL;
+    if (udi_mount(udi, sizeof(udi)) == 0) {
+        snprintf(plan_path, sizeof(plan_path), "%s" PLAN_REL, udi);
+        buf = read_file(plan_path, &len, 1);
+    }
+    if (buf == NULL || parse_plan(buf, len, &p) != 0 || !matches(&p, uid, gid)) {
+        replay_private(argc, argv, uid, gid);
+        to_python(argc, argv);
+    }
 
     char cwd[PATH_MAX];
     if (getcwd(cwd, sizeof(cwd)) == NULL) snprintf(cwd, sizeof(cwd), "/");
@@ -361,48 +423,10 @@ int main(int argc, char **argv)
         if (write_file("/proc/self/gid_map", map) != 0) goto fail;
     }
     if (chdir(udi) != 0 || chroot(udi) != 0 || chdir("/") != 0) goto fail;
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) goto fail;
-    if (chdir(cwd) != 0) {
-        fprintf(stderr, "shifter: %s does not exist in the container, starting in /\n", cwd);
-        if (chdir("/") != 0) goto fail;
-    }
 
-    /* environment: the caller's, then the plan's rules */
-    for (char **e = environ; *e; e++) env_n++;
-    env_cap = env_n + 16;
-    env_copy = calloc((size_t) env_cap, sizeof(char *));
-    for (int i = 0; i < env_n; i++) env_copy[i] = environ[i];
-    for (int i = 0; i < p.n_env; i++) env_apply(p.env[i]);
-    env_put("SHIFTER_RUNTIME", 15, "1");
-    environ = env_copy; /* execvp searches the container's PATH */
-
-    for (int i = 0; i < p.n_userhook; i++) {
-        pid_t pid = fork();
-        if (pid == 0) {
-            execl("/bin/sh", "sh", p.userhook[i], (char *) NULL);
-            _exit(127);
-        }
-        int status = 0;
-        if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-            fprintf(stderr, "shifter: module userhook %s failed\n", p.userhook[i]);
-            return EXIT_LAUNCH;
-        }
-    }
-
-    char **cmd = argv + 1;
-    char *shell[] = {"/bin/sh", NULL};
-    if (argc < 2) {
-        if (p.n_cmd > 0) {
-            p.cmd[p.n_cmd] = NULL;
-            cmd = (char **) p.cmd;
-        } else {
-            cmd = shell;
-        }
-    }
-    execvp(cmd[0], cmd);
-    int err = errno;
-    fprintf(stderr, "shifter: can't run %s: %s\n", cmd[0], strerror(err));
-    return (err == ENOENT || err == ENOTDIR) ? 127 : 126;
+    p.cmd[p.n_cmd] = NULL;
+    struct entry e = {cwd, p.env, p.n_env, p.userhook, p.n_userhook, p.cmd, p.n_cmd};
+    return enter_container(&e, argc, argv);
 
 fail:
     fprintf(stderr, "shifter: can't enter the container at %s: %s\n", udi, strerror(errno));

@@ -15,6 +15,9 @@ import fcntl
 import os
 import struct
 
+from shifter.runtime import record
+from shifter.runtime.record import P
+
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)  # find_library would fork ldconfig
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
@@ -74,6 +77,8 @@ def mount(source: str | None, target: str, fstype: str | None = None, flags: int
           data: str | None = None) -> None:
     if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
         _raise("mount", target)
+    if record.active():
+        record.op("mount", P(source), P(target), fstype or "", flags, data or "")
 
 
 def mounted_path(target: str) -> str:
@@ -108,6 +113,7 @@ def umount(target: str, flags: int = MNT_DETACH | UMOUNT_NOFOLLOW) -> bool:
         if err in (errno.EINVAL, errno.ENOENT):
             return False
         _raise("umount", target)
+    record.op("umount", P(target), flags)
     return True
 
 
@@ -199,6 +205,18 @@ def loop_device(backing_fd: int, read_only: bool = True, autoclear: bool = True)
         os.close(fd)
 
 
+def mount_image(image_path: str, target: str, flags: int) -> None:
+    """Mount the squashfs ``image_path`` on ``target`` through a loop device (read-only,
+    autoclear: unmounting frees it)."""
+    with record.group("loopmount", image_path, P(target), flags):
+        fd = os.open(image_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with loop_device(fd, read_only=True) as dev:
+                mount(dev, target, "squashfs", flags)
+        finally:
+            os.close(fd)
+
+
 def mountinfo(options: bool = False) -> list[tuple]:
     """(mount point, fstype, source[, per-mount options]) of every mount in this
     mount namespace, in mount order."""
@@ -216,9 +234,10 @@ def harden_tree(path: str, flags: int) -> None:
     """Add ``flags`` (e.g. nosuid) to every mount below ``path``, keeping read-only ones
     read-only: a remount of an rbind changes only its top mount."""
     prefix = path.rstrip("/") + "/"
-    for mp, _, _, opts in mountinfo(options=True):
-        if mp.startswith(prefix):
-            mount(None, mp, None, MS_REMOUNT | MS_BIND | flags | (MS_RDONLY if "ro" in opts else 0))
+    with record.group("hardentree", P(path), flags):
+        for mp, _, _, opts in mountinfo(options=True):
+            if mp.startswith(prefix):
+                mount(None, mp, None, MS_REMOUNT | MS_BIND | flags | (MS_RDONLY if "ro" in opts else 0))
 
 
 def _unescape(field: bytes) -> str:
@@ -286,18 +305,24 @@ def _opts_flags(opts: list[str]) -> int:
 def bind_keep(source: str, target: str, flags: int = 0, recursive: bool = False) -> None:
     """``bind``, then add ``flags`` to the flags the new mount already has (what a user
     namespace may do); with ``recursive``, every submount gets them too."""
-    mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
-    path = mounted_path(target)
-    if recursive:
-        remount_tree_keep(path, flags)
-    elif flags:
-        mount(None, path, None, MS_REMOUNT | MS_BIND | flags | mount_flags(path))
+    with record.group("bindkeep", P(source), P(target), flags, int(recursive)):
+        mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
+        path = mounted_path(target)
+        if recursive:
+            remount_tree_keep(path, flags)
+        elif flags:
+            mount(None, path, None, MS_REMOUNT | MS_BIND | flags | mount_flags(path))
 
 
 def remount_tree_keep(path: str, flags: int, below: int | None = None) -> None:
     """Add ``flags`` to the mount at ``path`` and ``below`` (default: ``flags``) to every
     mount under it, keeping each one's own flags (read from mountinfo, not statvfs,
     which would trigger automounts)."""
+    with record.group("treekeep", P(path), flags, -1 if below is None else below):
+        _remount_tree_keep(path, flags, below)
+
+
+def _remount_tree_keep(path: str, flags: int, below: int | None) -> None:
     prefix = path.rstrip("/") + "/"
     top: dict[str, list[str]] = {}
     for mp, _, _, opts in mountinfo(options=True):

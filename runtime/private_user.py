@@ -64,7 +64,7 @@ import sys
 import time
 
 from shifter.errors import ConfigError, ShifterError, UsageError
-from shifter.runtime import entry, etcfiles, linux, volumes
+from shifter.runtime import entry, etcfiles, linux, record, volumes
 from shifter.runtime import udi as _udi
 from shifter.runtime.modules import select_modules
 
@@ -80,7 +80,7 @@ _SI_KERNEL = 0x80  # si_code of signals the kernel (e.g. a terminal's ^C) genera
 
 
 def run(config, image_path: str, image_meta, request, argv: list[str], env: dict[str, str], cwd: str,
-        userhooks: tuple[str, ...] = ()) -> int:
+        userhooks: tuple[str, ...] = (), save_plan=None) -> int:
     """Build a private UDI for the calling (non-root) user in a new user+mount namespace,
     run argv inside it as the user, tear everything down, return the exit status
     (128+N if killed by signal N).
@@ -89,6 +89,9 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
     when the container can't be built; nothing is left behind then either.  Refused
     (they need root): per-node caches and modules with a roothook.  The site's
     sitePreMountHook and sitePostMountHook are not run.  See the module docstring.
+
+    ``save_plan(recorder, root, fuse)``: called in the builder once the container is
+    built, with the recording of the build (see ``shifter.runtime.privplan``).
     """
     uid, gid = os.getuid(), os.getgid()
     _check(config, image_path, image_meta, request, argv, uid, gid)
@@ -123,7 +126,7 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
         builder = os.fork()
         if builder == 0:  # pragma: no cover - child
             _builder_main(config, image_path, request, modules, gids, argv, env, cwd, userhooks, base,
-                          prog, sock, err, old_mask)
+                          prog, sock, err, old_mask, save_plan)
         os.close(err[1])
         ours.remove(err[1])
         if sock:
@@ -360,7 +363,7 @@ def _helper_main(prog: str, image_path: str, sock, log: int, old_mask) -> None: 
 
 
 def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, userhooks, base, prog, sock, err,
-                  old_mask) -> None:  # pragma: no cover - child
+                  old_mask, save_plan=None) -> None:  # pragma: no cover - child
     """Build the container, exec the command; report a failure to the launcher."""
     try:
         os.close(err[0])
@@ -368,7 +371,12 @@ def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, us
             sock[1].close()
         _child_signals(old_mask)
         b = _Builder(config, image_path, request, modules, gids, base, prog, sock[0] if sock else None)
-        b.build()
+        if save_plan is None:
+            b.build()
+        else:
+            with record.recording(record.Recorder(base)) as rec:
+                b.build()
+            save_plan(rec, "@" + b.root[len(base):], prog)
         b.enter(cwd, env, userhooks)
         entry.exec_command(argv, env)
     except BaseException as e:  # noqa: BLE001 - everything becomes one line for the launcher
@@ -418,8 +426,11 @@ class _Builder:
         sources = self._open_sources(plain)  # before anything is mounted: the host's view
         linux.mount("shifter-stage", self.base, "tmpfs", SAFE, "mode=700")
         os.chdir(self.base)
+        record.op("chdir", record.P(self.base))
         os.mkdir("image", 0o700)
         os.mkdir("root", 0o755)
+        record.op("mkdir", record.P(os.path.join(self.base, "image")), "700")
+        record.op("mkdir", record.P(self.root), "755")
         if self.prog:
             image_root = os.path.join(self.base, "image")
             self._mount_image(image_root)
@@ -436,20 +447,21 @@ class _Builder:
         except OSError as e:
             raise ShifterError(f"can't build a private container: can't open /dev/fuse: {e.strerror}",
                                "the site must allow FUSE, " + _OR_JOB) from None
-        try:
-            linux.mount(self.image_path, target, "fuse." + os.path.basename(self.prog), RO | SAFE,
-                        f"fd={fuse},rootmode=40000,user_id={self.uid},group_id={self.gid},default_permissions")
-            socket.send_fds(self.sock, [b"fd"], [fuse])
-        finally:
-            os.close(fuse)
-            self.sock.close()
-        try:
-            os.stat(target)  # answers once squashfuse serves the mount
-        except OSError as e:
-            if e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV):
-                raise _FuseExited(f"can't mount the image {self.image_path}: "
-                                  f"{os.path.basename(self.prog)} failed") from None
-            raise
+        with record.group("fusemount", self.image_path, record.P(target), RO | SAFE):
+            try:
+                linux.mount(self.image_path, target, "fuse." + os.path.basename(self.prog), RO | SAFE,
+                            f"fd={fuse},rootmode=40000,user_id={self.uid},group_id={self.gid},default_permissions")
+                socket.send_fds(self.sock, [b"fd"], [fuse])
+            finally:
+                os.close(fuse)
+                self.sock.close()
+            try:
+                os.stat(target)  # answers once squashfuse serves the mount
+            except OSError as e:
+                if e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV):
+                    raise _FuseExited(f"can't mount the image {self.image_path}: "
+                                      f"{os.path.basename(self.prog)} failed") from None
+                raise
 
     def _open_sources(self, plain) -> list[int]:
         """Open each volume source (O_PATH) and check the user may read it.  In this
@@ -458,6 +470,7 @@ class _Builder:
         for v in plain:
             try:
                 fds.append(_udi.open_source(v.source))
+                record.register_fd(fds[-1], v.source)
             except OSError as e:
                 raise UsageError(f"can't mount volume source {v.source}: {(e.strerror or str(e)).lower()} "
                                  f"(as uid {self.uid})", "use a directory or file you can read") from None
@@ -491,10 +504,12 @@ class _Builder:
         _udi._merge_dir(os.path.join(image_root, "opt"), os.path.join(root, "opt"), {"udiImage"}, bind=self._bind)
 
         # /etc: the site's files over the image's, one read-only overlay
-        os.makedirs(os.path.join(root, _udi.STATE_DIR), 0o755, exist_ok=True)
+        _udi._mkdir_p(os.path.join(root, _udi.STATE_DIR))
         site_etc = os.path.join(root, _udi.STATE_DIR, "etc")
         os.mkdir(site_etc, 0o755)
+        record.op("mkdir", record.P(site_etc), "755")
         etcfiles.build(site_etc, config.etcPath, self.uid, self.request.username, list(self.gids))
+        record.files(site_etc)
         image_etc = os.path.join(image_root, "etc")
         if os.path.isdir(image_etc) and not os.path.islink(image_etc):
             # relative to the staging dir (cwd): no ',' or ':' of $TMPDIR in the options
@@ -518,14 +533,11 @@ class _Builder:
         # /opt/udiImage and modules (roothooks were refused before)
         opt_udi = os.path.join(root, "opt", "udiImage")
         _udi._ensure_dir(opt_udi)
-        if config.optUdiImage or any(m.copy_path for m in self.modules):
-            import shutil
         if config.optUdiImage and os.path.isdir(config.optUdiImage):
-            shutil.copytree(config.optUdiImage, opt_udi, symlinks=True, dirs_exist_ok=True)
+            _udi.copytree(config.optUdiImage, opt_udi)
         for module in self.modules:
             if module.copy_path:
-                shutil.copytree(module.copy_path, os.path.join(opt_udi, "modules", module.name), symlinks=True,
-                                dirs_exist_ok=True)
+                _udi.copytree(module.copy_path, os.path.join(opt_udi, "modules", module.name))
             for v in module.site_fs:
                 self._site(v, f"module {module.name} siteFs")
 

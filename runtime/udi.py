@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 
 from shifter.errors import ConfigError, ShifterError, UsageError
-from shifter.runtime import cache, etcfiles, linux, meta, plan, volumes
+from shifter.runtime import cache, etcfiles, linux, meta, plan, record, volumes
 from shifter.runtime.modules import select_modules
 from shifter.runtime import teardown as _teardown
 from shifter.runtime.image import ImageRef
@@ -74,10 +74,13 @@ def _ensure_dir(path: str, mode: int = 0o755) -> None:
     except FileExistsError:
         pass
     os.chmod(path, mode)
+    record.op("mkdir", record.P(path), f"{mode:o}")
+    record.op("chmod", record.P(path), f"{mode:o}")
 
 
 def _mkdir_p(path: str) -> None:
     os.makedirs(path, mode=0o755, exist_ok=True)
+    record.op("mkdirp", record.P(path))
 
 
 def resolve_image(config, image: ImageRef) -> tuple[str, meta.ImageMeta]:
@@ -156,6 +159,8 @@ def open_sources_as_user(paths: list[str], uid: int, gid: int, gids: tuple[int, 
     finally:
         parent.close()
         os.waitpid(pid, 0)
+    for fd, path in zip(fds, paths):
+        record.register_fd(fd, path)
     try:
         answer = json.loads(msg.decode() or "{}")
     except ValueError:
@@ -190,8 +195,10 @@ def resolve_destination(udi: str, dest: str, *, is_dir: bool, create: bool, what
                     if last and not is_dir:
                         os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
                                          | os.O_CLOEXEC, 0o644, dir_fd=fd))
+                        record.op("touch", record.P(record.at(fd, part)), "644")
                     else:
                         os.mkdir(part, 0o755, dir_fd=fd)
+                        record.op("mkdir", record.P(record.at(fd, part)), "755")
                 except OSError as e:
                     if e.errno == errno.EROFS:
                         raise UsageError(
@@ -226,6 +233,7 @@ def _fdpath(fd: int) -> str:
 def _run_hook(script: str, cwd: str, what: str, env: dict[str, str]) -> None:
     from shifter.runtime import proc
 
+    record.fail(f"the build ran a site hook ({what})")
     proc.run(["/bin/sh", script], what, cwd=cwd, timeout=300,
              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env})
 
@@ -233,10 +241,12 @@ def _run_hook(script: str, cwd: str, what: str, env: dict[str, str]) -> None:
 # --------------------------------------------------------------------------- state
 def _write_state(udi: str, state: dict) -> None:
     path = os.path.join(udi, STATE_FILE)
+    text = json.dumps(state, indent=1, sort_keys=True)
     with open(path + ".tmp", "w") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
+        f.write(text)
     os.chmod(path + ".tmp", 0o644)
     os.replace(path + ".tmp", path)
+    record.file(path, 0o644, text.encode())
 
 
 def is_set_up(config) -> bool:
@@ -259,12 +269,16 @@ def _merge_dir(image_dir: str, target: str, skip: set[str], bind=linux.bind) -> 
             continue
         dst = os.path.join(target, entry.name)
         if entry.is_symlink():
-            os.symlink(os.readlink(entry.path), dst)
+            link = os.readlink(entry.path)
+            os.symlink(link, dst)
+            record.op("symlink", link, record.P(dst))
         elif entry.is_dir():
             os.mkdir(dst, 0o755)
+            record.op("mkdir", record.P(dst), "755")
             bind(entry.path, dst, RO | SAFE)
         elif entry.is_file():
             os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            record.op("touch", record.P(dst), "644")
             bind(entry.path, dst, RO | SAFE)
         # sockets, fifos and device nodes of an image are left out
 
@@ -292,7 +306,7 @@ def setup_root(config, req: Request, log=lambda msg: None, private: bool = False
     plain = [v for v in req.volumes if v.per_node_cache is None]
     fds = open_sources_as_user([v.source for v in plain], req.uid, req.gid, gids)
     try:
-        return _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, t0)
+        return _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, t0, private)
     except BaseException as e:
         try:
             teardown(config)
@@ -309,7 +323,7 @@ def setup_root(config, req: Request, log=lambda msg: None, private: bool = False
             os.close(fd)
 
 
-def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, t0) -> plan.Plan:
+def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, t0, private=False) -> plan.Plan:
     udi, loop = config.udiMount, config.loopMount
     _mkdir_p(udi)
     _mkdir_p(loop)
@@ -328,12 +342,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         image_root = image_path
     else:
         linux.ensure_anchor(loop)
-        fd = os.open(image_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with linux.loop_device(fd, read_only=True) as dev:
-                linux.mount(dev, loop, "squashfs", RO | SAFE)
-        finally:
-            os.close(fd)
+        linux.mount_image(image_path, loop, RO | SAFE)
         linux.make_propagation(loop, linux.MS_SHARED)
         image_root = loop
     hook_env = {"SHIFTER_UDI": udi, "SHIFTER_USER": req.username, "SHIFTER_UID": str(req.uid)}
@@ -350,7 +359,9 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     # /etc: site files over the image's, one read-only overlay
     site_etc = os.path.join(udi, STATE_DIR, "etc")
     os.mkdir(site_etc, 0o755)
+    record.op("mkdir", record.P(site_etc), "755")
     etcfiles.build(site_etc, config.etcPath, req.uid, req.username, list(gids))
+    record.files(site_etc)
     image_etc = os.path.join(image_root, "etc")
     if os.path.isdir(image_etc) and not os.path.islink(image_etc):
         linux.mount("shifter-etc", os.path.join(udi, "etc"), "overlay", RO | SAFE,
@@ -377,14 +388,11 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     # /opt/udiImage and modules
     opt_udi = os.path.join(udi, "opt", "udiImage")
     _ensure_dir(opt_udi)
-    if config.optUdiImage or any(m.copy_path for m in modules):
-        import shutil
     if config.optUdiImage and os.path.isdir(config.optUdiImage):
-        shutil.copytree(config.optUdiImage, opt_udi, symlinks=True, dirs_exist_ok=True)
+        copytree(config.optUdiImage, opt_udi)
     for module in modules:
         if module.copy_path:
-            dst = os.path.join(opt_udi, "modules", module.name)
-            shutil.copytree(module.copy_path, dst, symlinks=True, dirs_exist_ok=True)
+            copytree(module.copy_path, os.path.join(opt_udi, "modules", module.name))
         for v in module.site_fs:
             _bind_site(udi, v, f"module {module.name} siteFs", style=config.mountPropagationStyle)
         if module.roothook:
@@ -403,6 +411,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
 
     # per-node caches
     for index, v in enumerate(vv for vv in req.volumes if vv.per_node_cache is not None):
+        record.fail("the build made a per-node cache")
         backing = cache.backing_path(config, f"{os.uname().nodename}.{req.job_id or 'nojob'}.{req.uid}", index)
         _teardown.record_cache(udi, backing)
         dst_fd = resolve_destination(udi, v.destination, is_dir=True, create=True, what=f"volume {v.spec()}")
@@ -421,7 +430,8 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         entry=command_argv(image_meta.entry), cmd=command_argv(image_meta.cmd),
         env=tuple(plan.env_ops(env_rules, image_meta.env_dict())),
     )
-    plan.write(udi, launch)
+    if not private:  # a private UDI is entered only by the process that built it
+        plan.write(udi, launch)
     if req.uid != 0:
         # one user namespace for all of this user's tasks in this UDI (see linux.persist_user_ns)
         userns = os.path.join(udi, USERNS_FILE)
@@ -434,6 +444,14 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         linux.remount(udi, RO | SAFE)
     log(f"UDI ready at {udi} in {time.perf_counter() - t0:.3f} s")
     return launch
+
+
+def copytree(source: str, target: str) -> None:
+    """Copy a site directory (optUdiImage, a module's copyPath) into the UDI."""
+    import shutil
+
+    shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+    record.op("copytree", source, record.P(target))
 
 
 def command_argv(value) -> tuple[str, ...]:

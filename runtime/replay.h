@@ -1,0 +1,43 @@
+/*
+ * What launcher.c (the fast path) and replay.c (private plans) share.  Both are
+ * compiled into the one program <prefix>/bin/shifter.
+ */
+#ifndef SHIFTER_REPLAY_H
+#define SHIFTER_REPLAY_H
+
+#include <sys/types.h>
+
+#define EXIT_LAUNCH 125
+
+/* launcher.c */
+extern char prefix[]; /* <prefix> of <prefix>/bin/shifter */
+
+/* exec <prefix>/bin/python -I -m shifter.runtime.launch ARGS... (never returns) */
+__attribute__((noreturn)) void to_python(int argc, char **argv);
+
+/* write TEXT to an existing file (/proc/self/uid_map, ...); 0 or -1 */
+int write_file(const char *path, const char *text);
+
+/* What the command needs once the process is chrooted into the container. */
+struct entry {
+    const char *cwd;         /* the caller's working directory ("/" if the container lacks it) */
+    const char **env;        /* environment operations (=N=V, <N=V, >N=V, -N), in order */
+    int n_env;
+    const char **userhook;   /* /bin/sh HOOK, each, before the command */
+    int n_userhook;
+    const char **cmd;        /* the image's CMD, NULL-terminated: used when argc < 2 */
+    int n_cmd;
+};
+
+/* no_new_privs, cwd, environment, userhooks, exec argv[1..] (else the image's CMD,
+ * else /bin/sh).  Returns only on failure: the exit status (message printed). */
+int enter_container(const struct entry *e, int argc, char **argv);
+
+/* replay.c */
+
+/* Build the private container from the caller's private plan for this request and
+ * run the command in it.  Returns only when there is no valid plan (the caller then
+ * hands the request to Python); a replay that fails part-way execs Python itself. */
+void replay_private(int argc, char **argv, uid_t uid, gid_t gid);
+
+#endif

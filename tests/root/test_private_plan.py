@@ -1,0 +1,182 @@
+"""Private plans on the real kernel: the first private container of a request is built
+by Python and recorded; the next identical `shifter CMD` is built by the compiled
+launcher replaying the plan (no Python), and sees the same container.  A stale or
+broken plan goes back to Python and leaves nothing behind."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import USER1, USER2
+from shifter.runtime import linux, privplan
+from test_launch import SHIFTER, _python_ran, env, run  # noqa: F401 - env is a fixture
+
+pytestmark = pytest.mark.root
+
+#: what a user sees of the container: identity, the tree, the mounts, the environment
+PROBE = ("id -u; id -g; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
+         "stat -c '%n %a %u %g %F' / /* /var/* /opt/* /opt/udiImage/* /etc/passwd /etc/group /etc/os-release; "
+         "cat /etc/passwd /etc/group; "
+         "awk '{print $5, $6}' /proc/self/mountinfo | grep -v '^/proc/\\|^/sys/\\|^/dev/' | sort; "
+         "env | grep -v '^_=' | sort; pwd")
+
+
+def _plan_dir(user):
+    return privplan.cache_dir(pwd.getpwnam(user).pw_uid)
+
+
+def _plans(user):
+    return sorted(glob.glob(os.path.join(_plan_dir(user), "*.plan")))
+
+
+def _leftovers(base):
+    """What a launch may leave on the host: mounts under the test's directory, staging
+    directories, squashfuse processes, loop devices."""
+    mounts = [mp for mp, _, _ in linux.mountinfo() if mp.startswith(base) and mp.split("/")[-1] not in ("udi", "loop")]
+    staging = glob.glob("/tmp/shifter.*")
+    fuse = subprocess.run(["pgrep", "-f", "squashfuse"], capture_output=True, text=True).stdout.split()
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    return mounts, staging, fuse, loops
+
+
+def _settled(base, before, timeout=3.0):
+    """The leftovers once the namespaces of exited launches are gone (the kernel frees
+    them, and with them loop devices and FUSE servers, just after the exit)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = _leftovers(base)
+        if now == before or time.monotonic() > deadline:
+            return now
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def fresh(env):
+    for user in ("root", USER1, USER2):
+        shutil.rmtree(_plan_dir(user), ignore_errors=True)
+    yield env
+    for user in ("root", USER1, USER2):
+        shutil.rmtree(_plan_dir(user), ignore_errors=True)
+
+
+@pytest.mark.parametrize("user", ["root", USER1])
+def test_second_launch_replays_the_plan_without_python(fresh, user):
+    extra = {"SHIFTER_MODULE": "hook", "SHIFTER_VOLUME": "/tmp:/scratch:ro", "SLURM_JOB_ID": "none-prepared"}
+    before = _leftovers(fresh["base"])
+    first = run(fresh, ["sh", "-c", PROBE], user=user, extra_env=extra, strace=True)
+    assert first.returncode == 0, first.stderr
+    assert _python_ran(first)
+    assert len(_plans(user)) == 1
+    second = run(fresh, ["sh", "-c", PROBE], user=user, extra_env=extra, strace=True)
+    assert second.returncode == 0, second.stderr
+    assert not _python_ran(second), second.execs
+    assert second.stdout == first.stdout
+    lines = second.stdout.splitlines()
+    uid = str(pwd.getpwnam(user).pw_uid)
+    assert lines[0] == uid
+    assert "NoNewPrivs:\t1" in lines and ("CapEff:\t0000000000000000" in lines or user == "root")
+    assert "LAYER=module" in lines and "SITE_ONLY=1" in lines and "HOST_ONLY=1" in lines
+    assert any(line.startswith("/scratch ro,") for line in lines)
+    assert any(line.startswith("/ ro,") for line in lines)
+    # the module's userhook ran in the replayed container, from the compiled launcher
+    assert open(f"/tmp/shifter-hook-parent-{uid}").read().startswith(SHIFTER)
+    assert _settled(fresh["base"], before) == before
+
+
+def test_user_replay_keeps_root_files_unreadable_and_returns_status(fresh):
+    for _ in range(2):
+        res = run(fresh, ["sh", "-c", "cat /root/secret 2>/dev/null || echo denied; exit 7"],
+                  extra_env={"SLURM_JOB_ID": "none-prepared"}, strace=True)
+        assert res.returncode == 7, res.stderr
+        assert res.stdout.split() == ["denied"]
+    assert not _python_ran(res)
+
+
+def test_signal_reaches_the_command_in_a_replayed_user_container(fresh):
+    pw = pwd.getpwnam(USER1)
+    env_ = {"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh["conf"], "SHIFTER_IMAGETYPE": "id",
+            "SHIFTER_IMAGE": fresh["id"]}
+    argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", SHIFTER]
+    script = "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.1; done"
+    subprocess.run(argv + ["true"], env=env_, check=True, cwd="/tmp")  # Python: writes the plan
+    before = _leftovers(fresh["base"])
+    proc = subprocess.Popen(argv + ["sh", "-c", script], env=env_, cwd="/tmp", stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            assert b"python" not in f.read()  # setpriv exec'd the compiled launcher, which stayed
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 42
+        assert proc.stdout.read().split() == ["got-term"]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _settled(fresh["base"], before) == before
+
+
+def test_stale_plan_goes_back_to_python_which_records_again(fresh):
+    extra = {"SLURM_JOB_ID": "none-prepared"}
+    assert run(fresh, ["true"], extra_env=extra).returncode == 0
+    assert not _python_ran(run(fresh, ["true"], extra_env=extra, strace=True))
+    meta = os.path.join(os.path.dirname(fresh["conf"]), "images", fresh["id"] + ".meta")
+    os.utime(meta)  # the image's metadata changed: the plan is stale
+    res = run(fresh, ["true"], extra_env=extra, strace=True)
+    assert res.returncode == 0 and _python_ran(res)
+    res = run(fresh, ["true"], extra_env=extra, strace=True)
+    assert res.returncode == 0 and not _python_ran(res)
+
+
+@pytest.mark.parametrize("user", ["root", USER1])
+def test_failing_replay_falls_back_to_python_and_leaves_nothing(fresh, user):
+    extra = {"SLURM_JOB_ID": "none-prepared"}
+    assert run(fresh, ["true"], user=user, extra_env=extra).returncode == 0
+    [path] = _plans(user)
+    records = privplan.loads(open(path, "rb").read())
+    # an op that fails late, after the image is mounted: bind a source that is gone
+    at = max(i for i, r in enumerate(records) if r[0] in ("bindkeep", "mount") and r[1].startswith((b"/", b"@")))
+    name, src, *rest = records[at]
+    records[at] = (name, b"/nonexistent/shifter-test", *rest)
+    st = os.stat(path)
+    with open(path, "wb") as f:
+        f.write(privplan.dumps([tuple(x if isinstance(x, str) else x.decode() for x in r) for r in records]))
+    os.chown(path, st.st_uid, st.st_gid)
+    before = _leftovers(fresh["base"])
+    res = run(fresh, ["sh", "-c", "cat /etc/os-release | head -1"], user=user, extra_env=extra, strace=True)
+    assert res.returncode == 0, res.stderr
+    assert _python_ran(res) and res.stdout.startswith("NAME=\"BusyBox\"") and res.stderr == ""
+    assert _settled(fresh["base"], before) == before
+    # Python recorded a good plan again
+    res = run(fresh, ["true"], user=user, extra_env=extra, strace=True)
+    assert res.returncode == 0 and not _python_ran(res)
+
+
+def test_a_plan_not_owned_by_the_caller_is_ignored(fresh):
+    extra = {"SLURM_JOB_ID": "none-prepared"}
+    assert run(fresh, ["true"], extra_env=extra).returncode == 0
+    [path] = _plans(USER1)
+    os.chmod(path, 0o620)  # group-writable: not trusted
+    assert _python_ran(run(fresh, ["true"], extra_env=extra, strace=True))
+    # a directory that belongs to someone else is neither used nor written into
+    other = _plan_dir(USER2)
+    shutil.copytree(_plan_dir(USER1), other)
+    for p in [other, *glob.glob(other + "/*")]:
+        os.chown(p, 4242, 4242)
+    res = run(fresh, ["true"], user=USER2, extra_env=extra, strace=True)
+    assert res.returncode == 0 and _python_ran(res)
+    assert all(os.stat(p).st_uid == 4242 for p in glob.glob(other + "/*"))
+
+
+def test_options_and_tags_are_never_replayed(fresh):
+    extra = {"SLURM_JOB_ID": "none-prepared"}
+    assert run(fresh, ["true"], extra_env=extra).returncode == 0
+    res = run(fresh, [f"--image=id:{fresh['id']}", "true"], extra_env=extra, strace=True)
+    assert res.returncode == 0 and _python_ran(res)
+    assert len(_plans(USER1)) == 1  # an invocation with options records nothing
