@@ -7,7 +7,11 @@ interleaved runs, medians (ms):
   shifter fast path   shifter into the UDI setupRoot prepared (the compiled launcher)
   shifter private     shifter building a private UDI (no prepared one matches): the
                       compiled launcher replaying the private plan the first launch
-                      recorded (docs/private-plans.md)
+                      recorded (docs/private-plans.md); the image is mounted on the
+                      node (by the prepared UDI), and the private UDI shares that mount
+  shifter private,    the same with the image mounted nowhere on the node (a second
+    image not mounted imagePath with a hard link of the image): a fresh loop mount (root)
+                      or squashfuse (user)
   shifter private,    the same with no plan (removed before each run): Python builds
     first launch      the container and records the plan
 """
@@ -52,6 +56,19 @@ def main() -> int:
             f.write(f"udiMount={base}/udi\nloopMount={base}/loop\nimagePath={images}\n")
         for path in (images, sqfs, conf, sqfs[:-9] + ".meta"):
             os.chmod(path, 0o755 if os.path.isdir(path) else 0o644)
+        # the same image under another path: no mount of it on the node to share
+        images2, conf2 = os.path.join(base, "images2"), os.path.join(base, "udiRoot2.conf")
+        os.mkdir(images2, 0o755)
+        for ext in (".squashfs", ".meta"):
+            os.link(sqfs[:-9] + ext, os.path.join(images2, image_id + ext))
+        with open(conf2, "w") as f:
+            f.write(f"udiMount={base}/udi2\nloopMount={base}/loop2\nimagePath={images2}\n")
+        os.chmod(conf2, 0o644)
+        # first launches: their own configuration, so that removing their plan leaves the others'
+        conf3 = os.path.join(base, "udiRoot3.conf")
+        with open(conf3, "w") as f:
+            f.write(f"udiMount={base}/udi3\nloopMount={base}/loop3\nimagePath={images}\n")
+        os.chmod(conf3, 0o644)
         config = udiconfig.load(conf)
         results = {}
         for who in ("root", TEST_USERS[0][0]):
@@ -68,6 +85,7 @@ def main() -> int:
                 "ch-run squashfs": ["ch-run", sqfs, "--", "/bin/true"],
                 "shifter fast path": [SHIFTER, "/bin/true"],
                 "shifter private": [SHIFTER, "/bin/true"],
+                "shifter private, image not mounted": [SHIFTER, "/bin/true"],
                 "shifter private, first launch": [SHIFTER, "/bin/true"],
             }
             udi.teardown(config)
@@ -77,8 +95,16 @@ def main() -> int:
             for i in range(args.runs + 2):
                 for name, argv in cases.items():
                     e = dict(env, SLURM_JOB_ID="other") if name.startswith("shifter private") else env
+                    if name == "shifter private, image not mounted":
+                        e = dict(e, SHIFTER_CONFIG=conf2)
                     if name == "shifter private, first launch":
-                        shutil.rmtree(privplan.cache_dir(pw.pw_uid), ignore_errors=True)
+                        e = dict(e, SHIFTER_CONFIG=conf3)
+                        groups = os.getgrouplist(who, pw.pw_gid) if who != "root" else os.getgroups()
+                        key = privplan.request_key(e, conf3, pw.pw_uid, pw.pw_gid, groups)
+                        try:
+                            os.unlink(os.path.join(privplan.cache_dir(pw.pw_uid), privplan.plan_name(key)))
+                        except FileNotFoundError:
+                            pass
                     t0 = time.perf_counter()
                     res = subprocess.run(as_user + argv, env=e, cwd="/", capture_output=True, text=True)
                     elapsed = (time.perf_counter() - t0) * 1000
@@ -91,12 +117,12 @@ def main() -> int:
             results[who] = {n: (statistics.median(v) if v else None) for n, v in times.items()}
             udi.teardown(config)
         names = ["chroot", "ch-run tree", "ch-run squashfs", "shifter fast path", "shifter private",
-                 "shifter private, first launch"]
+                 "shifter private, image not mounted", "shifter private, first launch"]
         print(f"/bin/true in test/{args.image} (lz4 squashfs {os.path.getsize(sqfs) >> 20} MB), "
               f"median of {args.runs} interleaved runs, ms")
-        print(f"{'':30}" + "".join(f"{w:>24}" for w in results))
+        print(f"{'':36}" + "".join(f"{w:>24}" for w in results))
         for n in names:
-            row = f"{n:30}"
+            row = f"{n:36}"
             for w, r in results.items():
                 v = r.get(n)
                 if v is None:
@@ -110,9 +136,10 @@ def main() -> int:
                 row += f"{v:>10.1f}{ratio:>14}"
             print(row)
     finally:
-        if os.path.exists(conf):
-            udi.teardown(udiconfig.load(conf))
-            udi.remove_anchors(udiconfig.load(conf))
+        for c in (conf, os.path.join(base, "udiRoot2.conf"), os.path.join(base, "udiRoot3.conf")):
+            if os.path.exists(c):
+                udi.teardown(udiconfig.load(c))
+                udi.remove_anchors(udiconfig.load(c))
         shutil.rmtree(base, ignore_errors=True)
     return 0
 

@@ -205,10 +205,50 @@ def loop_device(backing_fd: int, read_only: bool = True, autoclear: bool = True)
         os.close(fd)
 
 
-def mount_image(image_path: str, target: str, flags: int) -> None:
+def _loop_backed_by(dev: int, real: str) -> bool:
+    try:
+        with open(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/loop/backing_file", "rb") as f:
+            return f.read().rstrip(b"\n") == os.fsencode(real)
+    except OSError:
+        return False
+
+
+def share_image(image_path: str, target: str, flags: int) -> bool:
+    """Bind a squashfs mount of ``image_path`` that already exists on the node (the
+    prepared UDI's, say: a loop device backed by the image, mounted at the image's root)
+    on ``target``, with ``flags`` added (``bind_keep``): the container shares its
+    superblock and warm caches.  Images are named by content, so the same file is the
+    same image.  False if there is none (nothing changed).  After the bind, which holds
+    the device, the device and its backing file are checked again."""
+    real = os.path.realpath(image_path)
+    with open("/proc/self/mountinfo", "rb") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        fields = line.split()
+        sep = fields.index(b"-")
+        if fields[sep + 1] != b"squashfs" or fields[3] != b"/":
+            continue
+        major, minor = (int(x) for x in fields[2].split(b":"))
+        dev = os.makedev(major, minor)
+        if not _loop_backed_by(dev, real):
+            continue
+        try:
+            bind_keep(_unescape(fields[4]), target, flags)
+        except OSError:
+            continue
+        if os.stat(target).st_dev == dev and _loop_backed_by(dev, real):
+            return True
+        umount(target)
+    return False
+
+
+def mount_image(image_path: str, target: str, flags: int, share: bool = False) -> None:
     """Mount the squashfs ``image_path`` on ``target`` through a loop device (read-only,
-    autoclear: unmounting frees it)."""
+    autoclear: unmounting frees it); with ``share``, the image's mount on the node if
+    there is one (``share_image``)."""
     with record.group("loopmount", image_path, P(target), flags):
+        if share and share_image(image_path, target, flags):
+            return
         fd = os.open(image_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             with loop_device(fd, read_only=True) as dev:

@@ -40,6 +40,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -678,10 +679,75 @@ static int bind_keep(const char *src, const char *target, unsigned long flags, i
     return remount(target, flags | own);
 }
 
-/* loopmount IMAGE TARGET FLAGS: a free loop device (read-only, autoclear), mounted
- * squashfs; the mount holds the device, which frees itself when unmounted. */
+/* Is the loop device maj:min backed by the file at `real` (a canonical path)? */
+static int loop_backed_by(unsigned maj, unsigned min, const char *real)
+{
+    char path[80], buf[PATH_MAX + 2];
+    snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/loop/backing_file", maj, min);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = '\0';
+    if (buf[n - 1] == '\n') buf[n - 1] = '\0';
+    return strcmp(buf, real) == 0;
+}
+
+/* Share a squashfs mount of `image` that already exists on the node (the prepared
+ * UDI's, say: a loop device backed by the image, mounted at the image's root) instead
+ * of mounting it afresh: bound on `target`, the container uses its superblock and so
+ * its warm caches.  Images are named by content (id), so the same file is the same
+ * image.  0 when shared; -1 when there is none (nothing changed).  After the bind,
+ * which holds the device, the device and its backing file are checked again. */
+static int share_image(const char *image, const char *target, unsigned long flags)
+{
+    char real[PATH_MAX];
+    if (realpath(image, real) == NULL) return -1;
+    int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            char *more = realloc(text, cap = cap * 2 + 65536);
+            if (more == NULL) break;
+            text = more;
+        }
+        ssize_t r = read(fd, text + len, cap - len - 1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        len += (size_t) r;
+    }
+    close(fd);
+    if (text == NULL) return -1;
+    text[len] = '\0';
+    int rc = -1;
+    char *save = NULL;
+    for (char *line = strtok_r(text, "\n", &save); line && rc != 0; line = strtok_r(NULL, "\n", &save)) {
+        /* id parent maj:min root MOUNTPOINT options [optional...] - FSTYPE source superoptions */
+        unsigned maj, min;
+        char root[8], mp[PATH_MAX];
+        char *sep = strstr(line, " - ");
+        if (sep == NULL || strncmp(sep + 3, "squashfs ", 9) != 0) continue;
+        if (sscanf(line, "%*s %*s %u:%u %7s %4095s", &maj, &min, root, mp) != 4 || strcmp(root, "/") != 0) continue;
+        if (!loop_backed_by(maj, min, real)) continue;
+        unescape(mp);
+        if (bind_keep(mp, target, flags, 0) != 0) continue;
+        struct stat st;
+        if (stat(target, &st) == 0 && st.st_dev == makedev(maj, min) && loop_backed_by(maj, min, real)) rc = 0;
+        else umount2(target, MNT_DETACH);
+    }
+    free(text);
+    return rc;
+}
+
+/* loopmount IMAGE TARGET FLAGS: the image's mount on the node, shared (share_image),
+ * else a free loop device (read-only, autoclear), mounted squashfs; the mount holds the
+ * device, which frees itself when unmounted. */
 static int loop_mount(const char *image, const char *target, unsigned long flags)
 {
+    if (share_image(image, target, flags) == 0) return 0;
     int img = open(image, O_RDONLY | O_CLOEXEC);
     if (img < 0) return -1;
     int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
@@ -727,11 +793,18 @@ static int loop_mount(const char *image, const char *target, unsigned long flags
     return rc;
 }
 
-/* fusemount IMAGE TARGET FLAGS: open /dev/fuse (in the new user namespace: the kernel
- * refuses a fd opened outside it), mount, hand the fd to the helper, wait until it
- * serves the mount. */
+/* fusemount IMAGE TARGET FLAGS: the image's kernel mount on the node, shared
+ * (share_image: the kernel enforces the image's modes there too, and the helper, given
+ * nothing, exits); else open /dev/fuse (in the new user namespace: the kernel refuses a
+ * fd opened outside it), mount, hand the fd to the helper, wait until it serves the
+ * mount. */
 static int fuse_mount(const struct op *op, const char *fstype, int *sock, uid_t uid, gid_t gid)
 {
+    if (share_image(op->s[0], op->s[1], op->flags) == 0) {
+        close(*sock);
+        *sock = -1;
+        return 0;
+    }
     int fuse = open("/dev/fuse", O_RDWR | O_CLOEXEC);
     int rc = -1;
     if (fuse >= 0) {

@@ -342,7 +342,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         image_root = image_path
     else:
         linux.ensure_anchor(loop)
-        linux.mount_image(image_path, loop, RO | SAFE)
+        linux.mount_image(image_path, loop, RO | SAFE, share=private)
         linux.make_propagation(loop, linux.MS_SHARED)
         image_root = loop
     hook_env = {"SHIFTER_UDI": udi, "SHIFTER_USER": req.username, "SHIFTER_UID": str(req.uid)}
