@@ -40,6 +40,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -492,6 +493,38 @@ static int remount(const char *path, unsigned long flags)
     return mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | flags, NULL);
 }
 
+/* Add `flags` (only MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC) to the mount at `path`,
+ * and with `recursive` to every mount below it, leaving all their other flags alone:
+ * what a remount with the mount's own flags added does (bind_keep, tree_keep), without
+ * reading them first (a statfs of a FUSE mount is a round trip to its server; mountinfo
+ * is the whole mount table).  Adding these flags is allowed on locked mounts too.
+ * 1 if done; 0 if not possible here (other flags, or no mount_setattr(2): the caller
+ * does it the long way); -1 on error. */
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+struct shifter_mount_attr {
+    unsigned long long attr_set, attr_clr, propagation, userns_fd;
+};
+static int add_mount_flags(const char *path, unsigned long flags, int recursive)
+{
+    static int unsupported;
+    if (unsupported || (flags & ~(unsigned long) (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)) != 0) return 0;
+    /* MOUNT_ATTR_RDONLY 1, _NOSUID 2, _NODEV 4, _NOEXEC 8: the MS_ values, as it happens */
+    struct shifter_mount_attr attr = {flags, 0, 0, 0};
+    if (syscall(SYS_mount_setattr, AT_FDCWD, path, AT_SYMLINK_NOFOLLOW | (recursive ? AT_RECURSIVE : 0), &attr,
+                sizeof(attr)) == 0)
+        return 1;
+    if (errno == ENOSYS) {
+        unsupported = 1;
+        return 0;
+    }
+    return -1;
+}
+
 /* The per-mount flags of the mount at `path` (statvfs), as linux.mount_flags. */
 static int statvfs_flags(const char *path, unsigned long *out)
 {
@@ -633,6 +666,10 @@ static int parent_searchable(const char *mp)
 /* treekeep PATH FLAGS BELOW (linux.remount_tree_keep) */
 static int tree_keep(const char *path, unsigned long flags, long below)
 {
+    if (below < 0 || (unsigned long) below == flags) {
+        int done = add_mount_flags(path, flags, 1);
+        if (done != 0) return done > 0 ? 0 : -1;
+    }
     struct mnt *m;
     char *text;
     int n = mounts_under(path, 0, &m, &text);
@@ -672,6 +709,8 @@ static int harden_tree(const char *path, unsigned long flags)
 static int bind_keep(const char *src, const char *target, unsigned long flags, int rec)
 {
     if (mount(src, target, NULL, MS_BIND | (rec ? MS_REC : 0), NULL) != 0) return -1;
+    int done = flags ? add_mount_flags(target, flags, rec) : 0;
+    if (done != 0) return done > 0 ? 0 : -1;
     if (rec) return tree_keep(target, flags, -1);
     if (flags == 0) return 0;
     unsigned long own;
