@@ -42,7 +42,7 @@ class build_native(Command):
         )
         subprocess.run(
             [cc, "-O2", "-Wall", "-Wextra", "-o", LAUNCHER, os.path.join("runtime", "launcher.c"),
-             os.path.join("runtime", "replay.c")],
+             os.path.join("runtime", "replay.c"), os.path.join("runtime", "sqfs_inproc.c")],
             check=True,
         )
         os.chmod(LAUNCHER, 0o755)

@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include "replay.h"
+#include "sqfs_inproc.h"
 
 #define PLAN_MAX (1 << 20)
 #define PLAN_MAGIC "SHIFTER_PRIVATE"
@@ -1159,6 +1160,10 @@ static __attribute__((noreturn)) void helper_main(const char *prog, const char *
         if (null > 2) close(null);
     }
     sigprocmask(SIG_SETMASK, old_mask, NULL);
+    /* squashfuse_ll's libraries and the image, loaded while the builder makes its
+     * namespaces (sqfs_inproc.c); else exec squashfuse_ll once the fd is here */
+    const char *slash = strrchr(prog, '/');
+    int inproc = strcmp(slash ? slash + 1 : prog, "squashfuse_ll") == 0 && sqfs_inproc_prepare(image) == 0;
     char payload[16];
     struct iovec iov = {payload, sizeof(payload)};
     union {
@@ -1174,9 +1179,9 @@ static __attribute__((noreturn)) void helper_main(const char *prog, const char *
         _exit(0); /* the builder gave up before mounting */
     int fd; /* received without MSG_CMSG_CLOEXEC: squashfuse inherits it */
     memcpy(&fd, CMSG_DATA(c), sizeof(int));
+    if (inproc) sqfs_inproc_serve(fd);
     char dev[32];
     snprintf(dev, sizeof(dev), "/dev/fd/%d", fd);
-    const char *slash = strrchr(prog, '/');
     char *args[] = {(char *) (slash ? slash + 1 : prog), "-f", (char *) image, dev, NULL};
     execv(prog, args);
     _exit(127);

@@ -59,7 +59,8 @@ def _settled(base, before, timeout=3.0):
 
 
 @pytest.fixture
-def fresh(env):
+def fresh(request):
+    env = request.getfixturevalue("env")  # test_launch's image and configuration
     for user in ("root", USER1, USER2):
         shutil.rmtree(_plan_dir(user), ignore_errors=True)
     yield env
@@ -180,3 +181,42 @@ def test_options_and_tags_are_never_replayed(fresh):
     res = run(fresh, [f"--image=id:{fresh['id']}", "true"], extra_env=extra, strace=True)
     assert res.returncode == 0 and _python_ran(res)
     assert len(_plans(USER1)) == 1  # an invocation with options records nothing
+
+
+@pytest.mark.parametrize("user", ["root", USER1])
+def test_private_containers_share_the_image_mount_of_the_prepared_udi(fresh, user):
+    """With the node's prepared UDI holding the image, a private container of the same
+    image (another job here) binds that squashfs mount instead of mounting its own (a
+    fresh loop device as root, squashfuse as a user): both the Python build and the
+    replay.  The kernel still enforces the image's modes for the user, and the private
+    container outlives the prepared UDI's teardown."""
+    from shifter.runtime import udi
+
+    res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "id", fresh["id"]], capture_output=True,
+                         text=True, env={"SHIFTER_CONFIG": fresh["conf"], "SLURM_JOB_ID": "4711"})
+    assert res.returncode == 0, res.stderr
+    try:
+        # /usr's filesystem type and source in the container
+        probe = ("awk '$5 == \"/usr\" {for (i = 7; i < NF; i++) if ($i == \"-\") print $(i + 1), $(i + 2)}' "
+                 "/proc/self/mountinfo; "
+                 "cat /root/secret 2>/dev/null || echo denied")
+        for python in (True, False):
+            res = run(fresh, ["sh", "-c", probe], user=user, extra_env={"SLURM_JOB_ID": "other"}, strace=True)
+            assert res.returncode == 0, res.stderr
+            assert _python_ran(res) == python
+            # the very loop device of the prepared UDI's image mount
+            [device] = [src for mp, _, src in linux.mountinfo() if mp == fresh["config"].loopMount and src != linux.ANCHOR]
+            assert res.stdout.split() == ["squashfs", device, *(["root", "only"] if user == "root" else ["denied"])]
+        # a running private container keeps the image after the prepared UDI is gone
+        pw = pwd.getpwnam(user)
+        proc = subprocess.Popen(
+            ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", SHIFTER, "sh", "-c",
+             "read x; /bin/busybox echo alive; head -1 /etc/os-release"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh["conf"], "SHIFTER_IMAGETYPE": "id",
+                 "SHIFTER_IMAGE": fresh["id"], "SLURM_JOB_ID": "other"}, cwd="/")
+        time.sleep(0.5)
+        udi.teardown(fresh["config"])
+        out, _ = proc.communicate("go\n", timeout=20)
+        assert proc.returncode == 0 and out.split("\n")[:2] == ["alive", 'NAME="BusyBox"'], out
+    finally:
+        udi.teardown(fresh["config"])

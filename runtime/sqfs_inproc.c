@@ -1,0 +1,101 @@
+/*
+ * shifter: the squashfs FUSE server of a replayed user container, in the helper
+ * process itself (replay.c: helper_main), instead of exec'ing squashfuse_ll.
+ *
+ * Exec'ing the server puts its start-up (exec, dynamic linking, opening the image) on
+ * the critical path: it can only start once the builder has mounted and handed over
+ * the /dev/fuse fd.  Here the helper loads libsquashfuse_ll and libfuse3 (dlopen: the
+ * launcher itself never links them; its fast path stays lean) and opens the image while
+ * the builder is still creating its namespaces; once the fd arrives it only starts the
+ * session.  The same library functions squashfuse_ll's own main uses, so the same
+ * filesystem is served.
+ *
+ * Built only where the headers are (libsquashfuse-dev, libfuse3-dev); without them, or
+ * when the libraries can't be loaded at run time, sqfs_inproc_prepare() returns -1 and
+ * the helper execs squashfuse_ll as before.
+ */
+#include "sqfs_inproc.h"
+
+#if defined(__has_include)
+#if __has_include(<squashfuse/ll.h>) && __has_include(<fuse3/fuse_lowlevel.h>)
+#define HAVE_SQFS_LL 1
+#endif
+#endif
+
+#ifdef HAVE_SQFS_LL
+#include <squashfuse/ll.h>
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static struct {
+    sqfs_ll *ll;
+    struct fuse_lowlevel_ops ops;
+    struct fuse_session *(*session_new)(struct fuse_args *, const struct fuse_lowlevel_ops *, size_t, void *);
+    int (*session_mount)(struct fuse_session *, const char *);
+    int (*session_loop)(struct fuse_session *);
+} S;
+
+#define LOAD(lib, var, name)                         \
+    do {                                             \
+        *(void **) &(var) = dlsym((lib), (name));    \
+        if ((var) == NULL) return -1;                \
+    } while (0)
+
+int sqfs_inproc_prepare(const char *image)
+{
+    void *fuse = dlopen("libfuse3.so.3", RTLD_NOW | RTLD_GLOBAL);
+    void *sq = fuse ? dlopen("libsquashfuse_ll.so.0", RTLD_NOW) : NULL;
+    if (sq == NULL) return -1;
+    sqfs_ll *(*open_image)(const char *, size_t);
+    LOAD(sq, open_image, "sqfs_ll_open");
+    LOAD(fuse, S.session_new, "fuse_session_new");
+    LOAD(fuse, S.session_mount, "fuse_session_mount");
+    LOAD(fuse, S.session_loop, "fuse_session_loop");
+    memset(&S.ops, 0, sizeof(S.ops));
+    LOAD(sq, S.ops.getattr, "sqfs_ll_op_getattr");
+    LOAD(sq, S.ops.opendir, "sqfs_ll_op_opendir");
+    LOAD(sq, S.ops.releasedir, "sqfs_ll_op_releasedir");
+    LOAD(sq, S.ops.readdir, "sqfs_ll_op_readdir");
+    LOAD(sq, S.ops.lookup, "sqfs_ll_op_lookup");
+    LOAD(sq, S.ops.open, "sqfs_ll_op_open");
+    LOAD(sq, S.ops.create, "sqfs_ll_op_create");
+    LOAD(sq, S.ops.release, "sqfs_ll_op_release");
+    LOAD(sq, S.ops.read, "sqfs_ll_op_read");
+    LOAD(sq, S.ops.readlink, "sqfs_ll_op_readlink");
+    LOAD(sq, S.ops.listxattr, "sqfs_ll_op_listxattr");
+    LOAD(sq, S.ops.getxattr, "sqfs_ll_op_getxattr");
+    LOAD(sq, S.ops.forget, "sqfs_ll_op_forget");
+    S.ll = open_image(image, 0);
+    return S.ll ? 0 : -1;
+}
+
+void sqfs_inproc_serve(int fuse_fd)
+{
+    char *argv[] = {"squashfuse_ll", NULL};
+    struct fuse_args args = FUSE_ARGS_INIT(1, argv);
+    struct fuse_session *se = S.session_new(&args, &S.ops, sizeof(S.ops), S.ll);
+    char dev[32];
+    snprintf(dev, sizeof(dev), "/dev/fd/%d", fuse_fd);
+    if (se == NULL || S.session_mount(se, dev) != 0) _exit(1);
+    /* returns when the mount goes away (the container's namespace died) */
+    _exit(S.session_loop(se) < 0 ? 1 : 0);
+}
+
+#else
+
+int sqfs_inproc_prepare(const char *image)
+{
+    (void) image;
+    return -1;
+}
+
+void sqfs_inproc_serve(int fuse_fd)
+{
+    (void) fuse_fd;
+    _exit(127);
+}
+
+#endif
