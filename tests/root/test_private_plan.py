@@ -60,10 +60,10 @@ def _settled(base, before, timeout=3.0):
 
 @pytest.fixture
 def fresh(request):
-    env = request.getfixturevalue("env")  # test_launch's image and configuration
+    setup = request.getfixturevalue("env")  # test_launch's image and configuration
     for user in ("root", USER1, USER2):
         shutil.rmtree(_plan_dir(user), ignore_errors=True)
-    yield env
+    yield setup
     for user in ("root", USER1, USER2):
         shutil.rmtree(_plan_dir(user), ignore_errors=True)
 
