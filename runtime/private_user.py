@@ -21,7 +21,10 @@ namespace until it execs.  With it, it mounts:
   the helper over a socket.  ``default_permissions`` makes the kernel enforce the image's
   modes; the image's files belong to uid 0, which is not mapped in the namespace (they
   show as 65534), so a 0600 root file stays unreadable.  The helper lives outside the
-  namespace: it does not keep it alive, and it exits when the FUSE mount goes away;
+  namespace: it does not keep it alive, and it exits when the FUSE mount goes away.
+  When the node already has the image mounted (the prepared UDI's), that squashfs mount
+  is bound instead (``linux.share_image``; the kernel enforces the modes there too) and
+  the helper, given nothing, exits;
 - the container root (a tmpfs) laid out as ``udi._build`` does it (helpers reused):
   image entries bound read-only, /etc a read-only overlay of the site's files over the
   image's, /var and /opt directories with the image's entries (/var/tmp 1777), the
