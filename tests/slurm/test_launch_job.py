@@ -60,3 +60,34 @@ def test_srun_shifter_on_three_prepared_nodes(cluster, runner):
         for path in (ready, out):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_srun_shifter_private_containers_replay_their_plan(cluster, runner):
+    """In a job whose nodes prepared nothing, the first `srun shifter` on each node
+    builds a private container with Python and records it; the next identical step
+    is built by the compiled launcher (the command's parent is no longer Python)."""
+    import shutil
+
+    from shifter.runtime import privplan
+
+    shutil.rmtree(privplan.cache_dir(4242), ignore_errors=True)  # the nodes share this /tmp
+    out = f"/tmp/shifter-job-{os.getpid()}.out"
+    step = ("srun -N3 --ntasks-per-node=1 --label /opt/shifter/bin/shifter "
+            "sh -c 'echo $(hostname) $(grep ^ID= /etc/os-release) $(tr \"\\0\" \" \" < /proc/$PPID/cmdline | cut -d\" \" -f1)'")
+    res = runner.run(["sbatch", "-N3", f"--output={out}", "--image=docker:test/busybox:latest", "--wrap",
+                      f"{step}; echo second; {step}"])
+    assert res.returncode == 0, res.stderr
+    job = re.search(r"(\d+)", res.stdout).group(1)
+    try:
+        deadline = time.monotonic() + 90
+        while runner.run(["squeue", "-h", "-j", job], user=None).stdout.strip():
+            assert time.monotonic() < deadline, "job did not finish"
+            time.sleep(0.2)
+        first, second = open(out).read().split("second\n")
+        for text, parent in ((first, "/opt/shifter/bin/python"), (second, "/opt/shifter/bin/shifter")):
+            rows = sorted(ln.split(": ", 1)[1] for ln in text.splitlines() if ": " in ln)
+            assert rows == [f"{n} ID=busybox {parent}" for n in ("n1", "n2", "n3")], open(out).read()
+    finally:
+        subprocess.run(["scancel", job], env=runner.env())
+        if os.path.exists(out):
+            os.unlink(out)
