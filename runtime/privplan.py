@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 from shifter.runtime import record
 
@@ -83,11 +84,14 @@ def signature(path: str) -> str:
 
 def inputs(config, config_path: str, image_path: str) -> list[str]:
     """The files a build read whose change makes its plan stale (the site's etc files,
-    the user and group databases, the image and its metadata, the configuration).
+    the user and group databases, the image and its metadata, the configuration, this
+    installation).
     Directories the build copies or binds (optUdiImage, copyPath, siteFs, volumes) are
     read again by every replay."""
     paths = [config_path, image_path, image_path[:-len(".squashfs")] + ".meta"
-             if image_path.endswith(".squashfs") else image_path, "/etc/passwd", "/etc/group"]
+             if image_path.endswith(".squashfs") else image_path, "/etc/passwd", "/etc/group",
+             # this installation: a reinstall (another layout, say) makes every plan stale
+             os.path.dirname(os.path.abspath(__file__)), os.path.join(sys.prefix, "bin", "shifter")]
     if config.etcPath:
         paths.append(config.etcPath)
         try:

@@ -124,3 +124,17 @@ def test_plans_are_written_privately_and_pruned(tmp_path, monkeypatch):
     # a directory open to others is not used
     d.chmod(0o755)
     assert privplan.write(uid, "key9", b"x") is None
+
+
+def test_inputs_cover_the_site_the_image_and_this_installation(tmp_path):
+    from shifter.runtime import config as udiconfig
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "hosts").write_text("x")
+    conf = tmp_path / "udiRoot.conf"
+    conf.write_text(f"udiMount=/u\nloopMount=/l\nimagePath=/i\netcPath={etc}\n")
+    paths = privplan.inputs(udiconfig.load(str(conf)), str(conf), "/i/abc.squashfs")
+    assert paths[:3] == [str(conf), "/i/abc.squashfs", "/i/abc.meta"]
+    assert {"/etc/passwd", "/etc/group", str(etc), str(etc / "hosts")} <= set(paths)
+    assert os.path.dirname(privplan.__file__) in paths  # a reinstall makes plans stale
