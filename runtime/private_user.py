@@ -208,6 +208,7 @@ def _make_base(uid: int) -> str:
     tmp = os.environ.get("TMPDIR") or "/tmp"
     if not tmp.startswith("/") or not os.path.isdir(tmp):
         tmp = "/tmp"
+    _sweep(tmp, uid)
     base = os.path.join(tmp, f"shifter.{uid}.{os.getpid()}.{os.urandom(4).hex()}")
     try:
         os.mkdir(base, 0o700)
@@ -215,6 +216,31 @@ def _make_base(uid: int) -> str:
         raise ShifterError(f"can't build a private container: can't create {base}: {e.strerror}",
                            "set TMPDIR to a directory you can write") from None
     return base
+
+
+def _sweep(tmp: str, uid: int) -> None:
+    """Remove the caller's staging directories left by launchers that were killed
+    (SIGKILL at the end of a job, say): empty, and their launcher's pid is gone."""
+    prefix = f"shifter.{uid}."
+    try:
+        names = [n for n in os.listdir(tmp) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].split(".")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or another user's pid: EPERM below)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            os.rmdir(os.path.join(tmp, name))  # only if empty; only the caller's (sticky /tmp)
+        except OSError:
+            pass
 
 
 def _remove_base(base: str) -> None:

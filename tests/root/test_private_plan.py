@@ -220,3 +220,21 @@ def test_private_containers_share_the_image_mount_of_the_prepared_udi(fresh, use
         assert proc.returncode == 0 and out.split("\n")[:2] == ["alive", 'NAME="BusyBox"'], out
     finally:
         udi.teardown(fresh["config"])
+
+
+def test_staging_directories_of_killed_launchers_are_swept(fresh):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = f"/tmp/shifter.4242.{dead.pid}.0badf00d"
+    live = f"/tmp/shifter.4242.{os.getpid()}.0badf00d"  # its pid is alive: kept
+    for path in (stale, live):
+        os.mkdir(path, 0o700)
+        os.chown(path, 4242, 4242)
+    try:
+        res = run(fresh, ["true"], extra_env={"SLURM_JOB_ID": "none-prepared"}, strace=True)
+        assert res.returncode == 0 and _python_ran(res)  # Python's launches sweep
+        assert not os.path.exists(stale) and os.path.isdir(live)
+    finally:
+        for path in (stale, live):
+            if os.path.isdir(path):
+                os.rmdir(path)
