@@ -54,20 +54,21 @@ int sqfs_inproc_prepare(const char *image)
     LOAD(fuse, S.session_new, "fuse_session_new");
     LOAD(fuse, S.session_mount, "fuse_session_mount");
     LOAD(fuse, S.session_loop, "fuse_session_loop");
+    /* the operations squashfuse_ll's own main serves */
+    static const char *const names[] = {"getattr", "opendir", "releasedir", "readdir", "lookup", "open",
+                                        "create", "release", "read", "readlink", "listxattr", "getxattr",
+                                        "forget"};
+    void **slots[] = {(void **) &S.ops.getattr, (void **) &S.ops.opendir, (void **) &S.ops.releasedir,
+                      (void **) &S.ops.readdir, (void **) &S.ops.lookup, (void **) &S.ops.open,
+                      (void **) &S.ops.create, (void **) &S.ops.release, (void **) &S.ops.read,
+                      (void **) &S.ops.readlink, (void **) &S.ops.listxattr, (void **) &S.ops.getxattr,
+                      (void **) &S.ops.forget};
     memset(&S.ops, 0, sizeof(S.ops));
-    LOAD(sq, S.ops.getattr, "sqfs_ll_op_getattr");
-    LOAD(sq, S.ops.opendir, "sqfs_ll_op_opendir");
-    LOAD(sq, S.ops.releasedir, "sqfs_ll_op_releasedir");
-    LOAD(sq, S.ops.readdir, "sqfs_ll_op_readdir");
-    LOAD(sq, S.ops.lookup, "sqfs_ll_op_lookup");
-    LOAD(sq, S.ops.open, "sqfs_ll_op_open");
-    LOAD(sq, S.ops.create, "sqfs_ll_op_create");
-    LOAD(sq, S.ops.release, "sqfs_ll_op_release");
-    LOAD(sq, S.ops.read, "sqfs_ll_op_read");
-    LOAD(sq, S.ops.readlink, "sqfs_ll_op_readlink");
-    LOAD(sq, S.ops.listxattr, "sqfs_ll_op_listxattr");
-    LOAD(sq, S.ops.getxattr, "sqfs_ll_op_getxattr");
-    LOAD(sq, S.ops.forget, "sqfs_ll_op_forget");
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        char symbol[64];
+        snprintf(symbol, sizeof(symbol), "sqfs_ll_op_%s", names[k]);
+        if ((*slots[k] = dlsym(sq, symbol)) == NULL) return -1;
+    }
     S.ll = open_image(image, 0);
     return S.ll ? 0 : -1;
 }
