@@ -79,6 +79,8 @@ def test_second_launch_replays_the_plan_without_python(fresh, user):
     second = run(fresh, ["sh", "-c", PROBE], user=user, extra_env=extra, strace=True)
     assert second.returncode == 0, second.stderr
     assert not _python_ran(second), second.execs
+    # the replay serves the image from its helper process: no squashfuse_ll exec
+    assert not any("squashfuse" in ln for ln in second.execs), second.execs
     assert second.stdout == first.stdout
     lines = second.stdout.splitlines()
     uid = str(pwd.getpwnam(user).pw_uid)
