@@ -521,10 +521,11 @@ class _Builder:
                 if e.errno != errno.EINVAL:
                     raise
         linux.bind_keep(source, target, flags, recursive=True)
-        src = linux.mounted_path(source)
-        if self.base == src or self.base.startswith(src.rstrip("/") + "/"):
-            copy = linux.mounted_path(target).rstrip("/") + self.base[len(src.rstrip("/")):]
-            linux.umount(copy)
+        src, dst = linux.mounted_path(source), linux.mounted_path(target)
+        # recorded as such: a replay's staging directory is another one
+        with record.group("dropstaging", record.P(dst), record.P(src)):
+            if self.base == src or self.base.startswith(src.rstrip("/") + "/"):
+                linux.umount(dst.rstrip("/") + self.base[len(src.rstrip("/")):])
 
     def _layout(self, image_root: str, plain, sources) -> None:
         root, config = self.root, self.config

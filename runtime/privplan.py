@@ -24,7 +24,7 @@ _ID = re.compile(r"id:[0-9a-f]{64}\Z")
 ARITY = {"key": 1, "kind": 1, "root": 1, "fuse": 1, "input": 2, "env": 1, "userhook": 1, "cmd": 1,
          "mkdir": 2, "mkdirp": 1, "chmod": 2, "symlink": 2, "touch": 2, "file": 3, "mount": 5, "umount": 2,
          "bindkeep": 4, "hardentree": 2, "treekeep": 3, "loopmount": 3, "fusemount": 3, "copytree": 2,
-         "chdir": 1}
+         "chdir": 1, "dropstaging": 2}
 
 
 def fnv1a64(data: bytes) -> int:

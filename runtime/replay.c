@@ -67,7 +67,7 @@ enum {
     R_KEY, R_KIND, R_ROOT, R_FUSE, R_INPUT, R_ENV, R_USERHOOK, R_CMD,
     /* operations, run in plan order */
     O_MKDIR, O_MKDIRP, O_CHMOD, O_SYMLINK, O_TOUCH, O_FILE, O_MOUNT, O_UMOUNT, O_BINDKEEP,
-    O_HARDENTREE, O_TREEKEEP, O_LOOPMOUNT, O_FUSEMOUNT, O_COPYTREE, O_CHDIR,
+    O_HARDENTREE, O_TREEKEEP, O_LOOPMOUNT, O_FUSEMOUNT, O_COPYTREE, O_CHDIR, O_DROPSTAGING,
     N_RECORDS
 };
 
@@ -101,6 +101,7 @@ static const struct {
     [O_FUSEMOUNT] = {"fusemount", 3, 3},  /* IMAGE TARGET FLAGS */
     [O_COPYTREE] = {"copytree", 2, 3},    /* SRC DST */
     [O_CHDIR] = {"chdir", 1, 1},          /* PATH */
+    [O_DROPSTAGING] = {"dropstaging", 2, 3}, /* TARGET SRC */
 };
 
 struct op {
@@ -425,6 +426,8 @@ static int parse(char *buf, size_t len, const char *key, uid_t uid, struct pplan
     else if (strcmp(p->kind, "root") != 0) return -1;
     if (p->user != (uid != 0)) return -1;
     if ((p->fuse || p->fusemount) && !(p->user && p->fuse)) return -1;
+    for (int k = 0; k < p->n_ops; k++)
+        if (p->ops[k].type == O_DROPSTAGING && !p->user) return -1; /* root plans have no staging */
 
     /* '@' paths: user plans only, `@` or `@/...` */
     if (bad_at_path(p->root, p->user)) return -1;
@@ -1043,7 +1046,30 @@ struct ctx {
     gid_t gid;
     const char *fuse_type; /* "fuse.<basename of PROG>" */
     int sock;              /* to the squashfuse helper, or -1 */
+    const char *staging;   /* the user kind's staging directory, or NULL */
 };
+
+/* dropstaging TARGET SRC: a recursive bind of SRC on TARGET (bindkeep ... 1) brought
+ * along the copy of the staging directory's mount when the staging directory is under
+ * SRC (the host's /tmp, say): unmount that copy. */
+static int drop_staging(const char *target, const char *src, const char *staging)
+{
+    if (staging == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    size_t n = strlen(src), tn = strlen(target);
+    while (n > 0 && src[n - 1] == '/') n--;
+    while (tn > 0 && target[tn - 1] == '/') tn--;
+    if (strncmp(staging, src, n) != 0 || (staging[n] != '/' && staging[n] != '\0')) return 0;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof(path), "%.*s%s", (int) tn, target, staging + n) >= (int) sizeof(path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    if (umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) != 0 && errno != EINVAL && errno != ENOENT) return -1;
+    return 0;
+}
 
 static int run_op(struct op *op, struct ctx *c)
 {
@@ -1081,6 +1107,8 @@ static int run_op(struct op *op, struct ctx *c)
         return copytree(s[0], s[1]);
     case O_CHDIR:
         return chdir(s[0]);
+    case O_DROPSTAGING:
+        return drop_staging(s[0], s[1], c->staging);
     }
     errno = EINVAL;
     return -1;
@@ -1119,7 +1147,7 @@ static void replay_root(int argc, char **argv, struct pplan *p, const struct pla
     }
     /* slave: our mounts stay ours, and the host's teardown of its UDI still reaches the
      * copies this namespace holds (see linux.ensure_anchor) */
-    struct ctx c = {0, 0, NULL, -1};
+    struct ctx c = {0, 0, NULL, -1, NULL};
     int failed = mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0;
     if (!failed && build(p, &c) != 0) {
         failed = 1;
@@ -1309,7 +1337,7 @@ static void replay_user(int argc, char **argv, struct pplan *p, const struct pla
         const char *slash = strrchr(p->fuse, '/');
         snprintf(fuse_type, sizeof(fuse_type), "fuse.%s", slash ? slash + 1 : p->fuse);
     }
-    struct ctx c = {uid, gid, p->fuse ? fuse_type : NULL, -1};
+    struct ctx c = {uid, gid, p->fuse ? fuse_type : NULL, -1, staging};
 
     /* the forwarded signals and SIGCHLD wait in sigwaitinfo; SIGCHLD must not be
      * ignored (children would reap themselves) */

@@ -240,3 +240,25 @@ def test_staging_directories_of_killed_launchers_are_swept(fresh):
         for path in (stale, live):
             if os.path.isdir(path):
                 os.rmdir(path)
+
+
+def test_replay_when_the_hosts_tmp_has_submounts(fresh):
+    """A mount below the host's /tmp is locked in the user's namespace: /tmp is then bound
+    recursively and the copy of the staging directory's mount dropped (`dropstaging`),
+    which the replay must do for its own staging directory."""
+    sub = f"/tmp/shifter-test-sub-{os.getpid()}"
+    os.mkdir(sub)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "testsub", sub], check=True)
+    try:
+        probe = f"ls -d {sub}; ls /tmp/shifter.4242.*/ 2>/dev/null | wc -l"
+        extra = {"SLURM_JOB_ID": "none-prepared"}
+        for python in (True, False):
+            res = run(fresh, ["sh", "-c", probe], extra_env=extra, strace=True)
+            assert res.returncode == 0, res.stderr
+            assert _python_ran(res) == python, res.execs
+            assert res.stdout.split() == [sub, "0"]  # the host's submount; no staging tree inside
+        records = privplan.loads(open(_plans(USER1)[0], "rb").read())
+        assert ("dropstaging", b"@/root/tmp", b"/tmp") in records
+    finally:
+        subprocess.run(["umount", sub])
+        os.rmdir(sub)
