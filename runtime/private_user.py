@@ -43,10 +43,12 @@ uid clears every capability.
 
 The launcher forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the
 command, except those the terminal sent (it already sent them to the whole foreground
-process group, the command included).  When the command exits, its namespaces die with
-it: the kernel unmounts everything, the FUSE connection ends and squashfuse exits; the
-launcher reaps it (terminating it if processes the command left behind still hold the
-namespace after 1 s), removes the staging directory and returns the status (128+N for a
+process group, the command included) and those Slurm's step daemon sent (it signals
+every process of the step).  squashfuse ignores them all (``HELPER_IGNORED``): a command
+that handles SIGUSR1 or SIGTERM keeps its image.  When the command exits, its namespaces
+die with it: the kernel unmounts everything, the FUSE connection ends and squashfuse
+exits; the launcher reaps it (killing it if processes the command left behind still hold
+the namespace after 1 s), removes the staging directory and returns the status (128+N for a
 signal N).  An error while building is reported by the builder and raised here; the
 namespace, and with it every mount, is already gone.
 
@@ -80,6 +82,11 @@ HELPER_GRACE = 1.0  # seconds squashfuse gets to exit by itself after the comman
 ROOT_HINT = "use it in a job whose prolog prepared the container (sbatch/salloc --image=... with it)"
 _OR_JOB = "or run in a job whose prolog prepared the container"
 _SI_KERNEL = 0x80  # si_code of signals the kernel (e.g. a terminal's ^C) generated
+_SI_USER, _SI_QUEUE = 0, -1  # kill(2), sigqueue(3)
+#: what the image's server ignores: it must outlive every signal the command may get and
+#: handle (Slurm signals all of a step's processes); without it the image is SIGBUS
+HELPER_IGNORED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2,
+                  signal.SIGPIPE, signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGXCPU, signal.SIGXFSZ)
 
 
 def run(config, image_path: str, image_meta, request, argv: list[str], env: dict[str, str], cwd: str,
@@ -272,11 +279,24 @@ def _supervise(builder: int, waitset) -> int:
             pid, status = os.waitpid(builder, os.WNOHANG)
             if pid:
                 return status
-        elif info.si_code != _SI_KERNEL:
+        elif info.si_code != _SI_KERNEL and not _from_step_daemon(info):
+            # not the terminal's (it signalled the command too), not Slurm's (likewise)
             try:
                 os.kill(builder, info.si_signo)
             except ProcessLookupError:
                 pass
+
+
+def _from_step_daemon(info) -> bool:
+    """Sent by Slurm's step daemon, which signals every process of the step (the
+    command included): forwarding it would deliver it twice."""
+    if info.si_code not in (_SI_USER, _SI_QUEUE):
+        return False
+    try:
+        with open(f"/proc/{info.si_pid}/comm", "rb") as f:
+            return f.read() == b"slurmstepd\n"
+    except OSError:
+        return False
 
 
 def _wait_child(pid: int, timeout: float | None):
@@ -312,12 +332,9 @@ def _stop_helper(helper: int) -> None:
     try:
         if _wait_child(helper, HELPER_GRACE) is not None:
             return
-        os.kill(helper, signal.SIGTERM)
-        if _wait_child(helper, HELPER_GRACE) is not None:
-            return
     except ChildProcessError:
         return
-    _kill_and_reap(helper)
+    _kill_and_reap(helper)  # it ignores the other signals (_helper_main)
 
 
 def _read_all(fd: int) -> bytes:
@@ -374,6 +391,8 @@ def _helper_main(prog: str, image_path: str, sock, log: int, old_mask) -> None: 
         os.dup2(null, 1)
         os.dup2(log, 2)
         _child_signals(old_mask)
+        for sig in HELPER_IGNORED:  # stays ignored in squashfuse (libfuse keeps ignored ones)
+            signal.signal(sig, signal.SIG_IGN)
         try:
             _, fds, _, _ = socket.recv_fds(sock[1], 16, 1)
         except OSError:

@@ -1180,6 +1180,15 @@ static __attribute__((noreturn)) void helper_main(const char *prog, const char *
                                                   const sigset_t *old_mask)
 {
     setsid();
+    /* the image's server must outlive every signal the command may get and handle:
+     * Slurm signals all of a step's processes (scancel -s USR1, SIGTERM then KillWait),
+     * and without its server every page of the image the command touches is SIGBUS */
+    static const int ignored[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM,
+                                  SIGVTALRM, SIGPROF, SIGXCPU, SIGXFSZ};
+    struct sigaction ign;
+    memset(&ign, 0, sizeof(ign));
+    ign.sa_handler = SIG_IGN;
+    for (size_t k = 0; k < sizeof(ignored) / sizeof(ignored[0]); k++) sigaction(ignored[k], &ign, NULL);
     int null = open("/dev/null", O_RDWR);
     if (null >= 0) {
         dup2(null, 0);
@@ -1281,10 +1290,22 @@ static void stop_helper(pid_t helper)
 {
     int status;
     if (wait_child(helper, &status, 1.0)) return;
-    kill(helper, SIGTERM);
-    if (wait_child(helper, &status, 1.0)) return;
-    kill(helper, SIGKILL);
+    kill(helper, SIGKILL); /* it ignores the others (helper_main) */
     wait_child(helper, &status, -1);
+}
+
+/* Was a signal sent by Slurm's step daemon?  It signals every process of the step,
+ * the command included: forwarding it would deliver it twice. */
+static int from_step_daemon(const siginfo_t *si)
+{
+    if (si->si_code != SI_USER && si->si_code != SI_QUEUE) return 0;
+    char path[64], comm[32];
+    snprintf(path, sizeof(path), "/proc/%d/comm", (int) si->si_pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, comm, sizeof(comm) - 1);
+    close(fd);
+    return n > 0 && strncmp(comm, "slurmstepd\n", (size_t) n) == 0 && (size_t) n == strlen("slurmstepd\n");
 }
 
 /* Forward the listed signals to the builder (later: the command) until it exits,
@@ -1301,8 +1322,8 @@ static int supervise(pid_t builder, const sigset_t *waitset)
             pid_t r = waitpid(builder, &status, WNOHANG);
             if (r == builder) return status;
             if (r < 0 && errno == ECHILD) return EXIT_LAUNCH << 8; /* can't happen: SIGCHLD is not ignored */
-        } else if (si.si_code != SI_KERNEL) {
-            kill(builder, sig);
+        } else if (si.si_code != SI_KERNEL && !from_step_daemon(&si)) {
+            kill(builder, sig); /* not the terminal's (it signalled the command too), not Slurm's */
         }
     }
 }

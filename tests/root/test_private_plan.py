@@ -262,3 +262,32 @@ def test_replay_when_the_hosts_tmp_has_submounts(fresh):
     finally:
         subprocess.run(["umount", sub])
         os.rmdir(sub)
+
+
+def test_the_image_server_outlives_the_signals_the_command_gets(fresh):
+    """Slurm signals every process of a step (scancel -s USR1, SIGTERM before KillWait):
+    the user container's FUSE server ignores them, so a command that handles them keeps
+    reading its image.  Both the Python build (squashfuse_ll) and the replay (in the
+    helper)."""
+    pw = pwd.getpwnam(USER1)
+    env_ = {"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh["conf"], "SHIFTER_IMAGETYPE": "id",
+            "SHIFTER_IMAGE": fresh["id"]}
+    argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", SHIFTER, "sh", "-c",
+            "trap 'echo got-usr1' USR1; echo ready; read x; head -1 /etc/os-release"]
+    for _ in range(2):  # Python, then the replay
+        proc = subprocess.Popen(argv, env=env_, cwd="/tmp", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                children = [int(c) for c in f.read().split()]
+            [helper] = [c for c in children if "sh" != open(f"/proc/{c}/comm").read().strip()]
+            for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                os.kill(helper, sig)
+            os.kill(proc.pid, signal.SIGUSR1)  # to the launcher: forwarded, once
+            time.sleep(0.3)
+            out, _ = proc.communicate("go\n", timeout=20)
+            assert proc.returncode == 0, out
+            assert out.split("\n")[:2] == ["got-usr1", 'NAME="BusyBox"'], out
+        finally:
+            proc.kill()
+            proc.wait()

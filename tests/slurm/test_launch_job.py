@@ -91,3 +91,34 @@ def test_srun_shifter_private_containers_replay_their_plan(cluster, runner):
         subprocess.run(["scancel", job], env=runner.env())
         if os.path.exists(out):
             os.unlink(out)
+
+
+def test_a_signal_to_the_step_reaches_the_command_once_and_spares_the_image(cluster, runner):
+    """`scancel -s USR1 JOB.STEP` makes slurmstepd signal every process of the step: the
+    command handles it once (the launcher does not forward Slurm's signals) and keeps
+    running from its image (the FUSE server ignores it)."""
+    out = f"/tmp/shifter-job-{os.getpid()}.out"
+    ready = f"/tmp/shifter-ready-{os.getpid()}"
+    script = ("trap 'echo got-usr1' USR1; echo ready > " + ready + "; i=0; "
+              "while [ $i -lt 30 ]; do /bin/sleep 0.1; i=$((i+1)); done; head -1 /etc/os-release")
+    res = runner.run(["sbatch", "-N1", f"--output={out}", "--image=docker:test/busybox:latest", "--wrap",
+                      "srun /opt/shifter/bin/shifter sh -c \"" + script.replace("$", "\\$") + "\""])
+    assert res.returncode == 0, res.stderr
+    job = re.search(r"(\d+)", res.stdout).group(1)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(ready):
+            assert time.monotonic() < deadline, "the step did not start"
+            time.sleep(0.1)
+        subprocess.run(["scancel", "-s", "USR1", f"{job}.0"], env=runner.env(), check=True)
+        while runner.run(["squeue", "-h", "-j", job], user=None).stdout.strip():
+            assert time.monotonic() < deadline, "job did not finish"
+            time.sleep(0.2)
+        text = open(out).read()
+        assert text.count("got-usr1") == 1, text
+        assert "Bus error" not in text and 'NAME="BusyBox"' in text, text
+    finally:
+        subprocess.run(["scancel", job], env=runner.env())
+        for path in (out, ready):
+            if os.path.exists(path):
+                os.unlink(path)
