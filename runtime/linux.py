@@ -164,6 +164,19 @@ def persist_user_ns(uid: int, gid: int, target: str) -> None:
         os.waitpid(pid, 0)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when its parent (``parent``) goes; exit now if it went already."""
+    import signal
+
+    if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        _raise("prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:
+        os._exit(125)
+
+
 def no_new_privs() -> None:
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         _raise("prctl(PR_SET_NO_NEW_PRIVS)")

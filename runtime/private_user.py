@@ -9,9 +9,11 @@ caller is not root.  Three processes::
      '- builder -> CMD      unshare(user+mount ns), maps the user to themselves, mounts,
                             chroot, no_new_privs, userhooks, exec CMD
 
-The builder, in a new user namespace (uid_map ``U U 1``, gid_map ``G G 1``, setgroups
-denied) and mount namespace (``/`` made rprivate), holds CAP_SYS_ADMIN over that
-namespace until it execs.  With it, it mounts:
+The builder, in the user's shared user namespace on the node (``userns.enter``: joined,
+or created with uid_map ``U U 1``, gid_map ``G G 1``, setgroups denied; MPI ranks in
+separate private containers can then reach each other's memory) and a new mount
+namespace (``/`` made rprivate), holds CAP_SYS_ADMIN over them until it execs.  The
+builder and the helper die with the launcher (PR_SET_PDEATHSIG).  It mounts:
 
 - a staging tmpfs on a fresh empty directory ``$TMPDIR/shifter.<uid>.<pid>.<random>``
   (the only thing ever created on the host; the launcher removes it at the end);
@@ -69,7 +71,7 @@ import sys
 import time
 
 from shifter.errors import ConfigError, ShifterError, UsageError
-from shifter.runtime import entry, etcfiles, linux, record, volumes
+from shifter.runtime import entry, etcfiles, linux, record, userns, volumes
 from shifter.runtime import udi as _udi
 from shifter.runtime.modules import select_modules
 
@@ -115,6 +117,7 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
     prog = None if local else find_squashfuse(config)
 
     base = _make_base(uid)
+    launcher = os.getpid()
     waitset = (*FORWARDED, signal.SIGCHLD)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waitset)
     old_chld = _default_sigchld()
@@ -130,13 +133,13 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
             sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             helper = os.fork()
             if helper == 0:  # pragma: no cover - child
-                _helper_main(prog, image_path, sock, log, old_mask)
+                _helper_main(prog, image_path, sock, log, old_mask, launcher)
         err = os.pipe()
         ours += list(err)
         builder = os.fork()
         if builder == 0:  # pragma: no cover - child
             _builder_main(config, image_path, request, modules, gids, argv, env, cwd, userhooks, base,
-                          prog, sock, err, old_mask, save_plan)
+                          prog, sock, err, old_mask, save_plan, launcher)
         os.close(err[1])
         ours.remove(err[1])
         if sock:
@@ -379,11 +382,13 @@ def _child_signals(old_mask) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-def _helper_main(prog: str, image_path: str, sock, log: int, old_mask) -> None:  # pragma: no cover - child
+def _helper_main(prog: str, image_path: str, sock, log: int, old_mask,
+                 launcher: int) -> None:  # pragma: no cover - child
     """Wait for the mounted /dev/fuse fd, then become squashfuse serving it (its stderr
     goes to ``log``: shown only if it fails to start; its complaints when the mount goes
     away are noise)."""
     try:
+        linux.die_with_parent(launcher)
         os.setsid()  # the terminal's ^C is for the command, not for the image's server
         sock[0].close()
         null = os.open(os.devnull, os.O_RDWR)
@@ -411,9 +416,10 @@ def _helper_main(prog: str, image_path: str, sock, log: int, old_mask) -> None: 
 
 
 def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, userhooks, base, prog, sock, err,
-                  old_mask, save_plan=None) -> None:  # pragma: no cover - child
+                  old_mask, save_plan, launcher: int) -> None:  # pragma: no cover - child
     """Build the container, exec the command; report a failure to the launcher."""
     try:
+        linux.die_with_parent(launcher)  # like the single process of the other paths
         os.close(err[0])
         if sock:
             sock[1].close()
@@ -459,16 +465,12 @@ class _Builder:
     # ---------------------------------------------------------------- namespaces
     def build(self) -> None:
         try:
-            linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
+            userns.enter(self.uid, self.gid)  # the user's shared one (MPI ranks: CMA, shared memory)
         except OSError as e:
             raise ShifterError(f"can't build a private container: can't create a user namespace: "
                                f"{os.strerror(e.errno)}",
                                "unprivileged user namespaces must be enabled (sysctl user.max_user_namespaces, "
                                "kernel.unprivileged_userns_clone), " + _OR_JOB) from None
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{self.uid} {self.uid} 1"),
-                           ("gid_map", f"{self.gid} {self.gid} 1")):
-            with open(f"/proc/self/{name}", "w") as f:
-                f.write(text)
         linux.make_propagation("/", linux.MS_PRIVATE, recursive=True)
         plain = list(self.request.volumes)
         sources = self._open_sources(plain)  # before anything is mounted: the host's view

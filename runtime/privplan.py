@@ -164,7 +164,7 @@ def loads(data: bytes) -> list[tuple]:
     raise ValueError("no END")
 
 
-def _open_dir(uid: int, create: bool) -> int | None:
+def open_dir(uid: int, create: bool) -> int | None:
     """The plan directory, opened, if it is the caller's own (0700, a real directory)."""
     path = cache_dir(uid)
     if create:
@@ -204,7 +204,7 @@ def _prune(dfd: int) -> None:
 def write(uid: int, key: str, data: bytes) -> str | None:
     if len(data) > MAX_SIZE:
         return None
-    dfd = _open_dir(uid, create=True)
+    dfd = open_dir(uid, create=True)
     if dfd is None:
         return None
     name = plan_name(key)

@@ -33,8 +33,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
@@ -1047,6 +1049,7 @@ struct ctx {
     const char *fuse_type; /* "fuse.<basename of PROG>" */
     int sock;              /* to the squashfuse helper, or -1 */
     const char *staging;   /* the user kind's staging directory, or NULL */
+    int plan_dir;          /* /tmp/.shifter-<uid>, open */
 };
 
 /* dropstaging TARGET SRC: a recursive bind of SRC on TARGET (bindkeep ... 1) brought
@@ -1147,7 +1150,7 @@ static void replay_root(int argc, char **argv, struct pplan *p, const struct pla
     }
     /* slave: our mounts stay ours, and the host's teardown of its UDI still reaches the
      * copies this namespace holds (see linux.ensure_anchor) */
-    struct ctx c = {0, 0, NULL, -1, NULL};
+    struct ctx c = {0, 0, NULL, -1, NULL, -1};
     int failed = mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0;
     if (!failed && build(p, &c) != 0) {
         failed = 1;
@@ -1176,9 +1179,20 @@ static const int FORWARDED[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUS
  * for the mounted /dev/fuse fd, then becomes `PROG -f IMAGE /dev/fd/N`.  Its output
  * goes to /dev/null: if it fails, the fusemount operation fails and Python, replaying
  * the build, reports why. */
+static pid_t launcher_pid; /* the supervising process, for its children */
+
+/* A child of the launcher goes when the launcher goes (SIGKILLed, say): the command, like
+ * the single process of the other paths, and the image's server. */
+static void die_with_launcher(void)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (getppid() != launcher_pid) _exit(EXIT_LAUNCH); /* it went before prctl */
+}
+
 static __attribute__((noreturn)) void helper_main(const char *prog, const char *image, int sock,
                                                   const sigset_t *old_mask)
 {
+    die_with_launcher();
     setsid();
     /* the image's server must outlive every signal the command may get and handle:
      * Slurm signals all of a step's processes (scancel -s USR1, SIGTERM then KillWait),
@@ -1228,17 +1242,101 @@ static __attribute__((noreturn)) void helper_main(const char *prog, const char *
  * denied) and mount namespace (/ recursively private), the operations, chroot, then
  * the command.  A failure before the command reports 'R' on `err` (replay through
  * Python); the exec of the command closes `err` (O_CLOEXEC). */
+/* ------------------------------------------------------------------ shared user namespace */
+/* One user namespace for all of a user's private containers on the node (see
+ * shifter.runtime.userns): processes in sibling user namespaces can't ptrace,
+ * process_vm_readv or open each other's /proc/PID/fd, which MPI's shared memory needs.
+ * Join the one named in <plan dir>/userns.<gid> (under an exclusive flock) if it is the
+ * caller's with the mapping a new one would have; else create it and name it. */
+#ifndef NS_GET_OWNER_UID
+#define NS_GET_OWNER_UID _IO(0xb7, 0x4)
+#endif
+
+static int read_at(int dirfd, const char *name, char *buf, size_t size)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, size - 1);
+    close(fd);
+    if (n < 0) return -1;
+    buf[n] = '\0';
+    return 0;
+}
+
+/* Does `text` read exactly the three numbers a b c? */
+static int is_map(const char *text, unsigned a, unsigned b, unsigned c)
+{
+    unsigned x, y, z;
+    char rest;
+    return sscanf(text, " %u %u %u %c", &x, &y, &z, &rest) == 3 && x == a && y == b && z == c;
+}
+
+static int join_userns(int reg, uid_t uid, gid_t gid)
+{
+    char buf[32];
+    ssize_t n = pread(reg, buf, sizeof(buf) - 1, 0);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    char *end;
+    long pid = strtol(buf, &end, 10);
+    if (pid <= 0 || (*end != '\0' && *end != '\n')) return -1;
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%ld", pid);
+    /* everything through the /proc/PID fd: a recycled pid fails instead of lying */
+    int proc = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (proc < 0) return -1;
+    int rc = -1, ns = openat(proc, "ns/user", O_RDONLY | O_CLOEXEC);
+    uid_t owner;
+    char text[256];
+    if (ns >= 0 && ioctl(ns, NS_GET_OWNER_UID, &owner) == 0 && owner == uid &&
+        read_at(proc, "setgroups", text, sizeof(text)) == 0 && strncmp(text, "deny", 4) == 0 &&
+        read_at(proc, "uid_map", text, sizeof(text)) == 0 && is_map(text, uid, uid, 1) &&
+        read_at(proc, "gid_map", text, sizeof(text)) == 0 && is_map(text, gid, gid, 1))
+        rc = setns(ns, CLONE_NEWUSER);
+    if (ns >= 0) close(ns);
+    close(proc);
+    return rc;
+}
+
+/* The shared user namespace (joined or created) and a new mount namespace: 0, or -1. */
+static int enter_userns(int plan_dir, uid_t uid, gid_t gid)
+{
+    char name[32];
+    snprintf(name, sizeof(name), "userns.%u", (unsigned) gid);
+    int reg = plan_dir >= 0 ? openat(plan_dir, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600) : -1;
+    struct stat st;
+    if (reg >= 0 && (fstat(reg, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != uid)) {
+        close(reg);
+        reg = -1;
+    }
+    if (reg >= 0 && flock(reg, LOCK_EX) == 0 && join_userns(reg, uid, gid) == 0) {
+        close(reg);
+        return unshare(CLONE_NEWNS);
+    }
+    char map[64];
+    int rc = -1;
+    if (unshare(CLONE_NEWUSER | CLONE_NEWNS) == 0 && write_file("/proc/self/setgroups", "deny") == 0) {
+        snprintf(map, sizeof(map), "%u %u 1", (unsigned) uid, (unsigned) uid);
+        if (write_file("/proc/self/uid_map", map) == 0) {
+            snprintf(map, sizeof(map), "%u %u 1", (unsigned) gid, (unsigned) gid);
+            rc = write_file("/proc/self/gid_map", map);
+        }
+    }
+    if (rc == 0 && reg >= 0) { /* name it (if that fails, it is just not shared) */
+        char pid[32];
+        int len = snprintf(pid, sizeof(pid), "%d", (int) getpid());
+        if (ftruncate(reg, 0) == 0 && pwrite(reg, pid, (size_t) len, 0) != len) ftruncate(reg, 0);
+    }
+    if (reg >= 0) close(reg); /* and with it the lock */
+    return rc;
+}
+
 static __attribute__((noreturn)) void builder_main(int argc, char **argv, struct pplan *p, struct ctx *c,
                                                    const char *cwd, int err, const sigset_t *old_mask)
 {
+    die_with_launcher();
     sigprocmask(SIG_SETMASK, old_mask, NULL);
-    char map[64];
-    if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0) goto failed;
-    if (write_file("/proc/self/setgroups", "deny") != 0) goto failed;
-    snprintf(map, sizeof(map), "%u %u 1", (unsigned) c->uid, (unsigned) c->uid);
-    if (write_file("/proc/self/uid_map", map) != 0) goto failed;
-    snprintf(map, sizeof(map), "%u %u 1", (unsigned) c->gid, (unsigned) c->gid);
-    if (write_file("/proc/self/gid_map", map) != 0) goto failed;
+    if (enter_userns(c->plan_dir, c->uid, c->gid) != 0) goto failed;
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) goto failed;
     if (build(p, c) != 0) goto failed;
     if (c->sock >= 0) close(c->sock);
@@ -1358,7 +1456,7 @@ static void replay_user(int argc, char **argv, struct pplan *p, const struct pla
         const char *slash = strrchr(p->fuse, '/');
         snprintf(fuse_type, sizeof(fuse_type), "fuse.%s", slash ? slash + 1 : p->fuse);
     }
-    struct ctx c = {uid, gid, p->fuse ? fuse_type : NULL, -1, staging};
+    struct ctx c = {uid, gid, p->fuse ? fuse_type : NULL, -1, staging, pf->dirfd};
 
     /* the forwarded signals and SIGCHLD wait in sigwaitinfo; SIGCHLD must not be
      * ignored (children would reap themselves) */
@@ -1374,6 +1472,7 @@ static void replay_user(int argc, char **argv, struct pplan *p, const struct pla
     sigaction(SIGCHLD, &dfl, &old_chld);
 
     pid_t helper = -1, builder = -1;
+    launcher_pid = getpid();
     int sock[2] = {-1, -1}, err[2] = {-1, -1}, status = 0, replay_failed = 1;
     if (p->fusemount) {
         if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sock) != 0) goto done;

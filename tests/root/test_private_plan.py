@@ -42,7 +42,14 @@ def _leftovers(base):
     directories, squashfuse processes, loop devices."""
     mounts = [mp for mp, _, _ in linux.mountinfo() if mp.startswith(base) and mp.split("/")[-1] not in ("udi", "loop")]
     staging = glob.glob("/tmp/shifter.*")
-    fuse = subprocess.run(["pgrep", "-f", "squashfuse"], capture_output=True, text=True).stdout.split()
+    # live FUSE servers (squashfuse_ll, or the replay's helper, which serves from the
+    # launcher's image: a `shifter` whose parent is a `shifter`); zombies are left alone:
+    # pid 1 of these VMs does not reap
+    procs = subprocess.run(["ps", "-eo", "pid=,ppid=,stat=,comm="], capture_output=True, text=True).stdout
+    rows = [ln.split(None, 3) for ln in procs.splitlines()]
+    comm = {r[0]: r[3] for r in rows if len(r) == 4}
+    fuse = [r[0] for r in rows if len(r) == 4 and not r[2].startswith("Z")
+            and (r[3] == "squashfuse_ll" or (r[3] == "shifter" and comm.get(r[1]) == "shifter"))]
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     return mounts, staging, fuse, loops
 
@@ -291,3 +298,54 @@ def test_the_image_server_outlives_the_signals_the_command_gets(fresh):
         finally:
             proc.kill()
             proc.wait()
+
+
+def test_private_containers_of_a_user_share_one_user_namespace(fresh):
+    """Ranks in separate private containers (srun shifter ... without a prepared UDI)
+    can process_vm_readv each other (MPI's CMA, shared memory): they live in one user
+    namespace per user on the node.  A Python-built target with a replayed reader, then
+    two replays."""
+    pw = pwd.getpwnam(USER1)
+    env_ = {"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh["conf"], "SHIFTER_IMAGETYPE": "id",
+            "SHIFTER_IMAGE": fresh["id"], "SLURM_JOB_ID": "none-prepared"}
+    as_user = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", SHIFTER]
+    for first in (True, False):
+        assert bool(_plans(USER1)) != first  # no plan yet: the target is built by Python
+        target = subprocess.Popen([*as_user, "/bin/cma"], env=env_, cwd="/tmp", stdout=subprocess.PIPE, text=True)
+        try:
+            pid, addr = target.stdout.readline().split()
+            reader = run(fresh, ["/bin/cma", pid, addr], extra_env={"SLURM_JOB_ID": "none-prepared"}, strace=True)
+            assert reader.stdout.strip() == "read: secret-of-the-target", reader
+            assert not _python_ran(reader)
+            with open(f"/proc/{pid}/status") as f:
+                assert "CapEff:\t0000000000000000" in f.read()
+        finally:
+            target.terminate()  # forwarded to the command: the launcher cleans up and reaps
+            target.wait()
+
+
+def test_a_user_namespace_with_another_mapping_is_never_joined(fresh):
+    """The rendezvous names a process of the user's own `unshare -r` (uid 0 inside, mapped
+    to the user): joining it would make the container's processes uid 0.  It is refused
+    and a namespace of the right shape is made."""
+    from shifter.runtime import userns
+
+    pw = pwd.getpwnam(USER1)
+    other = subprocess.Popen(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
+                              "unshare", "-r", "sleep", "30"])
+    try:
+        time.sleep(0.3)
+        os.makedirs(_plan_dir(USER1), mode=0o700, exist_ok=True)
+        os.chown(_plan_dir(USER1), pw.pw_uid, pw.pw_gid)
+        path = userns.registry(pw.pw_uid, pw.pw_gid)
+        for python in (True, False):
+            with open(path, "w") as f:
+                f.write(str(other.pid))
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+            res = run(fresh, ["sh", "-c", "id -u; id -g"], extra_env={"SLURM_JOB_ID": "none-prepared"}, strace=True)
+            assert res.returncode == 0 and _python_ran(res) == python, res
+            assert res.stdout.split() == [str(pw.pw_uid), str(pw.pw_gid)]
+            assert open(path).read().strip() != str(other.pid)  # replaced by the new namespace's
+    finally:
+        other.kill()
+        other.wait()

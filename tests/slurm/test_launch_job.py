@@ -122,3 +122,30 @@ def test_a_signal_to_the_step_reaches_the_command_once_and_spares_the_image(clus
         for path in (out, ready):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_mpi_ranks_in_private_containers_on_one_node(cluster, runner):
+    """`srun --mpi=pmi2 -n2 shifter /app/mpi-hello` in a job whose node prepared nothing:
+    each rank gets its own private container, in the user's one user namespace on the
+    node, so MPI's shared memory between them works (in separate namespaces UCX fails
+    with 'Shared memory error').  Twice: Python builds, then replays."""
+    out = f"/tmp/shifter-job-{os.getpid()}.out"
+    step = "srun --mpi=pmi2 -n2 /opt/shifter/bin/shifter /app/mpi-hello"
+    res = runner.run(["sbatch", "-N1", "-n2", f"--output={out}", "--image=docker:test/debian:latest", "--wrap",
+                      f"{step}; echo second; {step}"])
+    assert res.returncode == 0, res.stderr
+    job = re.search(r"(\d+)", res.stdout).group(1)
+    try:
+        deadline = time.monotonic() + 120
+        while runner.run(["squeue", "-h", "-j", job], user=None).stdout.strip():
+            assert time.monotonic() < deadline, "job did not finish"
+            time.sleep(0.2)
+        text = open(out).read()
+        for part in text.split("second\n"):
+            assert sorted(ln for ln in part.splitlines() if ln.startswith("hello")) == [
+                "hello from rank 0 of 2 on n1", "hello from rank 1 of 2 on n1"], text
+        assert "error" not in text.lower(), text
+    finally:
+        subprocess.run(["scancel", job], env=runner.env())
+        if os.path.exists(out):
+            os.unlink(out)
