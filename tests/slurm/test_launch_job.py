@@ -62,6 +62,24 @@ def test_srun_shifter_on_three_prepared_nodes(cluster, runner):
                 os.unlink(path)
 
 
+def _batch(runner, args: list[str], script: str, timeout: float = 120) -> str:
+    """Submit `script` as sftest1 with sbatch ARGS, wait for the job to end, return its output."""
+    out = f"/tmp/shifter-job-{os.getpid()}.out"
+    res = runner.run(["sbatch", f"--output={out}", *args, "--wrap", script])
+    assert res.returncode == 0, res.stderr
+    job = re.search(r"(\d+)", res.stdout).group(1)
+    try:
+        deadline = time.monotonic() + timeout
+        while runner.run(["squeue", "-h", "-j", job], user=None).stdout.strip():
+            assert time.monotonic() < deadline, "job did not finish"
+            time.sleep(0.2)
+        return open(out).read()
+    finally:
+        subprocess.run(["scancel", job], env=runner.env())
+        if os.path.exists(out):
+            os.unlink(out)
+
+
 def test_srun_shifter_private_containers_replay_their_plan(cluster, runner):
     """In a job whose nodes prepared nothing, the first `srun shifter` on each node
     builds a private container with Python and records it; the next identical step
@@ -71,26 +89,13 @@ def test_srun_shifter_private_containers_replay_their_plan(cluster, runner):
     from shifter.runtime import privplan
 
     shutil.rmtree(privplan.cache_dir(4242), ignore_errors=True)  # the nodes share this /tmp
-    out = f"/tmp/shifter-job-{os.getpid()}.out"
     step = ("srun -N3 --ntasks-per-node=1 --label /opt/shifter/bin/shifter "
             "sh -c 'echo $(hostname) $(grep ^ID= /etc/os-release) $(tr \"\\0\" \" \" < /proc/$PPID/cmdline | cut -d\" \" -f1)'")
-    res = runner.run(["sbatch", "-N3", f"--output={out}", "--image=docker:test/busybox:latest", "--wrap",
-                      f"{step}; echo second; {step}"])
-    assert res.returncode == 0, res.stderr
-    job = re.search(r"(\d+)", res.stdout).group(1)
-    try:
-        deadline = time.monotonic() + 90
-        while runner.run(["squeue", "-h", "-j", job], user=None).stdout.strip():
-            assert time.monotonic() < deadline, "job did not finish"
-            time.sleep(0.2)
-        first, second = open(out).read().split("second\n")
-        for text, parent in ((first, "/opt/shifter/bin/python"), (second, "/opt/shifter/bin/shifter")):
-            rows = sorted(ln.split(": ", 1)[1] for ln in text.splitlines() if ": " in ln)
-            assert rows == [f"{n} ID=busybox {parent}" for n in ("n1", "n2", "n3")], open(out).read()
-    finally:
-        subprocess.run(["scancel", job], env=runner.env())
-        if os.path.exists(out):
-            os.unlink(out)
+    output = _batch(runner, ["-N3", "--image=docker:test/busybox:latest"], f"{step}; echo second; {step}")
+    first, second = output.split("second\n")
+    for text, parent in ((first, "/opt/shifter/bin/python"), (second, "/opt/shifter/bin/shifter")):
+        rows = sorted(ln.split(": ", 1)[1] for ln in text.splitlines() if ": " in ln)
+        assert rows == [f"{n} ID=busybox {parent}" for n in ("n1", "n2", "n3")], output
 
 
 def test_a_signal_to_the_step_reaches_the_command_once_and_spares_the_image(cluster, runner):
@@ -129,23 +134,9 @@ def test_mpi_ranks_in_private_containers_on_one_node(cluster, runner):
     each rank gets its own private container, in the user's one user namespace on the
     node, so MPI's shared memory between them works (in separate namespaces UCX fails
     with 'Shared memory error').  Twice: Python builds, then replays."""
-    out = f"/tmp/shifter-job-{os.getpid()}.out"
     step = "srun --mpi=pmi2 -n2 /opt/shifter/bin/shifter /app/mpi-hello"
-    res = runner.run(["sbatch", "-N1", "-n2", f"--output={out}", "--image=docker:test/debian:latest", "--wrap",
-                      f"{step}; echo second; {step}"])
-    assert res.returncode == 0, res.stderr
-    job = re.search(r"(\d+)", res.stdout).group(1)
-    try:
-        deadline = time.monotonic() + 120
-        while runner.run(["squeue", "-h", "-j", job], user=None).stdout.strip():
-            assert time.monotonic() < deadline, "job did not finish"
-            time.sleep(0.2)
-        text = open(out).read()
-        for part in text.split("second\n"):
-            assert sorted(ln for ln in part.splitlines() if ln.startswith("hello")) == [
-                "hello from rank 0 of 2 on n1", "hello from rank 1 of 2 on n1"], text
-        assert "error" not in text.lower(), text
-    finally:
-        subprocess.run(["scancel", job], env=runner.env())
-        if os.path.exists(out):
-            os.unlink(out)
+    text = _batch(runner, ["-N1", "-n2", "--image=docker:test/debian:latest"], f"{step}; echo second; {step}")
+    for part in text.split("second\n"):
+        assert sorted(ln for ln in part.splitlines() if ln.startswith("hello")) == [
+            "hello from rank 0 of 2 on n1", "hello from rank 1 of 2 on n1"], text
+    assert "error" not in text.lower(), text
