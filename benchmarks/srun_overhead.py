@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
-import re
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from shifter.tools import cluster
@@ -39,18 +37,8 @@ def main() -> int:
     user = TEST_USERS[0][0]
     pw = pwd.getpwnam(user)
 
-    tmp = tempfile.mkdtemp(prefix="shifter-bench-")
-    os.chmod(tmp, 0o755)
-    empty = os.path.join(tmp, "plugstack.conf")
-    with open(empty, "w") as f:
-        f.write("# no plugins\n")
-    with open(site.slurm_conf) as f:
-        conf = re.sub(r"^PlugStackConfig=.*$", f"PlugStackConfig={empty}", f.read(), flags=re.M)
-    bare_conf = os.path.join(tmp, "slurm.conf")
-    with open(bare_conf, "w") as f:
-        f.write(conf)
-    for p in (empty, bare_conf):
-        os.chmod(p, 0o644)
+    bare_conf, empty = cluster.private_slurm_conf(site, "# no plugins\n")
+    tmp = os.path.dirname(bare_conf)
 
     slurmd_pid = int(open(cluster.slurmd_pidfile(site, bare_node)).read())
     subprocess.run(["nsenter", "-t", str(slurmd_pid), "-m", "mount", "--bind", empty, site.plugstack_conf],

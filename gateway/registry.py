@@ -92,6 +92,16 @@ def check_digest(value, what: str) -> str:
     return value
 
 
+def _json_object(body: bytes, what: str) -> dict:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise PullError(f"{what}: not valid JSON") from None
+    if not isinstance(value, dict):
+        raise PullError(f"{what}: not a JSON object")
+    return value
+
+
 def _hasher(digest: str):
     return hashlib.new(digest.split(":", 1)[0])
 
@@ -244,12 +254,7 @@ class Registry:
         if f"{digest.split(':')[0]}:{hasher.hexdigest()}" != digest:
             raise PullError(f"{what}: content does not match its digest {digest[:19]}...",
                             "the registry or a proxy altered the manifest")
-        try:
-            manifest = json.loads(body)
-        except ValueError:
-            raise PullError(f"{what}: not valid JSON") from None
-        if not isinstance(manifest, dict):
-            raise PullError(f"{what}: not a JSON object")
+        manifest = _json_object(body, what)
         media_type = manifest.get("mediaType") or content_type
         if media_type in SCHEMA1 or manifest.get("schemaVersion") == 1:
             raise PullError(f"{what}: Docker schema 1 manifests are not supported",
@@ -315,13 +320,7 @@ class Registry:
         if len(body) != desc.size or hasher.hexdigest() != desc.hex:
             raise PullError(f"image config {desc.digest[:19]}: content does not match its "
                             "digest and size")
-        try:
-            config = json.loads(body)
-        except ValueError:
-            raise PullError(f"image config {desc.digest[:19]}: not valid JSON") from None
-        if not isinstance(config, dict):
-            raise PullError(f"image config {desc.digest[:19]}: not a JSON object")
-        return config
+        return _json_object(body, f"image config {desc.digest[:19]}")
 
     def _check_platform(self, config: dict, what: str) -> None:
         want_os, want_arch, _ = self.platform

@@ -19,12 +19,12 @@ import json
 import os
 import pwd
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import quote
 
 from shifter.errors import ShifterError, UsageError
+from shifter.files import atomic_file
 from shifter.gateway import http, munge
 from shifter.gateway_client import lite
 from shifter.runtime.config import UdiRootConfig
@@ -170,19 +170,9 @@ class CredentialStore:
         directory = os.path.dirname(self.path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".cred.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                for (sys_, loc), value in sorted(entries.items()):
-                    f.write(f"{sys_}:{loc}={value}\n")
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        with atomic_file(self.path, mode=0o600, text=True) as f:
+            for (sys_, loc), value in sorted(entries.items()):
+                f.write(f"{sys_}:{loc}={value}\n")
 
     def logins(self, system: str, socket: str | None) -> dict[str, str]:
         """``{location: "user:password"}`` of this user for ``system``."""

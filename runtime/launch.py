@@ -130,10 +130,21 @@ def caller_environ():
 
 
 # --------------------------------------------------------------------------- the request
-def _first(env, *names):
+def first_set(env, *names):
+    """The value of the first of ``names`` set in ``env`` (even empty), else None."""
     for name in names:
         if env.get(name) is not None:
             return env[name]
+    return None
+
+
+def env_image_spec(env) -> str | None:
+    """The image the environment requests: ``SHIFTER_IMAGE``/``SHIFTER_IMAGETYPE``, else
+    the job's ``SLURM_SPANK_SHIFTER_IMAGE``/``..._IMAGETYPE`` (TYPE:TAG, or TAG alone)."""
+    for prefix in ("SHIFTER_", "SLURM_SPANK_SHIFTER_"):
+        tag, itype = env.get(prefix + "IMAGE"), env.get(prefix + "IMAGETYPE")
+        if tag:
+            return f"{itype}:{tag}" if itype else tag
     return None
 
 
@@ -142,10 +153,9 @@ def choose_image(opts: Options, env, config):
 
     if opts.image is not None:
         return parse_image(opts.image, config)
-    for prefix in ("SHIFTER_", "SLURM_SPANK_SHIFTER_"):
-        tag, itype = env.get(prefix + "IMAGE"), env.get(prefix + "IMAGETYPE")
-        if tag:
-            return parse_image(f"{itype}:{tag}" if itype else tag, config)
+    spec = env_image_spec(env)
+    if spec is not None:
+        return parse_image(spec, config)
     raise UsageError("no image: give --image=IMAGE or submit the job with --image",
                      "e.g. shifter --image=docker:ubuntu:22.04 CMD")
 
@@ -276,9 +286,7 @@ def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, u
     try:
         if userns and not _join_user_ns(udi):
             linux.unshare(linux.CLONE_NEWUSER)
-            for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
-                with open(f"/proc/self/{name}", "w") as f:
-                    f.write(text)
+            linux.map_self(uid, gid)
         os.chdir(udi)
         os.chroot(udi)
         os.chdir("/")
@@ -331,8 +339,8 @@ def _main(argv: list[str]) -> int:
     if opts.volume:
         vols = volumes.parse_volume_list(opts.volume)
     else:
-        vols = volumes.parse_volumes(_first(environ, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME") or "")
-    mod_text = opts.module if opts.module is not None else _first(environ, "SHIFTER_MODULE",
+        vols = volumes.parse_volumes(first_set(environ, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME") or "")
+    mod_text = opts.module if opts.module is not None else first_set(environ, "SHIFTER_MODULE",
                                                                     "SLURM_SPANK_SHIFTER_MODULE")
     modules_req = parse_list(mod_text) if mod_text is not None else None
     modules = select_modules(config, modules_req)

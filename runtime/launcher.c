@@ -243,7 +243,7 @@ static int matches(const struct plan *p, uid_t uid, gid_t gid)
     return same;
 }
 
-int write_file(const char *path, const char *text)
+static int write_file(const char *path, const char *text)
 {
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0) return -1;
@@ -251,6 +251,16 @@ int write_file(const char *path, const char *text)
     int ok = write(fd, text, (size_t) len) == len;
     close(fd);
     return ok ? 0 : -1;
+}
+
+int map_self(uid_t uid, gid_t gid)
+{
+    char map[64];
+    if (write_file("/proc/self/setgroups", "deny") != 0) return -1;
+    snprintf(map, sizeof(map), "%u %u 1", (unsigned) uid, (unsigned) uid);
+    if (write_file("/proc/self/uid_map", map) != 0) return -1;
+    snprintf(map, sizeof(map), "%u %u 1", (unsigned) gid, (unsigned) gid);
+    return write_file("/proc/self/gid_map", map);
 }
 
 /* ------------------------------------------------------------------ environment */
@@ -415,12 +425,7 @@ int main(int argc, char **argv)
     } else if (uid != 0) {
         if (nsfd >= 0) close(nsfd);
         if (unshare(CLONE_NEWUSER) != 0) to_python(argc, argv);
-        char map[64];
-        if (write_file("/proc/self/setgroups", "deny") != 0) goto fail;
-        snprintf(map, sizeof(map), "%u %u 1", (unsigned) uid, (unsigned) uid);
-        if (write_file("/proc/self/uid_map", map) != 0) goto fail;
-        snprintf(map, sizeof(map), "%u %u 1", (unsigned) gid, (unsigned) gid);
-        if (write_file("/proc/self/gid_map", map) != 0) goto fail;
+        if (map_self(uid, gid) != 0) goto fail;
     }
     if (chdir(udi) != 0 || chroot(udi) != 0 || chdir("/") != 0) goto fail;
 

@@ -127,6 +127,14 @@ def setns(fd: int, nstype: int = 0) -> None:
         _raise("setns")
 
 
+def map_self(uid: int, gid: int, pid: int | str = "self") -> None:
+    """Map ``uid``/``gid`` to themselves in the (new) user namespace of ``pid``, with
+    setgroups denied (what an unprivileged user may write)."""
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/{pid}/{name}", "w") as f:
+            f.write(text)
+
+
 def persist_user_ns(uid: int, gid: int, target: str) -> None:
     """Create a user namespace owned by ``uid`` mapping ``uid``/``gid`` to themselves
     (setgroups denied), and keep it alive by binding its nsfs file onto ``target`` (an
@@ -154,9 +162,7 @@ def persist_user_ns(uid: int, gid: int, target: str) -> None:
     try:
         if os.read(ready_r, 1) != b"1":
             raise OSError(errno.EPERM, "can't create the job's user namespace (the helper process failed)")
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
-            with open(f"/proc/{pid}/{name}", "w") as f:
-                f.write(text)
+        map_self(uid, gid, pid)
         mount(f"/proc/{pid}/ns/user", target, None, MS_BIND)
     finally:
         os.close(ready_r)

@@ -34,33 +34,19 @@ def fnv1a64(data: bytes) -> int:
     return h
 
 
-def _first(env, *names):
-    for name in names:
-        if name in env:
-            return env[name]
-    return None
-
-
-def image_spec(env) -> str | None:
-    """The image request the environment makes (``launch.choose_image``'s order)."""
-    for prefix in ("SHIFTER_", "SLURM_SPANK_SHIFTER_"):
-        tag, itype = env.get(prefix + "IMAGE"), env.get(prefix + "IMAGETYPE")
-        if tag:
-            return f"{itype}:{tag}" if itype else tag
-    return None
-
-
 def request_key(env, config_path: str, uid: int, gid: int, groups) -> str | None:
     """The request key of ``shifter CMD`` (no option) in ``env``, or None when the
     launcher would not replay it (not an ``id:`` image)."""
-    spec = image_spec(env)
+    from shifter.runtime.launch import env_image_spec, first_set
+
+    spec = env_image_spec(env)
     if spec is None or not _ID.match(spec):
         return None
-    module = _first(env, "SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE")
+    module = first_set(env, "SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE")
     return "\n".join([
         KEY_VERSION, f"uid={uid}", f"gid={gid}", "groups=" + ",".join(str(g) for g in sorted(set(groups))),
         f"config={config_path}", f"image={spec}",
-        "volume=" + (_first(env, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME") or ""),
+        "volume=" + (first_set(env, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME") or ""),
         "module-default" if module is None else f"module={module}",
     ])
 

@@ -588,17 +588,18 @@ struct mnt {
 /* The mounts at `path` (unless `below_only`) and below it, from /proc/self/mountinfo,
  * in mount order; a mount point listed twice (stacked mounts): the later, top one.
  * Returns the count (-1 on error); *list and *text are to be freed. */
-static int mounts_under(const char *path, int below_only, struct mnt **list, char **text)
+/* /proc/self/mountinfo, NUL-terminated (to be freed), or NULL (errno set). */
+static char *read_mountinfo(void)
 {
     int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
+    if (fd < 0) return NULL;
     size_t cap = 1 << 16, len = 0;
     char *buf = malloc(cap);
     for (;;) {
         if (buf == NULL) {
             close(fd);
             errno = ENOMEM;
-            return -1;
+            return NULL;
         }
         ssize_t r = read(fd, buf + len, cap - len - 1);
         if (r < 0 && errno == EINTR) continue;
@@ -607,14 +608,25 @@ static int mounts_under(const char *path, int below_only, struct mnt **list, cha
             close(fd);
             free(buf);
             errno = err;
-            return -1;
+            return NULL;
         }
         if (r == 0) break;
         len += (size_t) r;
-        if (cap - len - 1 == 0) buf = realloc(buf, cap *= 2);
+        if (cap - len - 1 == 0) {
+            char *more = realloc(buf, cap *= 2);
+            if (more == NULL) free(buf);
+            buf = more;
+        }
     }
     close(fd);
     buf[len] = '\0';
+    return buf;
+}
+
+static int mounts_under(const char *path, int below_only, struct mnt **list, char **text)
+{
+    char *buf = read_mountinfo();
+    if (buf == NULL) return -1;
 
     size_t plen = strlen(path);
     while (plen > 0 && path[plen - 1] == '/') plen--; /* prefix: path without trailing '/', then '/' */
@@ -748,25 +760,8 @@ static int loop_backed_by(unsigned maj, unsigned min, const char *real)
 static int share_image(const char *image, const char *target, unsigned long flags)
 {
     char real[PATH_MAX];
-    if (realpath(image, real) == NULL) return -1;
-    int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    char *text = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 + 1 > cap) {
-            char *more = realloc(text, cap = cap * 2 + 65536);
-            if (more == NULL) break;
-            text = more;
-        }
-        ssize_t r = read(fd, text + len, cap - len - 1);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        len += (size_t) r;
-    }
-    close(fd);
-    if (text == NULL) return -1;
-    text[len] = '\0';
+    char *text;
+    if (realpath(image, real) == NULL || (text = read_mountinfo()) == NULL) return -1;
     int rc = -1;
     char *save = NULL;
     for (char *line = strtok_r(text, "\n", &save); line && rc != 0; line = strtok_r(NULL, "\n", &save)) {
@@ -1313,15 +1308,7 @@ static int enter_userns(int plan_dir, uid_t uid, gid_t gid)
         close(reg);
         return unshare(CLONE_NEWNS);
     }
-    char map[64];
-    int rc = -1;
-    if (unshare(CLONE_NEWUSER | CLONE_NEWNS) == 0 && write_file("/proc/self/setgroups", "deny") == 0) {
-        snprintf(map, sizeof(map), "%u %u 1", (unsigned) uid, (unsigned) uid);
-        if (write_file("/proc/self/uid_map", map) == 0) {
-            snprintf(map, sizeof(map), "%u %u 1", (unsigned) gid, (unsigned) gid);
-            rc = write_file("/proc/self/gid_map", map);
-        }
-    }
+    int rc = unshare(CLONE_NEWUSER | CLONE_NEWNS) == 0 ? map_self(uid, gid) : -1;
     if (rc == 0 && reg >= 0) { /* name it (if that fails, it is just not shared) */
         char pid[32];
         int len = snprintf(pid, sizeof(pid), "%d", (int) getpid());

@@ -15,8 +15,8 @@ extern char prefix[]; /* <prefix> of <prefix>/bin/shifter */
 /* exec <prefix>/bin/python -I -m shifter.runtime.launch ARGS... (never returns) */
 __attribute__((noreturn)) void to_python(int argc, char **argv);
 
-/* write TEXT to an existing file (/proc/self/uid_map, ...); 0 or -1 */
-int write_file(const char *path, const char *text);
+/* in a new user namespace: map the caller's uid/gid to themselves, setgroups denied; 0 or -1 */
+int map_self(uid_t uid, gid_t gid);
 
 /* What the command needs once the process is chrooted into the container. */
 struct entry {

@@ -104,9 +104,7 @@ def enter(uid: int, gid: int) -> bool:
                 linux.unshare(linux.CLONE_NEWNS)
                 return True
         linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
-            with open(f"/proc/self/{name}", "w") as f:
-                f.write(text)
+        linux.map_self(uid, gid)
         if fd is not None:
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)

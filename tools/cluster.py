@@ -132,6 +132,28 @@ def config_stamp(site: Site) -> str:
     return h.hexdigest()
 
 
+def private_slurm_conf(site: Site, plugstack_text: str) -> tuple[str, str]:
+    """A copy of the site's slurm.conf whose PlugStackConfig is a new plugstack.conf
+    holding ``plugstack_text``, in a new directory (the caller removes it): for srun
+    with another plugin set-up.  Returns (slurm.conf, plugstack.conf)."""
+    import re
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="shifter-plugstack-")
+    os.chmod(d, 0o755)
+    plug = os.path.join(d, "plugstack.conf")
+    with open(plug, "w") as f:
+        f.write(plugstack_text)
+    with open(site.slurm_conf) as f:
+        conf = re.sub(r"^PlugStackConfig=.*$", f"PlugStackConfig={plug}", f.read(), flags=re.M)
+    path = os.path.join(d, "slurm.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    for p in (plug, path):
+        os.chmod(p, 0o644)
+    return path, plug
+
+
 def slurm_env(site: Site) -> dict:
     return dict(os.environ, SLURM_CONF=site.slurm_conf)
 

@@ -9,7 +9,6 @@ import pwd
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -178,19 +177,9 @@ def test_batch_job_without_shifter_never_maps_libpython(runner):
 
 def _private_conf(site, plugstack_line: str) -> str:
     """A copy of slurm.conf whose PlugStackConfig is a private plugstack.conf."""
-    d = tempfile.mkdtemp(prefix="shifter-plugstack-")
-    os.chmod(d, 0o755)
-    plug = os.path.join(d, "plugstack.conf")
-    with open(plug, "w") as f:
-        f.write(plugstack_line + "\n")
-    with open(site.slurm_conf) as f:
-        conf = re.sub(r"^PlugStackConfig=.*$", f"PlugStackConfig={plug}", f.read(), flags=re.M)
-    path = os.path.join(d, "slurm.conf")
-    with open(path, "w") as f:
-        f.write(conf)
-    for p in (plug, path):
-        os.chmod(p, 0o644)
-    return path
+    from shifter.tools import cluster as cluster_tool
+
+    return cluster_tool.private_slurm_conf(site, plugstack_line + "\n")[0]
 
 
 def test_unknown_plugstack_argument_is_an_error_naming_it(runner, site):
