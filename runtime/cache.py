@@ -31,8 +31,11 @@ def backing_path(config, tag: str, index: int) -> str:
     return os.path.join(config.perNodeCachePath, f"shifter-cache.{tag}.{index}.xfs")
 
 
-def create(config, volume, backing: str, target: str, uid: int, gid: int) -> None:
-    """Make the filesystem in ``backing`` and mount it on ``target`` (an existing dir)."""
+def create(config, volume, backing: str, target: str, uid: int, gid: int, reopen=None) -> None:
+    """Make the filesystem in ``backing`` and mount it on ``target`` (an existing dir),
+    then give its root to the user.  ``reopen()`` opens the target again after the mount
+    (lookups cross into the new file system); what it opens must be the new file system's
+    root, or nothing is changed: root never follows a path a user could swap meanwhile."""
     from shifter.runtime import proc
 
     cache = volume.per_node_cache
@@ -51,11 +54,21 @@ def create(config, volume, backing: str, target: str, uid: int, gid: int) -> Non
         with linux.loop_device(fd, read_only=False) as dev:
             # the mount holds the loop device; with autoclear it is freed at umount
             linux.mount(dev, target, cache.fs, linux.MS_NOSUID | linux.MS_NODEV)
+            device = os.stat(dev).st_rdev
     finally:
         os.close(fd)
-    root = linux.mounted_path(target)
-    os.chown(root, uid, gid)
-    os.chmod(root, 0o700)
+    if reopen is None:
+        root_fd = os.open(linux.mounted_path(target), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    else:
+        root_fd = reopen()
+    try:
+        if os.fstat(root_fd).st_dev != device:
+            raise UsageError(f"can't create the per-node cache at {volume.destination}: the destination "
+                             "changed while it was being mounted", "don't move the destination during setup")
+        os.fchown(root_fd, uid, gid)
+        os.fchmod(root_fd, 0o700)
+    finally:
+        os.close(root_fd)
 
 
 def remove(backing: str) -> None:

@@ -130,11 +130,14 @@ def loads(data: bytes) -> Plan:
 
 
 def write(udi: str, plan: Plan) -> str:
+    """Write the plan: root's, readable by the plan's user alone (POSIX ACL)."""
+    from shifter import files
+
     path = os.path.join(udi, RELPATH)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(dumps(plan))
-    os.chmod(tmp, 0o644)
+        files.set_acl(f.fileno(), 0o600, uids=(plan.uid,) if plan.uid else ())
     os.replace(tmp, path)
     return path
 

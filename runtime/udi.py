@@ -33,6 +33,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 
+from shifter import files
 from shifter.errors import ConfigError, ShifterError, UsageError
 from shifter.runtime import cache, etcfiles, linux, meta, plan, record, volumes
 from shifter.runtime.modules import select_modules
@@ -130,41 +131,24 @@ def open_sources_as_user(paths: list[str], uid: int, gid: int, gids: tuple[int, 
     whatever they swap afterwards.  Only readable directories and regular files."""
     if not paths:
         return []
-    import socket
 
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        status = 1
+    def work():
+        fds = []
         try:
-            parent.close()
-            os.setgroups(list(gids))
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-            fds = []
             for path in paths:
                 try:
-                    fd = open_source(path)
+                    fds.append(open_source(path))
                 except OSError as e:
-                    child.sendall(json.dumps({"error": path, "why": e.strerror or str(e)}).encode())
-                    os._exit(1)
-                fds.append(fd)
-            socket.send_fds(child, [json.dumps({"ok": len(fds)}).encode()], fds)
-            status = 0
-        finally:
-            os._exit(status)
-    child.close()
-    try:
-        msg, fds, _, _ = socket.recv_fds(parent, 65536, len(paths))
-    finally:
-        parent.close()
-        os.waitpid(pid, 0)
+                    return {"error": path, "why": e.strerror or str(e)}, []
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return {"ok": len(fds)}, fds
+
+    answer, fds = _as_user(uid, gid, gids, work)
     for fd, path in zip(fds, paths):
         record.register_fd(fd, path)
-    try:
-        answer = json.loads(msg.decode() or "{}")
-    except ValueError:
-        answer = {}
     if "error" in answer:
         for fd in fds:
             os.close(fd)
@@ -226,6 +210,184 @@ def resolve_destination(udi: str, dest: str, *, is_dir: bool, create: bool, what
         raise
 
 
+def _as_user(uid: int, gid: int, gids, work) -> tuple[dict, list[int]]:
+    """Run ``work()`` in a child process with the user's credentials; it returns
+    (a JSON-able answer, fds to pass back).  Returns what it returned, the fds received
+    here.  An OSError in the child is answered as {"error": path, "why": reason}."""
+    import socket
+
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        status = 1
+        try:
+            parent.close()
+            os.setgroups(list(gids))
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            try:
+                answer, fds = work()
+            except _UserRefusal as e:
+                answer, fds = {"refused": str(e), "hint": e.hint}, []
+            except OSError as e:
+                answer, fds = {"error": e.filename or "", "why": e.strerror or str(e)}, []
+            if fds:
+                socket.send_fds(child, [json.dumps(answer).encode()], fds)
+            else:
+                child.sendall(json.dumps(answer).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    child.close()
+    try:
+        msg, fds, _, _ = socket.recv_fds(parent, 65536, 253)
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+    try:
+        answer = json.loads(msg.decode() or "{}")
+    except ValueError:
+        answer = {}
+    return answer, fds
+
+
+class _UserRefusal(Exception):
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+def resolve_user_destinations(udi: str, wanted, uid: int, gid: int, gids) -> list[tuple[int, str, int]]:
+    """For each (volume map, is_dir) of a user's request: (fd of the destination's parent
+    directory, the destination's last name, O_PATH fd of the destination).
+
+    The destination is looked up inside the UDI with the user's own rights (in a child
+    process with the user's credentials), never following a symlink: a refusal tells
+    the user only what they could see themselves.  A missing destination, or missing
+    parent directories, are then made by root only where they would be in the UDI's
+    own tmpfs, which vanishes with it; never on a host or image file system bound into
+    the UDI (the host's /dev, /tmp, a site directory, the image): that map is refused."""
+    if not wanted:
+        return []
+    top = os.open(udi, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        own_dev = os.fstat(top).st_dev
+
+        def walk():
+            answer, fds = [], []
+            for v, is_dir in wanted:
+                what = f"volume {v.spec()}"
+                parts = [p for p in v.destination.split("/") if p]
+                fd = os.dup(top)
+                depth = 0
+                try:
+                    while depth < len(parts):
+                        try:
+                            nfd = os.open(parts[depth], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                        except FileNotFoundError:
+                            break
+                        except PermissionError:
+                            raise _UserRefusal(
+                                f"can't mount {what}: {'/' + '/'.join(parts[:depth]) or '/'} in the container: "
+                                "permission denied", "choose a destination you can reach") from None
+                        st = os.fstat(nfd)
+                        shown = "/" + "/".join(parts[:depth + 1])
+                        last = depth == len(parts) - 1
+                        problem = None
+                        if stat.S_ISLNK(st.st_mode):
+                            problem = (f"{shown} is a symbolic link in the container",
+                                       "mount on the link's target path instead")
+                        elif (not last or is_dir) and not stat.S_ISDIR(st.st_mode):
+                            problem = (f"{shown} is not a directory", None)
+                        elif last and not is_dir and not stat.S_ISREG(st.st_mode):
+                            problem = (f"{shown} is not a regular file", None)
+                        if problem:
+                            os.close(nfd)
+                            raise _UserRefusal(f"can't mount {what}: {problem[0]}", problem[1])
+                        if last:  # keep the parent: fd stays, nfd is the destination
+                            answer.append({"depth": depth})
+                            fds += [fd, nfd]
+                            fd = None
+                            break
+                        os.close(fd)
+                        fd = nfd
+                        depth += 1
+                    else:  # pragma: no cover - the loop breaks on the last part
+                        pass
+                    if fd is not None:  # parts[depth:] are missing; fd is the deepest directory
+                        answer.append({"depth": depth, "missing": True})
+                        fds.append(fd)
+                        fd = None
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+            return {"ok": answer}, fds
+
+        answer, fds = _as_user(uid, gid, gids, walk)
+    finally:
+        os.close(top)
+    if "ok" not in answer:
+        for fd in fds:
+            os.close(fd)
+        if "refused" in answer:
+            raise UsageError(answer["refused"], answer.get("hint"))
+        if "error" in answer:
+            raise UsageError(f"can't mount a volume: {answer['error']}: {answer['why']} (as uid {uid})")
+        raise SetupError("can't look up the volume destinations as the user (the helper process failed)")
+    out: list[tuple[int, str, int]] = []
+    queue = list(fds)
+    try:
+        for (v, is_dir), entry in zip(wanted, answer["ok"]):
+            parts = [p for p in v.destination.split("/") if p]
+            depth = entry["depth"]
+            if not entry.get("missing"):
+                out.append((queue.pop(0), parts[-1], queue.pop(0)))
+                continue
+            fd = queue.pop(0)
+            if os.fstat(fd).st_dev != own_dev:
+                os.close(fd)
+                where = "/" + "/".join(parts[:depth])
+                raise UsageError(
+                    f"can't mount volume {v.spec()}: {'/' + '/'.join(parts[:depth + 1])} does not exist in the "
+                    f"container, and {where} is not the container's own file system (it comes from the image "
+                    f"or the host), where shifter could create it",
+                    f"use a destination that exists, or one whose missing directories start at the top "
+                    f"level (e.g. /data/...), which shifter creates")
+            for i in range(depth, len(parts)):
+                last = i == len(parts) - 1
+                if last and not is_dir:
+                    os.close(os.open(parts[i], os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+                                     | os.O_CLOEXEC, 0o644, dir_fd=fd))
+                    record.op("touch", record.P(record.at(fd, parts[i])), "644")
+                else:
+                    os.mkdir(parts[i], 0o755, dir_fd=fd)
+                    record.op("mkdir", record.P(record.at(fd, parts[i])), "755")
+                nfd = os.open(parts[i], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                if last:
+                    out.append((fd, parts[i], nfd))
+                else:
+                    os.close(fd)
+                    fd = nfd
+    except BaseException:
+        for fd in queue:
+            os.close(fd)
+        for parent_fd, _, dst_fd in out:
+            os.close(parent_fd)
+            os.close(dst_fd)
+        raise
+    return out
+
+
+def _close_state_dir(path: str, uid: int) -> None:
+    """The UDI's state directory (udi.json, the launch plan, the user namespace handle):
+    root's, searchable by the job's user alone (POSIX ACL), by no one else."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        files.set_acl(fd, 0o700, uids=(uid,) if uid else (), perm=1)
+    finally:
+        os.close(fd)
+
+
 def _fdpath(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
@@ -244,9 +406,9 @@ def _write_state(udi: str, state: dict) -> None:
     text = json.dumps(state, indent=1, sort_keys=True)
     with open(path + ".tmp", "w") as f:
         f.write(text)
-    os.chmod(path + ".tmp", 0o644)
+    os.chmod(path + ".tmp", 0o600)
     os.replace(path + ".tmp", path)
-    record.file(path, 0o644, text.encode())
+    record.file(path, 0o600, text.encode())
 
 
 def is_set_up(config) -> bool:
@@ -331,6 +493,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     linux.mount("shifter-udi", udi, config.rootfsType, SAFE, "mode=755")
     linux.make_propagation(udi, linux.MS_SHARED)
     _mkdir_p(os.path.join(udi, STATE_DIR))
+    _close_state_dir(os.path.join(udi, STATE_DIR), req.uid)
     state = {"version": 1, "uid": req.uid, "gid": req.gid, "username": req.username, "job_id": req.job_id,
              "image": str(req.image), "image_path": image_path, "volumes": [v.spec() for v in req.volumes],
              "modules": [m.name for m in modules], "ssh_pubkey": req.ssh_pubkey, "hostlist": req.hostlist,
@@ -399,25 +562,32 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
             _run_hook(module.roothook, udi, f"run the roothook of module {module.name}",
                       {**hook_env, "SHIFTER_MODULE": module.name})
 
-    # the user's volumes, bound from the fds opened as the user
-    for v, src_fd in zip(plain, fds):
-        is_dir = stat.S_ISDIR(os.fstat(src_fd).st_mode)
-        dst_fd = resolve_destination(udi, v.destination, is_dir=is_dir, create=True,
-                                     what=f"volume {v.spec()}")
-        try:
-            linux.bind(_fdpath(src_fd), _fdpath(dst_fd), SAFE | (RO if v.read_only else 0))
-        finally:
-            os.close(dst_fd)
+    # Nothing mounted from here on may reach a mount outside the UDI: every mount in the
+    # tree (the host's /dev, /proc, /sys, /tmp, site and image binds) becomes a slave of
+    # the peer group it came from (it still sees what the host mounts later) and the
+    # master of a new one (namespaces made later get copies that teardown reaches).
+    linux.make_propagation(udi, linux.MS_SLAVE, recursive=True)
+    linux.make_propagation(udi, linux.MS_SHARED, recursive=True)
 
-    # per-node caches
-    for index, v in enumerate(vv for vv in req.volumes if vv.per_node_cache is not None):
-        record.fail("the build made a per-node cache")
-        backing = cache.backing_path(config, f"{os.uname().nodename}.{req.job_id or 'nojob'}.{req.uid}", index)
-        _teardown.record_cache(udi, backing)
-        dst_fd = resolve_destination(udi, v.destination, is_dir=True, create=True, what=f"volume {v.spec()}")
-        try:
-            cache.create(config, v, backing, _fdpath(dst_fd), req.uid, req.gid)
-        finally:
+    # the user's volumes and per-node caches: destinations looked up with the user's
+    # rights, missing directories made only in the UDI's own tmpfs
+    caches = [v for v in req.volumes if v.per_node_cache is not None]
+    targets = resolve_user_destinations(
+        udi, [(v, stat.S_ISDIR(os.fstat(fd).st_mode)) for v, fd in zip(plain, fds)] + [(v, True) for v in caches],
+        req.uid, req.gid, gids)
+    try:
+        for v, src_fd, (_, _, dst_fd) in zip(plain, fds, targets):
+            linux.bind(_fdpath(src_fd), _fdpath(dst_fd), SAFE | (RO if v.read_only else 0))
+        for index, (v, (parent_fd, name, dst_fd)) in enumerate(zip(caches, targets[len(plain):])):
+            record.fail("the build made a per-node cache")
+            backing = cache.backing_path(config, f"{os.uname().nodename}.{req.job_id or 'nojob'}.{req.uid}", index)
+            _teardown.record_cache(udi, backing)
+            cache.create(config, v, backing, _fdpath(dst_fd), req.uid, req.gid,
+                         reopen=lambda p=parent_fd, n=name: os.open(
+                             n, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=p))
+    finally:
+        for parent_fd, _, dst_fd in targets:
+            os.close(parent_fd)
             os.close(dst_fd)
 
     # the launch plan, then the root read-only

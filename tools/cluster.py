@@ -225,12 +225,17 @@ def slurmd_up(site: Site) -> None:
     for node in site.node_names():
         pidfile = slurmd_pidfile(site, node)
         if daemons.running(pidfile, "slurmd"):
-            continue
+            if node_root_shared(daemons.read_pid(pidfile)):
+                continue
+            daemons.stop(pidfile, "slurmd")  # started by an older tools/cluster: private /
         log = site.slurmd_log(node)
         os.makedirs(os.path.join(site.spool, f"slurmd-{node}"), exist_ok=True)
         # own mount + UTS namespace: hostname nI, a private /etc/hosts, and mounts made by
-        # this node's prolog are invisible to the other nodes.
-        script = 'hostname "$1" && mount --bind "$2" /etc/hosts && exec slurmd -f "$3" -N "$1"'
+        # this node's prolog are invisible to the other nodes.  Made private first (nothing
+        # reaches the machine), then / recursively shared inside: every node behaves like
+        # a systemd host, where a mount that propagates where it should not shows.
+        script = ('mount --make-rshared / && hostname "$1" && mount --bind "$2" /etc/hosts'
+                  ' && exec slurmd -f "$3" -N "$1"')
         res = subprocess.run(
             ["unshare", "--mount", "--uts", "--propagation", "private", "--",
              "/bin/sh", "-c", script, "slurmd-ns", node, hosts, site.slurm_conf],
@@ -241,6 +246,19 @@ def slurmd_up(site: Site) -> None:
     for node in site.node_names():
         daemons.wait_for(lambda n=node: daemons.running(slurmd_pidfile(site, n), "slurmd"), 10,
                          f"slurmd {node}", site.slurmd_log(node))
+
+
+def node_root_shared(pid: int | None) -> bool:
+    """Whether the mount namespace of ``pid`` has a shared / (as on a systemd host)."""
+    try:
+        with open(f"/proc/{pid}/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields[4] == "/":
+                    root = fields
+            return any(tag.startswith("shared:") for tag in root[6:root.index("-")])
+    except (OSError, NameError, ValueError, TypeError):
+        return False
 
 
 def node_states(site: Site) -> dict[str, str]:

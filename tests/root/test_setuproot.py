@@ -369,3 +369,175 @@ def test_teardown_reaches_namespaces_created_after_setup(torn_down, propagation)
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+# ------------------------------------------------------------------ a host whose / is shared
+# Every systemd host has an rshared /.  The driver runs in a mount namespace of its own,
+# made private first (nothing reaches the machine) and then rshared, like such a host; it
+# runs setupRoot there, reports what the host side of that namespace looks like while the
+# UDI is up, tears it down and reports again.
+_DRIVER = r'''
+import json, os, subprocess, sys
+conf, udi, loop, args, watch, probes = json.loads(sys.argv[1])
+subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+subprocess.run(["mount", "--make-rshared", "/"], check=True)
+
+def table():
+    rows = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            x = line.split()
+            if x[4] == udi or x[4].startswith(udi + "/") or x[4] == loop or x[4].startswith(loop + "/"):
+                continue
+            rows.append(" ".join([x[3], x[4], x[x.index("-") + 1], x[x.index("-") + 2]]))
+    return sorted(rows)
+
+def look():
+    out = {}
+    for p in watch:
+        try:
+            st = os.lstat(p)
+            out[p] = [st.st_mode, st.st_uid, st.st_dev, st.st_ino,
+                      os.path.isdir(p) and "sftest2-was-here" in os.listdir(p)]
+        except OSError as e:
+            out[p] = e.strerror
+    return out
+
+env = {"SHIFTER_CONFIG": conf, "PATH": "/usr/bin:/bin"}
+before, seen_before = table(), look()
+res = subprocess.run(["/opt/shifter/bin/setupRoot", *args], capture_output=True, text=True, env=env)
+during, seen_during = table(), look()
+probe_out = {}
+for name, argv in probes.items():
+    p = subprocess.run(argv, capture_output=True, text=True)
+    probe_out[name] = [p.returncode, p.stdout, p.stderr]
+down = subprocess.run(["/opt/shifter/bin/unsetupRoot"], capture_output=True, text=True, env=env)
+after, seen_after = table(), look()
+print(json.dumps({"rc": res.returncode, "stderr": res.stderr, "down": down.returncode,
+                  "before": before, "during": during, "after": after, "probes": probe_out,
+                  "seen_before": seen_before, "seen_during": seen_during, "seen_after": seen_after}))
+'''
+
+
+def _on_shared_host(env, args, watch=(), probes=None):
+    import json
+
+    cfg = env["config"]
+    res = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "/opt/shifter/bin/python", "-c", _DRIVER,
+         json.dumps([env["conf"], cfg.udiMount, cfg.loopMount, list(args), list(watch), probes or {}])],
+        capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+@pytest.fixture
+def hostile(env, tmp_path):
+    """sftest2's directory (in their home) whose entries imitate /dev and /tmp, ``null`` a
+    symlink to a root-only file."""
+    import pathlib
+    import tempfile
+
+    secret = tmp_path / "secret"
+    secret.write_text("root's\n")
+    d = pathlib.Path(tempfile.mkdtemp(prefix="hostile-", dir=pwd.getpwnam(USER2).pw_dir))
+    os.symlink(str(secret), d / "null")
+    (d / "sftest2-was-here").write_text("x\n")
+    for p in (d, d / "sftest2-was-here"):
+        os.lchown(p, 4243, 4243)
+    os.lchown(d / "null", 4243, 4243)
+    yield {"d": str(d), "secret": str(secret)}
+    shutil.rmtree(d)
+
+
+@pytest.mark.parametrize("dest", ["/dev", "/tmp", "/dev/shm"])
+def test_user_volume_on_a_host_tree_never_reaches_the_host(env, hostile, dest):
+    """Outside review, item 1: on a host with a shared /, a user's volume on /dev (or
+    /tmp, /dev/shm) appeared on the host's own /dev, and root's write to /dev/null went
+    through the user's symlink.  Shifter accepts these destinations, so must we."""
+    probes = {"write": ["/bin/sh", "-c", "echo x > /dev/null"], "inside": ["ls", f"{env['config'].udiMount}{dest}"]}
+    out = _on_shared_host(env, ["-U", "4243", "-G", "4243", "-u", USER2, "-v", f"{hostile['d']}:{dest}", "id",
+                                env["id"]], watch=[dest, "/dev/null"], probes=probes)
+    assert out["rc"] == 0, out["stderr"]
+    assert "sftest2-was-here" in out["probes"]["inside"][1]  # the container has it
+    assert out["during"] == out["before"] == out["after"]  # the host's mount table does not
+    assert out["seen_during"] == out["seen_before"] == out["seen_after"]
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    with open(hostile["secret"]) as f:
+        assert f.read() == "root's\n"
+
+
+def test_site_and_image_binds_do_not_carry_user_volumes_back(env, hostile):
+    """A user volume under a site map (siteFs binds a host directory) or a per-node cache
+    on /tmp must not appear in the host's directory either."""
+    sitefs = os.path.join(env["base"], "sitefs")
+    os.makedirs(os.path.join(sitefs, "mnt"), exist_ok=True)
+    out = _on_shared_host(env, ["-U", "4243", "-G", "4243", "-u", USER2, "-v",
+                                f"{hostile['d']}:/site/mnt;/x:/tmp:perNodeCache=size=300M", "id", env["id"]],
+                          watch=[os.path.join(sitefs, "mnt"), "/tmp"],
+                          probes={"tmp": ["stat", "-f", "-c", "%T", f"{env['config'].udiMount}/tmp"]})
+    assert out["rc"] == 0, out["stderr"]
+    assert out["probes"]["tmp"][1].strip() == "xfs"
+    assert out["during"] == out["before"] == out["after"]
+    assert out["seen_during"] == out["seen_before"] == out["seen_after"]
+
+
+@pytest.mark.parametrize("dest, is_file", [
+    ("/dev/x", False), ("/tmp/shifter-new/x", False), ("/dev/shm/f", True), ("/site/newdir", False),
+    ("/sys/fs/cgroup/memory/shifter-x", False), ("/usr/newdir", False),
+])
+def test_missing_destination_parents_are_never_made_on_the_host(env, hostile, dest, is_file):
+    """Outside review, item 2: root made missing destination parents on whatever was bound
+    there (/dev, /tmp, /dev/shm, a site directory, even a memory cgroup) and left them."""
+    src = os.path.join(hostile["d"], "sftest2-was-here") if is_file else hostile["d"]
+    host = dest.replace("/site", os.path.join(env["base"], "sitefs"), 1)
+    parent = os.path.dirname(host) if os.path.exists(os.path.dirname(host)) else os.path.dirname(os.path.dirname(host))
+    out = _on_shared_host(env, ["-U", "4243", "-G", "4243", "-u", USER2, "-v", f"{src}:{dest}", "id", env["id"]],
+                          watch=[parent, host])
+    assert out["rc"] != 0
+    lines = out["stderr"].strip().splitlines()
+    assert "does not exist in the container" in lines[0] and "container's own file system" in lines[0], lines
+    assert len([ln for ln in lines if not ln.lstrip().startswith("hint:")]) == 1, lines
+    assert out["seen_during"] == out["seen_before"] == out["seen_after"]
+    assert not os.path.lexists(host)
+    assert out["during"] == out["before"] == out["after"]
+
+
+def test_refusals_do_not_tell_what_exists_where_the_user_cannot_look(env, hostile):
+    closed = os.path.join(env["base"], "sitefs", "closed")
+    os.makedirs(os.path.join(closed, "there"), exist_ok=True)
+    os.chmod(closed, 0o700)
+    msgs = []
+    for name in ("there", "absent"):
+        res = _setup(env, "-U", "4243", "-G", "4243", "-u", USER2, "-v", f"{hostile['d']}:/site/closed/{name}",
+                     "id", env["id"])
+        assert res.returncode != 0
+        msgs.append(res.stderr.replace(name, "NAME"))
+    assert msgs[0] == msgs[1] and "permission denied" in msgs[0]
+    assert not linux.mounts_under(env["config"].udiMount)
+
+
+def test_new_top_level_destinations_live_in_the_udi_only(torn_down, hostile):
+    env = torn_down
+    res = _setup(env, "-U", "4243", "-G", "4243", "-u", USER2, "-v", f"{hostile['d']}:/newtop/a/b", "id", env["id"])
+    assert res.returncode == 0, res.stderr
+    assert _in_udi(env, ["ls", "/newtop/a/b"], uid=4243, gid=4243).stdout.split() == ["null", "sftest2-was-here"]
+    udi.teardown(env["config"])
+    assert not os.path.exists(os.path.join(env["config"].udiMount, "newtop"))
+
+
+def test_udi_state_is_for_root_and_the_jobs_user_only(torn_down):
+    """Outside review, item 3: udi.json and the launch plan were world-readable."""
+    env = torn_down
+    assert _setup(env, "-U", "4242", "-v", f"{env['vol']}:/data", "id", env["id"]).returncode == 0
+    state = os.path.join(env["config"].udiMount, "var", "shifter")
+
+    def cat(uid, name):
+        return _in_udi(env, ["cat", f"/var/shifter/{name}"], uid=uid, gid=uid).returncode
+
+    assert cat(4242, "launch.plan") == 0
+    assert cat(4243, "launch.plan") != 0
+    assert cat(4242, "udi.json") != 0
+    assert _in_udi(env, ["ls", "/var/shifter"], uid=4243, gid=4243).returncode != 0
+    st = os.stat(os.path.join(state, "launch.plan"))
+    assert st.st_uid == 0 and not st.st_mode & 0o022
