@@ -289,6 +289,20 @@ def mountinfo(options: bool = False) -> list[tuple]:
     return out
 
 
+def peer_groups() -> list[tuple[str, int | None]]:
+    """(mount point, shared peer group id or None) of every mount, in mount order."""
+    out = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            group = None
+            for tag in fields[6:fields.index(b"-")]:
+                if tag.startswith(b"shared:"):
+                    group = int(tag[7:])
+            out.append((_unescape(fields[4]), group))
+    return out
+
+
 def harden_tree(path: str, flags: int) -> None:
     """Add ``flags`` (e.g. nosuid) to every mount below ``path``, keeping read-only ones
     read-only: a remount of an rbind changes only its top mount."""

@@ -25,6 +25,24 @@ def record_cache(udi: str, backing: str) -> None:
         f.write(backing + "\n")
 
 
+def _under(path: str, roots) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _cut_from_outside(found: list[str], roots) -> None:
+    """Make slave every mount about to be unmounted that is a peer of a mount outside the
+    UDI (a host bind a crashed setup left before making it slave): its unmount must not
+    propagate to the host's own /sys, /dev, ..."""
+    rows = linux.peer_groups()
+    outside = {g for mp, g in rows if g is not None and not _under(mp, roots)}
+    if not outside:
+        return
+    top = {mp: g for mp, g in rows if mp in found}  # later rows are stacked over earlier ones
+    for mp, group in top.items():
+        if group in outside:
+            linux.make_propagation(mp, linux.MS_SLAVE)
+
+
 def teardown(udi: str, loop: str, cache_dir: str, log=lambda msg: None) -> bool:
     """Remove the UDI at ``udi``; True if anything was there to remove."""
     caches = []
@@ -39,7 +57,8 @@ def teardown(udi: str, loop: str, cache_dir: str, log=lambda msg: None) -> bool:
             found = linux.mounts_under(root)
             if not found:
                 break
-            for mp in found:
+            _cut_from_outside(found, (udi, loop))
+            for mp in dict.fromkeys(found):  # the top of each stack; what it hid, next pass
                 try:
                     removed |= linux.umount(mp)
                 except OSError as e:

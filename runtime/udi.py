@@ -386,6 +386,9 @@ def _close_state_dir(path: str, uid: int) -> None:
         files.set_acl(fd, 0o700, uids=(uid,) if uid else (), perm=1)
     finally:
         os.close(fd)
+    if uid:
+        record.fail("the build gave its state directory to a user")
+    record.op("chmod", record.P(path), "700")
 
 
 def _fdpath(fd: int) -> str:
@@ -532,15 +535,19 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     else:
         linux.bind(site_etc, os.path.join(udi, "etc"), RO | SAFE)
 
-    # the host's /dev, /proc, /sys and /tmp
+    # the host's /dev, /proc, /sys and /tmp, each made a slave at once: a mount or unmount
+    # in the UDI must never propagate to the host's own trees
     linux.bind("/dev", os.path.join(udi, "dev"), recursive=True)
+    linux.make_propagation(os.path.join(udi, "dev"), linux.MS_SLAVE, recursive=True)
     linux.remount(os.path.join(udi, "dev"), linux.MS_NOSUID)
     linux.harden_tree(os.path.join(udi, "dev"), SAFE)  # /dev/shm, /dev/pts, ...
     for name in ("proc", "sys"):
         linux.bind(f"/{name}", os.path.join(udi, name), recursive=True)
+        linux.make_propagation(os.path.join(udi, name), linux.MS_SLAVE, recursive=True)
         linux.remount(os.path.join(udi, name), SAFE | linux.MS_NOEXEC)
         linux.harden_tree(os.path.join(udi, name), SAFE | linux.MS_NOEXEC)
     linux.bind("/tmp", os.path.join(udi, "tmp"), SAFE)
+    linux.make_propagation(os.path.join(udi, "tmp"), linux.MS_SLAVE)
 
     # site filesystems, then the post-mount hook
     for v in config.siteFs:
@@ -645,10 +652,8 @@ def _bind_site(udi: str, v, what: str, bind=linux.bind, style: str | None = None
     try:
         target = _fdpath(dst_fd)
         bind(v.source, target, SAFE | (RO if v.read_only else 0), recursive=v.recursive)
-        propagation = v.propagation or style
-        if propagation:
-            kind = linux.MS_SLAVE if propagation == "slave" else linux.MS_PRIVATE
-            linux.make_propagation(target, kind, recursive=v.recursive)
+        kind = linux.MS_PRIVATE if (v.propagation or style) == "private" else linux.MS_SLAVE
+        linux.make_propagation(target, kind, recursive=v.recursive)
     finally:
         os.close(dst_fd)
 

@@ -541,3 +541,27 @@ def test_udi_state_is_for_root_and_the_jobs_user_only(torn_down):
     assert _in_udi(env, ["ls", "/var/shifter"], uid=4243, gid=4243).returncode != 0
     st = os.stat(os.path.join(state, "launch.plan"))
     assert st.st_uid == 0 and not st.st_mode & 0o022
+
+
+def test_unsetuproot_after_a_crash_never_unmounts_the_hosts_trees(env):
+    """A setup killed right after binding the host's /sys (before making it a slave)
+    leaves a peer of the host's mounts in the UDI: tearing it down must not unmount the
+    host's own /sys/fs/cgroup (which took the local cluster's slurmd down here)."""
+    cfg = env["config"]
+    script = f"""
+        set -e
+        mount --make-rprivate /; mount --make-rshared /
+        mkdir -p {cfg.udiMount}
+        mount -t tmpfs shifter-udi {cfg.udiMount}; mount --make-shared {cfg.udiMount}
+        mkdir {cfg.udiMount}/sys {cfg.udiMount}/tmp
+        mount --rbind /sys {cfg.udiMount}/sys; mount --bind /tmp {cfg.udiMount}/tmp
+        before=$(findmnt -rn -o TARGET | grep -v '^{cfg.udiMount}' | sort | md5sum)
+        SHIFTER_CONFIG={env['conf']} /opt/shifter/bin/unsetupRoot
+        after=$(findmnt -rn -o TARGET | grep -v '^{cfg.udiMount}' | sort | md5sum)
+        findmnt -rn -o TARGET | grep -c '^{cfg.udiMount}/' || true
+        [ "$before" = "$after" ] && echo same
+        """
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["0", "same"], res.stdout
