@@ -229,6 +229,8 @@ class RequestHandler(WSGIRequestHandler):
         host, port = self.server.server_address[:2]
         log.info("%s %s -> %d: %s", method[:20], path[:MAX_LOGGED_PATH] or "-", code, error)
         body = (json.dumps(error_body(code, error, hint, f"http://{host}:{port}{path}")) + "\n").encode()
+        if getattr(self, "request_version", "") == "HTTP/0.9":  # unparsed (bad version): still a
+            self.request_version = "HTTP/1.0"  # status line and headers, not a bare body
         self.send_response(code, short)
         self.send_header("Connection", "close")
         self.send_header("Content-Type", "application/json")
