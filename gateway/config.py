@@ -177,7 +177,6 @@ class _Reader:
             raise self.error(key, f"must be an absolute path, not {value!r}")
         return os.path.normpath(value)
 
-
     def limit(self, key: str, default: int, high: int, sizes: bool = False) -> int | None:
         """A limit: a whole number (with ``sizes``, also a size text such as "64G"); 0 or
         null means none."""
