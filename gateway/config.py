@@ -34,6 +34,10 @@ Extensions (not in Shifter)::
     CatalogFile            the SQLite catalog                       default <CacheDirectory>/catalog.sqlite
     SquashfsCompression    mksquashfs -comp codec                   default "lz4"
     ImagePlatform          OS/ARCH[/VARIANT] picked from an index   default "linux/amd64"
+    ImageSizeLimit         bytes an image may expand to (a number, or a size such as
+                           "64G"; 0 or null: no limit); also the largest file an import
+                           may register                             default "64G"
+    ImageLayerLimit        layers an image may have (0 or null: no limit) default 256
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from shifter.errors import ConfigError
+from shifter.runtime import volumes
 
 # Shifter's keys that configure things this gateway does not have (MongoDB, Lustre striping,
 # Celery, external converters): accepted so that an existing file loads, with a notice.
@@ -65,6 +70,9 @@ _DHMS = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})$")
 _PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$")
 _LOCATION = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$")
+DEFAULT_IMAGE_SIZE_LIMIT = 64 * 1024**3
+DEFAULT_IMAGE_LAYER_LIMIT = 256
+MAX_LAYER_LIMIT = 100000
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,8 @@ class GatewayConfig:
     listen: tuple[str, int] = ("127.0.0.1", 8000)
     compression: str = "lz4"
     image_platform: tuple[str, str, str | None] = ("linux", "amd64", None)
+    image_size_limit: int | None = DEFAULT_IMAGE_SIZE_LIMIT  # bytes; None: no limit
+    image_layer_limit: int | None = DEFAULT_IMAGE_LAYER_LIMIT
     notices: tuple[str, ...] = field(default=())
 
     def may_import(self, user: str) -> bool:
@@ -166,6 +176,24 @@ class _Reader:
         if not os.path.isabs(value):
             raise self.error(key, f"must be an absolute path, not {value!r}")
         return os.path.normpath(value)
+
+    def limit(self, key: str, default: int, high: int, sizes: bool = False) -> int | None:
+        """A limit: a whole number (with ``sizes``, also a size text such as "64G"); 0 or
+        null means none."""
+        if key in self.data and self.data[key] is None:
+            return None
+        value = self.get(key, (int, str), default)
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = volumes.parse_size(text) if sizes and not text.isdigit() else int(text)
+            except ValueError as e:
+                what = "a number of bytes or a size such as \"64G\"" if sizes else "a whole number"
+                detail = f": {e}" if sizes and not text.isdigit() else ""
+                raise self.error(key, f"must be {what} (0: no limit), not {value!r}{detail}") from None
+        if not 0 <= value <= high:
+            raise self.error(key, f"must be between 0 (no limit) and {high}, not {value}")
+        return value or None
 
 
 def _tuple(kinds) -> tuple:
@@ -267,7 +295,7 @@ KNOWN_KEYS = (
     "DefaultImageLocation", "DefaultImageFormat", "PullUpdateTimeout", "ImageExpirationTimeout",
     "CacheDirectory", "ExpandDirectory", "Locations", "Platforms", "ImportUsers", "WorkerThreads",
     "Metrics", "Authentication", "LogLevel", "Listen", "CatalogFile", "SquashfsCompression",
-    "ImagePlatform",
+    "ImagePlatform", "ImageSizeLimit", "ImageLayerLimit",
 )
 
 
@@ -337,6 +365,8 @@ def parse(text: str, path: str = "<imagemanager.json>") -> GatewayConfig:
         listen=_listen(r),
         compression=compression,
         image_platform=(os_name, arch, variant[0] if variant else None),
+        image_size_limit=r.limit("ImageSizeLimit", DEFAULT_IMAGE_SIZE_LIMIT, volumes.MAX_SIZE, sizes=True),
+        image_layer_limit=r.limit("ImageLayerLimit", DEFAULT_IMAGE_LAYER_LIMIT, MAX_LAYER_LIMIT),
         notices=tuple(notices),
     )
 

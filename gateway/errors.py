@@ -43,3 +43,12 @@ class NotFound(ApiError):
 
 class PullError(ShifterError):
     """The pull or import of an image failed; the message becomes the record's status_message."""
+
+
+class ImportRefused(ApiError, PullError):
+    """The file of an import can't be used: an API error when the request is checked (with
+    ``http_status``), a PullError when the worker opens the file again."""
+
+    def __init__(self, message: str, hint: str | None = None, http_status: int = 400):
+        super().__init__(message, hint)
+        self.http_status = http_status

@@ -18,6 +18,11 @@ Every tar member is hostile until proven otherwise:
 * directory modes and times are applied at the very end, deepest first, so a layer's
   read-only directory never stops a later member from being written.
 
+With a size limit, each regular file's size (from its tar header) is checked before it is
+written: the layer fails as soon as the bytes expanded so far (every layer's files, also
+those a later layer replaces or removes) would pass the limit, so an image far over it is
+refused after writing at most the limit, never expanded in full.
+
 Whiteouts (OCI image spec, "Representing Changes"): ``DIR/.wh.NAME`` removes NAME of the
 lower layers, ``DIR/.wh..wh..opq`` removes everything the lower layers put in DIR.  Both
 apply to lower layers only: what the same layer adds is kept whatever the member order.
@@ -29,6 +34,7 @@ import gzip
 import os
 import shutil
 import stat
+import subprocess
 import tarfile
 import tempfile
 import zlib
@@ -36,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from shifter.gateway.errors import PullError
-from shifter.runtime import proc
+from shifter.runtime import linux
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -58,6 +64,7 @@ class Report:
     files: int = 0
     bytes: int = 0
     skipped: list[str] = field(default_factory=list)
+    size_limit: int | None = None  # bytes ``bytes`` may reach
 
     def skip(self, layer: str, name: str, why: str) -> None:
         if len(self.skipped) < 100:
@@ -202,11 +209,48 @@ class Tree:
         os.chmod(self.root, 0o755)
 
 
-def _open_layer(path: str, layer: str, scratch: str):
-    """(binary stream of the uncompressed tar in blob ``path``, underlying file).
+class _Zstd:
+    """The output of ``zstd -dc BLOB``, read as it comes: a layer is never decompressed in
+    full before it is applied (the size limit stops it early)."""
 
-    gzip is decompressed on the fly; zstd (no Python module here) into a file in ``scratch``.
-    """
+    def __init__(self, path: str, layer: str):
+        self.layer = layer
+        self.errors = tempfile.TemporaryFile()
+        parent = os.getpid()
+        try:
+            self.proc = subprocess.Popen(["zstd", "-dcq", "--", path], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=self.errors,
+                                         preexec_fn=lambda: linux.die_with_parent(parent))
+        except OSError as e:
+            self.errors.close()
+            raise LayerError(f"can't decompress {layer} (zstd): {e.strerror}", "apt-get install zstd") from None
+
+    def read(self, size: int = -1) -> bytes:
+        return self.proc.stdout.read(size)
+
+    def failure(self) -> str | None:
+        """zstd's complaint if it failed (a corrupt layer), else None."""
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            return None
+        if self.proc.returncode == 0:
+            return None
+        self.errors.seek(0)
+        text = self.errors.read(2000).decode(errors="replace").strip().splitlines()
+        return text[-1] if text else f"exit status {self.proc.returncode}"
+
+    def close(self) -> None:
+        self.proc.stdout.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.errors.close()
+
+
+def _open_layer(path: str, layer: str):
+    """(binary stream of the uncompressed tar in blob ``path``, underlying file);
+    gzip and zstd are decompressed on the fly."""
     f = open(path, "rb")
     magic = f.read(4)
     f.seek(0)
@@ -214,17 +258,8 @@ def _open_layer(path: str, layer: str, scratch: str):
         return gzip.GzipFile(fileobj=f, mode="rb"), f
     if magic == _ZSTD_MAGIC:
         f.close()
-        fd, plain = tempfile.mkstemp(prefix="layer-", suffix=".tar", dir=scratch)
-        os.close(fd)
-        try:
-            proc.run(["zstd", "-dqf", "-o", plain, path], f"decompress {layer} (zstd)",
-                     hint="apt-get install zstd", timeout=3600)
-            f = open(plain, "rb")
-        except proc.ProcError as e:
-            raise LayerError(e.message, e.hint) from None
-        finally:
-            os.unlink(plain)  # the open file stays readable
-        return f, f
+        z = _Zstd(path, layer)
+        return z, z
     return f, f
 
 
@@ -232,7 +267,7 @@ def apply_layer(tree: Tree, blob: str, layer: str, report: Report,
                 check_stop: Callable[[], None] | None = None) -> None:
     """Apply one layer blob to ``tree``."""
     tree.new_layer()
-    stream, raw = _open_layer(blob, layer, os.path.dirname(tree.root))
+    stream, raw = _open_layer(blob, layer)
     try:
         with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
             for n, member in enumerate(tar):
@@ -241,7 +276,8 @@ def apply_layer(tree: Tree, blob: str, layer: str, report: Report,
                 report.members += 1
                 _apply_member(tree, tar, member, layer, report)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise LayerError(f"{layer}: not a valid (compressed) tar stream: {e}") from None
+        why = raw.failure() if isinstance(raw, _Zstd) else None
+        raise LayerError(f"{layer}: not a valid (compressed) tar stream: {why or e}") from None
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
         raise LayerError(f"{layer}: can't unpack: {e.strerror or e}{where}") from None
@@ -314,6 +350,12 @@ def _apply_member(tree: Tree, tar: tarfile.TarFile, m: tarfile.TarInfo, layer: s
         os.chmod(path, mode)
         os.utime(path, (m.mtime, m.mtime))
     else:
+        if report.size_limit is not None and report.bytes + m.size > report.size_limit:
+            raise LayerError(f"{layer}: the image expands to more than {report.size_limit} bytes "
+                             f"(this gateway's ImageSizeLimit; {report.bytes} bytes before "
+                             f"{m.name[:200]!r} of {m.size} bytes); it was not converted",
+                             "ask the site to raise ImageSizeLimit in imagemanager.json, or use a "
+                             "smaller image")
         _write_file(tar, m, path, mode)
         report.files += 1
         report.bytes += m.size
@@ -332,10 +374,11 @@ def _write_file(tar: tarfile.TarFile, m: tarfile.TarInfo, path: str, mode: int) 
 
 
 def flatten(layers: Iterable[tuple[str, str]], root: str,
-            check_stop: Callable[[], None] | None = None) -> Report:
-    """Apply ``layers`` ((label, blob path), lowest first) to the empty directory ``root``."""
+            check_stop: Callable[[], None] | None = None, size_limit: int | None = None) -> Report:
+    """Apply ``layers`` ((label, blob path), lowest first) to the empty directory ``root``;
+    fail (``LayerError``) before the regular files written would pass ``size_limit`` bytes."""
     tree = Tree(root)
-    report = Report()
+    report = Report(size_limit=size_limit)
     for label, blob in layers:
         apply_layer(tree, blob, label, report, check_stop)
     tree.finish()

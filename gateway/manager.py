@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import pwd
-import stat
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -34,6 +33,7 @@ from shifter.gateway import munge
 from shifter.gateway.catalog import Catalog, Record, Requester, acl_for
 from shifter.gateway.config import GatewayConfig, Platform
 from shifter.gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from shifter.gateway.userfile import open_import_file
 from shifter.gateway.worker import Worker, image_source, remove_image_files
 from shifter.runtime.image import parse_image
 
@@ -94,7 +94,7 @@ def _parse_tokens(payload: bytes) -> dict:
         locations = data["authorized_locations"]
         if not isinstance(locations, dict) or len(locations) > MAX_LOCATIONS:
             raise ValueError
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         raise BadRequest("the munge credential's payload is not "
                          '{"authorized_locations": {"LOCATION": "USER:PASSWORD"}}') from None
     tokens = {}
@@ -241,14 +241,7 @@ class ImageManager:
         if not isinstance(filepath, str) or not filepath.startswith("/") or "\0" in filepath \
                 or len(filepath) > 4096:
             raise BadRequest("can't import: filepath must be an absolute path")
-        try:
-            st = os.lstat(filepath)
-        except OSError as e:
-            raise BadRequest(f"can't import {filepath}: {e.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise BadRequest(f"can't import {filepath}: not a regular file")
-        if who.uid != 0 and st.st_uid != who.uid:
-            raise Forbidden(f"can't import {filepath}: the file is not owned by {who.user}")
+        os.close(open_import_file(filepath, who, self.config.image_size_limit))  # as the user
         with self.catalog.lock:
             running = self.catalog.request_for_tag(session.system, itype, tag)
             if running is not None:

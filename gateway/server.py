@@ -12,8 +12,12 @@ Routes (Shifter's; every path ends in ``/``; ``<tag>`` may contain ``/``)::
     GET  /api/metrics/<system>/?limit=N            [lookup, ...]              (admins)
 
 A record has exactly: id, system, itype, tag (list), status, userACL, groupACL, ENV, ENTRY,
-WORKDIR, LABELS, last_pull, status_message.  Errors are ``{"status": N, "error": ...,
-"message": ...}`` with N = 400/401/403/404 (see ``errors``); a 500 is always a bug.
+WORKDIR, LABELS, last_pull, status_message.  Every error is ``{"status": N, "error": ...,
+"message": "ERROR (hint: ...): URL"}`` (Shifter's shape): N = 400/401/403/404 (see
+``errors``), 404/405/413 from routing and body size, and 400/414/431/505 from the HTTP layer
+(``RequestHandler``); a 500 is always a bug.  Paths are matched as sent: no redirect for a
+missing trailing ``/`` or for ``//`` (``%2F`` decodes to ``/``), so no answer is ever HTML.
+Whatever a request puts in the log is escaped (``logs``).
 
 Usage: ``shifter-gateway [--config imagemanager.json] [--listen HOST:PORT]``; the config
 defaults to ``$GWCONFIG``, else ``<prefix>/etc/imagemanager.json``.  SIGTERM/SIGINT stop it;
@@ -31,11 +35,14 @@ import sys
 import threading
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
+from werkzeug.serving import WSGIRequestHandler
 
 from shifter import paths
 from shifter.errors import ShifterError
 from shifter.gateway import config as gwconfig
+from shifter.gateway import logs
 from shifter.gateway.catalog import Catalog
 from shifter.gateway.errors import ApiError, BadRequest
 from shifter.gateway.manager import ImageManager, parse_ids
@@ -44,6 +51,14 @@ log = logging.getLogger("shifter.gateway")
 AUTH_HEADER = "authentication"
 MAX_BODY = 64 * 1024
 MAX_METRICS = 100000
+MAX_LOGGED_PATH = 300
+API_PATHS = "/api/{list,lookup,pull,doimport,expire,autoexpire,queue,metrics}/SYSTEM/..."
+
+
+def error_body(status: int, error: str, hint: str | None, url: str) -> dict:
+    """Shifter's error body: ``{"status": N, "error": ERROR, "message": "ERROR (hint: H): URL"}``."""
+    message = f"{error} (hint: {hint})" if hint else error
+    return {"status": status, "error": error, "message": f"{message}: {url}"}
 
 
 def _json(data, status: int = 200) -> Response:
@@ -51,9 +66,7 @@ def _json(data, status: int = 200) -> Response:
 
 
 def _error(status: int, error: str, hint: str | None = None) -> Response:
-    message = f"{error} (hint: {hint})" if hint else error
-    body = {"status": status, "error": error, "message": f"{message}: {request.url}"}
-    return _json(body, status)
+    return _json(error_body(status, error, hint, request.url), status)
 
 
 def _body() -> dict:
@@ -66,37 +79,72 @@ def _body() -> dict:
         data = json.loads(raw)
     except ValueError:
         raise BadRequest("the request body is not valid JSON") from None
+    except RecursionError:  # [[[[... : the decoder recurses once per level
+        raise BadRequest("the request body is nested too deeply",
+                         'send {"allowed_uids": "...", "allowed_gids": "..."}') from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     return data
 
 
+def _http_error(e: HTTPException) -> tuple[int, str, str | None]:
+    """Status, error and hint for an error raised by routing or request parsing."""
+    code = e.code or 400
+    if isinstance(e, NotFound):
+        return code, "no API call has this path", f"the API's paths are {API_PATHS} and end in /"
+    if isinstance(e, MethodNotAllowed):
+        allowed = ", ".join(m for m in (e.valid_methods or []) if m not in ("HEAD", "OPTIONS"))
+        return code, f"method {request.method[:20]} is not allowed on this path", \
+            f"use {allowed}" if allowed else None
+    if code == 413:
+        return code, f"the request body is larger than {MAX_BODY} bytes", None
+    return code, f"{e.name}: {e.description}" if e.description else e.name, None
+
+
+class _Api(Flask):
+    def handle_http_exception(self, e: HTTPException):
+        # Flask hands routing's redirects back as they are (an HTML page); none is expected
+        # with the URL map of create_app, but one would get the API's JSON shape too
+        if isinstance(e, RequestRedirect):
+            e = NotFound()
+        return super().handle_http_exception(e)
+
+
 def create_app(manager: ImageManager) -> Flask:
-    app = Flask("shifter.gateway")
+    logs.install("shifter.gateway", "werkzeug")
+    app = _Api("shifter.gateway")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    # match paths as sent: werkzeug would answer '//' (a decoded %2F) or a missing final '/'
+    # with an HTML redirect, which no client of this API wants
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
 
     def session(system: str):
         return manager.session(system, request.headers.get(AUTH_HEADER))
 
+    def where() -> str:
+        return request.full_path.rstrip("?")[:MAX_LOGGED_PATH]
+
     @app.after_request
     def access_log(response):
         if response.status_code < 400:  # errors are logged with their reason below
-            log.info("%s %s -> %d", request.method, request.full_path.rstrip("?"), response.status_code)
+            log.info("%s %s -> %d", request.method[:20], where(), response.status_code)
         return response
 
     @app.errorhandler(ApiError)
     def api_error(e: ApiError):
-        log.info("%s %s -> %d: %s", request.method, request.path, e.http_status, e.message)
+        log.info("%s %s -> %d: %s", request.method[:20], where(), e.http_status, e.message)
         return _error(e.http_status, e.message, e.hint)
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
-        log.info("%s %s -> %d: %s", request.method, request.path, e.code or 400, e.name)
-        return _error(e.code or 400, e.description or e.name)
+        code, error, hint = _http_error(e)
+        log.info("%s %s -> %d: %s", request.method[:20], where(), code, error)
+        return _error(code, error, hint)
 
     @app.errorhandler(Exception)
     def internal_error(e: Exception):
-        log.exception("internal error serving %s %s", request.method, request.path)
+        log.exception("internal error serving %s %s", request.method[:20], where())
         return _error(500, f"internal error: {type(e).__name__}")
 
     @app.get("/")
@@ -159,6 +207,39 @@ def _parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class RequestHandler(WSGIRequestHandler):
+    """werkzeug's request handler, with the errors of the HTTP layer itself (request line
+    over 64 KiB: 414; a header line over 64 KiB or more than 100 headers: 431; a malformed
+    request line: 400; an HTTP version it does not speak: 505) in the API's JSON shape
+    instead of http.server's HTML page, logged like every other error."""
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        short = self.responses.get(code, ("Error", ""))[0]
+        hint = None
+        if code == 414:
+            error, hint = "the request line is longer than 65536 bytes", "image names are short: check the URL"
+        elif code == 431:
+            error = f"the request headers are too large: {(message or short).lower()}"
+            hint = "a request has at most 100 header lines of at most 65536 bytes each"
+        else:
+            error = message or short
+        words = (getattr(self, "requestline", "") or "").split()  # as sent ('' for a 414)
+        method = words[0] if words else "-"
+        path = words[1] if len(words) > 1 else ""
+        host, port = self.server.server_address[:2]
+        log.info("%s %s -> %d: %s", method[:20], path[:MAX_LOGGED_PATH] or "-", code, error)
+        body = (json.dumps(error_body(code, error, hint, f"http://{host}:{port}{path}")) + "\n").encode()
+        if getattr(self, "request_version", "") == "HTTP/0.9":  # unparsed (bad version): still a
+            self.request_version = "HTTP/1.0"  # status line and headers, not a bare body
+        self.send_response(code, short)
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 205, 304):
+            self.wfile.write(body)
+
+
 def serve(config: gwconfig.GatewayConfig, listen: tuple[str, int] | None = None) -> None:
     """Run the gateway until SIGTERM/SIGINT."""
     from werkzeug.serving import make_server
@@ -170,7 +251,8 @@ def serve(config: gwconfig.GatewayConfig, listen: tuple[str, int] | None = None)
     manager = ImageManager(config, catalog)
     host, port = listen or config.listen
     try:
-        server = make_server(host, port, create_app(manager), threaded=True)
+        server = make_server(host, port, create_app(manager), threaded=True,
+                             request_handler=RequestHandler)
     except OSError as e:
         catalog.close()
         raise ShifterError(f"can't listen on {host}:{port}: {e.strerror}",
@@ -203,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="HOST:PORT to bind (default: the config's Listen, else 127.0.0.1:8000)")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    logs.install(handlers=True)
     try:
         config = gwconfig.load(args.config)
         logging.getLogger().setLevel(config.log_level.upper())

@@ -21,11 +21,9 @@ import logging
 import os
 import queue
 import shutil
-import stat
 import tempfile
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,11 +32,11 @@ from shifter.gateway.catalog import IN_FLIGHT, Catalog, ImageFields, Record
 from shifter.gateway.config import GatewayConfig, Location, Platform
 from shifter.gateway.errors import NotFound, PullError
 from shifter.gateway.registry import Registry
+from shifter.gateway.userfile import open_import_file
 from shifter.runtime import meta as image_meta
 
 log = logging.getLogger("shifter.gateway")
 
-SQUASHFS_MAGIC = b"hsqs"
 EXPAND_PREFIX = "shifter-expand-"
 HASH_CHUNK = 4 * 1024 * 1024
 MAX_ENV = 4096
@@ -81,6 +79,15 @@ def image_source(config: GatewayConfig, tag: str) -> Source:
     if location.url.endswith("registry-1.docker.io") and "/" not in repo:
         repo = f"library/{repo}"
     return Source(location, repo, reference)
+
+
+def check_layer_count(config: GatewayConfig, record: Record, layers: int) -> None:
+    """Refuse an image of more layers than ImageLayerLimit, before anything is downloaded."""
+    limit = config.image_layer_limit
+    if limit and layers > limit:
+        raise PullError(f"can't pull {record.itype}:{record.pulltag}: the image has {layers} layers, "
+                        f"more than this gateway's ImageLayerLimit of {limit}",
+                        "ask the site to raise ImageLayerLimit in imagemanager.json, or squash the image")
 
 
 def credentials_for(tokens: dict[str, tuple[str, str]], location: str) -> tuple[str, str] | None:
@@ -232,8 +239,8 @@ class Worker:
                 log.warning("%s of %s:%s failed: %s", record.kind, record.itype, record.pulltag, message)
                 self.catalog.fail(rid, message)
             except Exception as e:  # a bug: keep the gateway up, fail this job, log everything
-                log.error("%s of %s:%s failed unexpectedly:\n%s", record.kind, record.itype,
-                          record.pulltag, traceback.format_exc())
+                log.error("%s of %s:%s failed unexpectedly", record.kind, record.itype, record.pulltag,
+                          exc_info=True)
                 self.catalog.fail(rid, f"internal error: {type(e).__name__}: {e}")
             if self.on_done and key is not None:
                 outcome = self.catalog.get(rid)
@@ -275,6 +282,7 @@ class Worker:
                             source.location.verify, platform=self.config.image_platform)
         self.catalog.set_status(record.rid, "PULLING", f"resolving {source}")
         image = registry.resolve(source.reference)
+        check_layer_count(self.config, record, len(image.layers))
         fields = image_fields(image.id, image.config)
         self.check_stop()
         with self.id_lock(image.id):
@@ -296,7 +304,7 @@ class Worker:
                 os.mkdir(root, 0o700)
                 log.info("converting %s:%s (image %s, %d layers)", record.itype, record.pulltag,
                          image.id, len(blobs))
-                report = flatten.flatten(blobs, root, self.check_stop)
+                report = flatten.flatten(blobs, root, self.check_stop, self.config.image_size_limit)
                 if report.skipped:
                     log.info("%s: left out %s", record.pulltag, "; ".join(report.skipped))
                 self.catalog.set_message(record.rid, f"making the squashfs image "
@@ -339,7 +347,7 @@ class Worker:
     def _import(self, record: Record) -> None:
         platform = self.config.platforms[record.system]
         self.catalog.set_status(record.rid, "HASHING", f"hashing {record.filepath}")
-        fd = open_import_file(record.filepath, record.requester.uid)
+        fd = open_import_file(record.filepath, record.requester, self.config.image_size_limit)
         with os.fdopen(fd, "rb") as f:
             image_id = _sha256(f, self.check_stop)
             fields = ImageFields(image_id=image_id)
@@ -362,32 +370,6 @@ class Worker:
                 finally:
                     if os.path.exists(partial):
                         os.unlink(partial)
-
-
-def open_import_file(path: str, uid: int) -> int:
-    """Open a squashfs file a user asked to import; refuse what is not theirs to give.
-
-    The file must be a regular file (not a symlink), owned by the requesting user (root may
-    import any file), and start with the squashfs magic.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as e:
-        raise PullError(f"can't import {path}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PullError(f"can't import {path}: not a regular file")
-        if uid != 0 and st.st_uid != uid:
-            raise PullError(f"can't import {path}: the file is not owned by uid {uid}",
-                            "import a file you own")
-        if os.pread(fd, 4, 0) != SQUASHFS_MAGIC:
-            raise PullError(f"can't import {path}: not a squashfs image",
-                            "make one with mksquashfs DIR FILE -all-root")
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _sha256(f, check_stop: Callable[[], None], out=None) -> str:

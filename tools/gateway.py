@@ -43,8 +43,10 @@ def render_config(path: str, *, system: str, image_dir: str, munge_socket: str, 
                   admins=("root",), import_users=(), metrics: bool = True,
                   compression: str = "lz4", pull_update_timeout: int = 300,
                   expiration_timeout: str = "90:00:00:00", worker_threads: int = 2,
-                  log_level: str = "info", expand_dir: str | None = None) -> bool:
-    """Write an imagemanager.json; ``locations`` maps registry name -> base URL.
+                  log_level: str = "info", expand_dir: str | None = None,
+                  image_size_limit: int | str | None = "64G", image_layer_limit: int | None = 256) -> bool:
+    """Write an imagemanager.json; ``locations`` maps registry name -> base URL; the image
+    limits are ImageSizeLimit (bytes or a size text) and ImageLayerLimit (None: no limit).
 
     Cache, catalog and (unless ``expand_dir`` is given) scratch space go under ``state_dir``.
     Returns True when the file changed.
@@ -58,7 +60,8 @@ def render_config(path: str, *, system: str, image_dir: str, munge_socket: str, 
         locations=[{"name": n, "url": u} for n, u in locations.items()],
         default_location=default_location, admins=list(admins), import_users=list(import_users),
         metrics=metrics, compression=compression, pull_update_timeout=pull_update_timeout,
-        expiration_timeout=expiration_timeout, worker_threads=worker_threads, log_level=log_level)
+        expiration_timeout=expiration_timeout, worker_threads=worker_threads, log_level=log_level,
+        image_size_limit=image_size_limit, image_layer_limit=image_layer_limit)
 
 
 def gateway_bin(prefix: str = sys.prefix) -> str:

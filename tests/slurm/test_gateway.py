@@ -5,11 +5,14 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import shutil
 import subprocess
 import tempfile
 
 import pytest
+import requests
 
 from conftest import USER1, USER2
 from shifter.runtime import config as udiroot
@@ -112,3 +115,81 @@ def test_jobs_reach_the_gateway_from_the_nodes(runner, site_gateway):
     res = runner.run(["srun", "-N2", "shifterimg", "lookup", "docker:test/busybox:latest"], timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [expected, expected]
+
+
+# -- hostile input against the site's gateway (issue 9, item 4) -----------------------------------
+
+
+def _log_since(site, offset: int) -> str:
+    with open(gateway.log_path(site), "rb") as f:
+        f.seek(offset)
+        return f.read().decode("utf-8", errors="replace")
+
+
+def test_the_site_gateway_log_cannot_be_forged(site_gateway):
+    offset = os.path.getsize(gateway.log_path(site_gateway))
+    forged = "2026-01-01 00:00:00,000 INFO FORGED-BY-A-TEST"
+    for path in (f"/api/lookup/local/docker/y%0A{forged.replace(' ', '%20')}%0A/",
+                 "/api/lookup/local/docker/y%00z/"):
+        resp = requests.get(gateway.url(site_gateway) + path, proxies={"http": None}, timeout=30)
+        assert resp.status_code in (401, 404) and set(resp.json()) == {"status", "error", "message"}
+    new = _log_since(site_gateway, offset)
+    assert "\0" not in new
+    assert not [line for line in new.splitlines() if line.startswith(forged)]
+    assert "y\\x0a" + forged in new and "y\\x00z" in new
+
+
+def test_the_site_gateway_answers_every_error_in_json(site_gateway):
+    base = gateway.url(site_gateway)
+    no_proxy = {"http": None}
+    for resp, status in (
+            (requests.get(base + "/api/list/..%2f/", proxies=no_proxy, allow_redirects=False, timeout=30), 404),
+            (requests.post(base + "/api/pull/local/docker/x%3Brm%20-rf%20%2F/", proxies=no_proxy,
+                           allow_redirects=False, timeout=30), 404),
+            (requests.get(base + "/api/lookup/local/docker/" + "a" * 70000 + "/", proxies=no_proxy,
+                          timeout=30), 414),
+            (requests.get(base + "/api/list/local/", headers={"X-Big": "a" * 70000}, proxies=no_proxy,
+                          timeout=30), 431),
+            (requests.delete(base + "/api/list/local/", proxies=no_proxy, timeout=30), 405)):
+        assert resp.status_code == status, (resp.status_code, resp.text[:200])
+        assert resp.headers["Content-Type"].startswith("application/json")
+        data = resp.json()
+        assert set(data) == {"status", "error", "message"} and data["status"] == status
+
+
+@pytest.fixture
+def import_behind_a_symlink():
+    """As root: USER1's directory holding a symlink to a 0700 root directory, in which a
+    squashfs file owned by USER1 waits (the gateway, as root, would reach it)."""
+    uid = pwd.getpwnam(USER1).pw_uid
+    base = tempfile.mkdtemp(prefix="shifter-import-attack-")
+    os.chmod(base, 0o755)
+    mine, secret, tree = (os.path.join(base, d) for d in ("mine", "secret", "tree"))
+    os.mkdir(mine)
+    os.chown(mine, uid, uid)
+    os.mkdir(secret, 0o700)
+    os.makedirs(os.path.join(tree, "etc"))
+    with open(os.path.join(tree, "etc", "root-only"), "w") as f:
+        f.write("root's\n")
+    image = os.path.join(secret, "image.squashfs")
+    subprocess.run(["mksquashfs", tree, image, "-all-root", "-no-xattrs", "-quiet"], check=True,
+                   capture_output=True)
+    os.chown(image, uid, uid)
+    os.symlink(secret, os.path.join(mine, "link"))
+    yield os.path.join(mine, "link", "image.squashfs"), image
+    shutil.rmtree(base)
+
+
+def test_shifterimg_import_through_a_symlink_into_a_root_directory_looks_missing(
+        runner, site_gateway, import_behind_a_symlink):
+    """The attack with the real client and USER1's munge credential: before, root followed the
+    symlink and imported the file; now it is refused exactly like a missing file."""
+    via_link, real = import_behind_a_symlink
+    image = "custom:stolen-by-symlink:v1"
+    attempt = shifterimg(runner, "import", via_link, image)
+    assert attempt.returncode == 1 and attempt.stdout == ""
+    assert attempt.stderr.count("\n") == 1 and "not a regular file that sftest1 can open" in attempt.stderr
+    os.unlink(real)
+    missing = shifterimg(runner, "import", via_link, image)
+    assert (missing.returncode, missing.stdout, missing.stderr) == (1, "", attempt.stderr)
+    assert shifterimg(runner, "lookup", image).returncode != 0

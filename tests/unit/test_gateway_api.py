@@ -328,7 +328,7 @@ def test_import_by_an_allowed_and_a_refused_user(api, gw, squashfs_file):
     with open(os.path.join(gw.image_dir, f"{record['id']}.squashfs"), "rb") as f, \
             open(squashfs_file, "rb") as g:
         assert f.read() == g.read()
-    # a file that is not yours, or not a squashfs, is refused
+    # a file that is not yours, or not a squashfs, is refused at once
     os.chown(squashfs_file, 0, 0)
     theirs = api.call("POST", "/api/doimport/local/custom/imported:v2/", user=USER1, body=body)
     assert theirs.status_code == 403 and "not owned" in theirs.json()["error"]
@@ -336,12 +336,12 @@ def test_import_by_an_allowed_and_a_refused_user(api, gw, squashfs_file):
     with open(notsq, "w") as f:
         f.write("hello")
     os.chown(notsq, UIDS[USER1], UIDS[USER1])
-    failed = api.pull("imported:v3", user=USER1, body={"filepath": notsq}, op="doimport", itype="custom")
-    assert failed["status"] == "FAILURE" and "not a squashfs image" in failed["status_message"]
+    failed = api.call("POST", "/api/doimport/local/custom/imported:v3/", user=USER1, body={"filepath": notsq})
+    assert failed.status_code == 400 and failed.json()["error"] == f"can't import {notsq}: not a squashfs image"
     link = os.path.join(os.path.dirname(squashfs_file), "link.squashfs")
     os.symlink(squashfs_file, link)
     sym = api.call("POST", "/api/doimport/local/custom/imported:v4/", user=USER1, body={"filepath": link})
-    assert sym.status_code == 400 and "not a regular file" in sym.json()["error"]
+    assert sym.status_code == 400 and "not a regular file that sftest1 can open" in sym.json()["error"]
 
 
 # -- expiry, queue, metrics ------------------------------------------------------------------
@@ -461,3 +461,183 @@ def test_one_gateway_per_catalog(gw):
             second.start()
     finally:
         shutil.rmtree(second.dir, ignore_errors=True)
+
+
+# -- hostile input: logs, bodies, paths, the HTTP layer, import paths, limits ---------------------
+
+
+def assert_error(resp: requests.Response, status: int) -> dict:
+    """An answer in Shifter's error shape, as JSON, with this status."""
+    assert resp.status_code == status, (resp.status_code, resp.headers, resp.text[:300])
+    assert resp.headers["Content-Type"].startswith("application/json"), resp.headers
+    data = resp.json()
+    assert set(data) == ERROR_KEYS and data["status"] == status, data
+    assert isinstance(data["error"], str) and data["error"] and data["message"].startswith(data["error"])
+    return data
+
+
+def raw_request(gateway: gwtool.Instance, data: bytes) -> requests.Response:
+    """Send bytes as they are (what requests would refuse to send); parse the answer."""
+    import http.client
+
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(data)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        out = requests.Response()
+        out.status_code, out.headers, out._content = resp.status, requests.structures.CaseInsensitiveDict(
+            resp.getheaders()), resp.read()
+        return out
+
+
+def test_a_request_cannot_forge_log_lines(api, gw):
+    """Without a credential: %0A in the path would end the log line and start a forged one."""
+    before = len(gw.log_text())
+    forged = "2026-01-01 00:00:00,000 INFO FORGED-LINE"
+    quoted = forged.replace(" ", "%20")
+    for path in (f"/api/lookup/local/docker/y%0A{quoted}%0A/", f"/api/lookup/local/docker/y%0D{quoted}/",
+                 f"/api/list/local%0A{quoted}/", "/api/lookup/local/docker/y%00z/",
+                 f"/api/nosuchop/%0A{quoted}/"):
+        resp = api.call("GET", path, cred=None, allow_redirects=False)
+        assert resp.status_code in (401, 404) and assert_error(resp, resp.status_code)
+    # with a credential, request data reaches messages of the manager too
+    bad = api.call("POST", "/api/doimport/local/custom/x:1/", user=USER1,
+                   body={"filepath": f"/tmp/nothing\n{forged}"})
+    assert_error(bad, 400)
+    time.sleep(0.2)
+    new = gw.log_text()[before:]
+    assert "\0" not in new and "\r" not in new
+    lines = new.splitlines()
+    assert not [line for line in lines if line.startswith(forged) or line.startswith("FORGED")], lines
+    assert sum("\\x0a" + forged in line for line in lines) >= 3, lines
+    assert any("y\\x00z" in line for line in lines), lines
+
+
+def test_a_deeply_nested_body_is_a_400_not_a_500(api, gw):
+    resp = api.call("POST", "/api/pull/local/docker/test/busybox/", body="[" * 20000)
+    assert "nested too deeply" in assert_error(resp, 400)["error"]
+    resp = api.call("POST", "/api/pull/local/docker/test/busybox/", payload="[" * 5000)  # munge payload
+    assert "payload" in assert_error(resp, 400)["error"]
+    assert "RecursionError" not in gw.log_text() and "internal error" not in gw.log_text()
+
+
+@pytest.mark.parametrize("method, path, expect", [
+    ("GET", "/api/list/..%2f/", 404),
+    ("GET", "/api/list/local%2F/", 200),  # a %2F that is just the final '/'
+    ("GET", "/api/list/local", 200),  # no final '/': answered, not redirected
+    ("POST", "/api/pull/local/docker/x%3Brm%20-rf%20%2F/", 404),
+    ("POST", "/api/pull/local/docker/test%2F%2Fbusybox/", 400),
+    ("GET", "/api/lookup/local/docker/..%2F..%2Fetc%2Fpasswd/", 400),
+    ("GET", "/api/lookup/local/docker/test%2Fbusybox%2F%2F/", 404),
+    ("GET", "/api//list/local/", 404),
+    ("DELETE", "/api/list/local/", 405),
+    ("PUT", "/api/pull/local/docker/test/busybox/", 405),
+    ("GET", "/api/nosuchop/local/", 404),
+    ("GET", "/nothing", 404),
+])
+def test_paths_are_answered_as_sent_and_always_in_json(api, method, path, expect):
+    resp = api.call(method, path, allow_redirects=False)
+    if expect == 200:
+        assert resp.status_code == 200 and resp.headers["Content-Type"] == "application/json"
+        assert "list" in resp.json()
+    else:
+        assert_error(resp, expect)
+
+
+def test_errors_of_the_http_layer_are_json_too(gw):
+    """414, 431, 413, 400, 505 come from the HTTP server itself (or werkzeug), before Flask."""
+    url = gw.url + "/api/list/local/"
+    long_uri = requests.get(gw.url + "/api/lookup/local/docker/" + "a" * 70000 + "/", proxies=NO_PROXY,
+                            timeout=30)
+    assert "longer than 65536" in assert_error(long_uri, 414)["error"]
+    long_header = requests.get(url, headers={"X-Big": "a" * 70000}, proxies=NO_PROXY, timeout=30)
+    assert assert_error(long_header, 431)["error"] == "the request headers are too large: line too long"
+    many = requests.get(url, headers={f"X-H{i}": "1" for i in range(120)}, proxies=NO_PROXY, timeout=30)
+    assert assert_error(many, 431)["error"] == "the request headers are too large: too many headers"
+    big_body = requests.post(gw.url + "/api/pull/local/docker/test/busybox/", data="x" * 70000,
+                             headers={"authentication": credential()}, proxies=NO_PROXY, timeout=30)
+    assert "larger than 65536" in assert_error(big_body, 413)["error"]
+    syntax = raw_request(gw, b"GET /api/list/local/ and-more HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert "Bad request syntax" in assert_error(syntax, 400)["error"]
+    bad_version = raw_request(gw, b"GET /api/list/local/ HTTP/1.1 more\r\nHost: x\r\n\r\n")
+    assert "Bad request version" in assert_error(bad_version, 400)["error"]
+    version = raw_request(gw, b"GET /api/list/local/ HTTP/2.0\r\nHost: x\r\n\r\n")
+    assert "Invalid HTTP version" in assert_error(version, 505)["error"]
+    nul = raw_request(gw, b"GET /api/lookup/local/docker/a\x00b/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert nul.status_code in (400, 401, 404) and set(nul.json()) == ERROR_KEYS
+    assert "<html" not in gw.log_text().lower()
+
+
+@pytest.fixture
+def behind_a_symlink():
+    """As root: a directory of USER1's, a 0700 root directory beside it holding a squashfs
+    file USER1 owns, and in USER1's directory a symlink to the root directory."""
+    base = tempfile.mkdtemp(prefix="shifter-import-attack-")
+    os.chmod(base, 0o755)
+    mine, secret, tree = (os.path.join(base, d) for d in ("mine", "secret", "tree"))
+    os.mkdir(mine)
+    os.chown(mine, UIDS[USER1], UIDS[USER1])
+    os.mkdir(secret, 0o700)
+    os.makedirs(os.path.join(tree, "etc"))
+    with open(os.path.join(tree, "etc", "root-only"), "w") as f:
+        f.write("root's data\n")
+    image = os.path.join(secret, "image.squashfs")
+    subprocess.run(["mksquashfs", tree, image, "-all-root", "-no-xattrs", "-quiet"], check=True,
+                   capture_output=True)
+    os.chown(image, UIDS[USER1], UIDS[USER1])
+    os.symlink(secret, os.path.join(mine, "link"))
+    yield os.path.join(mine, "link", "image.squashfs"), image
+    shutil.rmtree(base)
+
+
+def test_doimport_opens_the_file_as_the_user_and_every_refusal_looks_alike(api, gw, behind_a_symlink):
+    """The attack: root followed USER1's symlink into a 0700 directory and imported what it
+    found there.  Now the file is opened with USER1's rights, and the refusal is the one a
+    missing file gets, byte for byte."""
+    via_link, real = behind_a_symlink
+    attempt = api.call("POST", "/api/doimport/local/custom/stolen:v1/", user=USER1,
+                       body={"filepath": via_link})
+    refused = assert_error(attempt, 400)
+    assert "not a regular file that sftest1 can open" in refused["error"]
+    os.unlink(real)
+    missing = api.call("POST", "/api/doimport/local/custom/stolen:v1/", user=USER1,
+                       body={"filepath": via_link})
+    assert missing.status_code == attempt.status_code and missing.json() == refused
+    assert api.lookup("stolen:v1", user=USER1, itype="custom").status_code == 404
+    # what exists in /root can't be told apart from what does not
+    answers = set()
+    for name in sorted(os.listdir("/root"))[:3] + ["no-such-file-here"]:
+        path = f"/root/{name}"
+        resp = api.call("POST", "/api/doimport/local/custom/probe:v1/", user=USER1, body={"filepath": path})
+        data = assert_error(resp, 400)
+        answers.add((resp.status_code, data["error"].replace(path, "PATH"), data["message"].replace(path, "PATH")))
+    assert len(answers) == 1, answers
+
+
+def test_image_limits_refuse_clearly_and_early(fresh, squashfs_file):
+    gateway = fresh(image_size_limit="64K", image_layer_limit=3, import_users=(USER1,))
+    api = Api(gateway)
+    layers = api.pull("test/layers:latest", user=USER1)  # four layers
+    assert layers["status"] == "FAILURE" and layers["status_message"] == (
+        "can't pull docker:test/layers:latest: the image has 4 layers, more than this gateway's "
+        "ImageLayerLimit of 3 (hint: ask the site to raise ImageLayerLimit in imagemanager.json, or "
+        "squash the image)")
+    blobs = os.path.join(gateway.state_dir, "cache", "blobs")
+    assert os.listdir(blobs) == []  # refused before any download
+    big = api.pull("test/busybox:latest", user=USER1)  # ~2 MB expanded
+    assert big["status"] == "FAILURE" and "the image expands to more than 65536 bytes (this gateway's " \
+        "ImageSizeLimit" in big["status_message"], big
+    assert os.listdir(os.path.join(gateway.state_dir, "expand")) == []
+    assert os.listdir(gateway.image_dir) == []
+    # an import larger than the limit is refused at once
+    d = os.path.dirname(squashfs_file)
+    with open(os.path.join(d, "tree", "random"), "wb") as f:
+        f.write(os.urandom(100 * 1024))
+    path = os.path.join(d, "big.squashfs")
+    subprocess.run(["mksquashfs", os.path.join(d, "tree"), path, "-all-root", "-quiet"], check=True,
+                   capture_output=True)
+    os.chown(path, UIDS[USER1], UIDS[USER1])
+    resp = api.call("POST", "/api/doimport/local/custom/big:v1/", user=USER1, body={"filepath": path})
+    assert "more than this gateway's ImageSizeLimit of 65536 bytes" in assert_error(resp, 400)["error"]
+    small = api.pull("small:v1", user=USER1, body={"filepath": squashfs_file}, op="doimport", itype="custom")
+    assert small["status"] == "READY", small
