@@ -17,18 +17,15 @@ from __future__ import annotations
 import errno
 import os
 import pwd
-import signal
-import socket
 import stat
-import time
 
+from shifter import asuser
 from shifter.gateway.catalog import Requester
 from shifter.gateway.errors import ImportRefused
 
 SQUASHFS_MAGIC = b"hsqs"
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 OPEN_TIMEOUT = 10.0
-REAP_TIMEOUT = 5.0
 
 
 class CannotSwitch(PermissionError):
@@ -48,52 +45,17 @@ def open_as_user(path: str, uid: int, gid: int, groups: list[int], flags: int = 
     if euid != 0:
         raise CannotSwitch(errno.EPERM, f"the gateway runs as uid {euid}, not root: it can't open "
                                         f"files with uid {uid}'s rights")
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child: system calls only, then _exit
-        status = 1
-        try:
-            parent.close()
-            os.setgroups(groups)
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-            try:
-                fd = os.open(path, flags)
-            except OSError as e:
-                child.sendall(b"E%d" % (e.errno or errno.EIO))
-            else:
-                socket.send_fds(child, [b"F"], [fd])
-                status = 0
-        finally:
-            os._exit(status)
-    child.close()
     try:
-        parent.settimeout(timeout)
-        try:
-            msg, fds, _, _ = socket.recv_fds(parent, 64, 1)
-        except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
-            raise TimeoutError(errno.ETIMEDOUT, f"opening {path} took more than {timeout:.0f} s") from None
-    finally:
-        parent.close()
-        _reap(pid)
-    if msg == b"F" and len(fds) == 1:
+        answer, fds = asuser.call(uid, gid, groups, lambda: ({"ok": 1}, [os.open(path, flags)]), timeout)
+    except TimeoutError:
+        raise TimeoutError(errno.ETIMEDOUT, f"opening {path} took more than {timeout:.0f} s") from None
+    if answer.get("ok") and len(fds) == 1:
         return fds[0]
     for fd in fds:
         os.close(fd)
-    if msg.startswith(b"E") and msg[1:].isdigit():
-        code = int(msg[1:])
-        raise OSError(code, os.strerror(code), path)
+    if "errno" in answer:
+        raise OSError(answer["errno"], os.strerror(answer["errno"]), path)
     raise OSError(errno.EPERM, f"the helper process could not take uid {uid}'s rights", path)
-
-
-def _reap(pid: int) -> None:
-    deadline = time.monotonic() + REAP_TIMEOUT
-    while True:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done or time.monotonic() > deadline:  # a child stuck in the kernel stays a zombie
-            return
-        time.sleep(0.002)
 
 
 def _ids(who: Requester) -> tuple[int, list[int]]:

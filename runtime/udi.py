@@ -33,7 +33,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 
-from shifter import files
+from shifter import asuser, files
 from shifter.errors import ConfigError, ShifterError, UsageError
 from shifter.runtime import cache, etcfiles, linux, meta, plan, record, volumes
 from shifter.runtime.modules import select_modules
@@ -146,7 +146,7 @@ def open_sources_as_user(paths: list[str], uid: int, gid: int, gids: tuple[int, 
             raise
         return {"ok": len(fds)}, fds
 
-    answer, fds = _as_user(uid, gid, gids, work)
+    answer, fds = asuser.call(uid, gid, gids, work)
     for fd, path in zip(fds, paths):
         record.register_fd(fd, path)
     if "error" in answer:
@@ -210,53 +210,6 @@ def resolve_destination(udi: str, dest: str, *, is_dir: bool, create: bool, what
         raise
 
 
-def _as_user(uid: int, gid: int, gids, work) -> tuple[dict, list[int]]:
-    """Run ``work()`` in a child process with the user's credentials; it returns
-    (a JSON-able answer, fds to pass back).  Returns what it returned, the fds received
-    here.  An OSError in the child is answered as {"error": path, "why": reason}."""
-    import socket
-
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        status = 1
-        try:
-            parent.close()
-            os.setgroups(list(gids))
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-            try:
-                answer, fds = work()
-            except _UserRefusal as e:
-                answer, fds = {"refused": str(e), "hint": e.hint}, []
-            except OSError as e:
-                answer, fds = {"error": e.filename or "", "why": e.strerror or str(e)}, []
-            if fds:
-                socket.send_fds(child, [json.dumps(answer).encode()], fds)
-            else:
-                child.sendall(json.dumps(answer).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    child.close()
-    try:
-        msg, fds, _, _ = socket.recv_fds(parent, 65536, 253)
-    finally:
-        parent.close()
-        os.waitpid(pid, 0)
-    try:
-        answer = json.loads(msg.decode() or "{}")
-    except ValueError:
-        answer = {}
-    return answer, fds
-
-
-class _UserRefusal(Exception):
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.hint = hint
-
-
 def resolve_user_destinations(udi: str, wanted, uid: int, gid: int, gids) -> list[tuple[int, str, int]]:
     """For each (volume map, is_dir) of a user's request: (fd of the destination's parent
     directory, the destination's last name, O_PATH fd of the destination).
@@ -287,7 +240,7 @@ def resolve_user_destinations(udi: str, wanted, uid: int, gid: int, gids) -> lis
                         except FileNotFoundError:
                             break
                         except PermissionError:
-                            raise _UserRefusal(
+                            raise asuser.Refusal(
                                 f"can't mount {what}: {'/' + '/'.join(parts[:depth]) or '/'} in the container: "
                                 "permission denied", "choose a destination you can reach") from None
                         st = os.fstat(nfd)
@@ -303,7 +256,7 @@ def resolve_user_destinations(udi: str, wanted, uid: int, gid: int, gids) -> lis
                             problem = (f"{shown} is not a regular file", None)
                         if problem:
                             os.close(nfd)
-                            raise _UserRefusal(f"can't mount {what}: {problem[0]}", problem[1])
+                            raise asuser.Refusal(f"can't mount {what}: {problem[0]}", problem[1])
                         if last:  # keep the parent: fd stays, nfd is the destination
                             answer.append({"depth": depth})
                             fds += [fd, nfd]
@@ -323,7 +276,7 @@ def resolve_user_destinations(udi: str, wanted, uid: int, gid: int, gids) -> lis
                         os.close(fd)
             return {"ok": answer}, fds
 
-        answer, fds = _as_user(uid, gid, gids, walk)
+        answer, fds = asuser.call(uid, gid, gids, walk)
     finally:
         os.close(top)
     if "ok" not in answer:
