@@ -54,3 +54,20 @@ def test_status_and_env_file(cluster):
     env = open(os.path.join(checkout, ".cluster", "env.sh")).read()
     assert f"SLURM_CONF={cluster.slurm_conf}" in env and "SHIFTER_CONFIG=" in env
     assert cluster.bindir in env
+
+
+def test_every_node_has_a_shared_root_like_a_systemd_host(cluster):
+    """Outside review, item 14: the nodes' namespaces had a private /, which hid mounts
+    propagating to the host.  Each node is private towards the machine, shared inside."""
+    site = cluster
+    for node in site.node_names():
+        pid = daemons.running(tool.slurmd_pidfile(site, node), "slurmd")
+        assert tool.node_root_shared(pid), node
+        assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"), node
+
+
+def test_the_suite_itself_runs_on_a_shared_root():
+    """tools/test runs pytest in its own mount namespace with / rshared (as CI does)."""
+    from conftest import require
+
+    require(tool.node_root_shared(os.getpid()), "pytest's / is not shared: run the suite with tools/test")
