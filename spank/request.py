@@ -98,7 +98,12 @@ def submit(sp: SpankHandle, plugstack: PlugstackArgs, options: dict[str, str], *
     ``required``: the control environment must take the values (sbatch/salloc, or an
     srun that creates its own allocation); inside an existing allocation it cannot.
     """
-    request = parse_request(options, plugstack, warn=lambda line: sp.info(f"shifter: {line}"))
+    warnings: list[str] = []
+    request = parse_request(options, plugstack, warn=warnings.append)
+    # A job's steps inherit its --volume: say it once, at submission, not at every srun.
+    if not (inside_allocation(os.environ) and request.volume == os.environ.get("SLURM_SPANK_SHIFTER_VOLUME")):
+        for line in warnings:
+            sp.info(f"shifter: {line}")
     for name, value in request.control_env().items():
         if not sp.job_control_setenv(name, value, True) and required:
             raise ConfigError(f"can't hand {name} to the job: spank_job_control_setenv failed")

@@ -157,3 +157,18 @@ def test_unexpanded_variable_in_a_volume_is_refused_at_submission(conf):
     assert len(sp.errors) == 1 and "contains the character '$'" in sp.errors[0]
     assert "Slurm does not expand $VARIABLES in #SBATCH lines" in sp.errors[0]
     assert sp.control_env == {}
+
+
+def test_steps_of_a_job_do_not_repeat_its_volume_warnings(conf, monkeypatch):
+    """srun inside the job inherits sbatch's --volume (Slurm passes SPANK options on): the
+    warnings were said at submission; a step with other volumes gets its own."""
+    spec = "/x:/mnt:perNodeCache=size=1G:ro"
+    job_env = {"SLURM_JOB_ID": "12", "SLURM_SPANK_SHIFTER_VOLUME": "/x:/mnt:perNodeCache=size=1G"}
+    monkeypatch.setattr("os.environ", dict(job_env))
+    sp = FakeSpank(CTX_LOCAL)
+    assert dispatch.run(sp, "init_post_opt", [conf], {"image": "test/busybox", "volume": spec}) == 1, sp.errors
+    assert sp.infos == []
+    monkeypatch.setattr("os.environ", dict(job_env))
+    sp = FakeSpank(CTX_LOCAL)
+    assert dispatch.run(sp, "init_post_opt", [conf], {"image": "test/busybox", "volume": spec + ";/y:/z"}) == 1
+    assert len(sp.infos) == 1 and "'ro' ignored" in sp.infos[0]
