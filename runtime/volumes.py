@@ -12,8 +12,8 @@ Grammar (Shifter's; docs/volumes.md has the details and every difference)::
     OPT   := 'size=' SIZE | 'bs=' SIZE | 'fs=xfs' | 'method=loop' | anything else (ignored)
     SIZE  := what C's strtod reads, then one letter of b k m g t p e (powers of 1024)
 
-Whitespace around a map, a path or a flag is ignored, and so is one pair of double
-quotes around a map (Shifter's quirk for ``#SBATCH --volume="..."``).  Paths are
+Whitespace around a map, a path or a flag is ignored, and so is a double quote at
+either end of a map (``#SBATCH --volume="/a:/b;/c:/d"``, which Shifter reads so too).  Paths are
 normalized as Shifter's ``realpath`` does (``//``, ``/./`` and a trailing ``/`` go).
 Shifter silently drops path characters other than ``A-Z a-z 0-9 / _ . + -``; such a
 path is refused here rather than altered (except the source of a perNodeCache map,
@@ -519,9 +519,12 @@ def _parse_flags(tokens: list[str], site: bool) -> tuple[dict, list[str]]:
 
 def _parse_map(text: str, site: bool) -> tuple[VolumeMap, list[str]]:
     """One map (not empty, white space already stripped), and notes for warnings."""
-    body = text
-    if len(body) >= 2 and body[0] == body[-1] == '"':
-        body = body[1:-1]
+    # Quotes around the map; also one at either end alone, which is what a quoted value
+    # of several maps ("/a:/b;/c:/d") leaves on its first and last map (Shifter drops them).
+    body = text[1:] if text.startswith('"') else text
+    body = (body[:-1] if body.endswith('"') else body).strip(_WS)
+    if body == "":
+        raise _Refusal("the map is empty", "write SOURCE:DESTINATION[:ro], e.g. /global/data:/data:ro")
     tokens = body.split(":")
     if len(tokens) > 1 and tokens[-1] == "":
         tokens.pop()  # Shifter's tokenizer makes no token after a trailing ':'

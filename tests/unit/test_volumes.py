@@ -52,6 +52,9 @@ SHIFTER_ACCEPTS = [
     (False, "/a:/b;/c:/d:ro", (VolumeMap("/a", "/b"), VolumeMap("/c", "/d", read_only=True)), 0),
     (False, '"/a:/b:ro"', (VolumeMap("/a", "/b", read_only=True),), 0),
     (False, '"/a:/b";"/c:/d"', (VolumeMap("/a", "/b"), VolumeMap("/c", "/d")), 0),
+    (False, '"/a:/b:ro;/c:/d"', (VolumeMap("/a", "/b", read_only=True), VolumeMap("/c", "/d")), 0),
+    (False, '"/a:/b;/c:/d;/e:/f"', (VolumeMap("/a", "/b"), VolumeMap("/c", "/d"), VolumeMap("/e", "/f")), 0),
+    (False, ' "/a:/b" ', (VolumeMap("/a", "/b"),), 0),
     (False, "/x-1/y_2/z+3/v.4:/w", (VolumeMap("/x-1/y_2/z+3/v.4", "/w"),), 0),
     # Shifter's realpath: a trailing '/', '//', '/./' mean the normal path
     (False, "/global/cscratch1/sd/me/:/mnt", (VolumeMap("/global/cscratch1/sd/me", "/mnt"),), 0),
@@ -173,7 +176,8 @@ def _random_specs(seed, count):
             parts += [rng.choice(_FLAGS) for _ in range(rng.choice((0, 1, 1, 2, 3)))]
             text = ":".join(parts) + (":" if rng.random() < 0.1 else "")
             maps.append(f'"{text}"' if rng.random() < 0.1 else text)
-        yield rng.random() < 0.4, ";".join(maps) + (";" if rng.random() < 0.1 else "")
+        spec = ";".join(maps) + (";" if rng.random() < 0.1 else "")
+        yield rng.random() < 0.4, f'"{spec}"' if rng.random() < 0.1 else spec
 
 
 def _forbidden(destination, site):
@@ -283,7 +287,13 @@ def test_site_errors_are_config_errors():
     assert error.message.startswith("invalid site volume map 2 '/c:/opt': destination '/opt' ")
 
 
-@pytest.mark.parametrize("spec", ["/no/to/specified", "/a:", '""', ":"])
+@pytest.mark.parametrize("spec", ['""', '"', '" "'])
+def test_quotes_around_nothing_are_refused(spec):
+    assert shifter_parse(spec) is None
+    assert refused(spec).message.endswith(f"{spec!r}: the map is empty")
+
+
+@pytest.mark.parametrize("spec", ["/no/to/specified", "/a:", ":"])
 def test_user_map_needs_a_destination(spec):
     assert shifter_parse(spec) is None
     error = refused(spec)
@@ -338,6 +348,12 @@ def test_characters_shifter_would_drop_are_refused(spec, what):
     error = refused(spec)
     assert f"contains {what}, which is not allowed in a volume path" in error.message
     assert "ASCII letters, digits and / _ . + -" in error.hint and "dropped" in error.hint
+
+
+def test_a_quote_left_on_a_flag_is_ignored_too():
+    """Shifter refuses the flag 'ro"' of '"/a:/b;/c:/d:ro"'; the quote is not part of it."""
+    assert shifter_parse('"/a:/b;/c:/d:ro"') is None
+    assert parse_volumes('"/a:/b;/c:/d:ro"') == (VolumeMap("/a", "/b"), VolumeMap("/c", "/d", read_only=True))
 
 
 def test_white_space_around_maps_paths_and_flags_is_ignored():
