@@ -666,3 +666,15 @@ def test_check_destination():
         check_destination("/data/../etc")
     with pytest.raises(ConfigError, match="destination '/' would replace"):
         check_destination("/", site=True)
+
+
+def test_a_site_per_node_cache_is_never_bound_from_its_source(tmp_path):
+    """udiRoot.conf loads with it (as Shifter's does); setting it up is refused with one
+    line rather than binding the map's unused source."""
+    from shifter.runtime import udi
+
+    (volume,) = parse_volumes(f"{tmp_path}:/tmp:perNodeCache=size=100M", site=True)
+    calls = []
+    with pytest.raises(ConfigError, match="per-node caches in the site's maps are not supported here"):
+        udi._bind_site(str(tmp_path), volume, "siteFs", bind=lambda *a, **k: calls.append(a))
+    assert calls == []
