@@ -423,6 +423,8 @@ def _parse_per_node_cache(token: str, value: str) -> tuple[PerNodeCache, list[st
     size: int | None = None
     ignored: list[str] = []
     block: str | None = None
+    if len(value) > 4096:  # Shifter's PATH_MAX-sized buffers; keeps the option scan quick
+        raise _Refusal(f"flag {_show(token)} is longer than 4096 characters", f"write it shorter, {example}")
     for key, val, borrowed, lost in _shifter_options(value):
         name = key.lower()
         if lost and name in ("size", "bs", "fs", "method"):
@@ -457,8 +459,8 @@ def _parse_per_node_cache(token: str, value: str) -> tuple[PerNodeCache, list[st
         notes.append(f"perNodeCache bs={block} is ignored: the cache gets mkfs.xfs's default block "
                      "size (Shifter ignores bs too)")
     if ignored:
-        notes.append(f"unknown perNodeCache option{'s' if len(ignored) > 1 else ''} "
-                     f"{', '.join(repr(k) for k in ignored)} ignored (as in Shifter); "
+        names = ", ".join(_show(k, 40) for k in ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+        notes.append(f"unknown perNodeCache option{'s' if len(ignored) > 1 else ''} {names} ignored (as in Shifter); "
                      "the options are size, bs, fs=xfs and method=loop")
     return PerNodeCache(size=size), notes
 
