@@ -459,7 +459,9 @@ def _parse_per_node_cache(token: str, value: str) -> tuple[PerNodeCache, list[st
         notes.append(f"perNodeCache bs={block} is ignored: the cache gets mkfs.xfs's default block "
                      "size (Shifter ignores bs too)")
     if ignored:
-        names = ", ".join(_show(k, 40) for k in ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+        names = ", ".join(_show(k, 40) for k in ignored[:5])
+        if len(ignored) > 5:
+            names += f" and {len(ignored) - 5} more"
         notes.append(f"unknown perNodeCache option{'s' if len(ignored) > 1 else ''} {names} ignored (as in Shifter); "
                      "the options are size, bs, fs=xfs and method=loop")
     return PerNodeCache(size=size), notes

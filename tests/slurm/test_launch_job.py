@@ -168,7 +168,8 @@ def test_shifter_job_script_volumes_from_submission_to_the_container(cluster, ru
     assert res.returncode == 0, res.stderr
     job = re.search(r"(\d+)", res.stdout).group(1)
     warnings = [ln for ln in res.stderr.splitlines() if "shifter: warning: volume map 2 " in ln]
-    assert len(warnings) == 2 and "'$'" in warnings[0] and "'ro' ignored" in warnings[1], res.stderr
+    assert len(warnings) == 2, res.stderr
+    assert "'$'" in warnings[0] and "'ro' ignored" in warnings[1], res.stderr
     canonical = f"/global/cscratch1/sd/USER:/mnt:perNodeCache=size=300M;{vol}:/data"
     try:
         deadline = time.monotonic() + 60

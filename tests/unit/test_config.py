@@ -156,9 +156,11 @@ def test_more_errors(text, message):
 def test_site_fs_that_shifter_accepts_loads_with_a_warning():
     """A siteFs map Shifter accepts must not stop the config from loading; what Shifter
     ignores is reported in cfg.warnings (setupRoot prints them)."""
-    cfg = config.parse("siteFs=/global/;/none:/tmp:perNodeCache=size=100M:ro;/a:/b:rec::\n", "/etc/udiRoot.conf")
+    text = "siteFs=/global/;/none:/tmp:perNodeCache=size=100M:ro;/a:/b:rec::\n"
+    cfg = config.parse(text, "/etc/udiRoot.conf")
     assert [v.spec() for v in cfg.siteFs] == ["/global:/global", "/none:/tmp:perNodeCache=size=100M", "/a:/b:rec"]
     assert cfg.warnings == (
         "/etc/udiRoot.conf:1: siteFs: warning: site volume map 2 '/none:/tmp:perNodeCache=size=100M:ro': 'ro' "
-        "ignored: a per-node cache is a new, writable filesystem of its own, not a bind mount (Shifter ignores it too)",)
+        "ignored: a per-node cache is a new, writable filesystem of its own, not a bind mount "
+        "(Shifter ignores it too)",)
     assert config.parse(FULL).warnings == ()
