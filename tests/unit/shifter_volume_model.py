@@ -2,7 +2,8 @@
 
 Written from reading Shifter's src/VolumeMap.c (``_parseVolumeMap``, ``_parseFlag``,
 ``parseBytes``, ``_validateVolumeMap``, user and site rules with ``/var/tmp`` allowed
-exactly) and utility.c (``userInputPathFilter``), plus the destination check that
+exactly -- Shifter PR #264; its code was not at hand, so the model assumes the exact
+allowance skips only the destination lists, not the flag checks) and utility.c (``userInputPathFilter``), plus the destination check that
 ``setupVolumeMapMounts`` repeats on the realpath of the destination (so ``//etc`` or
 ``/b/`` are judged as ``/etc`` and ``/b``).  Sizes go through the C library's own
 ``strtod``.  It is a test oracle: deliberately written in C's shape (NUL bytes in a
