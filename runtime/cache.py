@@ -1,4 +1,4 @@
-"""Per-node caches: ``--volume=/any:/dst:perNodeCache=size=10G[,fs=xfs][,bs=4K]``.
+"""Per-node caches: ``--volume=/any:/dst:perNodeCache=size=10G[,fs=xfs]``.
 
 A sparse file in the site's ``perNodeCachePath`` gets a fresh XFS (``mkfsXfsPath``), is
 attached to a loop device (autoclear) and mounted at the destination, owned by the
@@ -46,8 +46,6 @@ def create(config, volume, backing: str, target: str, uid: int, gid: int, reopen
     finally:
         os.close(fd)
     argv = [config.mkfsXfsPath, "-q", "-f"]
-    if cache.block_size:
-        argv += ["-b", f"size={cache.block_size}"]
     proc.run(argv + [backing], f"make the per-node cache filesystem for {volume.destination}", timeout=120)
     fd = os.open(backing, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:

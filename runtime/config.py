@@ -104,6 +104,7 @@ class UdiRootConfig:
     mungeSocketPath: str | None = None
     modules: "MappingProxyType[str, Module]" = field(default_factory=lambda: MappingProxyType({}))
     ignored: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # siteFs maps accepted as Shifter reads them (volumes.py)
     raw: "MappingProxyType[str, str]" = field(default_factory=lambda: MappingProxyType({}))
 
     def notice(self) -> str | None:
@@ -118,6 +119,7 @@ class _Reader:
 
     def __init__(self, path: str, raw: dict[str, str], where: dict[str, int]):
         self.path, self.raw, self.where = path, raw, where
+        self.warnings: list[str] = []
 
     def error(self, key: str, why: str, hint: str | None = None) -> ConfigError:
         return ConfigError(f"{self.path}:{self.where.get(key, 0)}: {key} {why}", hint)
@@ -181,8 +183,10 @@ class _Reader:
     def volumes(self, key: str) -> tuple:
         # Shifter separates siteFs maps with ';' or with whitespace (older configs)
         spec = ";".join(part for part in re.split(r"[\s;]+", self.raw[key]) if part)
+        where = f"{self.path}:{self.where.get(key, 0)}: {key}"
         try:
-            return tuple(volumes.parse_volumes(spec, site=True))
+            return tuple(volumes.parse_volumes(
+                spec, site=True, warn=lambda line: self.warnings.append(f"{where}: {line}")))
         except ShifterError as e:
             raise self.error(key, f"is invalid: {e.message}", e.hint) from None
 
@@ -290,6 +294,7 @@ def parse(text: str, path: str = "<udiRoot.conf>") -> UdiRootConfig:
             if other not in modules:
                 raise r.error(f"module_{module.name}_conflict", f"names unknown module {other!r}")
     return UdiRootConfig(path=path, modules=MappingProxyType(modules), ignored=tuple(ignored),
+                         warnings=tuple(r.warnings),
                          raw=MappingProxyType(raw), **kw)
 
 

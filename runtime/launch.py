@@ -336,10 +336,14 @@ def _main(argv: list[str]) -> int:
     environ = caller_environ()
     config = udiconfig.load()
     image = resolve_id(config, choose_image(opts, environ, config))
+    def warn(line: str) -> None:
+        print(f"shifter: {line}", file=sys.stderr)
+
     if opts.volume:
-        vols = volumes.parse_volume_list(opts.volume)
+        vols = volumes.parse_volume_list(opts.volume, warn=warn)
     else:
-        vols = volumes.parse_volumes(first_set(environ, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME") or "")
+        vols = volumes.parse_volumes(first_set(environ, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME") or "",
+                                     warn=warn)
     mod_text = opts.module if opts.module is not None else first_set(environ, "SHIFTER_MODULE",
                                                                     "SLURM_SPANK_SHIFTER_MODULE")
     modules_req = parse_list(mod_text) if mod_text is not None else None

@@ -124,7 +124,8 @@ def parse_setup_args(argv: list[str], config, job_id: str = ""):
     image = resolve_id(config, image)
     request = udi.Request(
         image=image, uid=uid, gid=gid, username=username,
-        volumes=volumes.parse_volume_list(maps), modules=modules,
+        volumes=volumes.parse_volume_list(maps, warn=lambda line: print(f"setupRoot: {line}", file=sys.stderr)),
+        modules=modules,
         job_id=job_id, ssh_pubkey=pubkey, hostlist=hostlist,
     )
     return request, verbose
@@ -140,6 +141,8 @@ def setup_main(argv: list[str] | None = None) -> int:
         config = udiconfig.load(config_path)
         if config.notice():
             print(f"setupRoot: notice: {config.notice()}", file=sys.stderr)
+        for line in config.warnings:
+            print(f"setupRoot: {line}", file=sys.stderr)
         request, verbose = parse_setup_args(argv, config, job_id)
         log = (lambda msg: print(f"setupRoot: {msg}", file=sys.stderr)) if verbose else (lambda msg: None)
         udi.setup_root(config, request, log)

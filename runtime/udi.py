@@ -598,6 +598,9 @@ def _bind_site(udi: str, v, what: str, bind=linux.bind, style: str | None = None
     Propagation: the map's own ``slave``/``private`` flag, else ``style`` (the site's
     mountPropagationStyle: with ``slave``, mounts the host makes below the source later
     appear in the container)."""
+    if v.per_node_cache is not None:  # never bind its (unused) source instead
+        raise ConfigError(f"can't mount {what} {v.spec()}: per-node caches in the site's maps are not "
+                          "supported here", "give the users perNodeCache= in --volume, or remove the map")
     if not os.path.exists(v.source):
         raise ConfigError(f"can't mount {what} {v.spec()}: source {v.source} does not exist")
     is_dir = os.path.isdir(v.source)

@@ -1,54 +1,65 @@
 """Volume maps: ``--volume`` values and udiRoot.conf ``siteFs`` / ``module_<name>_siteFs``.
 
-Grammar (Shifter's)::
+Grammar (Shifter's; docs/volumes.md has the details and every difference)::
 
-    SPEC  := MAP (';' MAP)* [';']
-    MAP   := SOURCE ':' DESTINATION (':' FLAG)*
-           | SOURCE                       (site maps only: DESTINATION = SOURCE)
-    FLAG  := 'ro'                         read-only bind mount
+    SPEC  := MAP (';' MAP)*               empty maps are skipped
+    MAP   := SOURCE ':' DESTINATION (':' FLAG)* [':']
+           | SOURCE [':']                 (site maps only: DESTINATION = SOURCE)
+    FLAG  := ''                           skipped
+           | 'ro' ['=']                   read-only bind mount
            | 'perNodeCache=' OPT (',' OPT)*
            | 'rec' | 'slave' | 'private'  (site maps only)
-    OPT   := 'size=' SIZE | 'bs=' SIZE | 'fs=xfs' | 'method=loop'
-    SIZE  := digits ['.' digits] [K|M|G|T|P|E [B|iB] | B]   (powers of 1024, any case)
+    OPT   := 'size=' SIZE | 'bs=' SIZE | 'fs=xfs' | 'method=loop' | anything else (ignored)
+    SIZE  := what C's strtod reads, then one letter of b k m g t p e (powers of 1024)
 
-Spaces and tabs around a map are ignored, and so is one pair of double quotes around a
-map (Shifter's quirk for ``#SBATCH --volume="..."``).  Everything else is taken exactly as
-written: a path that is not already in normal form, or holds a character Shifter would
-have silently dropped, is refused rather than altered.  Every refusal is one line naming
-the map (1-based index and text), the part (source, destination, flag) and the reason,
-with a hint: ``UsageError`` for users' maps, ``ConfigError`` for site maps.
+Whitespace around a map, a path or a flag is ignored, and so is a double quote at
+either end of a map (``#SBATCH --volume="/a:/b;/c:/d"``, which Shifter reads so too).  Paths are
+normalized as Shifter's ``realpath`` does (``//``, ``/./`` and a trailing ``/`` go).
+Shifter silently drops path characters other than ``A-Z a-z 0-9 / _ . + -``; such a
+path is refused here rather than altered (except the source of a perNodeCache map,
+which is never used).  Where Shifter accepts something and then ignores part of it
+(``ro`` on a per-node cache, an unknown perNodeCache option, ``bs``, a strtod-only
+size spelling), the map is accepted with Shifter's meaning and one warning line per
+oddity goes to ``warn``.  Every refusal is one line naming the map (1-based index and
+text), the part and the reason, with a hint: ``UsageError`` for users' maps,
+``ConfigError`` for site maps.
 
 The checks here are lexical.  The mounting code must re-check the destination after
 resolving symlinks inside the container (``check_destination``), as Shifter does.
-See docs/volumes.md for the rules and where they differ from Shifter's.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from collections.abc import Iterable
+from fractions import Fraction
 
 from shifter.errors import ConfigError, ShifterError, UsageError
 
 PATH_MAX = 4096  # bytes, with the terminating NUL
 MAX_SIZE = 2**63 - 1  # Shifter keeps sizes in an ssize_t
-XFS_BLOCK_SIZES = tuple(2**n for n in range(9, 17))  # 512 .. 64K
 
+Warn = Callable[[str], None]
+
+_WS = " \t\n\r\v\f"  # C's isspace in the C locale
 _UNITS = "KMGTPE"  # powers of 1024: K = 1024**1 ... E = 1024**6
 _SIZE_RE = re.compile(r"([0-9]{1,30}(?:\.[0-9]{1,30})?)(?:([kmgtpe])(?:i?b)?|b)?",
                       re.IGNORECASE | re.ASCII)
 # The characters Shifter keeps in a volume path (it silently drops all others).
 _PATH_CHARS = re.compile(r"[A-Za-z0-9_.+/-]*", re.ASCII)
+_PATH_CHAR = re.compile(r"[A-Za-z0-9_.+/-]", re.ASCII)
+_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 _USER_FLAGS = ("ro", "perNodeCache")
 _SITE_FLAGS = ("ro", "rec", "slave", "private", "perNodeCache")
 _FLAGS_HINT = {
-    False: "the flags are ro and perNodeCache=size=SIZE[,bs=SIZE]",
-    True: "the flags are ro, rec, slave, private and perNodeCache=size=SIZE[,bs=SIZE]",
+    False: "the flags are ro and perNodeCache=size=SIZE",
+    True: "the flags are ro, rec, slave, private and perNodeCache=size=SIZE",
 }
-_CACHE_KEYS = ("size", "bs", "fs", "method")
 
 # Users may not mount on or under these trees (compared by path component) ...
 _USER_FORBIDDEN_TREES = {
@@ -56,7 +67,7 @@ _USER_FORBIDDEN_TREES = {
     "/var": "where shifter keeps its own state",
     "/opt/udiImage": "where shifter keeps its own tools",
 }
-_USER_ALLOWED_TREES = ("/var/tmp",)  # ... except under these ...
+_USER_ALLOWED_EXACT = ("/var/tmp",)  # ... except exactly on these (as Shifter) ...
 # ... nor exactly on these.
 _USER_FORBIDDEN_EXACT = {
     "/": "would replace the container's root directory",
@@ -72,8 +83,8 @@ _SITE_FORBIDDEN_EXACT = {
     "/etc/group": "is written by shifter",
     "/etc/nsswitch.conf": "is written by shifter",
 }
-_USER_DESTINATION_HINT = ("choose a destination outside /etc, /var (/var/tmp is allowed) and "
-                          "/opt/udiImage, and other than / and /opt, e.g. /data")
+_USER_DESTINATION_HINT = ("choose a destination outside /etc, /var and /opt/udiImage, and other than "
+                          "/ and /opt, e.g. /data (/var/tmp itself is allowed)")
 _SITE_DESTINATION_HINT = "choose another destination (not /, /opt, /etc, /var or shifter's /etc files)"
 
 
@@ -83,14 +94,11 @@ class PerNodeCache:
 
     size: int  # bytes
     fs: str = "xfs"
-    block_size: int | None = None  # bytes; None: mkfs.xfs's default
     method: str = "loop"
 
     def spec(self) -> str:
         """The canonical ``perNodeCache=...`` flag text (defaults left out)."""
         opts = [f"size={_format_size(self.size)}"]
-        if self.block_size is not None:
-            opts.append(f"bs={_format_size(self.block_size)}")
         if self.fs != "xfs":
             opts.append(f"fs={self.fs}")
         if self.method != "loop":
@@ -111,7 +119,8 @@ class VolumeMap:
 
     def spec(self) -> str:
         """Canonical text: ``SOURCE:DESTINATION`` then flags in Shifter's order
-        (ro, rec, perNodeCache, slave|private); ``parse_volumes`` gives this map back."""
+        (ro, rec, perNodeCache, slave|private); ``parse_volumes`` gives this map back,
+        without a warning."""
         parts = [self.source, self.destination]
         if self.read_only:
             parts.append("ro")
@@ -144,15 +153,19 @@ def _error(site: bool) -> type[ShifterError]:
     return ConfigError if site else UsageError
 
 
+def _map_label(site: bool, index: int, text: str) -> str:
+    return f"{'site volume map' if site else 'volume map'} {index} {_show(text)}"
+
+
 def _map_error(site: bool, index: int, text: str, why: str, hint: str) -> ShifterError:
-    kind = "site volume map" if site else "volume map"
-    return _error(site)(f"invalid {kind} {index} {_show(text)}: {why}", hint)
+    return _error(site)(f"invalid {_map_label(site, index, text)}: {why}", hint)
 
 
 # --- sizes -----------------------------------------------------------------------------
 
 def _parse_size(text: str, what: str) -> int:
-    """Bytes from ``SIZE`` (see the grammar): a whole number of bytes in 1 .. 2**63-1."""
+    """Bytes from a plain size: a decimal number, optionally with a fraction that makes
+    whole bytes, and a K/M/G/T/P/E suffix; 1 .. 2**63-1.  (udiRoot.conf's limits.)"""
     hint = ("write a number with an optional K, M, G, T, P or E suffix "
             "(powers of 1024), e.g. 100G")
     m = _SIZE_RE.fullmatch(text)
@@ -173,12 +186,72 @@ def _parse_size(text: str, what: str) -> int:
 
 
 def parse_size(text: str) -> int:
-    """Bytes from a size text such as ``100G`` (the same grammar as ``perNodeCache=size=``);
+    """Bytes from a size text such as ``100G`` (a plain number and a K..E suffix);
     raises ``ValueError`` with the reason (used for udiRoot.conf's perNodeCacheSizeLimit)."""
     try:
         return _parse_size(text.strip(), "size")
     except _Refusal as e:
         raise ValueError(f"{e.why} ({e.hint})") from None
+
+
+# What C's strtod reads: leading white space, a sign, then a hexadecimal or decimal
+# floating-point number, or inf/infinity/nan.  Nothing read: the whole text is left.
+_STRTOD_RE = re.compile(
+    r"[ \t\n\r\v\f]*([+-]?)(?:"
+    r"(0[xX](?:[0-9a-fA-F]+(?:\.[0-9a-fA-F]*)?|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?)"
+    r"|((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
+    r"|(inf(?:inity)?|nan(?:\([0-9A-Za-z_]*\))?))",
+    re.IGNORECASE | re.ASCII)
+_SHIFTER_SCALE = "bkmgtpe"
+# A size written the plain way: no warning when it also means whole bytes.
+_PLAIN_SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(?:([kmgtpe])(?:i?b?)|b)?", re.IGNORECASE | re.ASCII)
+
+
+def _strtod(text: str) -> tuple[float, int]:
+    """(value, characters read) as C's strtod reads ``text`` (0.0, 0 when nothing)."""
+    m = _STRTOD_RE.match(text)
+    if not m:
+        return 0.0, 0
+    sign, hexa, dec, special = m.groups()
+    try:
+        if hexa:
+            value = float.fromhex(hexa)
+        elif dec:
+            value = float(dec)
+        else:
+            value = math.nan if special.lower().startswith("nan") else math.inf
+    except OverflowError:  # float.fromhex of a huge exponent; strtod gives HUGE_VAL
+        value = math.inf
+    return (-value if sign == "-" else value), m.end()
+
+
+def _shifter_size(text: str, what: str) -> tuple[int, str | None]:
+    """Bytes from a perNodeCache size as Shifter reads it (strtod, then the first letter
+    after the number picks the power of 1024, a whole number by truncation), and a note
+    when that differs from the plain reading of the text."""
+    hint = ("write a number with an optional K, M, G, T, P or E suffix "
+            "(powers of 1024), e.g. 100G")
+    value, end = _strtod(text)
+    letter = text[end].lower() if end < len(text) else "b"
+    if letter not in _SHIFTER_SCALE or end == 0:
+        raise _Refusal(f"{what} {_show(text)} is not a size", hint)
+    value *= 1024 ** _SHIFTER_SCALE.index(letter)
+    if math.isnan(value):
+        raise _Refusal(f"{what} {_show(text)} is not a size", hint)
+    if value >= 2**63:
+        raise _Refusal(f"{what} {_show(text)} is too large (the limit is 8E minus one byte)", hint)
+    size = int(value) if value > -1 else 0  # C's (ssize_t) cast truncates
+    if size <= 0:
+        raise _Refusal(f"{what} {_show(text)} must be at least 1 byte", hint)
+    plain = _PLAIN_SIZE_RE.fullmatch(text)
+    if plain:
+        number, unit = plain.groups()
+        exact = Fraction(number) * 1024 ** (_UNITS.index(unit.upper()) + 1 if unit else 0)
+        if exact == size:
+            return size, None
+    short = _format_size(size)
+    bytes_ = f"{size} bytes" + (f" ({short})" if short != str(size) else "")
+    return size, f"{what} {_show(text)} is read as {bytes_}, as Shifter reads it"
 
 
 def _format_size(size: int) -> str:
@@ -212,38 +285,67 @@ def _describe(char: str) -> str:
     return f"the character {char!r}"
 
 
-def _check_path(path: str, part: str) -> None:
-    """Refuse a source or destination that is not a plain, normal, absolute path."""
+def _variables_hint(path: str) -> str:
+    """The hint for a path holding a ``$``: Slurm leaves ``#SBATCH`` lines unexpanded."""
+    why = ("Slurm does not expand $VARIABLES in #SBATCH lines (Shifter silently dropped the '$' "
+           "and used another path)")
+    names = [a or b for a, b in _VARIABLE.findall(path)]
+    if names and all(os.environ.get(n) for n in names):
+        full = _VARIABLE.sub(lambda m: os.environ[m.group(1) or m.group(2)], path)
+        if "$" not in full and _PATH_CHARS.fullmatch(full):
+            return f"{why}: write the path out in full, e.g. {full!r}"
+    return (f"{why}: write the path out in full, or give --volume on the command line, "
+            "where the shell expands it")
+
+
+def _normal(path: str, part: str) -> str:
+    """The normal form of an absolute path made of allowed characters: ``//``, ``.``
+    components and a trailing ``/`` removed (as Shifter's realpath does); ``..`` refused."""
     label = f"{part} {_show(path)}"
+    if not path.startswith("/"):
+        raise _Refusal(f"{label} is not an absolute path",
+                       _variables_hint(path) if "$" in path else "give the full path, starting with '/'")
+    names = path.split("/")[1:]
+    if ".." in names:
+        raise _Refusal(f"{label} contains a '..' component",
+                       "give the full path without '..' (Shifter refuses '..' too)")
+    normal = "/" + "/".join(n for n in names if n not in ("", "."))
+    if len(normal) >= PATH_MAX:  # only ASCII is left: characters are bytes
+        raise _Refusal(f"{part} is longer than {PATH_MAX - 1} bytes (PATH_MAX)", "use a shorter path")
+    return normal
+
+
+def _check_path(path: str, part: str) -> str:
+    """The normal form of a source or destination; refuses what Shifter would alter."""
     if path == "":
         raise _Refusal(f"{part} is empty",
                        "write SOURCE:DESTINATION with two absolute paths, e.g. /global/data:/data")
     if not _PATH_CHARS.fullmatch(path):
-        bad = next(c for c in path if not _PATH_CHARS.fullmatch(c))
-        raise _Refusal(
-            f"{label} contains {_describe(bad)}, which is not allowed in a volume path",
-            "volume paths may hold only ASCII letters, digits and / _ . + - (Shifter silently "
-            "dropped other characters); a symlink with such a name can point at the real path")
-    if len(path) >= PATH_MAX:  # only ASCII is left: characters are bytes
-        raise _Refusal(f"{part} is longer than {PATH_MAX - 1} bytes (PATH_MAX)", "use a shorter path")
-    if not path.startswith("/"):
-        raise _Refusal(f"{label} is not an absolute path", "give the full path, starting with '/'")
-    if path == "/":
-        return
-    names = path.split("/")[1:]
-    if ".." in names:
-        raise _Refusal(f"{label} contains a '..' component",
-                       "give the full path without '..' (paths are used exactly as written)")
-    if "." in names:
-        why = "contains a '.' component"
-    elif names[-1] == "":
-        why = "ends with '/'"
-    elif "" in names:
-        why = "contains an empty component ('//')"
-    else:
-        return
-    normal = "/" + "/".join(n for n in names if n not in ("", "."))
-    raise _Refusal(f"{label} {why}", f"paths are used exactly as written: write {normal!r}")
+        bad = next(c for c in path if not _PATH_CHAR.fullmatch(c))
+        hint = ("volume paths may hold only ASCII letters, digits and / _ . + - (Shifter silently "
+                "dropped other characters); a symlink with such a name can point at the real path")
+        if bad == "$":
+            hint = _variables_hint(path)
+        raise _Refusal(f"{part} {_show(path)} contains {_describe(bad)}, which is not allowed in a volume path",
+                       hint)
+    return _normal(path, part)
+
+
+def _check_unused_source(path: str) -> tuple[str, str | None]:
+    """The source of a perNodeCache map: never used (the cache is a new filesystem), so
+    read as Shifter reads it, dropping the characters it drops, with a note if any."""
+    if path == "":
+        raise _Refusal("source is empty", "write any absolute path, e.g. /tmp:/cache:perNodeCache=size=10G")
+    kept = "".join(_PATH_CHAR.findall(path))
+    if not kept.startswith("/"):
+        raise _Refusal(f"source {_show(path)} is not an absolute path",
+                       _variables_hint(path) if "$" in path else "give the full path, starting with '/'")
+    note = None
+    if kept != path:
+        dropped = "".join(sorted(set(path) - set(kept)))
+        note = (f"the source of a perNodeCache map is not used; its characters {dropped!r} are "
+                f"dropped as Shifter does, giving {kept!r}")
+    return _normal(kept, "source"), note
 
 
 def _check_destination_rules(path: str, site: bool) -> None:
@@ -255,7 +357,7 @@ def _check_destination_rules(path: str, site: bool) -> None:
         return
     if path in _USER_FORBIDDEN_EXACT:
         raise _Refusal(f"{label} {_USER_FORBIDDEN_EXACT[path]}", _USER_DESTINATION_HINT)
-    if any(_within(path, tree) for tree in _USER_ALLOWED_TREES):
+    if path in _USER_ALLOWED_EXACT:
         return
     for tree, reason in _USER_FORBIDDEN_TREES.items():
         if _within(path, tree):
@@ -271,59 +373,110 @@ def check_destination(path: str, *, site: bool = False) -> None:
     Raises ``UsageError`` (``ConfigError`` with ``site``).
     """
     try:
-        _check_path(path, "destination")
-        _check_destination_rules(path, site)
+        _check_destination_rules(_check_path(path, "destination"), site)
     except _Refusal as r:
         raise _error(site)(f"can't mount a volume: {r.why}", r.hint) from None
 
 
 # --- flags -----------------------------------------------------------------------------
 
-def _parse_per_node_cache(token: str, value: str | None) -> PerNodeCache:
+def _shifter_options(text: str) -> list[tuple[str, str | None, bool, bool]]:
+    """``KEY=VALUE,...`` split exactly as Shifter's flag parser splits it:
+    [(key, value or None, borrowed, lost)].
+
+    Shifter cuts each ',' item at the first '=' it finds *from the item's start to the end
+    of the text*, so an item without '=' takes the value of a later one (``borrowed``),
+    and that later key is left without a value (``lost``: its value is None)."""
+    ends: set[int] = set()  # the positions Shifter overwrites with NUL
+
+    def find(char: str, start: int) -> int | None:
+        for j in range(start, len(text)):
+            if j in ends:
+                return None
+            if text[j] == char:
+                return j
+        return None
+
+    def string(start: int) -> str:
+        j = start
+        while j < len(text) and j not in ends:
+            j += 1
+        return text[start:j]
+
+    pairs: list[tuple[int, int | None, bool, bool]] = []
+    i = 0
+    while i < len(text):
+        eq, comma = find("=", i), find(",", i)
+        comma = len(text) if comma is None else comma
+        lost = eq is None and "=" in text[i:comma]
+        ends.add(comma)
+        if eq is not None:
+            ends.add(eq)
+        pairs.append((i, None if eq is None else eq + 1, eq is not None and eq > comma, lost))
+        i = comma + 1
+    return [(string(k), None if v is None else string(v), borrowed, lost) for k, v, borrowed, lost in pairs]
+
+
+def _parse_per_node_cache(token: str, value: str) -> tuple[PerNodeCache, list[str]]:
     example = "e.g. perNodeCache=size=100G"
-    if not value:
-        raise _Refusal(f"flag {_show(token)} needs a size", f"write perNodeCache=size=SIZE, {example}")
-    opts: dict[str, str] = {}
-    for item in value.split(","):
-        if item == "":
-            raise _Refusal(f"flag {_show(token)} has an empty option (an extra ',')",
-                           f"separate options with single commas, {example},bs=4K")
-        key, sep, val = item.partition("=")
-        key = key.lower()
-        if key not in _CACHE_KEYS:
-            raise _Refusal(f"perNodeCache option {_show(item)} is unknown",
-                           "the options are size=SIZE, bs=SIZE, fs=xfs and method=loop")
-        if not sep or val == "":
-            raise _Refusal(f"perNodeCache option {_show(item)} has no value", f"write {key}=VALUE, {example}")
-        if key in opts:
-            raise _Refusal(f"perNodeCache option {key!r} is given twice", "give each option once")
-        opts[key] = val
-    if "size" not in opts:
+    notes: list[str] = []
+    size: int | None = None
+    ignored: list[str] = []
+    block: str | None = None
+    if len(value) > 4096:  # Shifter's PATH_MAX-sized buffers; keeps the option scan quick
+        raise _Refusal(f"flag {_show(token)} is longer than 4096 characters", f"write it shorter, {example}")
+    for key, val, borrowed, lost in _shifter_options(value):
+        name = key.lower()
+        if lost and name in ("size", "bs", "fs", "method"):
+            raise _Refusal(f"perNodeCache option {key!r} loses its value to an option before it that "
+                           "has no '=' (Shifter reads it so, and fails)",
+                           f"give every option as KEY=VALUE, {example}")
+        if borrowed:
+            notes.append(f"perNodeCache option {key!r} has no '=': read as Shifter reads it, "
+                         f"with the value {val!r} of a later option")
+        if name in ("size", "bs", "fs", "method") and not val:
+            raise _Refusal(f"perNodeCache option {key!r} has no value", f"write {name}=VALUE, {example}")
+        if name == "size":
+            if size is not None:
+                notes.append(f"perNodeCache size is given more than once: the last one, {val!r}, "
+                             "is used (as in Shifter)")
+            size, note = _shifter_size(val, "perNodeCache size")
+            if note:
+                notes.append(note)
+        elif name == "bs":
+            _shifter_size(val, "perNodeCache bs")  # Shifter refuses a bs it can't read, then ignores it
+            block = val
+        elif name in ("fs", "method"):
+            only = "xfs" if name == "fs" else "loop"
+            if val.lower() != only:
+                raise _Refusal(f"perNodeCache {name} {_show(val)} is not supported",
+                               f"the only {name} is {only}; leave {name} out")
+        elif key or val is not None:  # an empty item (',,') means nothing
+            ignored.append(key if val is None or borrowed else f"{key}={val}")
+    if size is None:
         raise _Refusal(f"flag {_show(token)} has no size", f"add size=SIZE, {example}")
-    size = _parse_size(opts["size"], "perNodeCache size")
-    block_size = None
-    if "bs" in opts:
-        block_size = _parse_size(opts["bs"], "perNodeCache bs")
-        if block_size not in XFS_BLOCK_SIZES:
-            raise _Refusal(
-                f"perNodeCache bs {_show(opts['bs'])} ({block_size} bytes) is not an XFS block size",
-                "use a power of two from 512 to 64K (e.g. bs=4K), or leave bs out "
-                "(Shifter accepted any bs and ignored it)")
-    for key, only in (("fs", "xfs"), ("method", "loop")):
-        if key in opts and opts[key].lower() != only:
-            raise _Refusal(f"perNodeCache {key} {_show(opts[key])} is not supported",
-                           f"the only {key} is {only}; leave {key} out")
-    return PerNodeCache(size=size, block_size=block_size)
+    if block is not None:
+        notes.append(f"perNodeCache bs={block} is ignored: the cache gets mkfs.xfs's default block "
+                     "size (Shifter ignores bs too)")
+    if ignored:
+        names = ", ".join(_show(k, 40) for k in ignored[:5])
+        if len(ignored) > 5:
+            names += f" and {len(ignored) - 5} more"
+        notes.append(f"unknown perNodeCache option{'s' if len(ignored) > 1 else ''} {names} ignored (as in Shifter); "
+                     "the options are size, bs, fs=xfs and method=loop")
+    return PerNodeCache(size=size), notes
 
 
-def _parse_flags(tokens: list[str], site: bool) -> dict:
-    """The VolumeMap keyword arguments for a map's flag tokens."""
+def _parse_flags(tokens: list[str], site: bool) -> tuple[dict, list[str]]:
+    """The VolumeMap keyword arguments for a map's flag tokens, and notes."""
     known = _SITE_FLAGS if site else _USER_FLAGS
-    seen: set[str] = set()  # canonical names of the flags given so far
     fields: dict = {}
-    for number, token in enumerate(tokens, 1):
+    notes: list[str] = []
+    seen: list[str] = []  # canonical names of the flags given so far
+    for raw in tokens:
+        token = raw.strip(_WS)
         if token == "":
-            raise _Refusal(f"flag {number} is empty (an extra ':')", "remove the extra ':'")
+            continue  # an empty flag ('::', a trailing ':') is skipped, as Shifter does
         name, sep, value = token.partition("=")
         canonical = next((f for f in _SITE_FLAGS if f.lower() == name.lower()), None)
         if canonical is None:
@@ -336,9 +489,14 @@ def _parse_flags(tokens: list[str], site: bool) -> dict:
                            _FLAGS_HINT[False])
         if canonical in seen:
             raise _Refusal(f"flag {canonical!r} is given twice", "give each flag once")
+        seen.append(canonical)
         if canonical == "perNodeCache":
-            fields["per_node_cache"] = _parse_per_node_cache(token, value if sep else None)
-        elif sep:
+            if not value:
+                raise _Refusal(f"flag {_show(token)} needs a size",
+                               "write perNodeCache=size=SIZE, e.g. perNodeCache=size=100G")
+            fields["per_node_cache"], more = _parse_per_node_cache(token, value)
+            notes.extend(more)
+        elif value:  # 'ro=' is 'ro' to Shifter
             raise _Refusal(f"flag {canonical!r} takes no value, got {_show(token)}",
                            f"write just {canonical}")
         elif canonical == "ro":
@@ -350,75 +508,88 @@ def _parse_flags(tokens: list[str], site: bool) -> dict:
                 raise _Refusal(f"flags {fields['propagation']!r} and {canonical!r} contradict each other",
                                "choose one mount propagation: slave or private")
             fields["propagation"] = canonical
-        seen.add(canonical)
     if "per_node_cache" in fields:
-        for other in ("ro", "rec", "slave", "private"):
-            if other in seen:
-                raise _Refusal(
-                    f"flags 'perNodeCache' and {other!r} contradict each other: a per-node cache is "
-                    "a new, writable, loop-mounted filesystem, not a bind mount",
-                    f"leave {other} out")
-    return fields
+        dropped = [f for f in seen if f != "perNodeCache"]
+        if dropped:
+            for key in ("read_only", "recursive", "propagation"):
+                fields.pop(key, None)
+            notes.append(f"{' and '.join(repr(f) for f in dropped)} ignored: a per-node cache is a new, "
+                         "writable filesystem of its own, not a bind mount (Shifter ignores "
+                         f"{'them' if len(dropped) > 1 else 'it'} too)")
+    return fields, notes
 
 
 # --- maps ------------------------------------------------------------------------------
 
-def _parse_map(text: str, site: bool) -> VolumeMap:
-    body = text
-    if len(body) >= 2 and body[0] == body[-1] == '"':
-        body = body[1:-1]
+def _parse_map(text: str, site: bool) -> tuple[VolumeMap, list[str]]:
+    """One map (not empty, white space already stripped), and notes for warnings."""
+    # Quotes around the map; also one at either end alone, which is what a quoted value
+    # of several maps ("/a:/b;/c:/d") leaves on its first and last map (Shifter drops them).
+    body = text[1:] if text.startswith('"') else text
+    body = (body[:-1] if body.endswith('"') else body).strip(_WS)
+    if body == "":
+        raise _Refusal("the map is empty", "write SOURCE:DESTINATION[:ro], e.g. /global/data:/data:ro")
     tokens = body.split(":")
-    source = tokens[0]
+    if len(tokens) > 1 and tokens[-1] == "":
+        tokens.pop()  # Shifter's tokenizer makes no token after a trailing ':'
+    fields, notes = _parse_flags(tokens[2:], site)
+    raw_source = tokens[0].strip(_WS)
     if len(tokens) == 1:
         if not site:
             raise _Refusal("the map has no destination",
                            "write SOURCE:DESTINATION[:ro], e.g. /global/data:/data:ro")
-        destination = source
+        raw_destination = raw_source
     else:
-        destination = tokens[1]
-    _check_path(source, "source")
-    if not site and source == "/":
-        raise _Refusal("source '/' is the whole file system",
-                       "map the directory you need, e.g. /global/data:/data")
-    _check_path(destination, "destination")
+        raw_destination = tokens[1].strip(_WS)
+    if "per_node_cache" in fields:
+        source, note = _check_unused_source(raw_source)
+        if note:
+            notes.insert(0, note)
+    else:
+        source = _check_path(raw_source, "source")
+    destination = _check_path(raw_destination, "destination")
     _check_destination_rules(destination, site)
-    return VolumeMap(source, destination, **_parse_flags(tokens[2:], site))
+    return VolumeMap(source, destination, **fields), notes
 
 
-def _parse_into(maps: list[VolumeMap], spec: str, site: bool) -> None:
+def _parse_into(maps: list[VolumeMap], spec: str, site: bool, warn: Warn | None) -> None:
     if not isinstance(spec, str):
         raise TypeError(f"a volume spec is a str, not {type(spec).__name__}")
-    pieces = [piece.strip(" \t") for piece in spec.split(";")]
-    if pieces[-1] == "":
-        pieces.pop()  # a trailing ';' (or an empty spec)
-    for piece in pieces:
+    for piece in spec.split(";"):
+        text = piece.strip(_WS)
+        if text == "":
+            continue  # empty maps (';;', a leading or trailing ';') are skipped, as Shifter does
         index = len(maps) + 1
-        if piece == "":
-            raise _map_error(site, index, piece, f"the map is empty (an extra ';' in {_show(spec)})",
-                             "remove the extra ';'")
         try:
-            maps.append(_parse_map(piece, site))
+            volume, notes = _parse_map(text, site)
         except _Refusal as r:
-            raise _map_error(site, index, piece, r.why, r.hint) from None
+            raise _map_error(site, index, text, r.why, r.hint) from None
+        maps.append(volume)
+        if warn is not None:
+            for note in notes:
+                warn(f"warning: {_map_label(site, index, text)}: {note}")
 
 
-def parse_volumes(spec: str, *, site: bool = False) -> tuple[VolumeMap, ...]:
+def parse_volumes(spec: str, *, site: bool = False, warn: Warn | None = None) -> tuple[VolumeMap, ...]:
     """Parse ``MAP;MAP;...`` (see the grammar).  ``site`` selects the site's rules
     (udiRoot.conf ``siteFs``), which allow more flags and destinations.  An empty spec
-    gives no maps.  Raises ``UsageError`` (``ConfigError`` with ``site``)."""
+    gives no maps.  ``warn`` gets one line (``warning: ...``) for each part of a map
+    that is accepted and ignored as Shifter does.  Raises ``UsageError``
+    (``ConfigError`` with ``site``)."""
     maps: list[VolumeMap] = []
-    _parse_into(maps, spec, site)
+    _parse_into(maps, spec, site, warn)
     return tuple(maps)
 
 
-def parse_volume_list(specs: Iterable[str], *, site: bool = False) -> tuple[VolumeMap, ...]:
+def parse_volume_list(specs: Iterable[str], *, site: bool = False,
+                      warn: Warn | None = None) -> tuple[VolumeMap, ...]:
     """Parse several specs (e.g. repeated ``--volume`` options) as one list of maps,
     numbered 1, 2, ... across all of them in messages."""
     if isinstance(specs, str):
         raise TypeError("parse_volume_list takes an iterable of specs; use parse_volumes for one")
     maps: list[VolumeMap] = []
     for spec in specs:
-        _parse_into(maps, spec, site)
+        _parse_into(maps, spec, site, warn)
     return tuple(maps)
 
 
@@ -427,7 +598,7 @@ def format_volumes(maps: Iterable[VolumeMap]) -> str:
 
     Sorted (as Shifter's volume signature is) so that the same request in another order
     compares equal; order cannot change the result once ``destination_conflicts`` passed.
-    ``parse_volumes`` of the text gives the maps back, in this sorted order.
+    ``parse_volumes`` of the text gives the maps back, in this sorted order, with no warning.
     """
     return ";".join(sorted(m.spec() for m in maps))
 

@@ -63,7 +63,8 @@ def _pinned_by_job(requested: ImageRef, environ) -> ImageRef | None:
     return None
 
 
-def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=os.environ) -> JobRequest:
+def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=os.environ,
+                  warn=None) -> JobRequest:
     config = udiconfig.load(plugstack.shifter_config)
     image = requested = None
     if "image" in options:
@@ -77,9 +78,9 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=os.
             "add --image=docker:REPO:TAG (volumes are mounted into the image)",
         )
     if volume is not None:
-        if volume.strip("; ") == "":
+        if volume == "":  # as Shifter's plugin; ';' alone is a valid (empty) list of maps
             raise UsageError("invalid --volume '': the volume map is empty", "use --volume=/src:/dst[:ro]")
-        maps = volumes.parse_volumes(volume)
+        maps = volumes.parse_volumes(volume, warn=warn)
         volumes.destination_conflicts(maps + config.siteFs)
         volume = volumes.format_volumes(maps)
     module = options.get("module")
@@ -97,7 +98,12 @@ def submit(sp: SpankHandle, plugstack: PlugstackArgs, options: dict[str, str], *
     ``required``: the control environment must take the values (sbatch/salloc, or an
     srun that creates its own allocation); inside an existing allocation it cannot.
     """
-    request = parse_request(options, plugstack)
+    warnings: list[str] = []
+    request = parse_request(options, plugstack, warn=warnings.append)
+    # A job's steps inherit its --volume: say it once, at submission, not at every srun.
+    if not (inside_allocation(os.environ) and request.volume == os.environ.get("SLURM_SPANK_SHIFTER_VOLUME")):
+        for line in warnings:
+            sp.info(f"shifter: {line}")
     for name, value in request.control_env().items():
         if not sp.job_control_setenv(name, value, True) and required:
             raise ConfigError(f"can't hand {name} to the job: spank_job_control_setenv failed")

@@ -234,6 +234,15 @@ def test_fast_path_with_the_jobs_volumes(env):
         # the same maps in another order are another request for the fast path: Python decides
         res = run(env, ["--dry-run", "true"], extra_env={"SHIFTER_VOLUME": f"/tmp:/scratch:ro;{vol}:/data"})
         assert json.loads(res.stdout)["udi"] == "prepared"
+        # so are other spellings of the same maps (a trailing '/', '//'): the compiled
+        # launcher compares text, misses, and Python enters the same prepared UDI
+        spelled = f"/tmp//:/scratch/:ro;{vol}/:/data"
+        res = run(env, ["sh", "-c", "cat /data/f && touch /scratch/x 2>/dev/null || echo ro"],
+                  extra_env={"SHIFTER_VOLUME": spelled}, strace=True)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split() == ["ok", "ro"] and _python_ran(res)
+        res = run(env, ["--dry-run", "true"], extra_env={"SHIFTER_VOLUME": spelled})
+        assert json.loads(res.stdout)["udi"] == "prepared" and res.stderr == ""
     finally:
         udi.teardown(env["config"])
 

@@ -220,6 +220,32 @@ def test_per_node_cache_is_xfs_owned_by_the_user_and_limited(torn_down):
     assert not _loops_for("shifter-cache")
 
 
+def test_shifter_job_script_volumes_work(torn_down):
+    """Maps copied from Shifter job scripts: a source (and destination) with a trailing
+    '/', and a per-node cache with ro and an unexpanded $USER in its unused source
+    (#SBATCH lines are not expanded).  Shifter mounts them; so do we, saying on stderr
+    what is ignored, and the plan holds the canonical text."""
+    env = torn_down
+    res = _setup(env, "-U", "4242", "-v", f"{env['vol']}//:/data/",
+                 "-v", "/global/cscratch1/sd/$USER/:/scratch:perNodeCache=size=300M:ro", "id", env["id"])
+    assert res.returncode == 0, res.stderr
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("setupRoot: warning: volume map 2 ")]
+    assert len(warnings) == 2, res.stderr
+    assert "its characters '$' are dropped as Shifter does" in warnings[0]
+    assert "'ro' ignored: a per-node cache is a new, writable filesystem" in warnings[1]
+    # the user's directory is at /data, writable by the user
+    res = _in_udi(env, ["/bin/sh", "-c", "echo from-job > /data/job-file && cat /data/job-file"])
+    assert res.stdout == "from-job\n", res.stderr
+    assert open(os.path.join(env["vol"], "job-file")).read() == "from-job\n"
+    os.unlink(os.path.join(env["vol"], "job-file"))
+    # the cache is a fresh XFS the user can write, as in Shifter (ro does not apply)
+    target = os.path.join(env["config"].udiMount, "scratch")
+    assert [t for mp, t, _ in linux.mountinfo() if mp == target] == ["xfs"]
+    assert _in_udi(env, ["/bin/sh", "-c", "echo x > /scratch/f && cat /scratch/f"]).stdout == "x\n"
+    assert plan.read(env["config"].udiMount).volumes == (
+        f"/global/cscratch1/sd/USER:/scratch:perNodeCache=size=300M;{env['vol']}:/data")
+
+
 def test_modules_copy_path_site_fs_roothook_and_env(torn_down):
     env = torn_down
     res = _setup(env, "-U", "4242", "-m", "tools", "id", env["id"])

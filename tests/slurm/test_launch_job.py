@@ -140,3 +140,61 @@ def test_mpi_ranks_in_private_containers_on_one_node(cluster, runner):
         assert sorted(ln for ln in part.splitlines() if ln.startswith("hello")) == [
             "hello from rank 0 of 2 on n1", "hello from rank 1 of 2 on n1"], text
     assert "error" not in text.lower(), text
+
+
+def test_shifter_job_script_volumes_from_submission_to_the_container(cluster, runner):
+    """A Shifter job script's volumes: #SBATCH lines (Slurm expands no $USER there) with a
+    trailing-slash source and a per-node cache with ro.  sbatch accepts them, says on its
+    stderr what Shifter ignores, hands the job the canonical text; the node's setupRoot
+    builds from it; `srun shifter` sees the user's directory and a writable XFS cache."""
+    import pwd
+
+    home = pwd.getpwnam("sftest1").pw_dir
+    vol = os.path.join(home, f"shifter-vol-{os.getpid()}")
+    os.makedirs(vol)
+    os.chown(vol, 4242, 4242)
+    with open(os.path.join(vol, "input"), "w") as f:
+        f.write("job input\n")
+    ready, out = f"/tmp/shifter-ready-{os.getpid()}", f"/tmp/shifter-job-{os.getpid()}.out"
+    script = os.path.join(vol, "job.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\n#SBATCH -N1 -w n1\n#SBATCH --image=docker:test/busybox:latest\n"
+                f"#SBATCH --volume={vol}/:/data/;/global/cscratch1/sd/$USER/:/mnt:perNodeCache=size=300M:ro\n"
+                f"#SBATCH --output={out}\n"
+                f"echo \"volume=$SLURM_SPANK_SHIFTER_VOLUME\"; while [ ! -e {ready} ]; do sleep 0.1; done\n"
+                "srun -N1 /opt/shifter/bin/shifter sh -c "
+                "'cat /data/input; echo w > /mnt/w && cat /mnt/w; grep -c \" /mnt xfs \" /proc/mounts'\n")
+    res = runner.run(["sbatch", script])
+    assert res.returncode == 0, res.stderr
+    job = re.search(r"(\d+)", res.stdout).group(1)
+    warnings = [ln for ln in res.stderr.splitlines() if "shifter: warning: volume map 2 " in ln]
+    assert len(warnings) == 2, res.stderr
+    assert "'$'" in warnings[0] and "'ro' ignored" in warnings[1], res.stderr
+    canonical = f"/global/cscratch1/sd/USER:/mnt:perNodeCache=size=300M;{vol}:/data"
+    try:
+        deadline = time.monotonic() + 60
+        while not (os.path.exists(out) and "volume=" in open(out).read()):
+            assert time.monotonic() < deadline, "job did not start"
+            time.sleep(0.2)
+        assert open(out).read().splitlines()[0] == f"volume={canonical}"
+        res = _ns(cluster, "n1", ["/opt/shifter/bin/setupRoot", "-U", "4242", "-v", canonical, "id",
+                                  runner.run(["shifterimg", "lookup", "docker:test/busybox:latest"],
+                                             check=True).stdout.strip()],
+                  env={"SLURM_JOB_ID": job})
+        assert res.returncode == 0 and "warning" not in res.stderr, res.stderr
+        open(ready, "w").close()
+        deadline = time.monotonic() + 60
+        while runner.run(["squeue", "-h", "-j", job], user=None).stdout.strip():
+            assert time.monotonic() < deadline, "job did not finish"
+            time.sleep(0.2)
+        # the step inherits the job's --volume: no second round of warnings
+        assert open(out).read().splitlines()[1:] == ["job input", "w", "1"], open(out).read()
+    finally:
+        subprocess.run(["scancel", job], env=runner.env())
+        _ns(cluster, "n1", ["/opt/shifter/bin/unsetupRoot"])
+        for path in (ready, out):
+            if os.path.exists(path):
+                os.unlink(path)
+        import shutil
+
+        shutil.rmtree(vol)

@@ -222,6 +222,8 @@ def test_missing_config_fails_submission_with_its_path(runner, site):
     ("--volume=relative:/data", "is not an absolute path"),
     ("--volume=/tmp:/data:bogus", "bogus"),
     ("--volume=/tmp:/data:rec", "site"),
+    ("--volume=/scratch/$USER/out:/out", "Slurm does not expand $VARIABLES in #SBATCH lines"),
+    ("--volume=/tmp:/var/tmp/x", "inside /var"),
     ("--module=no-such-module", "unknown module 'no-such-module'"),
 ])
 def test_bad_volume_or_module_refused_at_submission(runner, option, reason):

@@ -151,3 +151,16 @@ def test_more_errors(text, message):
     with pytest.raises(ConfigError) as exc:
         config.parse(text, "/x/u.conf")
     assert message in str(exc.value)
+
+
+def test_site_fs_that_shifter_accepts_loads_with_a_warning():
+    """A siteFs map Shifter accepts must not stop the config from loading; what Shifter
+    ignores is reported in cfg.warnings (setupRoot prints them)."""
+    text = "siteFs=/global/;/none:/tmp:perNodeCache=size=100M:ro;/a:/b:rec::\n"
+    cfg = config.parse(text, "/etc/udiRoot.conf")
+    assert [v.spec() for v in cfg.siteFs] == ["/global:/global", "/none:/tmp:perNodeCache=size=100M", "/a:/b:rec"]
+    assert cfg.warnings == (
+        "/etc/udiRoot.conf:1: siteFs: warning: site volume map 2 '/none:/tmp:perNodeCache=size=100M:ro': 'ro' "
+        "ignored: a per-node cache is a new, writable filesystem of its own, not a bind mount "
+        "(Shifter ignores it too)",)
+    assert config.parse(FULL).warnings == ()

@@ -125,3 +125,50 @@ def test_steps_of_a_job_reuse_its_pinned_image(conf, monkeypatch):
     sp = FakeSpank(CTX_LOCAL)
     assert dispatch.run(sp, "init_post_opt", [conf], {"image": "docker:other/image"}) == -1
     assert "internal error" in sp.errors[0] or "asked again" in sp.errors[0]
+
+
+def test_volume_warnings_reach_the_submitting_user_and_the_job_gets_the_canonical_maps(conf):
+    """sbatch --volume=/global/cscratch1/sd/me/:/mnt:perNodeCache=size=50G:ro, as in
+    Shifter job scripts: accepted (Shifter ignores ro on a cache), one info line on
+    sbatch's stderr saying so, and the job gets the canonical text."""
+    sp = FakeSpank(CTX_ALLOCATOR)
+    rc = dispatch.run(sp, "init_post_opt", [conf], {
+        "image": "test/busybox", "volume": "/global/cscratch1/sd/me/:/mnt:perNodeCache=size=50G:ro;/a//b/:/b"})
+    assert rc == 1, sp.errors
+    assert sp.control_env["SHIFTER_VOLUME"] == "/a/b:/b;/global/cscratch1/sd/me:/mnt:perNodeCache=size=50G"
+    assert sp.infos == [
+        "shifter: warning: volume map 1 '/global/cscratch1/sd/me/:/mnt:perNodeCache=size=50G:ro': 'ro' ignored: "
+        "a per-node cache is a new, writable filesystem of its own, not a bind mount (Shifter ignores it too)"]
+    assert sp.errors == []
+
+
+def test_empty_volume_option_is_refused_but_an_empty_list_is_not(conf):
+    sp = FakeSpank(CTX_ALLOCATOR)
+    assert dispatch.run(sp, "init_post_opt", [conf], {"image": "test/busybox", "volume": ""}) == -1
+    assert "the volume map is empty" in sp.errors[0]
+    sp = FakeSpank(CTX_ALLOCATOR)
+    assert dispatch.run(sp, "init_post_opt", [conf], {"image": "test/busybox", "volume": ";"}) == 1, sp.errors
+    assert sp.control_env["SHIFTER_VOLUME"] == ""
+
+
+def test_unexpanded_variable_in_a_volume_is_refused_at_submission(conf):
+    sp = FakeSpank(CTX_ALLOCATOR)
+    assert dispatch.run(sp, "init_post_opt", [conf], {"image": "test/busybox", "volume": "/scratch/$USER/x:/x"}) == -1
+    assert len(sp.errors) == 1 and "contains the character '$'" in sp.errors[0]
+    assert "Slurm does not expand $VARIABLES in #SBATCH lines" in sp.errors[0]
+    assert sp.control_env == {}
+
+
+def test_steps_of_a_job_do_not_repeat_its_volume_warnings(conf, monkeypatch):
+    """srun inside the job inherits sbatch's --volume (Slurm passes SPANK options on): the
+    warnings were said at submission; a step with other volumes gets its own."""
+    spec = "/x:/mnt:perNodeCache=size=1G:ro"
+    job_env = {"SLURM_JOB_ID": "12", "SLURM_SPANK_SHIFTER_VOLUME": "/x:/mnt:perNodeCache=size=1G"}
+    monkeypatch.setattr("os.environ", dict(job_env))
+    sp = FakeSpank(CTX_LOCAL)
+    assert dispatch.run(sp, "init_post_opt", [conf], {"image": "test/busybox", "volume": spec}) == 1, sp.errors
+    assert sp.infos == []
+    monkeypatch.setattr("os.environ", dict(job_env))
+    sp = FakeSpank(CTX_LOCAL)
+    assert dispatch.run(sp, "init_post_opt", [conf], {"image": "test/busybox", "volume": spec + ";/y:/z"}) == 1
+    assert len(sp.infos) == 1 and "'ro' ignored" in sp.infos[0]
