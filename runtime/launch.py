@@ -377,8 +377,10 @@ def _main(argv: list[str]) -> int:
                                                                     "SLURM_SPANK_SHIFTER_MODULE")
     modules_req = parse_list(mod_text) if mod_text is not None else None
     modules = select_modules(config, modules_req)
-    image_path, image_meta = udi.resolve_image(config, image)
     uid, gid = os.getuid(), os.getgid()
+    # the same one line whether the image is missing or private to others
+    udi.check_image_usable(config, image, uid, {gid, *os.getgroups()})
+    image_path, image_meta = udi.resolve_image(config, image)
     prepared = prepared_plan(config, uid, gid, image, vols, modules_req, environ)
     env = build_env(opts, environ, image_meta, [m.env for m in modules] + [config.siteEnv])
     args = build_argv(opts, image_meta)
