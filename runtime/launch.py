@@ -13,8 +13,8 @@ Options stop at the first non-option.  Image: ``--image`` > the environment's
 ``--volume`` (replaces the job's) > ``SHIFTER_VOLUME`` > ``SLURM_SPANK_SHIFTER_VOLUME``;
 modules likewise with ``--module``/``SHIFTER_MODULE``.
 
-The container: the UDI the node's prolog (setupRoot) prepared when it was made for this
-very request (uid, gid, job, image, volumes, modules); otherwise a private one for this
+The container: the UDI that setupRoot (as root, on this node) prepared when it was made
+for this very request (uid, gid, job, image, volumes, modules); otherwise a private one for this
 process (as root: a new mount namespace; as a user: squashfuse in a user namespace).
 
 Environment, in Shifter's order: the caller's (none with ``--clearenv``) -> image ENV ->
