@@ -41,8 +41,9 @@ USAGE = ("usage: shifter [-i IMAGE] [-V SRC:DST[:FLAGS]]... [-m MODULES] [-e NAM
 HELP = """\
 Run CMD in a container made from IMAGE (Shifter-compatible).
 
-  -i, --image=IMAGE        docker:REPO[:TAG], REPO:TAG, id:<64 hex>, custom:NAME, local:/PATH
-                           (default: the job's --image, SHIFTER_IMAGE/SHIFTER_IMAGETYPE)
+  -i, --image=IMAGE        docker:REPO[:TAG], REPO:TAG, id:<64 hex>, custom:NAME[:TAG], local:/PATH
+                           (default: SHIFTER_IMAGETYPE/SHIFTER_IMAGE or SHIFTER_IMAGE=TYPE:SPEC,
+                           else the job's --image, else SHIFTER_IMAGEREQUEST or SHIFTER=TYPE:SPEC)
   -V, --volume=SRC:DST[:ro|:perNodeCache=size=N]   repeatable; replaces the job's volumes
   -m, --module=LIST        site modules (comma separated), 'none' for none
   -e, --env=NAME=VALUE     set a variable in the container (repeatable; NAME alone copies it)

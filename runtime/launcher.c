@@ -19,6 +19,11 @@
  * replay) is handed, unchanged, to the Python implementation:
  *   <prefix>/bin/python -I -m shifter.runtime.launch ARGS...
  *
+ * The request is read from the environment by the rule of
+ * shifter.runtime.launch.env_image_spec (env_image_request here); with
+ * SHIFTER_LAUNCHER_PRINT_REQUEST set, the launcher prints what it took (JSON) and runs
+ * nothing: tests/data/image_request.json runs through both.
+ *
  * Exit status: the command's; 127 command not found, 126 not executable; 125 the
  * container could not be entered (one line on stderr).
  */
