@@ -107,8 +107,9 @@ def test_an_imported_custom_image_runs_by_name(cluster, runner, scratch):
                      f"echo $SLURM_SPANK_SHIFTER_IMAGE; {SHIFTER} cat /etc/marker; "
                      f"{SHIFTER} --image={name}:v1 cat /etc/marker")
         assert out.splitlines() == [image_id, f"load-test-{os.getpid()}", f"load-test-{os.getpid()}"], out
-        res = runner.run([SHIFTER, f"--image={name}", "cat", "/etc/marker"])
-        assert (res.returncode, res.stdout) == (0, f"load-test-{os.getpid()}\n"), res.stderr
+        for image, marker in ((f"{name}:v1", "load-test"), (name, "untagged")):  # outside a job
+            res = runner.run([SHIFTER, f"--image={image}", "cat", "/etc/marker"])
+            assert (res.returncode, res.stdout) == (0, f"{marker}-{os.getpid()}\n"), res.stderr
         pull = _img(runner, "pull", f"{name}:v1")
         assert pull.returncode == 2 and "custom images are imported, not pulled" in pull.stderr
     finally:
