@@ -57,7 +57,7 @@ def test_compiled_launcher(case):
 def test_the_table_covers_the_contract():
     names = {n for c in CASES for n in c["env"]}
     for var in ("SHIFTER_IMAGE", "SHIFTER_IMAGETYPE", "SLURM_SPANK_SHIFTER_IMAGE", "SLURM_SPANK_SHIFTER_IMAGETYPE",
-                *launch.FALLBACK_IMAGE_VARS[:-1], "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME",
+                *launch.FALLBACK_IMAGE_VARS, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME",
                 "SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE"):
         assert var in names, var
 
