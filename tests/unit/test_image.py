@@ -70,3 +70,17 @@ def test_custom_and_local():
         with pytest.raises(UsageError) as exc:
             parse_image(bad, allow)
         assert "absolute, normalised path" in str(exc.value)
+
+
+def test_gateway_names_custom_images_like_docker_ones():
+    """shifterimg lookup/import/expire take custom:NAME[:TAG] (no tag: latest); pull refuses it."""
+    from shifter.gateway_client.client import image_ref
+
+    assert image_ref("custom:load_test:v1") == ImageRef("custom", "load_test:v1")
+    assert image_ref("custom:load_test") == ImageRef("custom", "load_test:latest")
+    with pytest.raises(UsageError) as exc:
+        image_ref("custom:load_test:v1", allow_custom=False)
+    assert "custom images are imported, not pulled" in str(exc.value)
+    with pytest.raises(UsageError) as exc:
+        image_ref("id:" + ID)
+    assert "not ids" in str(exc.value)
