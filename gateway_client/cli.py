@@ -182,14 +182,14 @@ def _wait(args, client: GatewayClient, name: str, start, what: str) -> int:
 
 
 def cmd_pull(args) -> int:
-    ref = image_ref(args.image, _config(args))
+    ref = image_ref(args.image, _config(args), allow_custom=False)
     users, groups = _acl(args)
     client = _client(args)
     return _wait(args, client, str(ref), lambda: client.pull(ref, users, groups), "pull")
 
 
 def cmd_import(args) -> int:
-    ref = image_ref(args.image, _config(args), allow_custom=True)
+    ref = image_ref(args.image, _config(args))
     users, groups = _acl(args)
     client = _client(args)
     path = os.path.abspath(args.file)

@@ -121,13 +121,15 @@ class ImageRecord:
             status_message=str(data.get("status_message") or ""), raw=data)
 
 
-def image_ref(spec: str, config: UdiRootConfig | None = None, allow_custom: bool = False) -> ImageRef:
-    """Parse an image argument for the gateway: a docker image, or (``allow_custom``, for
-    imports) ``custom:NAME[:TAG]`` with the docker tag grammar, as Shifter's gateway has it."""
-    if allow_custom and spec.startswith("custom:"):
-        return ImageRef("custom", parse_image("docker:" + spec[len("custom:"):]).tag)
+def image_ref(spec: str, config: UdiRootConfig | None = None, allow_custom: bool = True) -> ImageRef:
+    """Parse an image argument for the gateway: a docker image, or (unless
+    ``allow_custom`` is false: pulls) an imported ``custom:NAME[:TAG]`` image (the docker
+    tag grammar; no tag means ``latest``, as Shifter's gateway has it)."""
     ref = parse_image(spec, config)
-    if ref.type != "docker":
+    if ref.type == "custom" and not allow_custom:
+        raise UsageError(f"invalid image {spec!r}: custom images are imported, not pulled",
+                         "shifterimg import FILE custom:NAME:TAG")
+    if ref.type not in ("docker", "custom"):
         raise UsageError(f"invalid image {spec!r}: the gateway knows docker images (and imported "
                          "custom ones), not ids", "use docker:REPO:TAG")
     return ref

@@ -5,7 +5,9 @@ Grammar (Shifter's):
                          (no tag means ``:latest``; REPO may carry a registry host)
   ``REPO:TAG``           the same with the site's ``defaultImageType`` (docker)
   ``id:<64 hex>``        an image already on the system, by id (as pinned at submission)
-  ``custom:NAME``        a site-provided image file ``<imagePath>/NAME.squashfs`` (+ .meta)
+  ``custom:NAME[:TAG]``  an image imported through the gateway (``shifterimg import
+                         FILE custom:NAME:TAG``), resolved by the gateway like docker
+                         images; no tag means ``:latest``, as the import stores it
   ``local:/PATH``        a directory of the host as the root (``/`` = the host itself);
                          only where udiRoot.conf sets ``allowLocalChroot=1``
 
@@ -31,7 +33,6 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
 _TYPE_RE = re.compile(r"^[a-z]+$")
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9:_./@+-]")
-_CUSTOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 MAX_LEN = 1024
 
@@ -85,10 +86,9 @@ def parse_image(spec: str | None, config=None, *, default_type: str | None = Non
             raise _refuse(spec, "an image id is 64 lowercase hex digits", "run 'shifterimg lookup IMAGE' to get the id")
         return ImageRef("id", rest)
     if itype == "custom":
-        if not _CUSTOM_RE.match(rest):
-            raise _refuse(spec, "a custom image name is letters, digits and . _ + - (no '/')",
-                          "use custom:NAME for <imagePath>/NAME.squashfs")
-        return ImageRef("custom", rest)
+        # an image imported through the gateway (shifterimg import FILE custom:NAME:TAG):
+        # the docker name and tag grammar, no tag meaning :latest (as the import stores it)
+        return ImageRef("custom", _normalise_docker(spec, rest, "use custom:NAME:TAG (shifterimg import FILE IMAGE)"))
     if itype == "local":
         if not allow_local:
             raise _refuse(spec, "local images are not allowed on this system (allowLocalChroot=0)",

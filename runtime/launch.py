@@ -7,13 +7,14 @@ matches; it hands everything else here, unchanged.
             [-E] [-w PATH | --workdir[=PATH]] [--entrypoint[=CMD]] [-v] [--dry-run]
             [--] [CMD [ARG...]]
 
-Options stop at the first non-option.  Image: ``--image`` > ``SHIFTER_IMAGE`` /
-``SHIFTER_IMAGETYPE`` > ``SLURM_SPANK_SHIFTER_IMAGE`` / ``..._IMAGETYPE``.  Volumes:
+Options stop at the first non-option.  Image: ``--image`` > the environment's
+(``env_image_spec``: ``SHIFTER_IMAGETYPE``/``SHIFTER_IMAGE`` > the job's
+``SLURM_SPANK_SHIFTER_*`` pair > ``SHIFTER_IMAGEREQUEST``, ``SHIFTER``).  Volumes:
 ``--volume`` (replaces the job's) > ``SHIFTER_VOLUME`` > ``SLURM_SPANK_SHIFTER_VOLUME``;
 modules likewise with ``--module``/``SHIFTER_MODULE``.
 
-The container: the UDI the node's prolog (setupRoot) prepared when it was made for this
-very request (uid, gid, job, image, volumes, modules); otherwise a private one for this
+The container: the UDI that setupRoot (as root, on this node) prepared when it was made
+for this very request (uid, gid, job, image, volumes, modules); otherwise a private one for this
 process (as root: a new mount namespace; as a user: squashfuse in a user namespace).
 
 Environment, in Shifter's order: the caller's (none with ``--clearenv``) -> image ENV ->
@@ -40,8 +41,9 @@ USAGE = ("usage: shifter [-i IMAGE] [-V SRC:DST[:FLAGS]]... [-m MODULES] [-e NAM
 HELP = """\
 Run CMD in a container made from IMAGE (Shifter-compatible).
 
-  -i, --image=IMAGE        docker:REPO[:TAG], REPO:TAG, id:<64 hex>, custom:NAME, local:/PATH
-                           (default: the job's --image, SHIFTER_IMAGE/SHIFTER_IMAGETYPE)
+  -i, --image=IMAGE        docker:REPO[:TAG], REPO:TAG, id:<64 hex>, custom:NAME[:TAG], local:/PATH
+                           (default: SHIFTER_IMAGETYPE/SHIFTER_IMAGE or SHIFTER_IMAGE=TYPE:SPEC,
+                           else the job's --image, else SHIFTER_IMAGEREQUEST or SHIFTER=TYPE:SPEC)
   -V, --volume=SRC:DST[:ro|:perNodeCache=size=N]   repeatable; replaces the job's volumes
   -m, --module=LIST        site modules (comma separated), 'none' for none
   -e, --env=NAME=VALUE     set a variable in the container (repeatable; NAME alone copies it)
@@ -138,14 +140,45 @@ def first_set(env, *names):
     return None
 
 
+#: Fallbacks for the image, used only when neither SHIFTER_IMAGE nor SLURM_SPANK_SHIFTER_IMAGE
+#: is set: Shifter's request variable (as the plugin hands it to the job), this project's
+#: old name for it, and old Shifter's ``SHIFTER=TYPE:SPEC``.
+FALLBACK_IMAGE_VARS = ("SHIFTER_IMAGEREQUEST", "SLURM_SPANK_SHIFTER_IMAGEREQUEST",
+                       "SHIFTER_IMAGE_REQUEST", "SLURM_SPANK_SHIFTER_IMAGE_REQUEST",
+                       "SHIFTER", "SLURM_SPANK_SHIFTER")
+
+
 def env_image_spec(env) -> str | None:
-    """The image the environment requests: ``SHIFTER_IMAGE``/``SHIFTER_IMAGETYPE``, else
-    the job's ``SLURM_SPANK_SHIFTER_IMAGE``/``..._IMAGETYPE`` (TYPE:TAG, or TAG alone)."""
+    """The image the environment requests, as a descriptor (docs/launcher.md, "Which
+    image"; the compiled launcher's ``env_image_request`` is the same rule, both checked
+    against tests/data/image_request.json):
+
+    1. ``SHIFTER_IMAGE`` (non-empty): ``SHIFTER_IMAGETYPE:SHIFTER_IMAGE`` when the type
+       is set too, else ``SHIFTER_IMAGE`` itself as a descriptor (``id:<hex>``,
+       ``docker:repo:tag``; without a type prefix, the site's defaultImageType);
+    2. else the job's ``SLURM_SPANK_SHIFTER_IMAGE`` likewise with ``..._IMAGETYPE``;
+    3. else the first non-empty of ``FALLBACK_IMAGE_VARS``, as a descriptor.
+    """
     for prefix in ("SHIFTER_", "SLURM_SPANK_SHIFTER_"):
         tag, itype = env.get(prefix + "IMAGE"), env.get(prefix + "IMAGETYPE")
         if tag:
             return f"{itype}:{tag}" if itype else tag
+    for name in FALLBACK_IMAGE_VARS:
+        if env.get(name):
+            return env[name]
     return None
+
+
+def env_request(env) -> dict:
+    """What ``shifter CMD`` (no option) takes from the environment: the image descriptor,
+    the volume text and the normalised module list (None: the site's defaultModules).
+    Raises ``UsageError`` for a module list the launcher refuses.  The compiled launcher
+    prints the same with SHIFTER_LAUNCHER_PRINT_REQUEST=1 (tests/data/image_request.json)."""
+    from shifter.runtime.modules import normalize
+
+    module = first_set(env, "SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE")
+    return {"image": env_image_spec(env), "volume": first_set(env, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME"),
+            "modules": None if module is None else normalize(module)}
 
 
 def choose_image(opts: Options, env, config):
@@ -230,6 +263,7 @@ def choose_cwd(opts: Options, image_meta) -> str:
 def prepared_plan(config, uid, gid, image, vols, modules_req, env):
     """The node's launch plan, if the prepared UDI was made for exactly this request."""
     from shifter.runtime import plan, volumes
+    from shifter.runtime.modules import normalize
 
     path = os.path.join(config.udiMount, plan.RELPATH)
     try:
@@ -245,7 +279,7 @@ def prepared_plan(config, uid, gid, image, vols, modules_req, env):
         return None
     if modules_req is None:
         return p if p.modules_default == "1" else None
-    return p if ",".join(sorted(set(m for m in modules_req if m != "none"))) == p.modules else None
+    return p if normalize(",".join(modules_req)) == p.modules else None
 
 
 # --------------------------------------------------------------------------- entering
@@ -348,8 +382,10 @@ def _main(argv: list[str]) -> int:
                                                                     "SLURM_SPANK_SHIFTER_MODULE")
     modules_req = parse_list(mod_text) if mod_text is not None else None
     modules = select_modules(config, modules_req)
-    image_path, image_meta = udi.resolve_image(config, image)
     uid, gid = os.getuid(), os.getgid()
+    # the same one line whether the image is missing or private to others
+    udi.check_image_usable(config, image, uid, {gid, *os.getgroups()})
+    image_path, image_meta = udi.resolve_image(config, image)
     prepared = prepared_plan(config, uid, gid, image, vols, modules_req, environ)
     env = build_env(opts, environ, image_meta, [m.env for m in modules] + [config.siteEnv])
     args = build_argv(opts, image_meta)

@@ -19,6 +19,11 @@
  * replay) is handed, unchanged, to the Python implementation:
  *   <prefix>/bin/python -I -m shifter.runtime.launch ARGS...
  *
+ * The request is read from the environment by the rule of
+ * shifter.runtime.launch.env_image_spec (env_image_request here); with
+ * SHIFTER_LAUNCHER_PRINT_REQUEST set, the launcher prints what it took (JSON) and runs
+ * nothing: tests/data/image_request.json runs through both.
+ *
  * Exit status: the command's; 127 command not found, 126 not executable; 125 the
  * container could not be entered (one line on stderr).
  */
@@ -190,24 +195,71 @@ static const char *env2(const char *a, const char *b)
     return v;
 }
 
+/* The image the environment requests, as a descriptor: the rule of
+ * shifter.runtime.launch.env_image_spec (docs/launcher.md "Which image"; both are checked
+ * against tests/data/image_request.json).
+ *   1. SHIFTER_IMAGE (non-empty): "SHIFTER_IMAGETYPE:SHIFTER_IMAGE" when the type is set
+ *      too, else SHIFTER_IMAGE itself (a descriptor: id:<hex>, docker:repo:tag, ...);
+ *   2. else SLURM_SPANK_SHIFTER_IMAGE likewise with SLURM_SPANK_SHIFTER_IMAGETYPE;
+ *   3. else the first non-empty fallback: SHIFTER_IMAGEREQUEST (Shifter's request
+ *      variable), SLURM_SPANK_SHIFTER_IMAGEREQUEST, the old SHIFTER_IMAGE_REQUEST names,
+ *      old Shifter's SHIFTER (and SLURM_SPANK_SHIFTER).
+ * 1 and the descriptor in `out`; 0 when there is none; -1 when it does not fit. */
+int env_image_request(char *out, size_t outlen)
+{
+    static const char *const prefixes[] = {"SHIFTER_", "SLURM_SPANK_SHIFTER_"};
+    static const char *const fallbacks[] = {"SHIFTER_IMAGEREQUEST", "SLURM_SPANK_SHIFTER_IMAGEREQUEST",
+                                            "SHIFTER_IMAGE_REQUEST", "SLURM_SPANK_SHIFTER_IMAGE_REQUEST",
+                                            "SHIFTER", "SLURM_SPANK_SHIFTER"};
+    int n = -1;
+    for (int i = 0; i < 2 && n < 0; i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "%sIMAGE", prefixes[i]);
+        const char *tag = getenv(name);
+        if (tag == NULL || tag[0] == '\0') continue;
+        snprintf(name, sizeof(name), "%sIMAGETYPE", prefixes[i]);
+        const char *type = getenv(name);
+        if (type != NULL && type[0] != '\0') n = snprintf(out, outlen, "%s:%s", type, tag);
+        else n = snprintf(out, outlen, "%s", tag);
+    }
+    for (size_t i = 0; n < 0 && i < sizeof(fallbacks) / sizeof(fallbacks[0]); i++) {
+        const char *v = getenv(fallbacks[i]);
+        if (v != NULL && v[0] != '\0') n = snprintf(out, outlen, "%s", v);
+    }
+    if (n < 0) return 0;
+    return (size_t) n < outlen ? 1 : -1;
+}
+
 static int cmpstr(const void *a, const void *b)
 {
     return strcmp(*(const char *const *) a, *(const char *const *) b);
 }
 
-/* "b,a,,b" -> "a,b" (sorted, unique); "none" -> "" */
+/* The module request in canonical form, as shifter.runtime.modules.normalize: "b,a,,b"
+ * -> "a,b" (sorted, unique; ',' and ' ' separate); "none" -> "".  NULL when "none" is
+ * combined with anything (refused, as in Shifter: Python says why) or on overflow. */
 static char *normal_modules(const char *spec)
 {
     char *copy = strdup(spec), *save = NULL;
     const char *items[256];
-    int n = 0;
-    for (char *t = strtok_r(copy, ", ", &save); t && n < 256; t = strtok_r(NULL, ", ", &save)) {
-        if (strcmp(t, "none") == 0) { n = 0; break; }
+    int n = 0, none = 0;
+    if (copy == NULL) return NULL;
+    for (char *t = strtok_r(copy, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+        if (n == 256) {
+            free(copy);
+            return NULL;
+        }
+        if (strcmp(t, "none") == 0) none = 1;
         items[n++] = t;
     }
+    if (none && n > 1) {
+        free(copy);
+        return NULL;
+    }
+    if (none) n = 0;
     qsort(items, (size_t) n, sizeof(char *), cmpstr);
     char *out = calloc(strlen(spec) + 1, 1);
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; out && i < n; i++) {
         if (i > 0 && strcmp(items[i], items[i - 1]) == 0) continue;
         if (out[0]) strcat(out, ",");
         strcat(out, items[i]);
@@ -226,21 +278,58 @@ static int matches(const struct plan *p, uid_t uid, gid_t gid)
     if (strcmp(p->gid, num) != 0) return 0;
     const char *job = getenv("SLURM_JOB_ID");
     if (strcmp(p->jobid, job ? job : "") != 0) return 0;
-    const char *type = getenv("SHIFTER_IMAGETYPE"), *image = getenv("SHIFTER_IMAGE");
-    if (type == NULL || image == NULL) {
-        type = getenv("SLURM_SPANK_SHIFTER_IMAGETYPE");
-        image = getenv("SLURM_SPANK_SHIFTER_IMAGE");
-    }
-    if (type == NULL || image == NULL || strcmp(type, p->image_type) != 0 || strcmp(image, p->image_id) != 0)
+    char spec[PATH_MAX];
+    size_t tlen = strlen(p->image_type);
+    if (env_image_request(spec, sizeof(spec)) != 1 || strncmp(spec, p->image_type, tlen) != 0 ||
+        spec[tlen] != ':' || strcmp(spec + tlen + 1, p->image_id) != 0)
         return 0;
     const char *vol = env2("SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME");
     if (strcmp(vol ? vol : "", p->volumes) != 0) return 0;
     const char *mod = env2("SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE");
     if (mod == NULL) return strcmp(p->modules_default, "1") == 0;
     char *norm = normal_modules(mod);
-    int same = strcmp(norm, p->modules) == 0;
+    int same = norm != NULL && strcmp(norm, p->modules) == 0;
     free(norm);
     return same;
+}
+
+/* SHIFTER_LAUNCHER_PRINT_REQUEST=1: print what this program takes from the environment,
+ * as JSON (shifter.runtime.launch.env_request's keys; tests/data/image_request.json runs
+ * through both), and run nothing. */
+static void json_string(const char *s)
+{
+    if (s == NULL) {
+        fputs("null", stdout);
+        return;
+    }
+    putchar('"');
+    for (const unsigned char *c = (const unsigned char *) s; *c; c++) {
+        if (*c == '"' || *c == '\\') printf("\\%c", *c);
+        else if (*c < 0x20) printf("\\u%04x", *c);
+        else putchar(*c);
+    }
+    putchar('"');
+}
+
+static int print_request(void)
+{
+    char spec[PATH_MAX];
+    int found = env_image_request(spec, sizeof(spec));
+    const char *mod = env2("SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE");
+    char *norm = mod ? normal_modules(mod) : NULL;
+    fputs("{\"image\": ", stdout);
+    json_string(found == 1 ? spec : NULL);
+    fputs(", \"volume\": ", stdout);
+    json_string(env2("SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME"));
+    if (mod != NULL && norm == NULL) {
+        fputs(", \"error\": \"module\"}\n", stdout);
+    } else {
+        fputs(", \"modules\": ", stdout);
+        json_string(norm);
+        fputs("}\n", stdout);
+    }
+    free(norm);
+    return 0;
 }
 
 static int write_file(const char *path, const char *text)
@@ -389,6 +478,7 @@ int main(int argc, char **argv)
     if (slash) *slash = '\0';
     snprintf(prefix, sizeof(prefix), "%s", self);
 
+    if (getenv("SHIFTER_LAUNCHER_PRINT_REQUEST") != NULL) return print_request();
     if (argc >= 2 && argv[1][0] == '-') to_python(argc, argv);
     if (getenv("SHIFTER_NO_FAST_PATH") != NULL) to_python(argc, argv);
     uid_t uid = getuid();

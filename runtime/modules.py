@@ -15,11 +15,27 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(m for m in text.replace(" ", ",").split(",") if m)
 
 
+def check_none(names) -> None:
+    """``none`` means no module at all: it can't be combined with anything (not even a
+    second ``none``), as in Shifter."""
+    if "none" in names and len(names) > 1:
+        raise UsageError(f"invalid module list {','.join(names)!r}: 'none' can't be combined with modules",
+                         "use --module=none alone, or list the modules you want")
+
+
+def normalize(text: str) -> str:
+    """A module request in canonical form: the names sorted, each once; ``none`` -> "".
+    What a prepared UDI's launch plan records and the compiled launcher compares
+    (launcher.c ``normal_modules``; tests/data/image_request.json)."""
+    names = parse_list(text)
+    check_none(names)
+    return ",".join(sorted(set(n for n in names if n != "none")))
+
+
 def select_modules(config, requested: tuple[str, ...] | None) -> tuple:
     names = config.defaultModules if requested is None else requested
+    check_none(names)
     if "none" in names:
-        if len(names) > 1:
-            raise UsageError(f"invalid module list {','.join(names)!r}: 'none' can't be combined with modules")
         return ()
     chosen = []
     for name in dict.fromkeys(names):

@@ -81,8 +81,10 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
 #: FUSE servers, in order of preference (the low-level one is faster)
 SQUASHFUSE = ("squashfuse_ll", "squashfuse")
 HELPER_GRACE = 1.0  # seconds squashfuse gets to exit by itself after the command
-ROOT_HINT = "use it in a job whose prolog prepared the container (sbatch/salloc --image=... with it)"
-_OR_JOB = "or run in a job whose prolog prepared the container"
+#: hints for what a private container can't do: only setupRoot, run as root, builds a
+#: container with it (nothing else in this code path would, so promise nothing else)
+ROOT_HINT = "only a container that setupRoot builds as root can have it: leave it out of this request"
+_OR_PREPARED = "or use a container that setupRoot prepares as root"
 _SI_KERNEL = 0x80  # si_code of signals the kernel (e.g. a terminal's ^C) generated
 _SI_USER, _SI_QUEUE = 0, -1  # kill(2), sigqueue(3)
 #: what the image's server ignores: it must outlive every signal the command may get and
@@ -188,7 +190,8 @@ def _check(config, image_path, image_meta, request, argv, uid, gid) -> None:
     for v in request.volumes:
         if v.per_node_cache is not None:
             raise UsageError(f"can't create the per-node cache at {v.destination} in a private container: "
-                             "it needs root", ROOT_HINT)
+                             "it needs root", ROOT_HINT + " (a directory you own can stand in: -V DIR:"
+                             f"{v.destination})")
     volumes.destination_conflicts(request.volumes)
     if request.image.type == "local":
         if not os.path.isdir(image_path):
@@ -199,7 +202,7 @@ def _check(config, image_path, image_meta, request, argv, uid, gid) -> None:
                          "check the permissions of imagePath, or ask the site")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise ShifterError(f"can't build a private container: /dev/fuse is not usable (as uid {uid})",
-                           "the site must allow FUSE (/dev/fuse mode 0666), " + _OR_JOB)
+                           "the site must allow FUSE (/dev/fuse mode 0666), " + _OR_PREPARED)
 
 
 def find_squashfuse(config) -> str:
@@ -211,7 +214,7 @@ def find_squashfuse(config) -> str:
             if os.access(path, os.X_OK):
                 return path
     raise ConfigError("can't build a private container: squashfuse is not installed",
-                      "install it (apt-get install squashfuse), " + _OR_JOB)
+                      "install it (apt-get install squashfuse), " + _OR_PREPARED)
 
 
 def _make_base(uid: int) -> str:
@@ -470,7 +473,7 @@ class _Builder:
             raise ShifterError(f"can't build a private container: can't create a user namespace: "
                                f"{os.strerror(e.errno)}",
                                "unprivileged user namespaces must be enabled (sysctl user.max_user_namespaces, "
-                               "kernel.unprivileged_userns_clone), " + _OR_JOB) from None
+                               "kernel.unprivileged_userns_clone), " + _OR_PREPARED) from None
         linux.make_propagation("/", linux.MS_PRIVATE, recursive=True)
         plain = list(self.request.volumes)
         sources = self._open_sources(plain)  # before anything is mounted: the host's view
@@ -496,7 +499,7 @@ class _Builder:
             fuse = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
             raise ShifterError(f"can't build a private container: can't open /dev/fuse: {e.strerror}",
-                               "the site must allow FUSE, " + _OR_JOB) from None
+                               "the site must allow FUSE, " + _OR_PREPARED) from None
         with record.group("fusemount", self.image_path, record.P(target), RO | SAFE):
             if linux.share_image(self.image_path, target, RO | SAFE):
                 os.close(fuse)
@@ -613,7 +616,7 @@ class _Builder:
         except PermissionError:
             raise ShifterError(f"can't mount {what} {v.spec()}: permission denied (as uid {self.uid})",
                                "a private container mounts site filesystems as the user: ask the site to open it up, "
-                               + _OR_JOB) from None
+                               + _OR_PREPARED) from None
         except OSError:
             pass  # _bind_site says what is wrong
         _udi._bind_site(self.root, v, what, bind=self._bind)

@@ -149,28 +149,15 @@ static void say(const char *fmt, ...)
 }
 
 /* ------------------------------------------------------------------ the request key */
-/* The image spec as launch.choose_image sees it: TYPE:TAG of the first prefix whose
- * TAG is set and non-empty.  Only `id:` + 64 lowercase hex digits is replayed;
- * NULL otherwise.  `out` holds 68 bytes. */
+/* The image the environment requests (env_image_request, the launcher's one rule),
+ * if it is `id:` + 64 lowercase hex digits, the only kind replayed; NULL otherwise.
+ * `out` holds 68 bytes. */
 static const char *image_id_spec(char *out)
 {
-    static const char *const prefixes[] = {"SHIFTER_", "SLURM_SPANK_SHIFTER_"};
-    for (int i = 0; i < 2; i++) {
-        char name[64];
-        snprintf(name, sizeof(name), "%sIMAGE", prefixes[i]);
-        const char *tag = getenv(name);
-        if (tag == NULL || tag[0] == '\0') continue;
-        snprintf(name, sizeof(name), "%sIMAGETYPE", prefixes[i]);
-        const char *type = getenv(name);
-        size_t tlen = (type && type[0]) ? strlen(type) + 1 : 0;
-        if (tlen + strlen(tag) != 67) return NULL;
-        snprintf(out, 68, "%s%s%s", tlen ? type : "", tlen ? ":" : "", tag);
-        if (strncmp(out, "id:", 3) != 0) return NULL;
-        for (int k = 3; k < 67; k++)
-            if (!((out[k] >= '0' && out[k] <= '9') || (out[k] >= 'a' && out[k] <= 'f'))) return NULL;
-        return out;
-    }
-    return NULL;
+    if (env_image_request(out, 68) != 1 || strlen(out) != 67 || strncmp(out, "id:", 3) != 0) return NULL;
+    for (int k = 3; k < 67; k++)
+        if (!((out[k] >= '0' && out[k] <= '9') || (out[k] >= 'a' && out[k] <= 'f'))) return NULL;
+    return out;
 }
 
 struct sbuf {

@@ -15,6 +15,10 @@ extern char prefix[]; /* <prefix> of <prefix>/bin/shifter */
 /* exec <prefix>/bin/python -I -m shifter.runtime.launch ARGS... (never returns) */
 __attribute__((noreturn)) void to_python(int argc, char **argv);
 
+/* The image descriptor the environment requests (shifter.runtime.launch.env_image_spec's
+ * rule): 1 and the descriptor in out; 0 none; -1 too long for out. */
+int env_image_request(char *out, size_t outlen);
+
 /* in a new user namespace: map the caller's uid/gid to themselves, setgroups denied; 0 or -1 */
 int map_self(uid_t uid, gid_t gid);
 

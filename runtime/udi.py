@@ -56,7 +56,7 @@ class SetupError(ShifterError):
 
 @dataclass(frozen=True)
 class Request:
-    image: ImageRef  # id, custom or local (docker tags are resolved to ids before)
+    image: ImageRef  # id or local (docker and custom tags are resolved to ids before)
     uid: int
     gid: int
     username: str
@@ -85,23 +85,21 @@ def _mkdir_p(path: str) -> None:
 
 
 def resolve_image(config, image: ImageRef) -> tuple[str, meta.ImageMeta]:
-    """(path of the squashfs or directory, its metadata) for an id/custom/local image."""
+    """(path of the squashfs or directory, its metadata) for an id/local image."""
     if image.type == "local":
         if not config.allowLocalChroot:
             raise UsageError(f"can't use image {image}: local images are not allowed (allowLocalChroot=0)")
         if not os.path.isdir(image.tag):
             raise UsageError(f"can't use image {image}: {image.tag} is not a directory")
         return image.tag, meta.ImageMeta(format="vfs")
-    if image.type not in ("id", "custom"):
-        raise UsageError(f"can't set up image {image}: docker images must be resolved to an id first",
+    if image.type != "id":
+        raise UsageError(f"can't set up image {image}: docker and custom images must be resolved to an id first",
                          "pass 'id <image id>' (shifterimg lookup IMAGE prints it)")
     base = os.path.join(config.imagePath, image.tag)
     squashfs = base + ".squashfs"
     if not os.path.isfile(squashfs):
         raise UsageError(f"can't set up image {image}: {squashfs} does not exist",
                          "pull it first (shifterimg pull IMAGE) or check the id")
-    if image.type == "custom" and not os.path.exists(base + ".meta"):
-        return squashfs, meta.ImageMeta()
     m = meta.read(base + ".meta")
     if m.format != "squashfs":
         raise ConfigError(f"can't set up image {image}: format {m.format!r} is not supported here (squashfs only)")
@@ -123,6 +121,42 @@ def open_source(path: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+NOT_YOURS_HINT = "'shifterimg images' lists the images you may use; 'shifterimg lookup IMAGE' prints an id"
+
+
+def check_image_usable(config, image: ImageRef, uid: int, gids) -> None:
+    """Refuse an ``id:`` image the caller (not root) may not use: its files must be
+    readable by them and its metadata's ACL must allow them.  One message whether the
+    image is missing, unreadable or private to others, so that it never tells a user
+    whether an image they may not use exists.  Reads as the calling process."""
+    if image.type != "id" or uid == 0:
+        return
+    base = os.path.join(config.imagePath, image.tag)
+    try:
+        usable = meta.read(base + ".meta").allows(uid, set(gids)) and os.access(base + ".squashfs", os.R_OK)
+    except ShifterError:
+        usable = False
+    if not usable:
+        raise UsageError(f"can't use image {image}: there is no such image, or it is not yours to use",
+                         NOT_YOURS_HINT)
+
+
+def check_user_volumes(config, maps, uid: int) -> None:
+    """What setupRoot will refuse in the user's volume maps, checked by the calling
+    process (the user): a source that is not a directory or regular file they can read
+    (``open_source``); a per-node cache over the site's limits.  The source of a
+    perNodeCache map is not read (as in Shifter), so not checked."""
+    for v in maps:
+        if v.per_node_cache is not None:
+            cache.check(config, v)
+            continue
+        try:
+            os.close(open_source(v.source))
+        except OSError as e:
+            raise UsageError(f"can't mount volume source {v.source}: {(e.strerror or str(e)).lower()} "
+                             f"(as uid {uid})", "use a directory or file you can read") from None
 
 
 def open_sources_as_user(paths: list[str], uid: int, gid: int, gids: tuple[int, ...]) -> list[int]:

@@ -7,13 +7,18 @@ node's prolog/epilog through Slurm's job-control environment:
   SHIFTER_IMAGE      the image, pinned: its 64-hex id (docker tags are looked up at the
                      image gateway once, here, as Shifter does)
   SHIFTER_IMAGETYPE  its type (``id``; ``local`` for local images)
-  SHIFTER_IMAGE_REQUEST  what the user asked for (e.g. ``docker:test/busybox:latest``)
+  SHIFTER_IMAGEREQUEST  what the user asked for (e.g. ``docker:test/busybox:latest``),
+                     Shifter's name (this project called it ``SHIFTER_IMAGE_REQUEST``
+                     before; that name is still read)
   SHIFTER_VOLUME     the --volume maps, ';'-separated
   SHIFTER_MODULE     the --module value
   SHIFTER_CCM        1 with --ccm
 
 (the prolog sees them as ``SPANK_SHIFTER_*``, the batch script as ``SLURM_SPANK_SHIFTER_*``).
-A user's mistake is refused here, with one line, so no node ever sees it.
+A user's mistake is refused here, with one line, so no node ever sees it: a malformed
+value, an image the gateway does not have for them, an ``id:`` image whose files or ACL
+they may not use, a volume source they can't read, a per-node cache over the site's
+limits.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ class JobRequest:
             env["SHIFTER_IMAGE"] = self.image.tag
             env["SHIFTER_IMAGETYPE"] = self.image.type
         if self.requested is not None:
-            env["SHIFTER_IMAGE_REQUEST"] = str(self.requested)
+            env["SHIFTER_IMAGEREQUEST"] = str(self.requested)
         if self.volume is not None:
             env["SHIFTER_VOLUME"] = self.volume
         if self.module is not None:
@@ -57,7 +62,8 @@ class JobRequest:
 def _pinned_by_job(requested: ImageRef, environ) -> ImageRef | None:
     """Inside a job submitted with the same --image (its steps' srun inherit the option),
     reuse the job's pinned id: one lookup per job, and every step the same image."""
-    if (environ.get("SLURM_SPANK_SHIFTER_IMAGE_REQUEST") == str(requested)
+    job_request = environ.get("SLURM_SPANK_SHIFTER_IMAGEREQUEST") or environ.get("SLURM_SPANK_SHIFTER_IMAGE_REQUEST")
+    if (job_request == str(requested)
             and environ.get("SLURM_SPANK_SHIFTER_IMAGETYPE") == "id" and environ.get("SLURM_SPANK_SHIFTER_IMAGE")):
         return parse_image("id:" + environ["SLURM_SPANK_SHIFTER_IMAGE"])
     return None
@@ -71,6 +77,13 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=os.
         requested = parse_image(options["image"], config)
         # pinned once, at submission
         image = _pinned_by_job(requested, environ) or resolve_id(config, requested)
+        if requested.type == "id" and os.path.isdir(config.imagePath):
+            # the gateway answered for docker/custom tags (a private image of others is
+            # "not found"); an id is checked against the image's files and ACL, as the
+            # user.  Where this host does not see imagePath, the nodes check.
+            from shifter.runtime import udi
+
+            udi.check_image_usable(config, requested, os.getuid(), {os.getgid(), *os.getgroups()})
     volume = options.get("volume")
     if volume is not None and image is None:
         raise UsageError(
@@ -82,6 +95,11 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=os.
             raise UsageError("invalid --volume '': the volume map is empty", "use --volume=/src:/dst[:ro]")
         maps = volumes.parse_volumes(volume, warn=warn)
         volumes.destination_conflicts(maps + config.siteFs)
+        from shifter.runtime import udi
+
+        # sources readable by the user, per-node caches within the site's limits: what
+        # setupRoot would refuse on every node, refused here (we run as the user)
+        udi.check_user_volumes(config, maps, os.getuid())
         volume = volumes.format_volumes(maps)
     module = options.get("module")
     if module is not None:

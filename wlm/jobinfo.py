@@ -42,7 +42,7 @@ def from_spank(sp: SpankHandle, options: dict[str, str], environ=os.environ) -> 
         gid=sp.job_gid(),
         image_type=environ.get("SPANK_SHIFTER_IMAGETYPE") or None,
         image=environ.get("SPANK_SHIFTER_IMAGE") or None,
-        request=environ.get("SPANK_SHIFTER_IMAGE_REQUEST") or None,
+        request=environ.get("SPANK_SHIFTER_IMAGEREQUEST") or environ.get("SPANK_SHIFTER_IMAGE_REQUEST") or None,
         volume=environ.get("SPANK_SHIFTER_VOLUME") or options.get("volume"),
         module=environ.get("SPANK_SHIFTER_MODULE") or options.get("module"),
         ccm=environ.get("SPANK_SHIFTER_CCM") == "1" or "ccm" in options,

@@ -208,7 +208,7 @@ def test_userhook_runs_before_the_command_in_the_fast_path(env):
 def test_bad_usage_is_one_line_and_125(env):
     for args, message in ((["--bogus"], "unknown option '--bogus'"), (["-i"], "needs a value"),
                           (["--image=docker:Bad"], "invalid image"), (["-V", "/tmp:/etc/x", "true"], "inside /etc"),
-                          (["--image=id:" + "0" * 64, "true"], "does not exist")):
+                          (["--image=id:" + "0" * 64, "true"], "there is no such image, or it is not yours to use")):
         res = run(env, args)
         assert res.returncode == 125, (args, res)
         assert res.stderr.count("\n") == 1 and message in res.stderr, res.stderr

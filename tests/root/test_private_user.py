@@ -305,10 +305,14 @@ def test_per_node_cache_and_roothook_are_refused(env, tmpdir_user):
     res = _run(env, tmpdir_user, ["/bin/true"], volumes="/x:/scratch:perNodeCache=size=1G")
     assert res.returncode == 125 and res.stderr.count("\n") == 1
     assert "can't create the per-node cache at /scratch in a private container: it needs root" in res.stderr
-    assert "prolog prepared the container" in res.stderr
+    # the hint is true for the code: nothing in a job's prolog or in sbatch --image makes
+    # a per-node cache for a private container (it used to send the user there)
+    assert "only a container that setupRoot builds as root can have it" in res.stderr
+    assert "prolog" not in res.stderr and "sbatch" not in res.stderr and "--image" not in res.stderr
     res = _run(env, tmpdir_user, ["/bin/true"], modules=["rooty"])
     assert res.returncode == 125 and res.stderr.count("\n") == 1
     assert "module 'rooty'" in res.stderr and "roothook needs root" in res.stderr
+    assert "prolog" not in res.stderr and "sbatch" not in res.stderr
     _assert_nothing_left(tmpdir_user)
 
 

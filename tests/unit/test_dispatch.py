@@ -31,14 +31,41 @@ def conf(tmp_path):
     return f"shifter_config={path}"
 
 
-def test_allocator_pins_request_in_job_control_env(conf):
+def test_allocator_pins_request_in_job_control_env(conf, tmp_path):
+    a, c = tmp_path / "a", tmp_path / "c"
+    a.mkdir()
+    c.write_text("x")
     sp = FakeSpank(CTX_ALLOCATOR)
-    rc = dispatch.run(sp, "init_post_opt", [conf], {"image": "test/busybox", "volume": "/a:/b;/c:/d:ro",
+    rc = dispatch.run(sp, "init_post_opt", [conf], {"image": "test/busybox", "volume": f"{a}:/b;{c}:/d:ro",
                                                      "module": "mpich"})
     assert rc == 1, sp.errors
+    # Shifter's name for the request: SHIFTER_IMAGEREQUEST
     assert sp.control_env == {"SHIFTER_IMAGE": ID, "SHIFTER_IMAGETYPE": "id",
-                              "SHIFTER_IMAGE_REQUEST": "docker:test/busybox:latest",
-                              "SHIFTER_VOLUME": "/a:/b;/c:/d:ro", "SHIFTER_MODULE": "mpich"}
+                              "SHIFTER_IMAGEREQUEST": "docker:test/busybox:latest",
+                              "SHIFTER_VOLUME": f"{a}:/b;{c}:/d:ro", "SHIFTER_MODULE": "mpich"}
+
+
+@pytest.mark.parametrize("source, why", [("/no/such/dir", "no such file or directory"),
+                                         ("/dev/null", "not a directory or regular file")])
+def test_unusable_volume_source_is_refused_at_submission(conf, source, why):
+    sp = FakeSpank(CTX_ALLOCATOR)
+    assert dispatch.run(sp, "init_post_opt", [conf], {"image": "test/busybox", "volume": f"{source}:/data"}) == -1
+    assert len(sp.errors) == 1 and sp.errors[0].startswith(f"shifter: can't mount volume source {source}: {why}")
+    assert "(hint: " in sp.errors[0] and sp.control_env == {}
+
+
+def test_per_node_cache_source_is_not_checked_but_its_size_is(tmp_path):
+    path = tmp_path / "udiRoot.conf"
+    path.write_text("system=test\nimagePath=/images\nudiMount=/var/udiMount\nperNodeCacheSizeLimit=1G\n")
+    conf = f"shifter_config={path}"
+    sp = FakeSpank(CTX_ALLOCATOR)
+    ok = {"image": "test/busybox", "volume": "/no/such/dir:/cache:perNodeCache=size=1G"}
+    assert dispatch.run(sp, "init_post_opt", [conf], ok) == 1, sp.errors
+    sp = FakeSpank(CTX_LOCAL, env={})
+    big = {"image": "test/busybox", "volume": "/no/such/dir:/cache:perNodeCache=size=2G"}
+    assert dispatch.run(sp, "init_post_opt", [conf], big) == -1
+    assert sp.errors == ["shifter: can't create the per-node cache at /cache: size 2147483648 bytes is over the "
+                         "site limit of 1073741824 bytes (hint: ask for less (perNodeCache=size=...))"]
 
 
 def test_unknown_image_is_refused_at_submission(conf):
@@ -93,12 +120,17 @@ def test_hooks_a_context_does_not_implement_succeed(conf):
 def test_prolog_logs_job_node_and_image(conf, monkeypatch):
     monkeypatch.setenv("SPANK_SHIFTER_IMAGE", ID)
     monkeypatch.setenv("SPANK_SHIFTER_IMAGETYPE", "id")
-    monkeypatch.setenv("SPANK_SHIFTER_IMAGE_REQUEST", "docker:test/busybox:latest")
+    monkeypatch.setenv("SPANK_SHIFTER_IMAGEREQUEST", "docker:test/busybox:latest")
     monkeypatch.setenv("SLURMD_NODENAME", "n7")
     sp = FakeSpank(CTX_JOB_SCRIPT, job_id=42)
     assert dispatch.run(sp, "job_prolog", [conf], {}) == 1
     assert sp.infos == [f"shifter: prolog: job=42 node=n7 uid=4242 imagetype=id image={ID} "
                         "request=docker:test/busybox:latest"]
+    # the old name (jobs submitted before the rename) is still read
+    monkeypatch.delenv("SPANK_SHIFTER_IMAGEREQUEST")
+    monkeypatch.setenv("SPANK_SHIFTER_IMAGE_REQUEST", "docker:test/old:latest")
+    assert dispatch.run(sp, "job_prolog", [conf], {}) == 1
+    assert sp.infos[-1].endswith("request=docker:test/old:latest")
     assert dispatch.run(sp, "job_epilog", [conf], {}) == 1
     assert sp.infos[-1].startswith("shifter: epilog: job=42 node=n7")
 
@@ -110,10 +142,10 @@ def test_steps_of_a_job_reuse_its_pinned_image(conf, monkeypatch):
         raise AssertionError("the gateway was asked again")
 
     monkeypatch.setattr(request, "resolve_id", no_lookup)
-    for name in ("SHIFTER_IMAGE", "SHIFTER_IMAGETYPE", "SHIFTER_IMAGE_REQUEST"):
+    for name in ("SHIFTER_IMAGE", "SHIFTER_IMAGETYPE", "SHIFTER_IMAGEREQUEST"):
         monkeypatch.setenv(name, "")  # srun's hook sets them: restored after the test
     monkeypatch.setenv("SLURM_JOB_ID", "5")
-    monkeypatch.setenv("SLURM_SPANK_SHIFTER_IMAGE_REQUEST", "docker:test/busybox:latest")
+    monkeypatch.setenv("SLURM_SPANK_SHIFTER_IMAGEREQUEST", "docker:test/busybox:latest")
     monkeypatch.setenv("SLURM_SPANK_SHIFTER_IMAGETYPE", "id")
     monkeypatch.setenv("SLURM_SPANK_SHIFTER_IMAGE", ID)
     sp = FakeSpank(CTX_LOCAL)
@@ -172,3 +204,15 @@ def test_steps_of_a_job_do_not_repeat_its_volume_warnings(conf, monkeypatch):
     sp = FakeSpank(CTX_LOCAL)
     assert dispatch.run(sp, "init_post_opt", [conf], {"image": "test/busybox", "volume": spec + ";/y:/z"}) == 1
     assert len(sp.infos) == 1 and "'ro' ignored" in sp.infos[0]
+
+
+def test_steps_of_a_job_submitted_before_the_rename_reuse_its_pinned_image(conf, monkeypatch):
+    from shifter.spank import request
+
+    monkeypatch.setattr(request, "resolve_id", lambda config, image: pytest.fail("the gateway was asked again"))
+    env = {"SLURM_SPANK_SHIFTER_IMAGE_REQUEST": "docker:test/busybox:latest", "SLURM_SPANK_SHIFTER_IMAGETYPE": "id",
+           "SLURM_SPANK_SHIFTER_IMAGE": ID}
+    from shifter.spank.plugstack import PlugstackArgs
+
+    req = request.parse_request({"image": "docker:test/busybox"}, PlugstackArgs.parse([conf]), environ=env)
+    assert str(req.image) == f"id:{ID}"

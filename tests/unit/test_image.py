@@ -40,7 +40,8 @@ def test_valid(spec, expected):
     ("docker:a/b:-tag", "not a valid Docker tag"),
     ("docker:a/b:" + "t" * 200, "not a valid Docker tag"),
     ("weird:a/b:c", "unknown image type 'weird'"),
-    ("custom:a/b", "custom image name"),
+    ("custom:Load_Test:v1", "not a valid Docker repository"),
+    ("custom:load_test:", "not a valid Docker tag"),
     ("local:/", "not allowed on this system"),
     ("x" * 2000, "longer than"),
 ])
@@ -59,10 +60,27 @@ def test_default_type_is_used_for_bare_names():
 
 def test_custom_and_local():
     allow = config.parse("allowLocalChroot=1\n")
-    assert parse_image("custom:site-image_1.0") == ImageRef("custom", "site-image_1.0")
+    # imported images (shifterimg import FILE custom:NAME:TAG), resolved by the gateway
+    assert parse_image("custom:load_test:v1") == ImageRef("custom", "load_test:v1")
+    assert parse_image("custom:load_test") == ImageRef("custom", "load_test:latest")
+    assert parse_image("custom:site/image-1.0:v2") == ImageRef("custom", "site/image-1.0:v2")
     assert parse_image("local:/", allow) == ImageRef("local", "/")
     assert parse_image("local:/opt/root", allow) == ImageRef("local", "/opt/root")
     for bad in ("local:relative", "local:/a/../b", "local:/a/", "local://a"):
         with pytest.raises(UsageError) as exc:
             parse_image(bad, allow)
         assert "absolute, normalised path" in str(exc.value)
+
+
+def test_gateway_names_custom_images_like_docker_ones():
+    """shifterimg lookup/import/expire take custom:NAME[:TAG] (no tag: latest); pull refuses it."""
+    from shifter.gateway_client.client import image_ref
+
+    assert image_ref("custom:load_test:v1") == ImageRef("custom", "load_test:v1")
+    assert image_ref("custom:load_test") == ImageRef("custom", "load_test:latest")
+    with pytest.raises(UsageError) as exc:
+        image_ref("custom:load_test:v1", allow_custom=False)
+    assert "custom images are imported, not pulled" in str(exc.value)
+    with pytest.raises(UsageError) as exc:
+        image_ref("id:" + ID)
+    assert "not ids" in str(exc.value)
