@@ -100,14 +100,23 @@ def _open_parents(node: str, create: bool) -> int:
     writable (made 0755 with ``create``, for root)."""
     fd = os.open(TOP, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     for part in (*PARTS, node):
+        made = False
         try:
-            nxt = _openat(fd, part, 0o755 if create else None)
+            if create:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    made = True
+                except FileExistsError:
+                    pass
+            nxt = _openat(fd, part)
         finally:
             os.close(fd)
         fd = nxt
         if not _owned(fd, ROOT_UID, 0o022):
             os.close(fd)
             raise OSError(errno.EPERM, "not a directory of root's that only root can write", part)
+        if made:
+            os.fchmod(fd, 0o755)  # whatever the prolog's umask: users must pass through
     return fd
 
 

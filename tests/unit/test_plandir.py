@@ -89,6 +89,18 @@ def test_the_prolog_directory_wins_and_is_made_private(site):
     assert _opened(uid) == made
 
 
+def test_the_prolog_umask_does_not_close_the_parents(site):
+    top, home = site
+    old = os.umask(0o077)
+    try:
+        made = plandir.prepare(os.getuid(), os.getgid())
+    finally:
+        os.umask(old)
+    for d in (top / "shifter", top / "shifter" / "users", top / "shifter" / "users" / "n1"):
+        assert d.stat().st_mode & 0o777 == 0o755
+    assert os.stat(made).st_mode & 0o777 == 0o700
+
+
 def test_parents_writable_by_others_are_not_trusted(site):
     top, home = site
     uid = os.getuid()
