@@ -8,8 +8,9 @@ container joins the user namespace the user's other private containers on the no
 in, and makes only its own mount namespace there; the first one creates it.
 
 The rendezvous is ``<plan directory>/userns.<gid>`` (the caller's plan directory on the
-node, see ``plandir``: every task of the user on the node finds the same one), holding the pid of a process in that namespace, under an
-exclusive flock while a launcher joins or creates.  A namespace is joined only if it is
+node, see ``plandir``: every task of the user on the node finds the same one), holding
+the pid of a process in that namespace, under an exclusive flock while a launcher joins
+or creates.  A namespace is joined only if it is
 owned by the caller (NS_GET_OWNER_UID) and maps exactly ``uid uid 1`` / ``gid gid 1``
 with setgroups denied: what a new one would be.  The namespace lives as long as one of
 its processes does; nothing is kept for it.  The compiled launcher (replay.c) does the
