@@ -29,7 +29,7 @@ import tempfile
 import time
 
 from shifter.runtime import config as udiconfig
-from shifter.runtime import privplan, udi
+from shifter.runtime import plandir, privplan, udi
 from shifter.tools import squash
 from shifter.tools.site import TEST_USERS, Site
 
@@ -102,7 +102,7 @@ def main() -> int:
                         groups = os.getgrouplist(who, pw.pw_gid) if who != "root" else os.getgroups()
                         key = privplan.request_key(e, conf3, pw.pw_uid, pw.pw_gid, groups)
                         try:
-                            os.unlink(os.path.join(privplan.cache_dir(pw.pw_uid), privplan.plan_name(key)))
+                            os.unlink(os.path.join(plandir.path(pw.pw_uid), privplan.plan_name(key)))
                         except FileNotFoundError:
                             pass
                     t0 = time.perf_counter()

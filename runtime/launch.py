@@ -335,7 +335,7 @@ def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, u
 def _saver(config, environ, image_path, image_meta, modules, uid, gid):
     """A ``privplan.Saver`` for this request, or None if the launcher would not replay it."""
     from shifter import paths
-    from shifter.runtime import plan, privplan
+    from shifter.runtime import plan, plandir, privplan
     from shifter.runtime.udi import command_argv
 
     config_path = paths.config_path(environ=environ)
@@ -344,7 +344,8 @@ def _saver(config, environ, image_path, image_meta, modules, uid, gid):
         return None
     env_ops = plan.env_ops([m.env for m in modules] + [config.siteEnv], image_meta.env_dict())
     return privplan.Saver(key, "root" if uid == 0 else "user", uid, privplan.inputs(config, config_path, image_path),
-                          env_ops, [m.userhook for m in modules if m.userhook], command_argv(image_meta.cmd))
+                          env_ops, [m.userhook for m in modules if m.userhook], command_argv(image_meta.cmd),
+                          plandir.open_dir(uid, create=True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@ launcher to replay without Python (format and rules: docs/private-plans.md).
 
 ``request_key`` says whether a request is one the launcher replays (``shifter CMD``
 with no option, an ``id:`` image) and gives its key; ``Saver`` writes the plan once the
-build succeeded (called in the process that built, before it enters the container).
+build succeeded (called in the process that built, before it enters the container), in
+the caller's plan directory on the node (``plandir``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import re
 import sys
 
-from shifter.runtime import record
+from shifter.runtime import plandir, record
 
 MAGIC = "SHIFTER_PRIVATE"
 VERSION = "1"
@@ -51,10 +52,6 @@ def request_key(env, config_path: str, uid: int, gid: int, groups) -> str | None
     ])
 
 
-def cache_dir(uid: int) -> str:
-    return f"/tmp/.shifter-{uid}"
-
-
 def plan_name(key: str) -> str:
     return f"{fnv1a64(key.encode(errors='surrogateescape')):016x}.plan"
 
@@ -91,8 +88,12 @@ class Saver:
     """Writes the plan of one request once its build succeeded (best effort: a plan
     that can't be written only means the next launch builds with Python again)."""
 
-    def __init__(self, key: str, kind: str, uid: int, input_paths: list[str], env_ops, userhooks, cmd):
+    def __init__(self, key: str, kind: str, uid: int, input_paths: list[str], env_ops, userhooks, cmd,
+                 directory: tuple[int, str] | None = None):
         self.key, self.kind, self.uid = key, kind, uid
+        #: the plan directory, opened before the build: in the user's namespace, where
+        #: the plan is written, root's directories show as nobody's (``plandir.open_dir``)
+        self.directory = directory
         # signatures now, before the build: a file changed meanwhile makes the plan stale
         self.inputs = [(p, signature(p)) for p in input_paths]
         self.env_ops, self.userhooks, self.cmd = list(env_ops), list(userhooks), list(cmd)
@@ -101,7 +102,7 @@ class Saver:
         if rec.broken:
             return None
         try:
-            return write(self.uid, self.key, self.dumps(rec, root, fuse))
+            return write(self.uid, self.key, self.dumps(rec, root, fuse), self.directory)
         except OSError:
             return None
 
@@ -150,25 +151,6 @@ def loads(data: bytes) -> list[tuple]:
     raise ValueError("no END")
 
 
-def open_dir(uid: int, create: bool) -> int | None:
-    """The plan directory, opened, if it is the caller's own (0700, a real directory)."""
-    path = cache_dir(uid)
-    if create:
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    st = os.fstat(fd)
-    if st.st_uid != uid or st.st_mode & 0o077:
-        os.close(fd)
-        return None
-    return fd
-
-
 def _prune(dfd: int) -> None:
     """Keep the newest ``MAX_PLANS`` plans (requests of jobs long gone go first)."""
     names = [n for n in os.listdir(dfd) if n.endswith(".plan")]
@@ -187,12 +169,15 @@ def _prune(dfd: int) -> None:
             pass
 
 
-def write(uid: int, key: str, data: bytes) -> str | None:
+def write(uid: int, key: str, data: bytes, directory: tuple[int, str] | None = None) -> str | None:
+    """Write a plan into ``directory`` (an open plan directory and its path; kept open),
+    else into the caller's plan directory (opened here)."""
     if len(data) > MAX_SIZE:
         return None
-    dfd = open_dir(uid, create=True)
-    if dfd is None:
+    found = directory or plandir.open_dir(uid, create=True)
+    if found is None:
         return None
+    dfd, path = found
     name = plan_name(key)
     tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
     try:
@@ -212,5 +197,6 @@ def write(uid: int, key: str, data: bytes) -> str | None:
             pass
         raise
     finally:
-        os.close(dfd)
-    return os.path.join(cache_dir(uid), name)
+        if directory is None:
+            os.close(dfd)
+    return os.path.join(path, name)

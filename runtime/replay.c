@@ -3,7 +3,7 @@
  *
  * The first `shifter CMD` for a request no prepared UDI matches is built by Python,
  * which records every step that changed the container and writes the recording as a
- * private plan: /tmp/.shifter-<uid>/<FNV-1a of the request key>.plan.  The next
+ * private plan: <plan directory>/<FNV-1a of the request key>.plan (plandir.h).  The next
  * identical request is built here, by replaying the plan's operations:
  *
  *   root  in a new mount namespace (/ recursively slave), in this process;
@@ -49,6 +49,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "plandir.h"
 #include "replay.h"
 #include "sqfs_inproc.h"
 
@@ -233,20 +234,14 @@ static unsigned long long fnv1a(const char *s)
 }
 
 /* ------------------------------------------------------------------ the plan file */
-/* The caller's plan directory, if it is theirs alone: a directory (not a symlink)
- * owned by them with no group/other permission. */
+/* The caller's plan directory on this node, if one is theirs alone (plandir.h). */
 static int open_plan_dir(uid_t uid)
 {
-    char dir[64];
-    snprintf(dir, sizeof(dir), "/tmp/.shifter-%u", (unsigned) uid);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) return -1;
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != uid || (st.st_mode & 077)) {
-        say("%s is not a private directory of uid %u", dir, (unsigned) uid);
-        close(fd);
-        return -1;
-    }
+    char path[PLANDIR_MAX];
+    const char *why = "";
+    int fd = plandir_open(uid, path, &why);
+    if (fd < 0) say("no private plan directory of uid %u: %s", (unsigned) uid, why);
+    else say("private plan directory %s", path);
     return fd;
 }
 
@@ -1031,7 +1026,7 @@ struct ctx {
     const char *fuse_type; /* "fuse.<basename of PROG>" */
     int sock;              /* to the squashfuse helper, or -1 */
     const char *staging;   /* the user kind's staging directory, or NULL */
-    int plan_dir;          /* /tmp/.shifter-<uid>, open */
+    int plan_dir;          /* the plan directory (plandir.h), open */
 };
 
 /* dropstaging TARGET SRC: a recursive bind of SRC on TARGET (bindkeep ... 1) brought

@@ -7,9 +7,10 @@ private containers then fail in shared-memory set-up (UCX/CMA).  So a private us
 container joins the user namespace the user's other private containers on the node live
 in, and makes only its own mount namespace there; the first one creates it.
 
-The rendezvous is ``/tmp/.shifter-<uid>/userns.<gid>`` (the caller's private plan
-directory, see ``privplan``), holding the pid of a process in that namespace, under an
-exclusive flock while a launcher joins or creates.  A namespace is joined only if it is
+The rendezvous is ``<plan directory>/userns.<gid>`` (the caller's plan directory on the
+node, see ``plandir``: every task of the user on the node finds the same one), holding
+the pid of a process in that namespace, under an exclusive flock while a launcher joins
+or creates.  A namespace is joined only if it is
 owned by the caller (NS_GET_OWNER_UID) and maps exactly ``uid uid 1`` / ``gid gid 1``
 with setgroups denied: what a new one would be.  The namespace lives as long as one of
 its processes does; nothing is kept for it.  The compiled launcher (replay.c) does the
@@ -23,23 +24,21 @@ import os
 import stat
 import struct
 
-from shifter.runtime import linux
+from shifter.runtime import linux, plandir
 
 NS_GET_OWNER_UID = 0xB704  # _IO(0xb7, 0x4)
 
 
-def registry(uid: int, gid: int) -> str:
-    from shifter.runtime import privplan
-
-    return os.path.join(privplan.cache_dir(uid), f"userns.{gid}")
+def registry(uid: int, gid: int) -> str | None:
+    directory = plandir.path(uid)
+    return None if directory is None else os.path.join(directory, f"userns.{gid}")
 
 
 def _open_registry(uid: int, gid: int) -> int | None:
-    from shifter.runtime import privplan
-
-    dfd = privplan.open_dir(uid, create=True)
-    if dfd is None:
+    found = plandir.open_dir(uid, create=True)
+    if found is None:
         return None
+    dfd = found[0]
     try:
         fd = os.open(f"userns.{gid}", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
     except OSError:

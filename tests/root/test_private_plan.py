@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import USER1, USER2
-from shifter.runtime import linux, privplan
+from shifter.runtime import linux, plandir, privplan
 from test_launch import SHIFTER, _python_ran, env, run  # noqa: F401 - env is a fixture
 
 pytestmark = pytest.mark.root
@@ -30,7 +30,26 @@ PROBE = ("id -u; id -g; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
 
 
 def _plan_dir(user):
-    return privplan.cache_dir(pwd.getpwnam(user).pw_uid)
+    """The user's plan directory on this host (outside jobs: in the home directory)."""
+    return plandir.path(pwd.getpwnam(user).pw_uid)
+
+
+def _make_plan_dir(user):
+    """The user's plan directory in the home directory, made as Python makes it."""
+    pw = pwd.getpwnam(user)
+    path = _plan_dir(user)
+    for d in (os.path.dirname(path), path):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chown(d, pw.pw_uid, pw.pw_gid)
+    return path
+
+
+def _forget_plans(user):
+    """Remove the user's plan directory on this host (and ~/.shifter, which tests make)."""
+    path = _plan_dir(user)
+    shutil.rmtree(path, ignore_errors=True)
+    if path.startswith(pwd.getpwnam(user).pw_dir.rstrip("/") + "/"):
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def _plans(user):
@@ -69,10 +88,10 @@ def _settled(base, before, timeout=3.0):
 def fresh(request):
     setup = request.getfixturevalue("env")  # test_launch's image and configuration
     for user in ("root", USER1, USER2):
-        shutil.rmtree(_plan_dir(user), ignore_errors=True)
+        _forget_plans(user)
     yield setup
     for user in ("root", USER1, USER2):
-        shutil.rmtree(_plan_dir(user), ignore_errors=True)
+        _forget_plans(user)
 
 
 @pytest.mark.parametrize("user", ["root", USER1])
@@ -176,6 +195,8 @@ def test_a_plan_not_owned_by_the_caller_is_ignored(fresh):
     assert _python_ran(run(fresh, ["true"], extra_env=extra, strace=True))
     # a directory that belongs to someone else is neither used nor written into
     other = _plan_dir(USER2)
+    os.makedirs(os.path.dirname(other), mode=0o700)
+    os.chown(os.path.dirname(other), 4243, 4243)
     shutil.copytree(_plan_dir(USER1), other)
     for p in [other, *glob.glob(other + "/*")]:
         os.chown(p, 4242, 4242)
@@ -335,8 +356,7 @@ def test_a_user_namespace_with_another_mapping_is_never_joined(fresh):
                               "unshare", "-r", "sleep", "30"])
     try:
         time.sleep(0.3)
-        os.makedirs(_plan_dir(USER1), mode=0o700, exist_ok=True)
-        os.chown(_plan_dir(USER1), pw.pw_uid, pw.pw_gid)
+        _make_plan_dir(USER1)
         path = userns.registry(pw.pw_uid, pw.pw_gid)
         for python in (True, False):
             with open(path, "w") as f:

@@ -84,11 +84,9 @@ def test_srun_shifter_private_containers_replay_their_plan(cluster, runner):
     """In a job whose nodes prepared nothing, the first `srun shifter` on each node
     builds a private container with Python and records it; the next identical step
     is built by the compiled launcher (the command's parent is no longer Python)."""
-    import shutil
+    from test_prolog_plan_dir import forget_plans
 
-    from shifter.runtime import privplan
-
-    shutil.rmtree(privplan.cache_dir(4242), ignore_errors=True)  # the nodes share this /tmp
+    forget_plans()
     step = ("srun -N3 --ntasks-per-node=1 --label /opt/shifter/bin/shifter "
             "sh -c 'echo $(hostname) $(grep ^ID= /etc/os-release) $(tr \"\\0\" \" \" < /proc/$PPID/cmdline | cut -d\" \" -f1)'")
     output = _batch(runner, ["-N3", "--image=docker:test/busybox:latest"], f"{step}; echo second; {step}")

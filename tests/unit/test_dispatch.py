@@ -1,5 +1,7 @@
 """The dispatcher maps every outcome to 1 or -1 with one slurm_error line."""
 
+import os
+
 import pytest
 
 from shifter.spank import dispatch
@@ -117,7 +119,11 @@ def test_hooks_a_context_does_not_implement_succeed(conf):
     assert dispatch.run(FakeSpank(CTX_SLURMD), "slurmd_exit", [conf], {}) == 1
 
 
-def test_prolog_logs_job_node_and_image(conf, monkeypatch):
+def test_prolog_logs_job_node_and_image(conf, monkeypatch, tmp_path):
+    from shifter.runtime import plandir
+
+    monkeypatch.setattr(plandir, "TOP", str(tmp_path))  # not the machine's /var/lib
+    monkeypatch.setattr(plandir, "ROOT_UID", os.getuid())
     monkeypatch.setenv("SPANK_SHIFTER_IMAGE", ID)
     monkeypatch.setenv("SPANK_SHIFTER_IMAGETYPE", "id")
     monkeypatch.setenv("SPANK_SHIFTER_IMAGEREQUEST", "docker:test/busybox:latest")
@@ -131,6 +137,8 @@ def test_prolog_logs_job_node_and_image(conf, monkeypatch):
     monkeypatch.setenv("SPANK_SHIFTER_IMAGE_REQUEST", "docker:test/old:latest")
     assert dispatch.run(sp, "job_prolog", [conf], {}) == 1
     assert sp.infos[-1].endswith("request=docker:test/old:latest")
+    if os.getuid() == 0:  # the user's plan directory on the node (only root can give it away)
+        assert os.stat(plandir.candidates(4242, plandir.hostname(), None)[0]).st_uid == 4242
     assert dispatch.run(sp, "job_epilog", [conf], {}) == 1
     assert sp.infos[-1].startswith("shifter: epilog: job=42 node=n7")
 

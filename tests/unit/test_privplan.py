@@ -108,24 +108,6 @@ def test_signature_changes_with_the_file(tmp_path):
     assert privplan.signature(str(path)) != first
 
 
-def test_plans_are_written_privately_and_pruned(tmp_path, monkeypatch):
-    monkeypatch.setattr(privplan, "cache_dir", lambda uid: str(tmp_path / f".shifter-{uid}"))
-    monkeypatch.setattr(privplan, "MAX_PLANS", 3)
-    uid = os.getuid()
-    paths = []
-    for i in range(5):
-        paths.append(privplan.write(uid, f"key{i}", privplan.dumps([("key", f"key{i}")])))
-        os.utime(paths[-1], (i, i))
-    d = tmp_path / f".shifter-{uid}"
-    assert oct(d.stat().st_mode & 0o777) == "0o700"
-    assert sorted(p.name for p in d.iterdir()) == sorted(os.path.basename(p) for p in paths[2:])
-    assert all((d / os.path.basename(p)).stat().st_mode & 0o777 == 0o600 for p in paths[2:])
-    assert os.path.basename(paths[0]) == privplan.plan_name("key0")
-    # a directory open to others is not used
-    d.chmod(0o755)
-    assert privplan.write(uid, "key9", b"x") is None
-
-
 def test_inputs_cover_the_site_the_image_and_this_installation(tmp_path):
     from shifter.runtime import config as udiconfig
 
