@@ -155,7 +155,13 @@ def read(path: str) -> ImageMeta:
 
 
 def write(path: str, meta: ImageMeta) -> None:
-    """Write atomically (temp file in the same directory + rename), mode 0644."""
+    """Write atomically (temp file in the same directory + rename).  Who may read the file
+    follows the image's ACL (``runtime.imagefiles``: 0644 when public, else root and the
+    ACL's users and groups), set before the rename: the file is never more open."""
+    from shifter.runtime import imagefiles
+
     text = dumps(meta)
-    with files.atomic_file(path, 0o644, text=True) as f:
+    with files.atomic_file(path, imagefiles.mode_for(meta.user_acl, meta.group_acl), text=True) as f:
         f.write(text)
+        f.flush()
+        imagefiles.set_access(f.fileno(), meta.user_acl, meta.group_acl)
