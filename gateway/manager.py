@@ -67,9 +67,13 @@ def normalize_tag(itype: str, tag: str) -> str:
     if itype not in TYPES:
         raise BadRequest(f"image type {itype[:40]!r} is not supported here (known: {', '.join(TYPES)})")
     try:
-        return parse_image(f"docker:{tag}").tag
+        normal = parse_image(f"docker:{tag}").tag
     except UsageError as e:
         raise BadRequest(e.message.replace("'docker:", "'", 1), e.hint) from None
+    if itype != "docker" and "@" in normal:
+        raise BadRequest(f"invalid image {itype}:{tag[:200]!r}: a digest names a registry's image, "
+                         "not an imported one", f"use {itype}:NAME:TAG")
+    return normal
 
 
 def parse_ids(value, what: str) -> tuple[int, ...]:

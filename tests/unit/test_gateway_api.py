@@ -214,6 +214,10 @@ def test_a_pull_of_an_image_already_here_is_immediate(api):
     ("POST", "/api/doimport/local/custom/x:1/", USER2, 403),
     ("POST", "/api/doimport/local/custom/x:1/", "body:{}", 400),
     ("POST", "/api/doimport/local/custom/x:1/", 'body:{"filepath": "relative"}', 400),
+    ("POST", "/api/doimport/local/custom/x@sha256:" + "a" * 64 + "/", 'body:{"filepath": "/x"}', 400),
+    ("GET", "/api/lookup/local/custom/x@sha256:" + "a" * 64 + "/", "root", 400),
+    ("GET", "/api/lookup/local/docker/x@sha256:abc/", "root", 400),
+    ("GET", "/api/lookup/local/docker/x:1@sha256:" + "a" * 64 + "/", "root", 400),
     ("POST", "/api/doimport/local/custom/x:1/", 'body:{"filepath": "/nonexistent"}', 400),
     ("POST", "/api/doimport/local/custom/x:1/", 'body:{"filepath": "/etc/passwd", "format": "ext4"}', 400),
 ])
