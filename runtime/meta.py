@@ -21,6 +21,7 @@ written back unchanged, so a newer writer's fields survive.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 from shifter import files
@@ -150,6 +151,10 @@ def read(path: str) -> ImageMeta:
     except FileNotFoundError:
         raise MetaError(f"can't read image metadata: {path}: no such file",
                         "is the image id right? (shifterimg lookup IMAGE)") from None
+    except PermissionError:
+        # a private image's files are readable only by its users (runtime.imagefiles)
+        raise MetaError(f"can't use the image of {path}: it is private and uid {os.getuid()} is not "
+                        "allowed", "ask the image's owner to add you (shifterimg pull --user/--group)") from None
     except OSError as e:
         raise MetaError(f"can't read image metadata: {path}: {e.strerror}") from None
 
