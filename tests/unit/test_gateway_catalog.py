@@ -342,3 +342,15 @@ def test_the_migration_keeps_a_copy_an_older_gateway_can_open(tmp_path):
     assert old.execute("PRAGMA user_version").fetchone()[0] == 1
     assert old.execute("SELECT rid FROM tags WHERE tag = 'priv:1'").fetchone()[0] == rids["priv"]
     old.close()
+
+
+def test_of_several_private_records_naming_the_caller_the_newest_wins(catalog):
+    pulled(catalog, "app:1", who=BOB, image_id=ID1)
+    by_uid = pulled(catalog, "app:1", who=ALICE, users=(1001,), image_id=ID1)
+    by_group = pulled(catalog, "app:1", who=CAROL, groups=(500,), image_id=ID2)
+    assert catalog.ready_by_tag("sys", "docker", "app:1", ALICE).rid == by_group.rid  # newer
+    assert catalog.ready_by_tag("sys", "docker", "app:1", CAROL).rid == by_group.rid
+    again = pulled(catalog, "app:1", who=ALICE, users=(1001,), image_id=ID1)
+    assert again.rid == by_uid.rid
+    assert catalog.ready_by_tag("sys", "docker", "app:1", ALICE).rid == by_uid.rid
+    assert catalog.ready_by_tag("sys", "docker", "app:1", BOB).image_id == ID1  # public
