@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
 import tempfile
-import time
 
 import pytest
 
