@@ -5,6 +5,8 @@ catalog and the one-gateway-per-catalog lock (no root, no network)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 import threading
 
@@ -354,3 +356,35 @@ def test_of_several_private_records_naming_the_caller_the_newest_wins(catalog):
     assert again.rid == by_uid.rid
     assert catalog.ready_by_tag("sys", "docker", "app:1", ALICE).rid == by_uid.rid
     assert catalog.ready_by_tag("sys", "docker", "app:1", BOB).image_id == ID1  # public
+
+
+# tests/data/gateway-catalog-v1.sqlite was written by the version-1 gateway's own Catalog
+# (gateway/catalog.py before schema 2): pub:1 (rid 1, image 1..1, public; also tagged pub:also
+# and moved:1, which first named rid 4, image 3..3), priv:1 (rid 3, image 2..2, userACL [1001],
+# groupACL [500]), busy:1 in CONVERSION, bad:1 FAILED, one metric.
+V1_FILE = os.path.join(os.path.dirname(__file__), "..", "data", "gateway-catalog-v1.sqlite")
+ID3 = "3" * 64
+
+
+def test_a_catalog_written_by_the_version_1_gateway_is_migrated(tmp_path):
+    path = str(tmp_path / "catalog.sqlite")
+    shutil.copy(V1_FILE, path)
+    c = Catalog(path)
+    try:
+        pub = c.ready_by_tag("sys", "docker", "pub:1", BOB)
+        assert (pub.rid, pub.image_id, pub.tags) == (1, ID1, ("moved:1", "pub:1", "pub:also"))
+        assert pub.env == ("A=1",) and pub.entry == ["/e"] and pub.workdir == "/w"
+        priv = c.ready_by_tag("sys", "docker", "priv:1", CAROL)  # CAROL is in group 500
+        assert (priv.rid, priv.user_acl, priv.group_acl) == (3, (1001,), (500,))
+        assert c.ready_by_tag("sys", "docker", "priv:1", BOB) is None
+        assert c.get(4).image_id == ID3 and c.get(4).tags == ()
+        assert [r.pulltag for r in c.in_flight()] == ["busy:1"]
+        assert [r.pulltag for r in c.list_queue("sys")] == ["busy:1", "bad:1"]
+        assert [m["tag"] for m in c.metrics("sys", 5)] == ["pub:1"]
+        # schema 2 at work on the migrated data: a private record beside the public pub:1
+        mine = pulled(c, "pub:1", who=CAROL, users=(1003,), image_id=ID1)
+        assert c.ready_by_tag("sys", "docker", "pub:1", CAROL).rid == mine.rid
+        assert c.ready_by_tag("sys", "docker", "pub:1", ALICE).rid == 1
+    finally:
+        c.close()
+    assert os.path.exists(path + ".v1")
