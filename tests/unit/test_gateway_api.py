@@ -358,6 +358,25 @@ def test_private_image_files_are_readable_only_by_their_acl(fresh):
     assert os.listdir(gateway.image_dir) == []
 
 
+def test_expiring_the_public_record_narrows_the_files_to_the_private_ones(fresh):
+    gateway = fresh()
+    api = Api(gateway)
+    private = api.pull("test/busybox:multiarch", user=USER1, body={"allowed_uids": str(UIDS[USER1])})
+    public = api.pull("test/busybox:oci", user=USER2)  # the same image (the index's amd64 entry)
+    assert public["id"] == private["id"] and public["userACL"] == []
+    files = [os.path.join(gateway.image_dir, f"{private['id']}{ext}") for ext in (".squashfs", ".meta")]
+    assert all(imagefiles.get_access(p) == (0o644, (), ()) for p in files)
+    assert "also public" in api.lookup("test/busybox:multiarch", user=USER1).json()["status_message"]
+    assert api.ok("GET", "/api/expire/local/docker/test/busybox:oci/") == {"status": True}
+    for path in files:
+        assert imagefiles.get_access(path) == (0o640, (UIDS[USER1],), ())
+        assert _read_as(USER2, path).returncode != 0 and _read_as(USER1, path).returncode == 0
+    assert meta.read(files[1]).user_acl == (UIDS[USER1],)
+    mine = api.lookup("test/busybox:multiarch", user=USER1).json()
+    assert mine["status_message"] == "" and mine["userACL"] == [UIDS[USER1]]
+    assert api.lookup("test/busybox:oci", user=USER2).status_code == 404
+
+
 def test_an_older_gateways_world_readable_private_image_is_restricted_at_start(fresh):
     gateway = fresh()
     api = Api(gateway)
