@@ -4,10 +4,23 @@ Tables::
 
     images   one row per image record: a pull or import request while it runs, then the
              image itself once READY (or its FAILURE / EXPIRED end).  At most one READY row
-             per (system, image id).
-    tags     (system, itype, tag) -> the READY row it names.  A tag names one image; pulling
-             it again moves it.  A record's ``tag`` list in the API is the tags naming it.
+             per (system, image id, user ACL, group ACL): a public record and private ones
+             (each with its own ACL) may share one image id, and so one pair of files.
+    tags     (system, itype, tag, ACL) -> the READY row it names.  A tag names at most one
+             record per ACL: the public record other users see, beside the private records
+             of those who pulled it with an ACL.  Pulling a tag again with the same ACL moves
+             that entry only.  A record's ``tag`` list in the API is the tags naming it.
     metrics  one row per lookup, when the gateway's ``Metrics`` is on.
+
+ACLs are stored as JSON lists of sorted, distinct numbers (``[]`` for none), so "the same
+ACL in another order" is the same text.  A lookup picks, among the records a tag names,
+one the caller may read: the caller's own private record first (one whose ACL names the
+caller's uid or one of their groups; the newest), then the public one.
+
+Schema versions (``PRAGMA user_version``): 1 allowed one READY row per image id and one
+row per tag; 2 is the above.  Opening a version-1 catalog first copies it to
+``<CatalogFile>.v1`` (what an older gateway can open again), then migrates it in one
+transaction (each tag keeps naming its record, under that record's ACL).
 
 States (Shifter's): INIT -> PENDING -> PULLING -> CONVERSION -> TRANSFER -> READY, or
 FAILURE; an import runs PENDING -> HASHING -> TRANSFER -> READY; expiry EXPIRING -> EXPIRED.
@@ -22,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -29,13 +43,19 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
-from shifter.errors import ConfigError
+from shifter.errors import ConfigError, ShifterError
+from shifter.runtime import imagefiles
+from shifter.runtime.imagefiles import Access
+
+log = logging.getLogger("shifter.gateway")
 
 IN_FLIGHT = ("INIT", "PENDING", "PULLING", "CONVERSION", "TRANSFER", "HASHING", "EXPIRING")
 STATES = IN_FLIGHT + ("READY", "FAILURE", "EXPIRED")
 API_FIELDS = ("id", "system", "itype", "tag", "status", "userACL", "groupACL", "ENV", "ENTRY",
               "WORKDIR", "LABELS", "last_pull", "status_message")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+PUBLIC_SHARED_NOTE = ("the same image (same id) is also public on this system: its content is "
+                      "readable by every user, your record and its ACL stay as asked")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -65,14 +85,17 @@ CREATE TABLE IF NOT EXISTS images (
     heartbeat REAL NOT NULL,
     expiration REAL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS one_ready_per_id ON images(system, image_id) WHERE status = 'READY';
+CREATE UNIQUE INDEX IF NOT EXISTS one_ready_per_acl ON images(system, image_id, user_acl, group_acl)
+    WHERE status = 'READY';
 CREATE INDEX IF NOT EXISTS by_pulltag ON images(system, itype, pulltag);
+CREATE INDEX IF NOT EXISTS by_image_id ON images(system, image_id);
 CREATE TABLE IF NOT EXISTS tags (
     system TEXT NOT NULL,
     itype TEXT NOT NULL,
     tag TEXT NOT NULL,
+    acl TEXT NOT NULL,
     rid INTEGER NOT NULL REFERENCES images(rid) ON DELETE CASCADE,
-    PRIMARY KEY (system, itype, tag)
+    PRIMARY KEY (system, itype, tag, acl)
 );
 CREATE TABLE IF NOT EXISTS metrics (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -80,6 +103,37 @@ CREATE TABLE IF NOT EXISTS metrics (
     tag TEXT NOT NULL, id TEXT NOT NULL, time REAL NOT NULL
 );
 """
+
+# version 1 -> 2: several READY rows per image id (one per ACL); tags keyed by ACL too
+_MIGRATE_1_TO_2 = """
+DROP INDEX IF EXISTS one_ready_per_id;
+CREATE UNIQUE INDEX one_ready_per_acl ON images(system, image_id, user_acl, group_acl)
+    WHERE status = 'READY';
+CREATE INDEX IF NOT EXISTS by_image_id ON images(system, image_id);
+CREATE TABLE tags_v2 (
+    system TEXT NOT NULL,
+    itype TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    acl TEXT NOT NULL,
+    rid INTEGER NOT NULL REFERENCES images(rid) ON DELETE CASCADE,
+    PRIMARY KEY (system, itype, tag, acl)
+);
+INSERT INTO tags_v2 (system, itype, tag, acl, rid)
+    SELECT tags.system, tags.itype, tags.tag, images.user_acl || '|' || images.group_acl, tags.rid
+    FROM tags JOIN images USING (rid);
+DROP TABLE tags;
+ALTER TABLE tags_v2 RENAME TO tags;
+"""
+
+
+def acl_json(ids) -> str:
+    """The stored form of an ACL: sorted distinct numbers as JSON."""
+    return json.dumps(sorted({int(i) for i in ids}))
+
+
+def acl_key(users, groups) -> str:
+    """The tags table's key of an ACL (``[]|[]`` for public)."""
+    return f"{acl_json(users)}|{acl_json(groups)}"
 
 
 @dataclass(frozen=True)
@@ -90,6 +144,7 @@ class Requester:
     uid: int
     gids: frozenset[int] = frozenset()
     admin: bool = False
+    gid: int = -1  # the credential's gid (Shifter adds it to a requested group ACL); not stored
 
 
 @dataclass(frozen=True)
@@ -126,7 +181,15 @@ class Record:
         """May ``who`` see and use this image?  Public images, root and admins: always."""
         if not self.private or who.uid == 0 or who.admin:
             return True
-        return who.uid in self.user_acl or bool(who.gids & set(self.group_acl))
+        return self.names(who)
+
+    def names(self, who: Requester) -> bool:
+        """Does this record's (private) ACL name ``who``, by uid or by one of their groups?"""
+        return who.uid in self.user_acl or bool((who.gids | {who.gid}) & set(self.group_acl))
+
+    @property
+    def acl(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return self.user_acl, self.group_acl
 
     def api(self) -> dict:
         """The record as Shifter's API returns it: exactly ``API_FIELDS``."""
@@ -159,34 +222,19 @@ class ImageFields:
     labels: dict = field(default_factory=dict)
 
 
-def decide_acl(existing: Record | None, request: Record) -> tuple[tuple[int, ...], tuple[int, ...], str]:
-    """The ACL an image gets when ``request`` completes on it: (users, groups, note).
-
-    * A new image gets the requested ACL (none: public).
-    * An existing image takes the requested ACL when the requester may change it: an admin,
-      root, or someone the image's own (private) ACL already admits; or when nothing changes.
-    * A public image stays public when a plain user asks for an ACL: the content is already
-      available to everyone here (only an admin can make it private).
-    * A private image the requester could not see: they fetched the same content from the
-      registry with their own access, so they are added to its user ACL; nothing else changes.
-    """
-    return acl_for(existing, request.requester, request.user_acl, request.group_acl)
-
-
-def acl_for(existing: Record | None, who: Requester, users: tuple[int, ...],
-            groups: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...], str]:
-    """``decide_acl`` for requester ``who`` asking for ACL (``users``, ``groups``)."""
-    wanted = (tuple(sorted(set(users))), tuple(sorted(set(groups))))
-    if existing is None:
-        return wanted[0], wanted[1], ""
-    current = (existing.user_acl, existing.group_acl)
-    if current == wanted or who.admin or who.uid == 0 or (existing.private and existing.readable_by(who)):
-        return wanted[0], wanted[1], ""
-    if not existing.private:
-        return (), (), ("the image is already public on this system: the requested ACL was not "
-                        "applied (only an admin can restrict it)")
-    return (tuple(sorted(set(existing.user_acl) | {who.uid})), existing.group_acl,
-            f"uid {who.uid} was added to the image's ACL")
+def pick(records: list[Record], who: Requester | None) -> Record | None:
+    """The record of a tag that ``who`` gets: their own private record (the newest), else the
+    public one, else (root, admins) any other, newest first.  ``who=None``: public first."""
+    newest = sorted(records, key=lambda r: (r.last_pull, r.rid), reverse=True)
+    if who is not None:
+        newest = [r for r in newest if r.readable_by(who)]
+        own = [r for r in newest if r.private and r.names(who)]
+        if own:
+            return own[0]
+    public = [r for r in newest if not r.private]
+    if public:
+        return public[0]
+    return newest[0] if newest else None
 
 
 class Catalog:
@@ -218,14 +266,50 @@ class Catalog:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise ConfigError(f"can't open the catalog {path}: schema version {version} is newer "
-                                  f"than this gateway's ({SCHEMA_VERSION})")
-            self.db.executescript(_SCHEMA)
-            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._migrate(path)
         except sqlite3.Error as e:
             raise ConfigError(f"can't open the catalog {path}: {e}") from None
+
+    def _migrate(self, path: str) -> None:
+        """Create the schema, or bring an older catalog to ``SCHEMA_VERSION`` (one transaction)."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] == 1:
+            self._backup(path + ".v1")  # outside the transaction (the lock file keeps others out)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            has_images = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                         "name = 'images'").fetchone() is not None
+            if version == 0 and has_images:
+                version = 1  # an early catalog that never recorded its version
+            if version > SCHEMA_VERSION:
+                raise ConfigError(f"can't open the catalog {path}: schema version {version} is newer "
+                                  f"than this gateway's ({SCHEMA_VERSION})",
+                                  "run the newer gateway, or give this one another CatalogFile")
+            if version == 1:
+                for statement in _MIGRATE_1_TO_2.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+            # executescript would COMMIT: run the (idempotent) schema one statement at a time
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        if version == 1:
+            log.info("catalog %s migrated from schema version 1 to %d", path, SCHEMA_VERSION)
+
+    def _backup(self, dest: str) -> None:
+        """A consistent copy of the catalog as it is (mode 0600), for a rollback."""
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+        copy = sqlite3.connect(dest)
+        try:
+            self.db.backup(copy)
+        finally:
+            copy.close()
 
     def close(self) -> None:
         with self._lock:
@@ -272,20 +356,43 @@ class Catalog:
     def get(self, rid: int) -> Record | None:
         return self._one("SELECT * FROM images WHERE rid = ?", (rid,))
 
-    def ready_by_tag(self, system: str, itype: str, tag: str) -> Record | None:
+    def tag_records(self, system: str, itype: str, tag: str) -> list[Record]:
+        """Every READY record ``tag`` names (the public one and private ones)."""
+        return self._many("SELECT images.* FROM tags JOIN images USING (rid) WHERE tags.system = ? "
+                          "AND tags.itype = ? AND tags.tag = ? AND images.status = 'READY' "
+                          "ORDER BY images.rid", (system, itype, tag))
+
+    def ready_by_tag(self, system: str, itype: str, tag: str,
+                     who: Requester | None = None) -> Record | None:
+        """The record of ``tag`` that ``who`` gets (see ``pick``); None if none they may read."""
+        return pick(self.tag_records(system, itype, tag), who)
+
+    def ready_for_acl(self, system: str, itype: str, tag: str, users=(), groups=()) -> Record | None:
+        """The READY record ``tag`` names under exactly this ACL."""
         return self._one("SELECT images.* FROM tags JOIN images USING (rid) WHERE tags.system = ? "
-                         "AND tags.itype = ? AND tags.tag = ? AND images.status = 'READY'",
-                         (system, itype, tag))
+                         "AND tags.itype = ? AND tags.tag = ? AND tags.acl = ? AND "
+                         "images.status = 'READY'", (system, itype, tag, acl_key(users, groups)))
 
-    def ready_by_id(self, system: str, image_id: str) -> Record | None:
-        return self._one("SELECT * FROM images WHERE system = ? AND image_id = ? AND status = 'READY'",
-                         (system, image_id))
+    def ready_by_id(self, system: str, image_id: str, users=None, groups=()) -> Record | None:
+        """The READY record of image ``image_id`` with this ACL; ``users=None``: any record."""
+        if users is None:
+            return self._one("SELECT * FROM images WHERE system = ? AND image_id = ? AND "
+                             "status = 'READY' ORDER BY rid LIMIT 1", (system, image_id))
+        return self._one("SELECT * FROM images WHERE system = ? AND image_id = ? AND status = 'READY' "
+                         "AND user_acl = ? AND group_acl = ?",
+                         (system, image_id, acl_json(users), acl_json(groups)))
 
-    def request_for_tag(self, system: str, itype: str, tag: str) -> Record | None:
-        """The pull/import of ``tag`` in flight, if any."""
+    def all_ready_by_id(self, system: str, image_id: str) -> list[Record]:
+        return self._many("SELECT * FROM images WHERE system = ? AND image_id = ? AND "
+                          "status = 'READY' ORDER BY rid", (system, image_id))
+
+    def request_for_tag(self, system: str, itype: str, tag: str, users=(), groups=()) -> Record | None:
+        """The pull/import of ``tag`` for this ACL in flight, if any."""
         return self._one("SELECT * FROM images WHERE system = ? AND itype = ? AND pulltag = ? AND "
+                         "user_acl = ? AND group_acl = ? AND "
                          "status IN ('INIT', 'PENDING', 'PULLING', 'CONVERSION', 'TRANSFER', "
-                         "'HASHING') ORDER BY rid DESC LIMIT 1", (system, itype, tag))
+                         "'HASHING') ORDER BY rid DESC LIMIT 1",
+                         (system, itype, tag, acl_json(users), acl_json(groups)))
 
     def list_ready(self, system: str) -> list[Record]:
         return self._many("SELECT * FROM images WHERE system = ? AND status = 'READY' ORDER BY rid",
@@ -304,17 +411,17 @@ class Catalog:
                        user_acl: tuple[int, ...] = (), group_acl: tuple[int, ...] = (),
                        kind: str = "pull", filepath: str | None = None,
                        fmt: str = "squashfs") -> Record:
-        """A new request record (PENDING); earlier unfinished records of the tag are dropped."""
+        """A new request record (PENDING); earlier failed records of the tag (this ACL) are dropped."""
         now = time.time()
         with self.transaction() as db:
             db.execute("DELETE FROM images WHERE system = ? AND itype = ? AND pulltag = ? AND "
-                       "status = 'FAILURE'", (system, itype, tag))
+                       "status = 'FAILURE' AND user_acl = ? AND group_acl = ?",
+                       (system, itype, tag, acl_json(user_acl), acl_json(group_acl)))
             cur = db.execute(
                 "INSERT INTO images (system, itype, pulltag, kind, status, user_acl, group_acl, "
                 "format, filepath, requester, requester_uid, requester_gids, requester_admin, "
                 "created, last_pull, heartbeat) VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (system, itype, tag, kind, json.dumps(sorted(set(user_acl))),
-                 json.dumps(sorted(set(group_acl))), fmt, filepath, requester.user, requester.uid,
+                (system, itype, tag, kind, acl_json(user_acl), acl_json(group_acl), fmt, filepath, requester.user, requester.uid,
                  json.dumps(sorted(requester.gids)), int(requester.admin), now, now, now))
             rid = cur.lastrowid
         return self.get(rid)
@@ -349,54 +456,78 @@ class Catalog:
             self.db.execute("UPDATE images SET expiration = ? WHERE rid = ?", (when, rid))
 
     def complete(self, rid: int, fields: ImageFields, expiration: float,
-                 publish: Callable[[Record, bool], None]) -> Record:
-        """Turn request ``rid`` into a READY image, or fold it into the READY image it duplicates.
+                 publish: Callable[[Record, Access, bool], None]) -> Record:
+        """Turn request ``rid`` into a READY image record, or fold it into the READY record with
+        the same image id and ACL.  Other records of the image id (other ACLs) stay.
 
-        ``publish(final_record, is_new)`` runs inside the transaction, after the ACL decision:
-        it writes the image's files (.meta always; the squashfs for a new image).  If it raises,
-        nothing is committed.
+        ``publish(final_record, file_access, is_new)`` runs inside the transaction: it writes
+        the image's files (.meta always; the squashfs for a new image) with ``file_access``,
+        the union of the id's records' ACLs (public if one is: ``imagefiles.union_access``).
+        If it raises, nothing is committed.
         """
         with self.transaction() as db:
             request = self.get(rid)
             if request is None:
                 raise LookupError(f"request {rid} vanished")
-            existing = self.ready_by_id(request.system, fields.image_id)
-            users, groups, note = decide_acl(existing, request)
+            existing = self.ready_by_id(request.system, fields.image_id, request.user_acl,
+                                        request.group_acl)
             now = time.time()
-            values = (json.dumps(list(users)), json.dumps(list(groups)), json.dumps(list(fields.env)),
-                      json.dumps(fields.entry), json.dumps(fields.cmd), fields.workdir,
-                      json.dumps(fields.labels), note, now, now, expiration)
+            values = (json.dumps(list(fields.env)), json.dumps(fields.entry), json.dumps(fields.cmd),
+                      fields.workdir, json.dumps(fields.labels), now, now, expiration)
             if existing is None:
                 target = rid
-                db.execute("UPDATE images SET status = 'READY', image_id = ?, user_acl = ?, "
-                           "group_acl = ?, env = ?, entry = ?, cmd = ?, workdir = ?, labels = ?, "
-                           "status_message = ?, last_pull = ?, heartbeat = ?, expiration = ? "
-                           "WHERE rid = ?", (fields.image_id, *values, rid))
+                db.execute("UPDATE images SET status = 'READY', image_id = ?, env = ?, entry = ?, "
+                           "cmd = ?, workdir = ?, labels = ?, status_message = '', last_pull = ?, "
+                           "heartbeat = ?, expiration = ? WHERE rid = ?", (fields.image_id, *values, rid))
             else:
                 target = existing.rid
-                db.execute("UPDATE images SET user_acl = ?, group_acl = ?, env = ?, entry = ?, "
-                           "cmd = ?, workdir = ?, labels = ?, status_message = ?, last_pull = ?, "
-                           "heartbeat = ?, expiration = ? WHERE rid = ?", (*values, target))
+                db.execute("UPDATE images SET env = ?, entry = ?, cmd = ?, workdir = ?, labels = ?, "
+                           "last_pull = ?, heartbeat = ?, expiration = ? WHERE rid = ?",
+                           (*values, target))
                 db.execute("DELETE FROM images WHERE rid = ?", (rid,))
-            db.execute("INSERT OR REPLACE INTO tags (system, itype, tag, rid) VALUES (?, ?, ?, ?)",
-                       (request.system, request.itype, request.pulltag, target))
+            db.execute("INSERT OR REPLACE INTO tags (system, itype, tag, acl, rid) VALUES (?, ?, ?, ?, ?)",
+                       (request.system, request.itype, request.pulltag,
+                        acl_key(request.user_acl, request.group_acl), target))
+            access = self._sync_notes(request.system, fields.image_id)
             final = self.get(target)
-            publish(final, existing is None)
+            publish(final, access, existing is None)
         return final
 
-    def expire(self, rid: int, remove_files: Callable[[Record], None]) -> Record:
-        """READY -> EXPIRING -> (files removed) -> EXPIRED, tags dropped."""
+    def _sync_notes(self, system: str, image_id: str) -> Access:
+        """The files' access of ``image_id`` from its READY records; tell the private records
+        when a public one shares their files (and stop telling them when it is gone)."""
+        records = self.all_ready_by_id(system, image_id)
+        access = imagefiles.union_access(r.acl for r in records)
+        public = records and access == ((), ())
+        for r in records:
+            if r.private and public and r.status_message != PUBLIC_SHARED_NOTE:
+                self.db.execute("UPDATE images SET status_message = ? WHERE rid = ?",
+                                (PUBLIC_SHARED_NOTE, r.rid))
+            elif r.private and not public and r.status_message == PUBLIC_SHARED_NOTE:
+                self.db.execute("UPDATE images SET status_message = '' WHERE rid = ?", (r.rid,))
+        return access
+
+    def expire(self, rid: int, files: Callable[[Record, Access | None], None]) -> Record:
+        """READY -> EXPIRING -> (files) -> EXPIRED, tags dropped.
+
+        ``files(record, access)``: with ``None``, remove the image's files (no other READY
+        record has its id); else the id's other records remain and the files get ``access``.
+        """
         self.set_status(rid, "EXPIRING")
         record = self.get(rid)
+        others = [r for r in self.all_ready_by_id(record.system, record.image_id) if r.rid != rid] \
+            if record.image_id else []
         try:
-            remove_files(record)
-        except OSError as e:
+            files(record, imagefiles.union_access(r.acl for r in others) if others else None)
+        except (OSError, ShifterError) as e:
             self.set_status(rid, "FAILURE", f"can't expire: {e}")
             raise
         with self.transaction() as db:
             db.execute("DELETE FROM tags WHERE rid = ?", (rid,))
             db.execute("UPDATE images SET status = 'EXPIRED', status_message = '', heartbeat = ? "
                        "WHERE rid = ?", (time.time(), rid))
+            if record.image_id:
+                self._sync_notes(record.system, record.image_id)
         return replace(self.get(rid), tags=())
 
     # -- metrics --------------------------------------------------------------------------

@@ -11,10 +11,19 @@ Pulling (Shifter's semantics, made precise; imports follow rules 1, 2 and 4):
 2. a caller re-asking right after *their* pull of that tag finished (a polling client:
    Shifter's and ours ask again every 0.5 s) gets that outcome, READY or FAILURE, for
    ``POLL_HOLD`` seconds;
-3. a READY image the caller can see, pulled less than ``PullUpdateTimeout`` ago, whose ACL
-   the request would not change, is returned as it is;
+3. a READY record of the tag with the requested ACL, pulled less than ``PullUpdateTimeout``
+   ago (or pinned by digest: its content cannot change), is returned as it is;
 4. anything else starts a new pull.  If the registry serves an image that is already here
-   (same id), only its tag and ACL change (see ``catalog.decide_acl``).
+   (same id), nothing is converted: the record of that id with the requested ACL gets the
+   tag (a new record if there is none).
+
+ACLs (Shifter's): a pull or import with ``allowed_uids`` adds the caller's uid to them, one
+with ``allowed_gids`` the caller's gid, so the caller keeps access to what they asked for.
+The requested ACL (sorted, distinct) identifies the request: a private pull of a tag that is
+public here makes a private record beside the public one (no user can take a public tag
+away from the others), and asking again with the same ids in another order is the same
+request.  ``lookup`` gives the caller their own private record first, else the public one
+(``catalog.pick``).
 """
 
 from __future__ import annotations
@@ -26,15 +35,15 @@ import os
 import pwd
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from shifter.errors import UsageError
 from shifter.gateway import munge
-from shifter.gateway.catalog import Catalog, Record, Requester, acl_for
+from shifter.gateway.catalog import Catalog, Record, Requester
 from shifter.gateway.config import GatewayConfig, Platform
 from shifter.gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from shifter.gateway.userfile import open_import_file
-from shifter.gateway.worker import Worker, image_source, remove_image_files
+from shifter.gateway.worker import Worker, image_source, image_files_after_expiry
 from shifter.runtime.image import parse_image
 
 log = logging.getLogger("shifter.gateway")
@@ -58,9 +67,13 @@ def normalize_tag(itype: str, tag: str) -> str:
     if itype not in TYPES:
         raise BadRequest(f"image type {itype[:40]!r} is not supported here (known: {', '.join(TYPES)})")
     try:
-        return parse_image(f"docker:{tag}").tag
+        normal = parse_image(f"docker:{tag}").tag
     except UsageError as e:
         raise BadRequest(e.message.replace("'docker:", "'", 1), e.hint) from None
+    if itype != "docker" and "@" in normal:
+        raise BadRequest(f"invalid image {itype}:{tag[:200]!r}: a digest names a registry's image, "
+                         "not an imported one", f"use {itype}:NAME:TAG")
+    return normal
 
 
 def parse_ids(value, what: str) -> tuple[int, ...]:
@@ -84,6 +97,15 @@ def parse_ids(value, what: str) -> tuple[int, ...]:
     if len(ids) > MAX_IDS:
         raise BadRequest(f"{what}: more than {MAX_IDS} ids")
     return tuple(sorted(set(ids)))
+
+
+def request_acl(who: Requester, users: tuple[int, ...], groups: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The ACL a request asks for: the caller's uid joins a user ACL, their gid a group ACL."""
+    if users:
+        users = tuple(sorted(set(users) | {who.uid}))
+    if groups and who.gid >= 0:
+        groups = tuple(sorted(set(groups) | {who.gid}))
+    return tuple(sorted(set(users))), tuple(sorted(set(groups)))
 
 
 def _parse_tokens(payload: bytes) -> dict:
@@ -144,7 +166,7 @@ class ImageManager:
             gids = frozenset(os.getgrouplist(user, cred.gid))
         except KeyError:
             user, gids = f"uid{cred.uid}", frozenset({cred.gid})
-        requester = Requester(user, cred.uid, gids | {cred.gid}, user in platform.admins)
+        requester = Requester(user, cred.uid, gids | {cred.gid}, user in platform.admins, cred.gid)
         return Session(system, requester, _parse_tokens(cred.payload))
 
     def public_session(self, system: str) -> Session:
@@ -155,8 +177,8 @@ class ImageManager:
     # -- queries ----------------------------------------------------------------------------
     def lookup(self, session: Session, itype: str, tag: str) -> Record:
         tag = normalize_tag(itype, tag)
-        record = self.catalog.ready_by_tag(session.system, itype, tag)
-        if record is None or not record.readable_by(session.requester):
+        record = self.catalog.ready_by_tag(session.system, itype, tag, session.requester)
+        if record is None:
             raise NotFound(f"image not found: {itype}:{tag} is not on system {session.system}",
                            f"pull it first: shifterimg pull {itype}:{tag}")
         self.catalog.touch_expiration(record.rid, time.time() + self.config.expiration_timeout)
@@ -207,22 +229,21 @@ class ImageManager:
         if itype != "docker":
             raise BadRequest(f"can't pull {itype}:{tag}: only docker images are pulled "
                              "(custom images are imported)")
-        image_source(self.config, tag)  # an unknown registry is refused now, not in a worker
+        source = image_source(self.config, tag)  # an unknown registry is refused now, not in a worker
         who = session.requester
+        users, groups = request_acl(who, users, groups)
         with self.catalog.lock:
-            running = self.catalog.request_for_tag(session.system, itype, tag)
-            if running is not None:
+            running = self.catalog.request_for_tag(session.system, itype, tag, users, groups)
+            if running is not None and running.readable_by(who):
                 return running
             key = self._poll_key(session.system, itype, tag, who.uid, users, groups, session.tokens)
             recent = self._recent_outcome(key)
             if recent is not None:
                 return recent
-            ready = self.catalog.ready_by_tag(session.system, itype, tag)
-            if ready is not None and ready.readable_by(who) and \
-                    time.time() - ready.last_pull < self.config.pull_update_timeout:
-                acl_users, acl_groups, note = acl_for(ready, who, users, groups)
-                if (acl_users, acl_groups) == (ready.user_acl, ready.group_acl):
-                    return replace(ready, status_message=note) if note else ready
+            ready = self.catalog.ready_for_acl(session.system, itype, tag, users, groups)
+            if ready is not None and ready.readable_by(who) and (
+                    source.pinned or time.time() - ready.last_pull < self.config.pull_update_timeout):
+                return ready
             record = self.catalog.create_request(session.system, itype, tag, who, users, groups)
         log.info("pull of %s:%s queued for %s (uid %d)", itype, tag, who.user, who.uid)
         self.worker.submit(record.rid, session.tokens, key)
@@ -242,9 +263,10 @@ class ImageManager:
                 or len(filepath) > 4096:
             raise BadRequest("can't import: filepath must be an absolute path")
         os.close(open_import_file(filepath, who, self.config.image_size_limit))  # as the user
+        users, groups = request_acl(who, users, groups)
         with self.catalog.lock:
-            running = self.catalog.request_for_tag(session.system, itype, tag)
-            if running is not None:
+            running = self.catalog.request_for_tag(session.system, itype, tag, users, groups)
+            if running is not None and running.readable_by(who):
                 return running
             key = self._poll_key(session.system, itype, tag, who.uid, users, groups, {})
             recent = self._recent_outcome(key)
@@ -266,17 +288,19 @@ class ImageManager:
     def _expire(self, record: Record) -> Record:
         platform = self.platform(record.system)
         with self.worker.id_lock(record.image_id):
-            expired = self.catalog.expire(record.rid, lambda r: remove_image_files(platform, r))
+            expired = self.catalog.expire(record.rid,
+                                          lambda r, access: image_files_after_expiry(platform, r, access))
         log.info("expired %s:%s (%s)", record.itype, record.pulltag, record.image_id)
         return expired
 
     def expire(self, session: Session, itype: str, tag: str) -> bool:
         tag = normalize_tag(itype, tag)
         self._admin(session, f"expire {itype}:{tag}")
-        record = self.catalog.ready_by_tag(session.system, itype, tag)
-        if record is None:
+        records = self.catalog.tag_records(session.system, itype, tag)
+        if not records:
             raise NotFound(f"image not found: {itype}:{tag} is not on system {session.system}")
-        self._expire(record)
+        for record in records:  # the public record and the private ones the tag names
+            self._expire(record)
         return True
 
     def autoexpire(self, session: Session) -> list[str]:

@@ -42,12 +42,12 @@ def partial_name(dest: str) -> str:
 
 
 def make(tree: str, dest: str, compression: str) -> str:
-    """Build the image of ``tree`` for ``dest``; return the temporary file holding it."""
+    """Build the image of ``tree`` for ``dest``; return the temporary file holding it (mode
+    0600: the caller gives it the image's access, ``runtime.imagefiles``, before publishing)."""
     tmp = partial_name(dest)
     try:
         proc.run(argv(tree, tmp, compression), f"make the squashfs image {dest}", timeout=TIMEOUT,
                  hint="apt-get install squashfs-tools", preexec_fn=_die_with_parent)
-        os.chmod(tmp, 0o644)
     except BaseException:
         os.unlink(tmp)
         raise

@@ -10,6 +10,11 @@ removed on every path (and, after a crash, at the next start).
 One conversion per image: work on an image id holds that id's lock, and a pull whose
 manifest names an image that is already READY (same id) only adds its tag (and ACL).
 
+Who may read the files follows ``runtime.imagefiles``: the union of the ACLs of the id's
+READY records (public as soon as one is), set on the temporary file before it is renamed
+into place, and again on the files whenever the id's records change (a new record, an
+expiry, and at start-up, so files written by an older gateway come into step).
+
 Registry credentials of a pull live in memory only, with the queued job.
 """
 
@@ -33,6 +38,8 @@ from shifter.gateway.config import GatewayConfig, Location, Platform
 from shifter.gateway.errors import NotFound, PullError
 from shifter.gateway.registry import Registry
 from shifter.gateway.userfile import open_import_file
+from shifter.errors import ShifterError
+from shifter.runtime import imagefiles
 from shifter.runtime import meta as image_meta
 
 log = logging.getLogger("shifter.gateway")
@@ -53,19 +60,28 @@ class Source:
 
     location: Location
     repo: str
-    reference: str
+    reference: str  # a tag, or a digest ``sha256:<hex>``
+
+    @property
+    def pinned(self) -> bool:
+        """A digest reference: its content never changes."""
+        return self.reference.startswith("sha256:")
 
     def __str__(self) -> str:
-        return f"{self.location.url}/{self.repo}:{self.reference}"
+        return f"{self.location.url}/{self.repo}{'@' if self.pinned else ':'}{self.reference}"
 
 
 def image_source(config: GatewayConfig, tag: str) -> Source:
-    """``[HOST[:PORT]/]REPO:TAG`` (normalised) -> registry location, repository, tag.
+    """``[HOST[:PORT]/]REPO:TAG`` or ``...REPO@sha256:<hex>`` (normalised) -> registry
+    location, repository, tag or digest.
 
     The first component names the registry when it looks like a host (has a '.' or ':' or
     is ``localhost``), as in Docker; else the image comes from ``DefaultImageLocation``.
     """
-    name, _, reference = tag.rpartition(":")
+    if "@" in tag:
+        name, _, reference = tag.partition("@")
+    else:
+        name, _, reference = tag.rpartition(":")
     first, sep, rest = name.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
         location_name, repo = first, rest
@@ -129,12 +145,32 @@ def image_paths(platform: Platform, image_id: str) -> tuple[str, str]:
     return base + ".squashfs", base + ".meta"
 
 
-def write_meta(platform: Platform, record: Record) -> None:
+def write_meta(platform: Platform, record: Record, access: imagefiles.Access) -> None:
+    """``<id>.meta`` of ``record``'s image, with the files' ``access`` (the union of the id's
+    records' ACLs) as its USERACL/GROUPACL: the runtime admits exactly who may read it."""
     entry = tuple(record.entry) if isinstance(record.entry, list) else record.entry
     cmd = tuple(record.cmd) if isinstance(record.cmd, list) else record.cmd
     meta = image_meta.ImageMeta(format="squashfs", entry=entry, cmd=cmd, workdir=record.workdir,
-                                env=record.env, user_acl=record.user_acl, group_acl=record.group_acl)
+                                env=record.env, user_acl=access[0], group_acl=access[1])
     image_meta.write(image_paths(platform, record.image_id)[1], meta)
+
+
+def sync_image_files(platform: Platform, record: Record, access: imagefiles.Access) -> None:
+    """Bring an image's files in step with ``access``: .meta rewritten, squashfs mode/ACL set."""
+    try:
+        write_meta(platform, record, access)
+        imagefiles.apply([image_paths(platform, record.image_id)[0]], *access)
+    except ShifterError as e:
+        raise PullError(e.message, e.hint) from None
+
+
+def image_files_after_expiry(platform: Platform, record: Record, access: imagefiles.Access | None) -> None:
+    """``Catalog.expire``'s file step: remove the files (``access`` None: no record left),
+    else narrow them to the remaining records' ``access``."""
+    if access is None:
+        remove_image_files(platform, record)
+    else:
+        sync_image_files(platform, record, access)
 
 
 def remove_image_files(platform: Platform, record: Record) -> None:
@@ -167,6 +203,7 @@ class Worker:
         for platform in self.config.platforms.values():
             os.makedirs(platform.image_dir, mode=0o755, exist_ok=True)
         self._cleanup_leftovers()
+        self._sync_access()
         self._recover()
         for i in range(self.config.worker_threads):
             thread = threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)
@@ -200,6 +237,26 @@ class Worker:
             for path in squashfs.cleanup_partials(directory):
                 log.info("removed leftover temporary file %s", path)
 
+    def _sync_access(self) -> None:
+        """Give every READY image's files the access its records call for (files written by
+        an older gateway were world-readable whatever their ACL)."""
+        for system, platform in self.config.platforms.items():
+            ids = {r.image_id for r in self.catalog.list_ready(system) if r.image_id}
+            for image_id in sorted(ids):
+                records = self.catalog.all_ready_by_id(system, image_id)
+                access = imagefiles.union_access(r.acl for r in records)
+                paths = image_paths(platform, image_id)
+                try:
+                    if all(imagefiles.get_access(p) == (imagefiles.mode_for(*access), *access)
+                           for p in paths if os.path.lexists(p)):
+                        continue
+                    sync_image_files(platform, records[0], access)
+                    log.info("image %s: file access set to %s", image_id,
+                             f"uids {list(access[0])} gids {list(access[1])}" if access != ((), ())
+                             else "public")
+                except (OSError, PullError) as e:
+                    log.error("image %s: can't set who may read its files: %s", image_id, e)
+
     def _recover(self) -> None:
         """Resume what was in flight when the gateway stopped (credentials are gone)."""
         for record in self.catalog.in_flight():
@@ -207,7 +264,8 @@ class Worker:
             if platform is None:
                 self.catalog.fail(record.rid, f"system {record.system!r} is no longer configured")
             elif record.status == "EXPIRING":
-                self.catalog.expire(record.rid, lambda r: remove_image_files(platform, r))
+                self.catalog.expire(record.rid,
+                                    lambda r, access: image_files_after_expiry(platform, r, access))
                 log.info("finished expiring %s (%s)", record.pulltag, record.image_id)
             else:
                 log.info("resuming %s of %s:%s (was %s)", record.kind, record.itype, record.pulltag,
@@ -244,8 +302,9 @@ class Worker:
                 self.catalog.fail(rid, f"internal error: {type(e).__name__}: {e}")
             if self.on_done and key is not None:
                 outcome = self.catalog.get(rid)
-                if outcome is None:  # folded into the image it duplicates
-                    outcome = self.catalog.ready_by_tag(record.system, record.itype, record.pulltag)
+                if outcome is None:  # folded into the record it duplicates (same id and ACL)
+                    outcome = self.catalog.ready_for_acl(record.system, record.itype, record.pulltag,
+                                                         record.user_acl, record.group_acl)
                 if outcome is not None:
                     self.on_done(record, outcome, key)
 
@@ -256,10 +315,16 @@ class Worker:
                   partial: str | None) -> Record:
         squashfs_path = image_paths(platform, fields.image_id)[0]
 
-        def publish(final: Record, is_new: bool) -> None:
-            write_meta(platform, final)
-            if partial is not None:
-                squashfs.publish(partial, squashfs_path)
+        def publish(final: Record, access: imagefiles.Access, is_new: bool) -> None:
+            try:
+                write_meta(platform, final, access)
+                if partial is not None:  # restricted before it gets its name
+                    imagefiles.set_access(partial, *access)
+                    squashfs.publish(partial, squashfs_path)
+                else:
+                    imagefiles.apply([squashfs_path], *access)
+            except ShifterError as e:
+                raise PullError(e.message, e.hint) from None
 
         final = self.catalog.complete(record.rid, fields, self._expiration(), publish)
         log.info("%s:%s is READY: %s%s", record.itype, record.pulltag, fields.image_id,
@@ -267,7 +332,7 @@ class Worker:
         return final
 
     def _already_there(self, record: Record, platform: Platform, image_id: str) -> bool:
-        existing = self.catalog.ready_by_id(record.system, image_id)
+        existing = self.catalog.ready_by_id(record.system, image_id)  # any record (any ACL)
         return existing is not None and all(os.path.exists(p) for p in image_paths(platform, image_id))
 
     # -- pull -------------------------------------------------------------------------------
@@ -365,7 +430,6 @@ class Worker:
                     if copied != image_id:
                         raise PullError(f"can't import {record.filepath}: the file changed while it "
                                         "was being imported")
-                    os.chmod(partial, 0o644)
                     self._complete(record, platform, fields, partial)
                 finally:
                     if os.path.exists(partial):

@@ -3,6 +3,9 @@
 Grammar (Shifter's):
   ``docker:REPO[:TAG]``  an image from a Docker registry, resolved by the gateway
                          (no tag means ``:latest``; REPO may carry a registry host)
+  ``docker:REPO@sha256:<64 hex>``  the image whose manifest (or index) has this digest
+                         (an extension of Shifter's grammar, as in Docker; a tag and a
+                         digest together are refused: give one)
   ``REPO:TAG``           the same with the site's ``defaultImageType`` (docker)
   ``id:<64 hex>``        an image already on the system, by id (as pinned at submission)
   ``custom:NAME[:TAG]``  an image imported through the gateway (``shifterimg import
@@ -24,13 +27,14 @@ from shifter.errors import UsageError
 
 KNOWN_TYPES = ("docker", "id", "custom", "local")
 
-# Docker reference grammar (distribution/reference), without the digest form.
+# Docker reference grammar (distribution/reference); of digests, sha256 only.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _HOST_RE = re.compile(
     r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?$")
 _PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TYPE_RE = re.compile(r"^[a-z]+$")
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9:_./@+-]")
 
@@ -107,12 +111,20 @@ def _looks_like_type(prefix: str, rest: str) -> bool:
 
 
 def _normalise_docker(spec: str, ref: str, hint: str) -> str:
-    if "@" in ref:
-        raise _refuse(spec, "digest references (@sha256:...) are not supported; use a tag", hint)
     repo, tag = ref, "latest"
-    slash = ref.rfind("/")
-    colon = ref.rfind(":")
-    if colon > slash:
+    digest = None
+    if "@" in ref:
+        repo, _, digest = ref.partition("@")
+        if not _DIGEST_RE.match(digest):
+            raise _refuse(spec, f"digest {digest!r} is not sha256:<64 lowercase hex digits>",
+                          "copy the digest from 'docker inspect' or the registry, e.g. "
+                          "docker:REPO@sha256:<64 hex>")
+        if repo.rfind(":") > repo.rfind("/"):
+            raise _refuse(spec, "a tag and a digest together: give one of them",
+                          "use docker:REPO@sha256:<64 hex> (the digest names the image)")
+    slash = repo.rfind("/")
+    colon = repo.rfind(":")
+    if digest is None and colon > slash:
         repo, tag = ref[:colon], ref[colon + 1 :]
         if not _TAG_RE.match(tag):
             raise _refuse(spec, f"tag {tag!r} is not a valid Docker tag", hint)
@@ -129,7 +141,7 @@ def _normalise_docker(spec: str, ref: str, hint: str) -> str:
         )
     if any(part in (".", "..") for part in repo.split("/")):
         raise _refuse(spec, "'.' and '..' are not allowed in a repository name", hint)
-    return f"{repo}:{tag}"
+    return f"{repo}@{digest}" if digest else f"{repo}:{tag}"
 
 
 def resolve_id(config, image: ImageRef) -> ImageRef:

@@ -21,6 +21,7 @@ written back unchanged, so a newer writer's fields survive.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 from shifter import files
@@ -150,12 +151,22 @@ def read(path: str) -> ImageMeta:
     except FileNotFoundError:
         raise MetaError(f"can't read image metadata: {path}: no such file",
                         "is the image id right? (shifterimg lookup IMAGE)") from None
+    except PermissionError:
+        # a private image's files are readable only by its users (runtime.imagefiles)
+        raise MetaError(f"can't use the image of {path}: it is private and uid {os.getuid()} is not "
+                        "allowed", "ask the image's owner to add you (shifterimg pull --user/--group)") from None
     except OSError as e:
         raise MetaError(f"can't read image metadata: {path}: {e.strerror}") from None
 
 
 def write(path: str, meta: ImageMeta) -> None:
-    """Write atomically (temp file in the same directory + rename), mode 0644."""
+    """Write atomically (temp file in the same directory + rename).  Who may read the file
+    follows the image's ACL (``runtime.imagefiles``: 0644 when public, else root and the
+    ACL's users and groups), set before the rename: the file is never more open."""
+    from shifter.runtime import imagefiles
+
     text = dumps(meta)
-    with files.atomic_file(path, 0o644, text=True) as f:
+    with files.atomic_file(path, imagefiles.mode_for(meta.user_acl, meta.group_acl), text=True) as f:
         f.write(text)
+        f.flush()
+        imagefiles.set_access(f.fileno(), meta.user_acl, meta.group_acl)

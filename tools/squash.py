@@ -5,6 +5,8 @@ whiteouts, so extraction is trivial and trusted).
 ``make_image(site, "busybox", image_dir, extra=fn)`` writes ``<image_dir>/<id>.squashfs``
 and ``<id>.meta`` (ENV/CMD/ENTRY/WORKDIR from the image config) and returns the id.  The
 id is the sha256 of the squashfs, so images made with different ``extra`` differ.
+With ``user_acl``/``group_acl`` the image is private and its files readable only by root
+and those ids (``runtime.imagefiles``, the gateway's rule), set before they get their names.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import tarfile
 import tempfile
 
-from shifter.runtime import meta, proc
+from shifter.runtime import imagefiles, meta, proc
 from shifter.tools.images import OciLayout
 from shifter.tools.site import Site
 
@@ -57,6 +59,7 @@ def make_image(site: Site, name: str, image_dir: str, extra=None, comp: str = "l
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         image_id = h.hexdigest()
+        imagefiles.set_access(out, user_acl, group_acl)
         os.replace(out, os.path.join(image_dir, image_id + ".squashfs"))
         meta.write(os.path.join(image_dir, image_id + ".meta"), meta.ImageMeta(
             entry=tuple(cfg["Entrypoint"]) if cfg.get("Entrypoint") else None,

@@ -24,7 +24,7 @@ import requests
 from conftest import require
 from shifter.errors import ShifterError
 from shifter.gateway.catalog import API_FIELDS
-from shifter.runtime import meta
+from shifter.runtime import imagefiles, meta
 from shifter.tools import gateway as gwtool
 from shifter.tools import images as test_images
 from shifter.tools import registry as site_registry
@@ -214,6 +214,10 @@ def test_a_pull_of_an_image_already_here_is_immediate(api):
     ("POST", "/api/doimport/local/custom/x:1/", USER2, 403),
     ("POST", "/api/doimport/local/custom/x:1/", "body:{}", 400),
     ("POST", "/api/doimport/local/custom/x:1/", 'body:{"filepath": "relative"}', 400),
+    ("POST", "/api/doimport/local/custom/x@sha256:" + "a" * 64 + "/", 'body:{"filepath": "/x"}', 400),
+    ("GET", "/api/lookup/local/custom/x@sha256:" + "a" * 64 + "/", "root", 400),
+    ("GET", "/api/lookup/local/docker/x@sha256:abc/", "root", 400),
+    ("GET", "/api/lookup/local/docker/x:1@sha256:" + "a" * 64 + "/", "root", 400),
     ("POST", "/api/doimport/local/custom/x:1/", 'body:{"filepath": "/nonexistent"}', 400),
     ("POST", "/api/doimport/local/custom/x:1/", 'body:{"filepath": "/etc/passwd", "format": "ext4"}', 400),
 ])
@@ -263,21 +267,160 @@ def test_private_image_is_invisible_to_another_uid(api, gw):
     assert hidden.status_code == 404 and set(hidden.json()) == ERROR_KEYS
     assert "test/busybox:oci" not in api.tags(user=USER2)
     assert "test/busybox:oci" in api.tags(user=USER1) and "test/busybox:oci" in api.tags()  # root
-    # a member changes the ACL to the shared group: now both see it
+    # the member shares it with the group: a second private record (the caller's gid joins
+    # the group ACL, as in Shifter), and the files are readable by the union of both
     again = api.pull("test/busybox:oci", user=USER1, body={"allowed_uids": str(UIDS[USER1]),
                                                            "allowed_gids": str(GROUP)})
-    assert again["groupACL"] == [GROUP] and again["id"] == record["id"]
-    assert api.lookup("test/busybox:oci", user=USER2).status_code == 200
-    assert meta.read(os.path.join(gw.image_dir, f"{record['id']}.meta")).group_acl == (GROUP,)
+    assert again["groupACL"] == sorted({GROUP, UIDS[USER1]}) and again["id"] == record["id"]
+    assert api.lookup("test/busybox:oci", user=USER2).json()["groupACL"] == again["groupACL"]
+    assert GROUP in meta.read(os.path.join(gw.image_dir, f"{record['id']}.meta")).group_acl
 
 
-def test_a_plain_user_cannot_make_a_public_image_private(api):
+def test_a_pull_with_an_acl_adds_the_caller(api):
+    """Item 11: allowed_uids=1000,1001 by uid 4242 used to store [1000, 1001] and lock the
+    caller out of the image they had just pulled."""
+    record = api.pull("test/layers:latest", user=USER1, body={"allowed_uids": "1000,1001"})
+    assert record["status"] == "READY" and record["userACL"] == [1000, 1001, UIDS[USER1]]
+    assert api.lookup("test/layers:latest", user=USER1).json()["userACL"] == record["userACL"]
+    grouped = api.pull("test/layers:latest", user=USER2, body={"allowed_gids": "1000"})
+    assert grouped["userACL"] == [] and grouped["groupACL"] == [1000, UIDS[USER2]]
+    assert api.lookup("test/layers:latest", user=USER2).json()["groupACL"] == [1000, UIDS[USER2]]
+
+
+def test_a_private_pull_of_a_public_tag_makes_a_record_beside_it(api, gw):
+    """Item 11: the same pull for a tag already READY and public used to return the public
+    record with a note.  Now it pulls and makes the caller's private record; other users keep
+    the public one; the same ACL in another order does not pull again."""
     public = api.pull("test/busybox:latest", user=USER1)
     assert public["status"] == "READY" and public["userACL"] == []
-    record = api.pull("test/busybox:latest", user=USER2, body={"allowed_uids": str(UIDS[USER2])})
-    assert record["status"] == "READY" and record["userACL"] == []
-    assert "already public" in record["status_message"]
-    assert api.lookup("test/busybox:latest", user=USER1).status_code == 200
+    queued = gw.log_text().count("pull of docker:test/busybox:latest queued")
+    body = {"allowed_uids": f"{UIDS[USER1]},1000"}
+    private = api.pull("test/busybox:latest", user=USER2, body=body)
+    assert gw.log_text().count("pull of docker:test/busybox:latest queued") == queued + 1
+    assert private["status"] == "READY" and private["id"] == public["id"]
+    assert private["userACL"] == sorted([1000, UIDS[USER1], UIDS[USER2]])
+    # the caller is told that the same content is public here (its files stay world-readable)
+    assert "also public" in private["status_message"]
+    # lookups: USER2 (and USER1, named in the ACL) get the private record; root the public one
+    assert api.lookup("test/busybox:latest", user=USER2).json()["userACL"] == private["userACL"]
+    assert api.lookup("test/busybox:latest", user=USER1).json()["userACL"] == private["userACL"]
+    assert api.lookup("test/busybox:latest").json()["userACL"] == []
+    # the same ids in another order (and the caller's own uid spelled out) are the same request
+    same = api.pull("test/busybox:latest", user=USER2,
+                    body={"allowed_uids": f"1000,{UIDS[USER2]},{UIDS[USER1]},1000"})
+    assert same["userACL"] == private["userACL"] and same["last_pull"] == private["last_pull"]
+    assert gw.log_text().count("pull of docker:test/busybox:latest queued") == queued + 1
+    # the public record is still there, for everyone, and its files are public
+    listed = [r for r in api.ok("GET", "/api/list/local/", user=USER2)["list"]
+              if "test/busybox:latest" in r["tag"]]
+    assert sorted(len(r["userACL"]) for r in listed) == [0, 3]
+    assert imagefiles.get_access(os.path.join(gw.image_dir, f"{public['id']}.squashfs")) == \
+        (0o644, (), ())
+
+
+def _read_as(user: str, path: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", f"--reuid={UIDS[user]}", f"--regid={UIDS[user]}", "--init-groups",
+                           "--", "cat", path], capture_output=True)
+
+
+def test_private_image_files_are_readable_only_by_their_acl(fresh):
+    """Item 3: a private image's .squashfs/.meta were 0644, so anyone could unsquashfs them."""
+    gateway = fresh()
+    api = Api(gateway)
+    record = api.pull("test/busybox:oci", user=USER1, body={"allowed_uids": str(UIDS[USER1])})
+    assert record["status"] == "READY" and record["userACL"] == [UIDS[USER1]]
+    files = [os.path.join(gateway.image_dir, f"{record['id']}{ext}") for ext in (".squashfs", ".meta")]
+    for path in files:
+        assert imagefiles.get_access(path) == (0o640, (UIDS[USER1],), ()), path
+        assert os.stat(path).st_uid == 0
+        assert _read_as(USER1, path).returncode == 0
+        refused = _read_as(USER2, path)
+        assert refused.returncode != 0 and b"Permission denied" in refused.stderr
+    # a second private record (a group ACL) widens the files to the union, and USER2 reads them
+    api.pull("test/busybox:oci", user=USER2, body={"allowed_gids": str(GROUP)})
+    for path in files:
+        assert imagefiles.get_access(path) == (0o640, (UIDS[USER1],), tuple(sorted({GROUP, UIDS[USER2]})))
+        assert _read_as(USER2, path).returncode == 0
+    assert meta.read(files[1]).user_acl == (UIDS[USER1],)
+    # a public record makes them world-readable; expiring it narrows them back
+    api.pull("test/busybox:oci", user=USER2)
+    for path in files:
+        assert imagefiles.get_access(path) == (0o644, (), ())
+    assert not meta.read(files[1]).private
+    # files written world-readable by an older gateway are brought in step at start-up
+    gateway.stop()
+    for path in files:
+        imagefiles.set_access(path, (), ())
+    gateway.start()
+    for path in files:
+        assert imagefiles.get_access(path) == (0o644, (), ())  # still one public record
+    assert api.ok("GET", "/api/expire/local/docker/test/busybox:oci/") == {"status": True}
+    assert os.listdir(gateway.image_dir) == []
+
+
+def test_expiring_the_public_record_narrows_the_files_to_the_private_ones(fresh):
+    gateway = fresh()
+    api = Api(gateway)
+    private = api.pull("test/busybox:multiarch", user=USER1, body={"allowed_uids": str(UIDS[USER1])})
+    public = api.pull("test/busybox:oci", user=USER2)  # the same image (the index's amd64 entry)
+    assert public["id"] == private["id"] and public["userACL"] == []
+    files = [os.path.join(gateway.image_dir, f"{private['id']}{ext}") for ext in (".squashfs", ".meta")]
+    assert all(imagefiles.get_access(p) == (0o644, (), ()) for p in files)
+    assert "also public" in api.lookup("test/busybox:multiarch", user=USER1).json()["status_message"]
+    assert api.ok("GET", "/api/expire/local/docker/test/busybox:oci/") == {"status": True}
+    for path in files:
+        assert imagefiles.get_access(path) == (0o640, (UIDS[USER1],), ())
+        assert _read_as(USER2, path).returncode != 0 and _read_as(USER1, path).returncode == 0
+    assert meta.read(files[1]).user_acl == (UIDS[USER1],)
+    mine = api.lookup("test/busybox:multiarch", user=USER1).json()
+    assert mine["status_message"] == "" and mine["userACL"] == [UIDS[USER1]]
+    assert api.lookup("test/busybox:oci", user=USER2).status_code == 404
+
+
+def test_an_older_gateways_world_readable_private_image_is_restricted_at_start(fresh):
+    gateway = fresh()
+    api = Api(gateway)
+    record = api.pull("test/busybox:oci", user=USER1, body={"allowed_uids": str(UIDS[USER1])})
+    gateway.stop()
+    files = [os.path.join(gateway.image_dir, f"{record['id']}{ext}") for ext in (".squashfs", ".meta")]
+    for path in files:
+        imagefiles.set_access(path, (), ())  # as version 1 left them
+        assert _read_as(USER2, path).returncode == 0
+    gateway.start()
+    for path in files:
+        assert imagefiles.get_access(path) == (0o640, (UIDS[USER1],), ())
+        assert _read_as(USER2, path).returncode != 0
+    assert "file access set to uids" in gateway.log_text()
+
+
+# -- pull by digest (item 15) ------------------------------------------------------------------
+
+
+def test_pull_by_digest_shares_the_tags_image(api, gw):
+    tagged = api.pull("test/busybox:oci", user=USER2)
+    digest = test_images.remote_digest(SITE, "test/busybox:oci")
+    assert tagged["id"] == digest.split(":")[1]
+    pinned = api.pull(f"test/busybox@{digest}", user=USER2)
+    assert pinned["status"] == "READY" and pinned["id"] == tagged["id"]
+    assert {"test/busybox:oci", f"test/busybox@{digest}"} <= set(pinned["tag"])
+    assert api.lookup(f"test/busybox@{digest}", user=USER1).json()["id"] == tagged["id"]
+    # a digest names content that never changes: asking again is immediate, no new pull
+    queued = gw.log_text().count(f"pull of docker:test/busybox@{digest} queued")
+    again = api.ok("POST", f"/api/pull/local/docker/test/busybox@{digest}/", user=USER2)
+    assert again["status"] == "READY" and gw.log_text().count(
+        f"pull of docker:test/busybox@{digest} queued") == queued
+    # an index digest resolves to this system's platform manifest: the same image again
+    index = test_images.remote_digest(SITE, "test/busybox:multiarch")
+    assert index != digest
+    by_index = api.pull(f"test/busybox@{index}", user=USER2)
+    assert by_index["status"] == "READY" and by_index["id"] == tagged["id"]
+
+
+def test_pull_by_an_unknown_or_malformed_digest(api):
+    missing = api.pull("test/busybox@sha256:" + "0" * 64, user=USER1)
+    assert missing["status"] == "FAILURE" and "not in the registry" in missing["status_message"]
+    bad = api.call("POST", "/api/pull/local/docker/test/busybox@sha256:abc/", user=USER1)
+    assert bad.status_code == 400 and "sha256:<64 lowercase hex digits>" in bad.json()["error"]
 
 
 def test_registry_logins_travel_in_the_credential(api):

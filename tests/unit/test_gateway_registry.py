@@ -283,6 +283,22 @@ def test_hostile_manifests_are_refused(hostile, name, body, media_type, digest, 
         reg.Registry(hostile, "evil").resolve(name)
 
 
+def test_a_digest_pull_gets_exactly_that_manifest(hostile, registries):
+    """Item 15: a registry (or proxy) answering a digest with other bytes is refused, even
+    when its Docker-Content-Digest header agrees with the request."""
+    real = json.dumps({"schemaVersion": 2, "mediaType": reg.OCI_MANIFEST}).encode()
+    asked = "sha256:" + hashlib.sha256(real).hexdigest()
+    other = json.dumps({"schemaVersion": 2, "mediaType": reg.OCI_MANIFEST, "x": 1}).encode()
+    _serve_manifest(asked, other, reg.OCI_MANIFEST, digest=asked)
+    with pytest.raises(PullError, match=f"content does not match its digest {asked[:19]}"):
+        reg.Registry(hostile, "evil").resolve(asked)
+    # the real registry: the digest of a tag's manifest resolves to the same image
+    digest = test_images.remote_digest(SITE, "test/layers:latest")
+    by_digest = reg.Registry(OPEN, "test/layers").resolve(digest)
+    assert by_digest.digest == digest and by_digest.id == digest.split(":")[1]
+    assert by_digest.layers == reg.Registry(OPEN, "test/layers").resolve("latest").layers
+
+
 def test_index_entry_must_match_the_manifest_it_names(hostile):
     manifest = json.dumps({"schemaVersion": 2, "mediaType": reg.OCI_MANIFEST}).encode()
     real = "sha256:" + hashlib.sha256(manifest).hexdigest()
@@ -382,6 +398,14 @@ def test_image_source_and_credentials():
     assert (src.location.url, src.repo) == ("https://registry-1.docker.io", "library/ubuntu")
     with pytest.raises(NotFound, match="registry 'quay.io' is not one of this gateway's Locations"):
         image_source(config, "quay.io/x/y:1")
+    digest = "sha256:" + "a" * 64
+    src = image_source(config, f"127.0.0.1:5000/test/busybox@{digest}")
+    assert (src.location.name, src.repo, src.reference, src.pinned) == \
+        ("127.0.0.1:5000", "test/busybox", digest, True)
+    assert str(src) == f"http://127.0.0.1:5000/test/busybox@{digest}"
+    src = image_source(config, f"index.docker.io/ubuntu@{digest}")
+    assert (src.repo, src.reference) == ("library/ubuntu", digest)
+    assert not image_source(config, "test/busybox:latest").pinned
     tokens = {"default": ("d", "1"), "registry.example.org": ("r", "2")}
     assert credentials_for(tokens, "registry.example.org") == ("r", "2")
     assert credentials_for(tokens, "127.0.0.1:5000") == ("d", "1")

@@ -16,6 +16,12 @@ ID = "0123456789abcdef" * 4
     ("docker:127.0.0.1:5000/test/busybox:x", ImageRef("docker", "127.0.0.1:5000/test/busybox:x")),
     ("docker:registry.example.org/a/b-c_d.e:v1.2-rc", ImageRef("docker", "registry.example.org/a/b-c_d.e:v1.2-rc")),
     (f"id:{ID}", ImageRef("id", ID)),
+    # pull by digest (item 15)
+    (f"docker:test/busybox@sha256:{ID}", ImageRef("docker", f"test/busybox@sha256:{ID}")),
+    (f"test/busybox@sha256:{ID}", ImageRef("docker", f"test/busybox@sha256:{ID}")),
+    (f"busybox@sha256:{ID}", ImageRef("docker", f"busybox@sha256:{ID}")),
+    (f"docker:127.0.0.1:5000/test/busybox@sha256:{ID}",
+     ImageRef("docker", f"127.0.0.1:5000/test/busybox@sha256:{ID}")),
 ])
 def test_valid(spec, expected):
     assert parse_image(spec) == expected
@@ -36,7 +42,13 @@ def test_valid(spec, expected):
     ("docker:a\nb", "character '\\n'"),
     ("docker:$(reboot)", "character '$'"),
     ("docker:x`id`", "character '`'"),
-    ("docker:a/b:bad@tag", "digest references"),
+    ("docker:a/b:bad@tag", "is not sha256:<64 lowercase hex digits>"),
+    ("docker:a/b@sha256:abc", "is not sha256:<64 lowercase hex digits>"),
+    (f"docker:a/b@sha256:{ID.upper()}", "is not sha256:<64 lowercase hex digits>"),
+    (f"docker:a/b@sha512:{ID}{ID}", "is not sha256:<64 lowercase hex digits>"),
+    (f"docker:a/b@sha256:{ID}@sha256:{ID}", "is not sha256:<64 lowercase hex digits>"),
+    (f"docker:a/b:1.0@sha256:{ID}", "a tag and a digest together"),
+    (f"docker:A/b@sha256:{ID}", "not a valid Docker repository"),
     ("docker:a/b:-tag", "not a valid Docker tag"),
     ("docker:a/b:" + "t" * 200, "not a valid Docker tag"),
     ("weird:a/b:c", "unknown image type 'weird'"),

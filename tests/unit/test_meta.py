@@ -26,7 +26,8 @@ def test_round_trip(tmp_path):
     meta.write(str(path), m)
     assert meta.read(str(path)) == m
     assert "ENTRY: [\"/bin/echo\", \"a b\"]" in path.read_text()
-    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    # a private image's metadata: root and the group only (runtime.imagefiles)
+    assert oct(path.stat().st_mode & 0o777) == "0o640"
     assert [p.name for p in tmp_path.iterdir()] == ["id.meta"]
 
 
