@@ -27,30 +27,38 @@ def atomic_file(path: str, mode: int = 0o644, text: bool = False):
         raise
 
 
-# POSIX access ACLs (the ``system.posix_acl_access`` xattr, format version 2)
-_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-_ACL_UNDEFINED_ID = 0xFFFFFFFF
+# POSIX access ACLs (the ``system.posix_acl_access`` xattr, format version 2: what setfacl
+# writes, so no tool is needed)
+ACL_XATTR = "system.posix_acl_access"
+ACL_VERSION = 2
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+ACL_UNDEFINED_ID = 0xFFFFFFFF
+
+
+def acl_xattr(mode: int, uids=(), gids=(), perm: int = 4) -> bytes:
+    """The access ACL value for permission bits ``mode`` plus ``perm`` (4 read, 1 search,
+    5 both) for the users ``uids`` and groups ``gids``."""
+    import struct
+
+    uids, gids = sorted(set(uids)), sorted(set(gids))
+    entries = [(ACL_USER_OBJ, (mode >> 6) & 7, ACL_UNDEFINED_ID)]
+    entries += [(ACL_USER, perm, uid) for uid in uids]
+    entries.append((ACL_GROUP_OBJ, (mode >> 3) & 7, ACL_UNDEFINED_ID))
+    entries += [(ACL_GROUP, perm, gid) for gid in gids]
+    entries.append((ACL_MASK, perm | ((mode >> 3) & 7), ACL_UNDEFINED_ID))
+    entries.append((ACL_OTHER, mode & 7, ACL_UNDEFINED_ID))
+    return struct.pack("<I", ACL_VERSION) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 
 def set_acl(fd: int, mode: int, uids=(), gids=(), perm: int = 4) -> None:
     """Give the file or directory open as ``fd`` the permission bits ``mode`` plus ``perm``
-    (4 read, 1 search, 5 both) for the users ``uids`` and groups ``gids``, through a POSIX
-    access ACL; with no ids, only ``mode`` (and any ACL is removed)."""
-    import struct
-
+    for the users ``uids`` and groups ``gids`` (``acl_xattr``); with no ids, only ``mode``
+    (and any ACL is removed)."""
     os.fchmod(fd, mode)
-    uids, gids = sorted(set(uids)), sorted(set(gids))
     if not uids and not gids:
         try:
-            os.removexattr(fd, "system.posix_acl_access")
+            os.removexattr(fd, ACL_XATTR)
         except OSError:
             pass
         return
-    entries = [(_ACL_USER_OBJ, (mode >> 6) & 7, _ACL_UNDEFINED_ID)]
-    entries += [(_ACL_USER, perm, uid) for uid in uids]
-    entries.append((_ACL_GROUP_OBJ, (mode >> 3) & 7, _ACL_UNDEFINED_ID))
-    entries += [(_ACL_GROUP, perm, gid) for gid in gids]
-    entries.append((_ACL_MASK, perm | ((mode >> 3) & 7), _ACL_UNDEFINED_ID))
-    entries.append((_ACL_OTHER, mode & 7, _ACL_UNDEFINED_ID))
-    os.setxattr(fd, "system.posix_acl_access",
-                struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries))
+    os.setxattr(fd, ACL_XATTR, acl_xattr(mode, uids, gids, perm))

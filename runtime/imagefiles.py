@@ -25,13 +25,13 @@ import os
 import struct
 from typing import Iterable
 
+from shifter import files
 from shifter.errors import ConfigError
 
-XATTR = "system.posix_acl_access"
-_VERSION = 2
-_USER_OBJ, _USER, _GROUP_OBJ, _GROUP, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-_UNDEFINED = 0xFFFFFFFF
-_R, _W = 4, 2
+XATTR = files.ACL_XATTR
+_VERSION = files.ACL_VERSION
+_USER, _GROUP, _MASK = files.ACL_USER, files.ACL_GROUP, files.ACL_MASK
+_R = 4
 PUBLIC_MODE = 0o644
 PRIVATE_MODE = 0o640  # group bits = the ACL mask (r--); the owning group's own entry is ---
 
@@ -61,12 +61,7 @@ def mode_for(users: Iterable[int], groups: Iterable[int]) -> int:
 def acl_xattr(users: Iterable[int], groups: Iterable[int]) -> bytes:
     """The ``system.posix_acl_access`` value of a private image file."""
     users, groups = normalise(users, groups)
-    entries = [(_USER_OBJ, _R | _W, _UNDEFINED)]
-    entries += [(_USER, _R, uid) for uid in users]
-    entries += [(_GROUP_OBJ, 0, _UNDEFINED)]
-    entries += [(_GROUP, _R, gid) for gid in groups]
-    entries += [(_MASK, _R, _UNDEFINED), (_OTHER, 0, _UNDEFINED)]
-    return struct.pack("<I", _VERSION) + b"".join(struct.pack("<HHI", *e) for e in entries)
+    return files.acl_xattr(0o600, users, groups, perm=_R)
 
 
 def parse_acl_xattr(value: bytes) -> tuple[tuple[int, ...], tuple[int, ...]]:
