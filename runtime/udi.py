@@ -537,8 +537,10 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     linux.make_propagation(os.path.join(udi, "tmp"), linux.MS_SLAVE)
 
     # site filesystems, then the post-mount hook
+    site_caches = [v for v in config.siteFs if v.per_node_cache is not None]  # made with the user's
     for v in config.siteFs:
-        _bind_site(udi, v, "siteFs", style=config.mountPropagationStyle)
+        if v.per_node_cache is None:
+            _bind_site(udi, v, "siteFs", style=config.mountPropagationStyle)
     if config.sitePostMountHook:
         _run_hook(config.sitePostMountHook, udi, "run sitePostMountHook", hook_env)
 
@@ -550,8 +552,10 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     for module in modules:
         if module.copy_path:
             copytree(module.copy_path, os.path.join(opt_udi, "modules", module.name))
+        site_caches += [v for v in module.site_fs if v.per_node_cache is not None]
         for v in module.site_fs:
-            _bind_site(udi, v, f"module {module.name} siteFs", style=config.mountPropagationStyle)
+            if v.per_node_cache is None:
+                _bind_site(udi, v, f"module {module.name} siteFs", style=config.mountPropagationStyle)
         if module.roothook:
             _run_hook(module.roothook, udi, f"run the roothook of module {module.name}",
                       {**hook_env, "SHIFTER_MODULE": module.name})
@@ -563,9 +567,9 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     linux.make_propagation(udi, linux.MS_SLAVE, recursive=True)
     linux.make_propagation(udi, linux.MS_SHARED, recursive=True)
 
-    # the user's volumes and per-node caches: destinations looked up with the user's
-    # rights, missing directories made only in the UDI's own tmpfs
-    caches = [v for v in req.volumes if v.per_node_cache is not None]
+    # the user's volumes and per-node caches (the site's too): destinations looked up with
+    # the user's rights, missing directories made only in the UDI's own tmpfs
+    caches = site_caches + [v for v in req.volumes if v.per_node_cache is not None]
     targets = resolve_user_destinations(
         udi, [(v, stat.S_ISDIR(os.fstat(fd).st_mode)) for v, fd in zip(plain, fds)] + [(v, True) for v in caches],
         req.uid, req.gid, gids)
@@ -632,9 +636,10 @@ def _bind_site(udi: str, v, what: str, bind=linux.bind, style: str | None = None
     Propagation: the map's own ``slave``/``private`` flag, else ``style`` (the site's
     mountPropagationStyle: with ``slave``, mounts the host makes below the source later
     appear in the container)."""
-    if v.per_node_cache is not None:  # never bind its (unused) source instead
-        raise ConfigError(f"can't mount {what} {v.spec()}: per-node caches in the site's maps are not "
-                          "supported here", "give the users perNodeCache= in --volume, or remove the map")
+    if v.per_node_cache is not None:  # setupRoot makes them; never bind the (unused) source instead
+        raise ConfigError(f"can't mount {what} {v.spec()}: a per-node cache needs a container that "
+                          "setupRoot builds as root", "remove the map from the site's configuration, "
+                          "or use a job whose container setupRoot builds")
     if not os.path.exists(v.source):
         raise ConfigError(f"can't mount {what} {v.spec()}: source {v.source} does not exist")
     is_dir = os.path.isdir(v.source)

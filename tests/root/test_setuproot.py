@@ -591,3 +591,25 @@ def test_unsetuproot_after_a_crash_never_unmounts_the_hosts_trees(env):
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["0", "same"], res.stdout
+
+
+def test_a_site_per_node_cache_is_made_for_the_user(torn_down):
+    """siteFs with perNodeCache= (Shifter's site maps allow it): setupRoot makes an XFS
+    cache owned by the job's user, and teardown removes its file."""
+    env = torn_down
+    conf = os.path.join(env["base"], "sitecache.conf")
+    with open(env["conf"]) as f:
+        text = f.read().replace(f"siteFs={env['base']}/sitefs:/site:ro",
+                                f"siteFs={env['base']}/sitefs:/site:ro;/unused:/sitecache:perNodeCache=size=300M:ro")
+    with open(conf, "w") as f:
+        f.write(text)
+    res = _setup(env, "-U", "4242", "id", env["id"], conf=conf)
+    assert res.returncode == 0, res.stderr
+    assert "'ro' ignored" in res.stderr  # Shifter ignores it too: said once
+    inside = _in_udi(env, ["sh", "-c", "stat -f -c %T /sitecache; stat -c %u /sitecache; touch /sitecache/x"])
+    assert inside.returncode == 0, inside.stderr
+    assert inside.stdout.split() == ["xfs", "4242"]
+    cache_dir = os.path.join(env["base"], "cache")
+    assert len(os.listdir(cache_dir)) == 1
+    udi.teardown(env["config"])
+    assert os.listdir(cache_dir) == []
