@@ -261,25 +261,59 @@ def choose_cwd(opts: Options, image_meta) -> str:
 
 
 def prepared_plan(config, uid, gid, image, vols, modules_req, env):
-    """The node's launch plan, if the prepared UDI was made for exactly this request."""
-    from shifter.runtime import plan, volumes
+    """(the prepared UDI's path, its launch plan) if a prepared UDI was made for exactly
+    this request: the job's (the prolog made it; ``jobpath``), else the one setupRoot made
+    at udiMount; else None."""
+    from shifter.runtime import jobpath, plan, volumes
     from shifter.runtime.modules import normalize
 
-    path = os.path.join(config.udiMount, plan.RELPATH)
-    try:
-        st = os.stat(path)
-        if st.st_uid != 0 or st.st_mode & 0o022:
+    for root in (jobpath.prepared_udi(config.udiMount, env), config.udiMount):
+        if root is None:
+            continue
+        try:
+            st = os.stat(os.path.join(root, plan.RELPATH))
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                continue
+            p = plan.read(root)
+        except (OSError, ValueError):
+            continue
+        if (p.uid, p.gid, p.jobid) != (uid, gid, env.get("SLURM_JOB_ID", "")):
             return None
-        p = plan.read(config.udiMount)
-    except (OSError, ValueError):
-        return None
-    if (p.uid, p.gid, p.jobid) != (uid, gid, env.get("SLURM_JOB_ID", "")):
-        return None
-    if (p.image_type, p.image_id) != (image.type, image.tag) or p.volumes != volumes.format_volumes(vols):
-        return None
-    if modules_req is None:
-        return p if p.modules_default == "1" else None
-    return p if normalize(",".join(modules_req)) == p.modules else None
+        if (p.image_type, p.image_id) != (image.type, image.tag) or p.volumes != volumes.format_volumes(vols):
+            return None
+        if modules_req is None:
+            return (root, p) if p.modules_default == "1" else None
+        return (root, p) if normalize(",".join(modules_req)) == p.modules else None
+    return None
+
+
+def job_error(config, environ) -> None:
+    """Raise the user's mistake the prolog recorded for this job (``wlm.prolog.record_error``)
+    when the environment asks for the job's own request: a step says it and fails rather
+    than quietly building a private container (the compiled launcher's ``job_error``)."""
+    from shifter.runtime import jobpath
+
+    job_id = environ.get("SLURM_JOB_ID", "")
+    itype, tag = environ.get("SLURM_SPANK_SHIFTER_IMAGETYPE"), environ.get("SLURM_SPANK_SHIFTER_IMAGE")
+    if not jobpath.valid_job_id(job_id) or itype is None or tag is None:
+        return
+    path = jobpath.error_file(config.udiMount, job_id)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            return
+        text = os.read(fd, 65536).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+    for mine, pinned in (("SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME"), ("SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE")):
+        if first_set(environ, mine, pinned) != environ.get(pinned):
+            return
+    if env_image_spec(environ) == f"{itype}:{tag}":
+        raise ShifterError(text)
 
 
 # --------------------------------------------------------------------------- entering
@@ -388,6 +422,8 @@ def _main(argv: list[str]) -> int:
     udi.check_image_usable(config, image, uid, {gid, *os.getgroups()})
     image_path, image_meta = udi.resolve_image(config, image)
     prepared = prepared_plan(config, uid, gid, image, vols, modules_req, environ)
+    if prepared is None and opts.image is None and not opts.volume and opts.module is None:
+        job_error(config, environ)
     env = build_env(opts, environ, image_meta, [m.env for m in modules] + [config.siteEnv])
     args = build_argv(opts, image_meta)
     cwd = choose_cwd(opts, image_meta)
@@ -404,7 +440,7 @@ def _main(argv: list[str]) -> int:
     if opts.verbose:
         print(f"shifter: image {image}, {'prepared' if prepared else 'private'} container", file=sys.stderr)
     if prepared:
-        enter(config.udiMount, cwd, env, args, userhooks, userns=uid != 0)
+        enter(prepared[0], cwd, env, args, userhooks, userns=uid != 0)
     gids = tuple(dict.fromkeys([gid, *os.getgroups()]))
     import pwd
 

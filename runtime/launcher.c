@@ -141,6 +141,33 @@ static int udi_mount(char *out, size_t outlen)
     return 0;
 }
 
+static void json_string(const char *s);
+
+/* The job's prepared UDI (shifter.runtime.jobpath; tests/data/job_udi.json runs through
+ * both): <udiMount>.jobs/<SLURM_JOB_ID>/root, for a job id of 1 to 20 ASCII digits. */
+static int job_udi(const char *udi_mount, char *out, size_t outlen)
+{
+    const char *job = getenv("SLURM_JOB_ID");
+    size_t n = job ? strlen(job) : 0;
+    if (n == 0 || n > 20) return -1;
+    for (size_t i = 0; i < n; i++)
+        if (job[i] < '0' || job[i] > '9') return -1;
+    size_t m = strlen(udi_mount);
+    while (m > 1 && udi_mount[m - 1] == '/') m--;
+    int w = snprintf(out, outlen, "%.*s.jobs/%s/root", (int) m, udi_mount, job);
+    return (w < 0 || (size_t) w >= outlen) ? -1 : 0;
+}
+
+static int print_udi(void)
+{
+    char mount[PATH_MAX], udi[PATH_MAX];
+    if (udi_mount(mount, sizeof(mount)) != 0) return EXIT_LAUNCH;
+    fputs("{\"udi\": ", stdout);
+    json_string(job_udi(mount, udi, sizeof(udi)) == 0 ? udi : NULL);
+    fputs("}\n", stdout);
+    return 0;
+}
+
 struct plan {
     const char *uid, *gid, *jobid, *image_type, *image_id, *volumes, *modules, *modules_default, *workdir;
     const char **entry, **cmd, **env, **userhook;
@@ -461,6 +488,43 @@ int enter_container(const struct entry *e, int argc, char **argv)
     return (err == ENOENT || err == ENOTDIR) ? 127 : 126;
 }
 
+/* The job's own request (what its SLURM_SPANK_SHIFTER_* pin) is what the environment asks. */
+static int own_request(void)
+{
+    char spec[PATH_MAX], job[PATH_MAX];
+    const char *type = getenv("SLURM_SPANK_SHIFTER_IMAGETYPE"), *tag = getenv("SLURM_SPANK_SHIFTER_IMAGE");
+    if (type == NULL || tag == NULL || env_image_request(spec, sizeof(spec)) != 1) return 0;
+    snprintf(job, sizeof(job), "%s:%s", type, tag);
+    const char *pairs[2][2] = {{"SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME"},
+                               {"SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE"}};
+    for (int i = 0; i < 2; i++) {
+        const char *asked = env2(pairs[i][0], pairs[i][1]), *pinned = getenv(pairs[i][1]);
+        if ((asked == NULL) != (pinned == NULL) || (asked && strcmp(asked, pinned) != 0)) return 0;
+    }
+    return strcmp(spec, job) == 0;
+}
+
+/* The prolog could not prepare the job's container because of the user's mistake: it
+ * recorded the reason (shifter.wlm.prolog.record_error) beside the job's UDI.  A step that
+ * asks for the job's own request says it and fails, never quietly building a private
+ * container instead. */
+static void job_error(const char *mount)
+{
+    char path[PATH_MAX];
+    if (job_udi(mount, path, sizeof(path)) != 0) return;
+    char *slash = strrchr(path, '/');
+    snprintf(slash, sizeof(path) - (size_t) (slash - path), "/error");
+    size_t len = 0;
+    char *text = read_file(path, &len, 1);
+    if (text == NULL) return;
+    if (own_request()) {
+        while (len > 0 && text[len - 1] == '\n') text[--len] = '\0';
+        fprintf(stderr, "shifter: %s\n", text);
+        exit(EXIT_LAUNCH);
+    }
+    free(text);
+}
+
 /* ------------------------------------------------------------------ main */
 int main(int argc, char **argv)
 {
@@ -479,21 +543,31 @@ int main(int argc, char **argv)
     snprintf(prefix, sizeof(prefix), "%s", self);
 
     if (getenv("SHIFTER_LAUNCHER_PRINT_REQUEST") != NULL) return print_request();
+    if (getenv("SHIFTER_LAUNCHER_PRINT_UDI") != NULL) return print_udi();
     if (argc >= 2 && argv[1][0] == '-') to_python(argc, argv);
     if (getenv("SHIFTER_NO_FAST_PATH") != NULL) to_python(argc, argv);
     uid_t uid = getuid();
     gid_t gid = getgid();
     if (geteuid() != uid || getegid() != gid) to_python(argc, argv);
 
-    /* the prepared UDI, if it was made for this request; else a private container
-     * from its plan (returns only when there is none), else Python */
-    char udi[PATH_MAX], plan_path[PATH_MAX + 64];
+    /* the prepared UDI, if it was made for this request: the job's (the prolog made it),
+     * else the one setupRoot made at udiMount; else a private container from its plan
+     * (returns only when there is none), else Python */
+    char mount[PATH_MAX], udi[PATH_MAX], plan_path[PATH_MAX + 64];
     struct plan p;
     size_t len = 0;
     char *buf = NULL;
-    if (udi_mount(udi, sizeof(udi)) == 0) {
-        snprintf(plan_path, sizeof(plan_path), "%s" PLAN_REL, udi);
-        buf = read_file(plan_path, &len, 1);
+    if (udi_mount(mount, sizeof(mount)) == 0) {
+        if (job_udi(mount, udi, sizeof(udi)) == 0) {
+            snprintf(plan_path, sizeof(plan_path), "%s" PLAN_REL, udi);
+            buf = read_file(plan_path, &len, 1);
+            if (buf == NULL) job_error(mount);
+        }
+        if (buf == NULL) {
+            snprintf(udi, sizeof(udi), "%s", mount);
+            snprintf(plan_path, sizeof(plan_path), "%s" PLAN_REL, udi);
+            buf = read_file(plan_path, &len, 1);
+        }
     }
     if (buf == NULL || parse_plan(buf, len, &p) != 0 || !matches(&p, uid, gid)) {
         replay_private(argc, argv, uid, gid);

@@ -333,7 +333,7 @@ def mounts_under(path: str, anchors: bool = False) -> list[str]:
     return list(reversed(found))
 
 
-def ensure_anchor(path: str) -> None:
+def ensure_anchor(path: str, mode: int = 0o755) -> None:
     """A tiny shared tmpfs at ``path`` for a UDI (or its image) to be mounted on.
 
     Unmounting a mount propagates to the copies other mount namespaces hold only through
@@ -343,7 +343,7 @@ def ensure_anchor(path: str) -> None:
     teardown reaches them.  The anchor stays (it holds nothing)."""
     if any(mp == path and source == ANCHOR for mp, _, source in mountinfo()):
         return
-    mount(ANCHOR, path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=16k,mode=755")
+    mount(ANCHOR, path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size=16k,mode={mode:o}")
     make_propagation(path, MS_SHARED)
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from shifter import asuser, files
 from shifter.errors import ConfigError, ShifterError, UsageError
-from shifter.runtime import cache, etcfiles, linux, meta, plan, record, volumes
+from shifter.runtime import cache, etcfiles, jobpath, linux, meta, plan, record, volumes
 from shifter.runtime.modules import select_modules
 from shifter.runtime import teardown as _teardown
 from shifter.runtime.image import ImageRef
@@ -401,8 +401,65 @@ def _write_state(udi: str, state: dict) -> None:
     record.file(path, 0o600, text.encode())
 
 
-def is_set_up(config) -> bool:
-    return any(mp == config.udiMount and source != linux.ANCHOR for mp, _, source in linux.mountinfo())
+def is_set_up(config, path: str | None = None) -> bool:
+    path = path or config.udiMount
+    return any(mp == path and source != linux.ANCHOR for mp, _, source in linux.mountinfo())
+
+
+def job_paths(config, job_id) -> tuple[str, str]:
+    """(UDI, image mount point) of job ``job_id``'s prepared container (``jobpath``)."""
+    return jobpath.udi(config.udiMount, job_id), jobpath.loop(config.loopMount, job_id)
+
+
+def _prepare_job_dirs(config, job_id, uid: int) -> None:
+    """The anchors ``<udiMount>.jobs`` and ``<loopMount>.jobs`` (one per node namespace,
+    0711) and the job's directories in them: root's, 0700; the UDI's searchable by the job's
+    user alone.  They are made in the anchors' own tmpfs, where no user can write."""
+    for mount, sub, users in ((config.udiMount, "root", (uid,) if uid else ()), (config.loopMount, "image", ())):
+        top = jobpath.jobs_root(mount)
+        os.makedirs(top, mode=0o755, exist_ok=True)
+        linux.ensure_anchor(top, mode=0o711)
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            name = str(job_id)
+            try:
+                os.mkdir(name, 0o700, dir_fd=fd)
+            except FileExistsError:
+                pass
+            jfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                files.set_acl(jfd, 0o700, uids=users, perm=1)
+                try:
+                    os.mkdir(sub, 0o755, dir_fd=jfd)
+                except FileExistsError:
+                    pass
+            finally:
+                os.close(jfd)
+        finally:
+            os.close(fd)
+
+
+def teardown_job(config, job_id, log=lambda msg: None) -> bool:
+    """Remove job ``job_id``'s prepared container on this node (idempotent; after a full,
+    failed or killed setup): its mounts, its per-node cache files (also those a crash left
+    unrecorded), its directories.  Nothing of other jobs is touched."""
+    udi_path, loop_path = job_paths(config, job_id)
+    removed = _teardown.teardown(udi_path, loop_path, config.perNodeCachePath, log)
+    prefix = f"shifter-cache.{os.uname().nodename}.{job_id}."
+    try:
+        leftovers = [n for n in os.listdir(config.perNodeCachePath) if n.startswith(prefix)]
+    except OSError:
+        leftovers = []
+    for name in leftovers:
+        cache.remove(os.path.join(config.perNodeCachePath, name))
+        removed = True
+    for path in (jobpath.error_file(config.udiMount, job_id), udi_path, loop_path,
+                 jobpath.job_dir(config.udiMount, job_id), jobpath.job_dir(config.loopMount, job_id)):
+        try:
+            (os.unlink if path.endswith("/error") else os.rmdir)(path)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 # --------------------------------------------------------------------------- build
@@ -435,7 +492,7 @@ def _merge_dir(image_dir: str, target: str, skip: set[str], bind=linux.bind) -> 
         # sockets, fifos and device nodes of an image are left out
 
 
-def setup_root(config, req: Request, log=lambda msg: None, private: bool = False) -> plan.Plan:
+def setup_root(config, req: Request, log=lambda msg: None, private: bool = False, job: bool = False) -> plan.Plan:
     """Build the UDI for ``req``.  On any failure everything done is undone, then the
     error is raised.  ``private``: the caller is in its own private mount namespace (a
     launcher building a container for one process), where it may stack over a UDI."""
@@ -452,16 +509,22 @@ def setup_root(config, req: Request, log=lambda msg: None, private: bool = False
     for v in req.volumes:
         if v.per_node_cache is not None:
             cache.check(config, v)
-    if not private and is_set_up(config):
-        raise SetupError(f"can't set up {config.udiMount}: a UDI is already mounted there",
-                         "run unsetupRoot first")
+    paths = job_paths(config, req.job_id) if job else (config.udiMount, config.loopMount)
+    if not private and is_set_up(config, paths[0]):
+        raise SetupError(f"can't set up {paths[0]}: a UDI is already mounted there",
+                         "run unsetupRoot first" if not job else "the job's epilog removes it")
     plain = [v for v in req.volumes if v.per_node_cache is None]
     fds = open_sources_as_user([v.source for v in plain], req.uid, req.gid, gids)
     try:
-        return _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, t0, private)
+        if job:
+            _prepare_job_dirs(config, req.job_id, req.uid)
+        return _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, t0, private, paths, job)
     except BaseException as e:
         try:
-            teardown(config)
+            if job:
+                teardown_job(config, req.job_id)
+            else:
+                teardown(config)
         except Exception as cleanup:  # noqa: BLE001 - report both
             log(f"cleanup after a failed setup also failed: {cleanup}")
         if isinstance(e, ShifterError):
@@ -475,11 +538,13 @@ def setup_root(config, req: Request, log=lambda msg: None, private: bool = False
             os.close(fd)
 
 
-def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, t0, private=False) -> plan.Plan:
-    udi, loop = config.udiMount, config.loopMount
-    _mkdir_p(udi)
-    _mkdir_p(loop)
-    linux.ensure_anchor(udi)
+def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, t0, private=False,
+           paths=None, job=False) -> plan.Plan:
+    udi, loop = paths or (config.udiMount, config.loopMount)
+    if not job:  # a job's UDI and image sit in the shared anchors of jobpath
+        _mkdir_p(udi)
+        _mkdir_p(loop)
+        linux.ensure_anchor(udi)
     linux.mount("shifter-udi", udi, config.rootfsType, SAFE, "mode=755")
     linux.make_propagation(udi, linux.MS_SHARED)
     _mkdir_p(os.path.join(udi, STATE_DIR))
@@ -494,7 +559,8 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     if req.image.type == "local":
         image_root = image_path
     else:
-        linux.ensure_anchor(loop)
+        if not job:
+            linux.ensure_anchor(loop)
         linux.mount_image(image_path, loop, RO | SAFE, share=private)
         linux.make_propagation(loop, linux.MS_SHARED)
         image_root = loop

@@ -8,3 +8,18 @@ from shifter.wlm import jobinfo
 def run(sp, plugstack, options) -> None:
     job = jobinfo.from_spank(sp, options)
     sp.info(f"shifter: epilog: {job.describe()}")
+    if job.image and job.image_type:
+        remove_container(sp, plugstack, job)
+
+
+def remove_container(sp, plugstack, job: jobinfo.JobInfo) -> None:
+    """Remove the job's container on this node (``udi.teardown_job``: idempotent, after a
+    full, failed or killed prolog).  Failing to is a site fault: raised (the node drains)."""
+    from shifter.runtime import config as udiconfig
+    from shifter.runtime import jobpath, udi
+
+    if not jobpath.valid_job_id(job.job_id):
+        return
+    config = udiconfig.load(plugstack.shifter_config)
+    udi.teardown_job(config, job.job_id, log=lambda m: sp.info(f"shifter: epilog: job={job.job_id} "
+                                                                f"node={job.node}: {m}"))

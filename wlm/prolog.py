@@ -1,8 +1,9 @@
 """The job prolog on every node of the allocation (root, PrologFlags=Alloc).
 
-Policy (for everything that lands here later): raise (-> -1 -> Slurm drains the node)
-only for a site fault; a problem caused by the user is cleaned up, recorded for the
-job's own steps to report, and the prolog succeeds.
+For a job with an image it builds the job's container on the node (``prepare_container``).
+Policy: raise (-> -1 -> Slurm drains the node) only for a site fault, after draining the
+node with a reason naming shifter; a problem caused by the user is cleaned up, recorded
+for the job's own steps to report, and the prolog succeeds.
 
 It makes the job user's plan directory on the node (``shifter.runtime.plandir``:
 ``/var/lib/shifter/users/<node>/<uid>``), where their private plans and the rendezvous
@@ -13,6 +14,8 @@ is logged and does not drain the node: the user's tasks use their home directory
 
 from __future__ import annotations
 
+import os
+
 from shifter.errors import ShifterError
 from shifter.wlm import jobinfo
 
@@ -21,6 +24,80 @@ def run(sp, plugstack, options) -> None:
     job = jobinfo.from_spank(sp, options)
     sp.info(f"shifter: prolog: {job.describe()}")
     make_plan_dir(sp, job)
+    if job.image and job.image_type and job.uid is not None and job.gid is not None:
+        prepare_container(sp, plugstack, job)
+
+
+def prepare_container(sp, plugstack, job: jobinfo.JobInfo) -> None:
+    """Build the job's UDI on this node (``udi.setup_root`` in this process, at the job's
+    path of ``jobpath``).  A user's mistake found here (a volume source gone since
+    submission, an image no longer theirs) is recorded for the job's steps and does not
+    drain the node; anything else is a site fault: the node is drained with a reason that
+    names shifter and the cause, and the error returned."""
+    import pwd
+
+    from shifter.errors import UsageError
+    from shifter.runtime import config as udiconfig
+    from shifter.runtime import jobpath, udi, volumes
+    from shifter.runtime.image import ImageRef
+    from shifter.runtime.modules import parse_list
+
+    where = f"job={job.job_id} node={job.node}"
+    if not jobpath.valid_job_id(job.job_id):
+        sp.error(f"shifter: prolog: {where}: not a job id a container can be prepared for")
+        return
+    try:
+        config = udiconfig.load(plugstack.shifter_config)
+    except ShifterError as e:
+        fault(sp, job, f"the site configuration: {e}")
+        raise
+    try:
+        try:
+            username = pwd.getpwuid(job.uid).pw_name
+        except KeyError:
+            raise UsageError(f"uid {job.uid} has no entry in the user database of node {job.node}") from None
+        req = udi.Request(
+            image=ImageRef(job.image_type, job.image), uid=job.uid, gid=job.gid, username=username,
+            volumes=volumes.parse_volumes(job.volume or ""),
+            modules=parse_list(job.module) if job.module is not None else None, job_id=str(job.job_id))
+        udi.setup_root(config, req, log=lambda m: sp.info(f"shifter: prolog: {where}: {m}"), job=True)
+    except UsageError as e:
+        sp.error(f"shifter: prolog: {where}: the job's container was not prepared: {e}")
+        record_error(config, job, str(e))
+    except (ShifterError, OSError) as e:
+        fault(sp, job, str(e))
+        raise
+
+
+def record_error(config, job: jobinfo.JobInfo, message: str) -> None:
+    """Keep the user's mistake where the job's steps find it (``jobpath.error_file``):
+    root's, readable by the job's user alone.  Every ``srun shifter`` of the job's own
+    request prints it and fails."""
+    from shifter import files
+    from shifter.runtime import jobpath, udi
+
+    udi._prepare_job_dirs(config, job.job_id, job.uid)
+    path = jobpath.error_file(config.udiMount, job.job_id)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, message.replace("\n", " ").encode(errors="replace") + b"\n")
+        files.set_acl(fd, 0o600, uids=(job.uid,) if job.uid else ())
+    finally:
+        os.close(fd)
+
+
+def fault(sp, job: jobinfo.JobInfo, cause: str) -> None:
+    """A site fault: log it with job and node, and drain the node with a reason naming
+    shifter and the cause (before Slurm's own "Prolog error" reason would be set)."""
+    import subprocess
+
+    reason = f"shifter: {cause}"[:200]
+    sp.error(f"shifter: prolog: job={job.job_id} node={job.node}: site fault, draining the node: {cause}")
+    try:
+        subprocess.run(["scontrol", "update", f"nodename={job.node}", "state=drain", f"reason={reason}"],
+                       capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        sp.error(f"shifter: prolog: can't drain {job.node}: {e}")
 
 
 def make_plan_dir(sp, job: jobinfo.JobInfo) -> None:
