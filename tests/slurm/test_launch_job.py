@@ -1,6 +1,6 @@
-"""Inside a job whose nodes ran setupRoot, `srun -N3 shifter ...` runs in the image on
-every node through the fast path (until the Slurm-lifecycle work makes the prolog do it,
-the test runs setupRoot in each node's namespace itself)."""
+"""Inside a job whose nodes' prologs prepared its container, `srun -N3 shifter ...` runs in
+the image on every node through the fast path; steps asking for something else get
+private containers."""
 
 from __future__ import annotations
 
@@ -23,45 +23,6 @@ def _ns(site, node, argv, env=None):
                                "PATH": "/usr/bin:/bin:/usr/sbin:/sbin", **(env or {})})
 
 
-def test_srun_shifter_on_three_prepared_nodes(cluster, runner):
-    # the image as users get it: pulled through the gateway, pinned by sbatch --image
-    image_id = runner.run(["shifterimg", "lookup", "docker:test/busybox:latest"], check=True).stdout.strip()
-    ready = f"/tmp/shifter-ready-{os.getpid()}"
-    out = f"/tmp/shifter-job-{os.getpid()}.out"
-    script = (f"while [ ! -e {ready} ]; do sleep 0.1; done; "
-              "srun -N3 --ntasks-per-node=1 --label /opt/shifter/bin/shifter "
-              "sh -c 'echo $(hostname) $(id -u) $(grep ^ID= /etc/os-release)'")
-    res = runner.run(["sbatch", "-N3", f"--output={out}", "--image=docker:test/busybox:latest", "--wrap", script])
-    assert res.returncode == 0, res.stderr
-    job = re.search(r"(\d+)", res.stdout).group(1)
-    nodes = ["n1", "n2", "n3"]
-    try:
-        deadline = time.monotonic() + 60
-        while runner.run(["squeue", "-h", "-j", job, "-o", "%T"], user=None).stdout.strip() != "RUNNING":
-            assert time.monotonic() < deadline, "job did not start"
-            time.sleep(0.2)
-        for node in nodes:
-            res = _ns(cluster, node, ["/opt/shifter/bin/setupRoot", "-U", "4242", "id", image_id],
-                      env={"SLURM_JOB_ID": job})
-            assert res.returncode == 0, res.stderr
-        open(ready, "w").close()
-        deadline = time.monotonic() + 60
-        while runner.run(["squeue", "-h", "-j", job], user=None).stdout.strip():
-            assert time.monotonic() < deadline, "job did not finish"
-            time.sleep(0.2)
-        lines = sorted(open(out).read().split("\n"))
-        rows = sorted(ln.split(": ", 1)[1] for ln in lines if ": " in ln and "shifter:" not in ln)
-        assert not any("shifter:" in ln for ln in lines), lines  # the cwd (home) is a siteFs
-        assert rows == [f"{n} 4242 ID=busybox" for n in nodes], open(out).read()
-    finally:
-        subprocess.run(["scancel", job], env=runner.env())
-        for node in nodes:
-            _ns(cluster, node, ["/opt/shifter/bin/unsetupRoot"])
-        for path in (ready, out):
-            if os.path.exists(path):
-                os.unlink(path)
-
-
 def _batch(runner, args: list[str], script: str, timeout: float = 120) -> str:
     """Submit `script` as sftest1 with sbatch ARGS, wait for the job to end, return its output."""
     out = f"/tmp/shifter-job-{os.getpid()}.out"
@@ -80,14 +41,28 @@ def _batch(runner, args: list[str], script: str, timeout: float = 120) -> str:
             os.unlink(out)
 
 
+def test_srun_shifter_on_three_prepared_nodes(cluster, runner):
+    """The prolog of every node prepared the job's container; `srun -N3 shifter` enters it
+    through the compiled fast path (the command's parent is slurmstepd: no launcher or
+    Python process stays, no private container is built)."""
+    step = ("srun -N3 --ntasks-per-node=1 --label /opt/shifter/bin/shifter "
+            "sh -c 'echo $(hostname) $(id -u) $(grep ^ID= /etc/os-release) "
+            "$(test -r /var/shifter/launch.plan && echo prepared) "
+            "$(tr \"\\0\" \" \" < /proc/$PPID/cmdline | cut -d\" \" -f1)'")
+    output = _batch(runner, ["-N3", "--image=docker:test/busybox:latest"], step)
+    rows = sorted(ln.split(": ", 1)[1] for ln in output.splitlines() if ": " in ln)
+    assert rows == [f"{n} 4242 ID=busybox prepared slurmstepd:" for n in ("n1", "n2", "n3")], output
+
+
 def test_srun_shifter_private_containers_replay_their_plan(cluster, runner):
-    """In a job whose nodes prepared nothing, the first `srun shifter` on each node
-    builds a private container with Python and records it; the next identical step
-    is built by the compiled launcher (the command's parent is no longer Python)."""
+    """A step asking for other volumes than the job's prepared container gets a private
+    one: the first `srun shifter` on each node builds it with Python and records it; the
+    next identical step is built by the compiled launcher (the command's parent is no
+    longer Python)."""
     from test_prolog_plan_dir import forget_plans
 
     forget_plans()
-    step = ("srun -N3 --ntasks-per-node=1 --label /opt/shifter/bin/shifter "
+    step = ("srun -N3 --ntasks-per-node=1 --label env SHIFTER_VOLUME=/tmp:/scratch /opt/shifter/bin/shifter "
             "sh -c 'echo $(hostname) $(grep ^ID= /etc/os-release) $(tr \"\\0\" \" \" < /proc/$PPID/cmdline | cut -d\" \" -f1)'")
     output = _batch(runner, ["-N3", "--image=docker:test/busybox:latest"], f"{step}; echo second; {step}")
     first, second = output.split("second\n")

@@ -52,7 +52,8 @@ def test_prolog_plan_directory_with_a_squatted_tmp_name(cluster, runner):
     subprocess.run(["setpriv", f"--reuid={pw2.pw_uid}", f"--regid={pw2.pw_gid}", "--init-groups", "--",
                     "sh", "-c", f"mkdir {SQUAT} && chmod 777 {SQUAT}"], check=True)
     try:
-        step = ("srun -N3 --ntasks-per-node=1 --label /opt/shifter/bin/shifter "
+        # other volumes than the job's prepared container: a private container per step
+        step = ("srun -N3 --ntasks-per-node=1 --label env SHIFTER_VOLUME=/tmp:/scratch /opt/shifter/bin/shifter "
                 "sh -c 'echo $(hostname) $(tr \"\\0\" \" \" < /proc/$PPID/cmdline | cut -d\" \" -f1)'")
         output = _batch(runner, ["-N3", "--image=docker:test/busybox:latest"],
                         f"{step} 2>&1; echo second; {step} 2>&1; echo third; {step} 2>&1")
