@@ -15,6 +15,7 @@ site prerequisite for unprivileged squashfuse).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import hashlib
 import json
@@ -321,6 +322,8 @@ def nodes_down(site: Site, holders: bool = True) -> None:
         for pidfile in glob.glob(os.path.join(site.run, "node-*.pid")):
             node = os.path.basename(pidfile)[len("node-"):-len(".pid")]
             daemons.stop(pidfile, holder_name(node))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(boot_id_file(site, node))
 
 
 def node_up(site: Site, node: str) -> None:

@@ -145,6 +145,7 @@ def test_a_node_namespace_has_what_a_node_has_and_down_stops_its_holder():
         assert tool.holder_running(site, "n1") is None
         assert daemons.live_argv(holder) is None
         assert not os.path.exists(tool.holder_pidfile(site, "n1"))
+        assert not os.path.exists(tool.boot_id_file(site, "n1"))
 
 
 def test_status_and_env_file(cluster):
