@@ -3,9 +3,9 @@
 ``up`` is idempotent: it installs what is missing, creates the test users, starts a
 private munged, one slurmctld and N slurmd (each in its node's own mount+UTS namespace,
 kept by a holder process, with hostname nI, a private /etc/hosts and a boot id of its
-own; a dead slurmd restarts inside its node's namespace), the local registries (127.0.0.1:5000 open,
-:5001 htpasswd) with the test images pushed, waits until every node is idle, resumes
-drained nodes, and writes ``.cluster/env.sh`` in the checkout.
+own; a dead slurmd restarts inside its node's namespace), the local registries
+(127.0.0.1:5000 open, :5001 htpasswd) with the test images pushed, waits until every
+node is idle, resumes drained nodes, and writes ``.cluster/env.sh`` in the checkout.
 
 Generated files come from templates/; all state lives under ``Site().root``.  Nothing
 is written under /etc except the test users and /dev/fuse mode 0666 (the documented
