@@ -1,10 +1,11 @@
 """``tools/cluster up | down | status | restart``: the whole local site on one machine.
 
 ``up`` is idempotent: it installs what is missing, creates the test users, starts a
-private munged, one slurmctld and N slurmd (each in its own mount+UTS namespace with
-hostname nI and a private /etc/hosts), the local registries (127.0.0.1:5000 open,
-:5001 htpasswd) with the test images pushed, waits until every node is idle, resumes
-drained nodes, and writes ``.cluster/env.sh`` in the checkout.
+private munged, one slurmctld and N slurmd (each in its node's own mount+UTS namespace,
+kept by a holder process, with hostname nI, a private /etc/hosts and a boot id of its
+own; a dead slurmd restarts inside its node's namespace), the local registries
+(127.0.0.1:5000 open, :5001 htpasswd) with the test images pushed, waits until every
+node is idle, resumes drained nodes, and writes ``.cluster/env.sh`` in the checkout.
 
 Generated files come from templates/; all state lives under ``Site().root``.  Nothing
 is written under /etc except the test users and /dev/fuse mode 0666 (the documented
@@ -14,6 +15,7 @@ site prerequisite for unprivileged squashfuse).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import hashlib
 import json
@@ -33,7 +35,7 @@ APT_PACKAGES = (
     "slurmctld", "slurmd", "slurm-client", "munge", "libslurm-dev", "squashfs-tools",
     "xfsprogs", "squashfuse", "fuse3", "docker-registry", "skopeo", "debootstrap",
     "apache2-utils", "mpich", "libmpich-dev", "util-linux", "openssh-server",
-    "openssh-client", "gcc", "strace", "openssl",
+    "openssh-client", "gcc", "strace", "openssl", "slurm-wlm-basic-plugins",  # mpi/pmi2
 )
 MAX_NODES = 64
 
@@ -183,9 +185,10 @@ def slurmctld_up(site: Site, fresh: bool) -> None:
     if daemons.running(pidfile, "slurmctld") and not fresh:
         return
     daemons.stop(pidfile, "slurmctld")
-    slurmd_down(site)
+    nodes_down(site)
     # A clean slurmctld restarts job ids at 1, and slurmd silently skips the prolog of
-    # ids it remembers: clear slurmctld state and every slurmd spool together.
+    # ids it remembers: clear slurmctld state and every slurmd spool together (and the
+    # nodes start from new namespaces, as after a reboot).
     for d in [site.state, *glob.glob(os.path.join(site.spool, "slurmd-*"))]:
         shutil.rmtree(d, ignore_errors=True)
     os.makedirs(site.state, exist_ok=True)
@@ -215,37 +218,154 @@ def slurmd_pidfile(site: Site, node: str) -> str:
     return os.path.join(site.run, f"slurmd-{node}.pid")
 
 
-def slurmd_down(site: Site) -> None:
+# Every node nI lives in a mount + UTS namespace of its own, kept alive by a holder
+# process (``sleep infinity`` running as ``shifter-node-nI``, pidfile run/node-nI.pid).
+# slurmd runs inside it, so a killed slurmd is restarted into the node's namespace,
+# where the mounts the node's jobs made still are: a new namespace is made only when
+# its holder is gone.
+def holder_pidfile(site: Site, node: str) -> str:
+    return os.path.join(site.run, f"node-{node}.pid")
+
+
+def holder_name(node: str) -> str:
+    """argv[0] of node's holder: how ``daemons.running`` recognises it."""
+    return f"shifter-node-{node}"
+
+
+def boot_id_file(site: Site, node: str) -> str:
+    return os.path.join(site.run, f"node-{node}.boot_id")
+
+
+#: the node's own boot id is bound over this file in its namespace
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def mount_ns(pid: int | None) -> str | None:
+    """The mount namespace of ``pid`` (``mnt:[inode]``), None if it is gone."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except (OSError, TypeError):
+        return None
+
+
+def holder_running(site: Site, node: str) -> int | None:
+    return daemons.running(holder_pidfile(site, node), holder_name(node))
+
+
+def start_holder(site: Site, node: str, inside: int | None = None) -> int:
+    """Start node's holder: inside the mount + UTS namespaces of process ``inside`` (a
+    slurmd that outlived its holder keeps its namespace), else in new ones, made private
+    towards the machine and then with / recursively shared, as on a systemd host (a
+    mount that propagates where it must not shows here as it would at a site)."""
+    hold = 'exec -a "$1" sleep infinity'
+    if inside is None:
+        argv = ["unshare", "--mount", "--uts", "--propagation", "private", "--",
+                "/bin/bash", "-c", "mount --make-rshared / && " + hold]
+    else:
+        argv = ["nsenter", f"--target={inside}", "--mount", "--uts", "--", "/bin/bash", "-c", hold]
+    log = os.path.join(site.log, f"node-{node}.log")
+    proc = daemons.spawn([*argv, "holder", holder_name(node)], log)
+
+    def held():
+        if proc.poll() is not None:
+            raise ShifterError(f"can't make the namespace of node {node}: exit {proc.returncode}: "
+                               + " | ".join(daemons.log_tail(log, 3)))
+        argv0 = (daemons.live_argv(proc.pid) or [b""])[0]
+        return argv0 == os.fsencode(holder_name(node))
+
+    daemons.wait_for(held, 10, f"the namespace holder of {node}", log, interval=0.01)
+    pidfile = holder_pidfile(site, node)
+    with open(pidfile + ".tmp", "w") as f:
+        f.write(f"{proc.pid}\n")
+    os.replace(pidfile + ".tmp", pidfile)
+    return proc.pid
+
+
+def node_setup(site: Site, node: str, holder: int, fresh: bool = False) -> None:
+    """Give node's namespace what a node has and it lacks: hostname nI, the cluster's
+    /etc/hosts, and a boot id of its own (MPI libraries such as UCX take processes with
+    one boot id for one machine and join them through shared memory, which fails
+    between the nodes' containers).  Nothing runs when everything is there already."""
+    try:
+        with open(f"/proc/{holder}/mountinfo") as f:
+            targets = {line.split()[4] for line in f}
+    except OSError as e:
+        raise ShifterError(f"can't read the mounts of node {node}'s namespace: {e.strerror}") from None
+    steps = []
+    if "/etc/hosts" not in targets:
+        steps.append('mount --bind "$2" /etc/hosts')
+    if BOOT_ID not in targets:
+        import uuid
+
+        with open(boot_id_file(site, node) + ".tmp", "w") as f:
+            f.write(f"{uuid.uuid4()}\n")
+        os.chmod(boot_id_file(site, node) + ".tmp", 0o644)
+        os.replace(boot_id_file(site, node) + ".tmp", boot_id_file(site, node))
+        steps.append(f'mount --bind -o ro "$3" {BOOT_ID}')
+    if not steps and not fresh:
+        return
+    script = " && ".join(['hostname "$1"', *steps])
+    res = subprocess.run(
+        ["nsenter", f"--target={holder}", "--mount", "--uts", "--", "/bin/sh", "-c", script,
+         "node-setup", node, os.path.join(site.etc, "hosts"), boot_id_file(site, node)],
+        capture_output=True, text=True,
+    )
+    if res.returncode != 0:
+        raise ShifterError(f"can't set up node {node}'s namespace: {res.stderr.strip()}")
+
+
+def nodes_down(site: Site, holders: bool = True) -> None:
+    """Stop every slurmd, then (``holders``) the namespace holders, by pidfile."""
     for pidfile in glob.glob(os.path.join(site.run, "slurmd-*.pid")):
         daemons.stop(pidfile, "slurmd")
+    if holders:
+        for pidfile in glob.glob(os.path.join(site.run, "node-*.pid")):
+            node = os.path.basename(pidfile)[len("node-"):-len(".pid")]
+            daemons.stop(pidfile, holder_name(node))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(boot_id_file(site, node))
+
+
+def node_up(site: Site, node: str) -> None:
+    """Node's holder and its slurmd, inside the holder's namespace; starts only what is
+    missing (a dead slurmd is restarted in the namespace its node kept)."""
+    pidfile = slurmd_pidfile(site, node)
+    slurmd = daemons.running(pidfile, "slurmd")
+    if slurmd and not node_root_shared(slurmd):
+        daemons.stop(pidfile, "slurmd")  # started by an older tools/cluster: private /
+        slurmd = None
+    holder = holder_running(site, node)
+    fresh = holder is None
+    if holder is None:
+        holder = start_holder(site, node, inside=slurmd)
+    elif slurmd and mount_ns(slurmd) != mount_ns(holder):
+        say(f"slurmd {node} runs outside its node's namespace: restarting it there")
+        daemons.stop(pidfile, "slurmd")
+        slurmd = None
+    node_setup(site, node, holder, fresh=fresh)
+    if slurmd:
+        return
+    os.makedirs(os.path.join(site.spool, f"slurmd-{node}"), exist_ok=True)
+    res = subprocess.run(
+        ["nsenter", f"--target={holder}", "--mount", "--uts", "--",
+         "slurmd", "-f", site.slurm_conf, "-N", node],
+        env=slurm_env(site), capture_output=True, text=True,
+    )
+    if res.returncode != 0:
+        raise ShifterError(f"can't start slurmd {node}: "
+                           f"{res.stderr.strip() or daemons.log_tail(site.slurmd_log(node))}")
 
 
 def slurmd_up(site: Site) -> None:
-    hosts = os.path.join(site.etc, "hosts")
     for node in site.node_names():
-        pidfile = slurmd_pidfile(site, node)
-        if daemons.running(pidfile, "slurmd"):
-            if node_root_shared(daemons.read_pid(pidfile)):
-                continue
-            daemons.stop(pidfile, "slurmd")  # started by an older tools/cluster: private /
-        log = site.slurmd_log(node)
-        os.makedirs(os.path.join(site.spool, f"slurmd-{node}"), exist_ok=True)
-        # own mount + UTS namespace: hostname nI, a private /etc/hosts, and mounts made by
-        # this node's prolog are invisible to the other nodes.  Made private first (nothing
-        # reaches the machine), then / recursively shared inside: every node behaves like
-        # a systemd host, where a mount that propagates where it should not shows.
-        script = ('mount --make-rshared / && hostname "$1" && mount --bind "$2" /etc/hosts'
-                  ' && exec slurmd -f "$3" -N "$1"')
-        res = subprocess.run(
-            ["unshare", "--mount", "--uts", "--propagation", "private", "--",
-             "/bin/sh", "-c", script, "slurmd-ns", node, hosts, site.slurm_conf],
-            env=slurm_env(site), capture_output=True, text=True,
-        )
-        if res.returncode != 0:
-            raise ShifterError(f"can't start slurmd {node}: {res.stderr.strip() or daemons.log_tail(log)}")
+        node_up(site, node)
+
+    def in_its_node(node):
+        pid = daemons.running(slurmd_pidfile(site, node), "slurmd")
+        return pid and mount_ns(pid) == mount_ns(holder_running(site, node))
+
     for node in site.node_names():
-        daemons.wait_for(lambda n=node: daemons.running(slurmd_pidfile(site, n), "slurmd"), 10,
-                         f"slurmd {node}", site.slurmd_log(node))
+        daemons.wait_for(lambda n=node: in_its_node(n), 10, f"slurmd {node}", site.slurmd_log(node))
 
 
 def node_root_shared(pid: int | None) -> bool:
@@ -331,7 +451,7 @@ def up(site: Site, checkout: str | None = None, images: bool = True) -> None:
     previous = saved_state(site)
     if previous.get("nodes") not in (None, site.nodes):
         say(f"node count changes {previous['nodes']} -> {site.nodes}: restarting Slurm")
-        slurmd_down(site)
+        nodes_down(site)
         daemons.stop(os.path.join(site.run, "slurmctld.pid"), "slurmctld")
     slurm_changed = write_configs(site)
     stamp = config_stamp(site)
@@ -379,7 +499,7 @@ def prepull(site: Site) -> None:
 def down(site: Site) -> None:
     from shifter.tools import registry
 
-    slurmd_down(site)
+    nodes_down(site)
     daemons.stop(os.path.join(site.run, "slurmctld.pid"), "slurmctld")
     from shifter.tools import gateway
 
@@ -395,7 +515,9 @@ def status(site: Site) -> int:
     ok = True
     rows = [("munged", daemons.running(site.pidfile("munged"), "munged")),
             ("slurmctld", daemons.running(os.path.join(site.run, "slurmctld.pid"), "slurmctld"))]
-    rows += [(f"slurmd {n}", daemons.running(slurmd_pidfile(site, n), "slurmd")) for n in site.node_names()]
+    for n in site.node_names():
+        rows += [(f"holder {n}", holder_running(site, n)),
+                 (f"slurmd {n}", daemons.running(slurmd_pidfile(site, n), "slurmd"))]
     for name, pid in rows:
         print(f"{name:12} {'running pid ' + str(pid) if pid else 'stopped'}")
         ok &= bool(pid)
