@@ -606,6 +606,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     site_caches = [v for v in config.siteFs if v.per_node_cache is not None]  # made with the user's
     for v in config.siteFs:
         if v.per_node_cache is None:
+            _make_room(udi, image_root, v.destination)
             _bind_site(udi, v, "siteFs", style=config.mountPropagationStyle)
     if config.sitePostMountHook:
         _run_hook(config.sitePostMountHook, udi, "run sitePostMountHook", hook_env)
@@ -621,6 +622,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         site_caches += [v for v in module.site_fs if v.per_node_cache is not None]
         for v in module.site_fs:
             if v.per_node_cache is None:
+                _make_room(udi, image_root, v.destination)
                 _bind_site(udi, v, f"module {module.name} siteFs", style=config.mountPropagationStyle)
         if module.roothook:
             _run_hook(module.roothook, udi, f"run the roothook of module {module.name}",
@@ -695,6 +697,24 @@ def command_argv(value) -> tuple[str, ...]:
     if isinstance(value, tuple):
         return value
     return ("/bin/sh", "-c", value)
+
+
+def _make_room(udi: str, image_root: str, dest: str) -> None:
+    """A site map whose destination's missing part lies below a directory bound read-only
+    from the image (``/var/lib`` of a Debian image, say): that bind is replaced by the UDI
+    tmpfs directory beneath it, holding the image's entries bound one by one (as ``/var``
+    and ``/opt`` are), so the missing directories are made in the UDI's own storage."""
+    parts = [p for p in dest.split("/") if p]
+    image_dev = os.stat(image_root).st_dev
+    for i in range(1, len(parts)):
+        here = os.path.join(udi, *parts[:i])
+        if os.path.islink(here) or not os.path.isdir(here):
+            return
+        if os.path.lexists(os.path.join(here, parts[i])):
+            continue
+        if os.stat(here).st_dev == image_dev and linux.umount(here):
+            _merge_dir(os.path.join(image_root, *parts[:i]), here, set())
+        return
 
 
 def _bind_site(udi: str, v, what: str, bind=linux.bind, style: str | None = None) -> None:

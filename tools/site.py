@@ -115,7 +115,9 @@ class Site:
         """What templates/udiRoot.conf.j2 renders for this site (tests override a few)."""
         context = dict(
             system="local", image_path=self.images, udi_mount="/var/udiMount", loop_mount="/var/udiLoopMount",
-            etc_path=self.etc_files, site_fs="/home:/home",
+            # the slurmd spool too: a batch script starting with #!/usr/bin/shifter /bin/bash
+            # runs inside the image, which must see the script Slurm stored there
+            etc_path=self.etc_files, site_fs=f"/home:/home;{self.spool}:{self.spool}:ro",
             image_gateways=[f"http://127.0.0.1:{self.gateway_port}"], munge_socket=self.munge_socket,
         )
         context.update(overrides)

@@ -143,3 +143,19 @@ def test_a_users_mistake_on_the_node_is_recorded_and_the_node_stays_up(cluster, 
     state = runner.run(["sinfo", "-h", "-n", "n2", "-o", "%T"], user=None).stdout.strip()
     assert "drain" not in state, state
     assert _node_mounts(cluster, "n2", f".jobs/{job}") == []
+
+
+def test_a_batch_script_run_by_shifter_runs_in_the_prepared_container(cluster, runner, userdirs):
+    """`#!/usr/bin/shifter /bin/bash` as the script's first line, with #SBATCH --image: the
+    whole script runs in the job's container (the local site's /usr/bin/shifter and its
+    siteFs of the slurmd spool, where Slurm keeps the script)."""
+    out = os.path.join(userdirs, "script.out")
+    path = os.path.join(userdirs, "inside.sh")
+    with open(path, "w") as f:
+        f.write("#!/usr/bin/shifter /bin/bash\n#SBATCH -N1\n#SBATCH --image=docker:test/debian:latest\n"
+                "grep ^ID= /etc/os-release\ntest -r /var/shifter/launch.plan && echo prepared\n"
+                "echo \"$BASH_VERSION\" | cut -c1\n")
+    res = runner.run(["sbatch", f"--output={out}", path], cwd=userdirs)
+    assert res.returncode == 0, res.stderr
+    _wait_gone(runner, re.search(r"(\d+)", res.stdout).group(1))
+    assert open(out).read().split() == ["ID=debian", "prepared", "5"], open(out).read()
