@@ -586,7 +586,7 @@ class _Builder:
 
         # site filesystems (sitePre/PostMountHook are root's: not run here)
         for v in config.siteFs:
-            self._site(v, "siteFs")
+            self._site(v, "siteFs", image_root)
 
         # /opt/udiImage and modules (roothooks were refused before)
         opt_udi = os.path.join(root, "opt", "udiImage")
@@ -597,7 +597,7 @@ class _Builder:
             if module.copy_path:
                 _udi.copytree(module.copy_path, os.path.join(opt_udi, "modules", module.name))
             for v in module.site_fs:
-                self._site(v, f"module {module.name} siteFs")
+                self._site(v, f"module {module.name} siteFs", image_root)
 
         # the user's volumes, bound from the fds opened as the user
         for v, src_fd in zip(plain, sources):
@@ -610,7 +610,7 @@ class _Builder:
                 os.close(dst_fd)
                 os.close(src_fd)
 
-    def _site(self, v, what: str) -> None:
+    def _site(self, v, what: str, image_root: str) -> None:
         try:
             os.stat(v.source)
         except PermissionError:
@@ -619,6 +619,8 @@ class _Builder:
                                + _OR_PREPARED) from None
         except OSError:
             pass  # _bind_site says what is wrong
+        if v.per_node_cache is None:
+            _udi._make_room(self.root, image_root, v.destination, bind=self._bind)
         _udi._bind_site(self.root, v, what, bind=self._bind)
 
     # ---------------------------------------------------------------- entering

@@ -699,7 +699,7 @@ def command_argv(value) -> tuple[str, ...]:
     return ("/bin/sh", "-c", value)
 
 
-def _make_room(udi: str, image_root: str, dest: str) -> None:
+def _make_room(udi: str, image_root: str, dest: str, bind=linux.bind) -> None:
     """A site map whose destination's missing part lies below a directory bound read-only
     from the image (``/var/lib`` of a Debian image, say): that bind is replaced by the UDI
     tmpfs directory beneath it, holding the image's entries bound one by one (as ``/var``
@@ -713,7 +713,7 @@ def _make_room(udi: str, image_root: str, dest: str) -> None:
         if os.path.lexists(os.path.join(here, parts[i])):
             continue
         if os.stat(here).st_dev == image_dev and linux.umount(here):
-            _merge_dir(os.path.join(image_root, *parts[:i]), here, set())
+            _merge_dir(os.path.join(image_root, *parts[:i]), here, set(), bind=bind)
         return
 
 
