@@ -159,3 +159,151 @@ def test_a_batch_script_run_by_shifter_runs_in_the_prepared_container(cluster, r
     assert res.returncode == 0, res.stderr
     _wait_gone(runner, re.search(r"(\d+)", res.stdout).group(1))
     assert open(out).read().split() == ["ID=debian", "prepared", "5"], open(out).read()
+
+
+def _submit(runner, args, script, user=USER1, cwd=None):
+    res = runner.run(["sbatch", "--parsable", "--output=/dev/null", *args, "--wrap", script], user=user,
+                     cwd=cwd or pwd.getpwnam(user).pw_dir)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().split(";")[0]
+
+
+def _wait_file(path, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.1)
+
+
+def test_two_users_jobs_on_one_node_each_have_their_own_container(cluster, runner, userdirs):
+    """Shared-node jobs (not --exclusive) of two users on n3: each job's steps enter their
+    own prepared container; neither user can reach into the other's."""
+    config = udiconfig.load(cluster.udiroot_conf)
+    flags = {}
+    jobs = {}
+    for user, image in ((USER1, "docker:test/busybox:latest"), (USER2, "docker:test/debian:latest")):
+        home = pwd.getpwnam(user).pw_dir
+        flags[user] = tempfile.mktemp(prefix="go-", dir="/tmp")
+        out = os.path.join(home, f"shared-{os.getpid()}.out")
+        script = (f"shifter sh -c 'grep ^ID= /etc/os-release; test -r /var/shifter/launch.plan && echo prepared' "
+                  f"> {out}; while [ ! -e {flags[user]} ]; do sleep 0.1; done")
+        jobs[user] = (_submit(runner, ["-N1", "-n1", "-w", "n3", f"--image={image}"], script, user=user), out)
+    try:
+        for user, (job, out) in jobs.items():
+            _wait_file(out)
+        deadline = time.monotonic() + 30
+        while len(open(jobs[USER2][1]).read().split()) < 2 or len(open(jobs[USER1][1]).read().split()) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert open(jobs[USER1][1]).read().split() == ["ID=busybox", "prepared"]
+        assert open(jobs[USER2][1]).read().split() == ["ID=debian", "prepared"]
+        pid = _node_pid(cluster, "n3")
+        for me, other in ((USER1, USER2), (USER2, USER1)):
+            theirs = f"{config.udiMount}.jobs/{jobs[other][0]}/root"
+            uid = pwd.getpwnam(me).pw_uid
+            for argv in (["ls", theirs], ["chroot", theirs, "true"], ["cat", f"{theirs}/etc/os-release"]):
+                res = subprocess.run(["nsenter", "-t", pid, "-m", "--", "setpriv", f"--reuid={uid}",
+                                      f"--regid={uid}", "--clear-groups", *argv], capture_output=True, text=True)
+                assert res.returncode != 0, (me, argv, res.stdout)
+    finally:
+        for user, (job, out) in jobs.items():
+            open(flags[user], "w").close()
+        for user, (job, out) in jobs.items():
+            _wait_gone(runner, job)
+            os.unlink(flags[user])
+            if os.path.exists(out):
+                os.unlink(out)
+    for job, _ in jobs.values():
+        assert _node_mounts(cluster, "n3", f".jobs/{job}") == []
+
+
+def test_the_epilog_cleans_up_after_slurmd_was_killed_and_restarted(cluster, runner, userdirs):
+    """slurmd dies mid-job and `tools/cluster up` restarts it in the node's own namespace
+    (the node's holder keeps it): the epilog still finds and removes the job's container."""
+    flag = os.path.join(userdirs, "go")
+    started = os.path.join(userdirs, "started")
+    job = _submit(runner, ["-N1", "-w", "n2", "--image=docker:test/busybox:latest",
+                           "--volume=/x:/tmp:perNodeCache=size=300M"],
+                  f"touch {started}; while [ ! -e {flag} ]; do sleep 0.1; done", cwd=userdirs)
+    try:
+        _wait_file(started)
+        _kill_and_restart_slurmd(cluster, job)
+    finally:
+        open(flag, "w").close()
+        _wait_gone(runner, job)
+    deadline = time.monotonic() + 30
+    while _node_mounts(cluster, "n2", f".jobs/{job}"):
+        assert time.monotonic() < deadline, "the epilog left the job's mounts"
+        time.sleep(0.2)
+    config = udiconfig.load(cluster.udiroot_conf)
+    assert [n for n in os.listdir(config.perNodeCachePath) if f".{job}." in n] == []
+
+
+def _kill_and_restart_slurmd(cluster, job):
+    from shifter.tools import daemons
+
+    assert _node_mounts(cluster, "n2", f".jobs/{job}/root")
+    pid = daemons.running(cluster_tool.slurmd_pidfile(cluster, "n2"), "slurmd")
+    ns = cluster_tool.mount_ns(pid)
+    os.kill(pid, 9)
+    daemons.wait_for(lambda: daemons.running(cluster_tool.slurmd_pidfile(cluster, "n2"), "slurmd") is None, 10,
+                     "slurmd n2 to die")
+    cluster_tool.slurmd_up(cluster)  # what `tools/cluster up` does for a dead slurmd (it then waits for idle)
+    new = daemons.running(cluster_tool.slurmd_pidfile(cluster, "n2"), "slurmd")
+    assert new and cluster_tool.mount_ns(new) == ns
+
+
+def test_two_hundred_jobs_of_every_shape_leave_no_trace(cluster, runner, userdirs):
+    """Exclusive, shared, failing, cancelled mid-run, with and without per-node caches:
+    afterwards no mount, loop device, cache file, job directory or user process is left
+    on any node."""
+    config = udiconfig.load(cluster.udiroot_conf)
+
+    def loops():
+        out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+        return sorted(ln.split(":")[0] for ln in out.splitlines())
+
+    loops_before = loops()
+    shapes = [
+        (["-N2", "--exclusive"], "srun -N2 shifter true"),
+        (["-N1", "-n1"], "shifter true"),
+        (["-N1", "-n1"], "shifter false"),
+        (["-N1", "-n1", "--volume=/x:/tmp:perNodeCache=size=300M"], "shifter touch /tmp/x"),
+        (["-N3"], "srun -N3 shifter sleep 30"),  # cancelled below
+    ]
+    jobs, cancel = [], []
+    for i in range(200):
+        args, script = shapes[i % len(shapes)]
+        image = "docker:test/busybox:latest" if i % 2 else "docker:test/debian:latest"
+        job = _submit(runner, [*args, f"--image={image}"], script, cwd=userdirs)
+        jobs.append(job)
+        if "sleep 30" in script:
+            cancel.append(job)
+        if len(jobs) % 20 == 0:
+            for c in cancel:
+                subprocess.run(["scancel", c], env=runner.env(), capture_output=True)
+            cancel = []
+            for j in jobs[-20:]:
+                _wait_gone(runner, j, timeout=120)
+    time.sleep(1)  # the last epilogs
+    for node in cluster.node_names():
+        assert _node_mounts(cluster, node, ".jobs/") == [], node
+        with open(f"/proc/{_node_pid(cluster, node)}/mountinfo") as f:
+            assert not [ln for ln in f if " squashfs " in ln and ".jobs" in ln]
+        left = subprocess.run(["nsenter", "-t", _node_pid(cluster, node), "-m", "--", "ls", "-A",
+                               f"{config.udiMount}.jobs", f"{config.loopMount}.jobs"],
+                              capture_output=True, text=True).stdout.split()
+        assert [x for x in left if x.isdigit()] == [], (node, left)
+    assert [n for n in os.listdir(config.perNodeCachePath) if n.startswith("shifter-cache.")] == []
+    assert loops() == loops_before
+    ours = set(jobs)
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(x.split(b"=", 1) for x in f.read().split(b"\0") if b"=" in x)
+        except OSError:
+            continue
+        if env.get(b"SLURM_JOB_ID", b"").decode() in ours:
+            left.append(pid)
+    assert left == [], left
