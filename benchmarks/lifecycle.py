@@ -1,0 +1,143 @@
+"""The job lifecycle's cost, as a test user on the local site (medians of interleaved
+runs; ratios within one run):
+
+  prolog+epilog, id:       srun -N1 --exclusive --image=id:<debian id> true
+                           vs srun -N1 --exclusive true            (target <= 1.1x)
+  prolog+epilog, docker:   the same with --image=docker:test/debian:latest (adds the
+                           submit-time lookup at the gateway)       (target <= 1.5x)
+  step in an image job     `srun -N1 true` inside an --image job vs inside a plain job
+                                                                    (target <= 1.05x)
+  srun -N3 shifter true    in a prepared job vs `srun -N3 true` in the same job
+                                                                    (target <= 1.1x)
+  python start-up          an import-heavy script (json, email, http.client,
+                           xml.dom.minidom, asyncio) in the prepared container vs on the
+                           host; beside it, the same in a private FUSE container
+                                                                    (target <= 1.1x)
+
+The in-job rows run inside one batch job per set-up, timing from its batch script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from shifter.tools import cluster
+from shifter.tools.site import TEST_USERS, Site
+
+USER = TEST_USERS[0][0]
+DEBIAN = "docker:test/debian:latest"
+IMPORTS = "import json, email.parser, http.client, xml.dom.minidom, asyncio"
+
+# runs inside a job, as its batch script (the host's python): times commands, prints JSON
+_IN_JOB = r'''
+import json, os, statistics, subprocess, sys, time
+runs, cmds = int(sys.argv[1]), json.loads(sys.argv[2])
+out = {name: [] for name in cmds}
+for i in range(runs + 2):
+    for name, argv in cmds.items():
+        t0 = time.perf_counter()
+        res = subprocess.run(argv, capture_output=True, text=True)
+        dt = time.perf_counter() - t0
+        if res.returncode != 0:
+            print(json.dumps({"error": name, "stderr": res.stderr}))
+            sys.exit(1)
+        if i >= 2:
+            out[name].append(dt)
+print(json.dumps({k: statistics.median(v) for k, v in out.items()}))
+'''
+
+
+def _as_user(pw, site, argv, **kw):
+    env = {"PATH": f"{site.bindir}:/usr/bin:/bin", "SLURM_CONF": site.slurm_conf, "HOME": pw.pw_dir,
+           "SHIFTER_CONFIG": site.udiroot_conf}
+    return subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
+                           *argv], env=env, cwd=pw.pw_dir, capture_output=True, text=True, **kw)
+
+
+def _timed(pw, site, argv) -> float:
+    t0 = time.perf_counter()
+    res = _as_user(pw, site, argv)
+    if res.returncode != 0:
+        raise SystemExit(f"lifecycle: {' '.join(argv)} failed: {res.stderr.strip()}")
+    return time.perf_counter() - t0
+
+
+def _in_job(pw, site, sbatch_args, runs, cmds) -> dict:
+    script = os.path.join(pw.pw_dir, f".lifecycle-bench-{os.getpid()}.py")
+    with open(script, "w") as f:
+        f.write(_IN_JOB)
+    os.chmod(script, 0o644)
+    out = os.path.join(pw.pw_dir, f".lifecycle-bench-{os.getpid()}.out")
+    try:
+        res = _as_user(pw, site, ["sbatch", "--wait", f"--output={out}", *sbatch_args, "--wrap",
+                                  f"{sys.prefix}/bin/python {script} {runs} '{json.dumps(cmds)}'"], timeout=1800)
+        text = open(out).read() if os.path.exists(out) else ""
+        if res.returncode != 0:
+            raise SystemExit(f"lifecycle: the job failed: {res.stderr.strip()} {text}")
+        return json.loads(text.strip().splitlines()[-1])
+    finally:
+        for path in (script, out):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=30, help="runs per set-up (default 30)")
+    args = parser.parse_args()
+    site = Site(nodes=cluster.saved_state(Site()).get("nodes", 3))
+    pw = pwd.getpwnam(USER)
+    debian_id = _as_user(pw, site, ["shifterimg", "lookup", DEBIAN]).stdout.strip()
+    rows = []
+
+    # prolog + epilog: whole srun allocations, interleaved
+    setups = {"plain": [], "id": [f"--image=id:{debian_id}"], "docker": [f"--image={DEBIAN}"]}
+    times = {k: [] for k in setups}
+    for i in range(args.runs + 2):
+        for name, extra in setups.items():
+            dt = _timed(pw, site, ["srun", "-N1", "-w", "n1", "--exclusive", *extra, "true"])
+            if i >= 2:
+                times[name].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows.append(("srun -N1 --exclusive --image=id:<debian> true", med["id"], "srun -N1 --exclusive true",
+                 med["plain"], 1.1))
+    rows.append(("the same with --image=docker:test/debian:latest", med["docker"], "srun -N1 --exclusive true",
+                 med["plain"], 1.5))
+
+    # inside jobs
+    host_py = [f"{sys.prefix}/bin/python", "-c", IMPORTS]
+    in_image = _in_job(pw, site, ["-N3", f"--image={DEBIAN}"], args.runs, {
+        "srun1": ["srun", "-N1", "true"],
+        "srun3_shifter": ["srun", "-N3", "shifter", "true"],
+        "srun3": ["srun", "-N3", "true"],
+        "py_prepared": ["shifter", "python3", "-c", IMPORTS],
+        "py_private": ["env", "SHIFTER_VOLUME=/tmp:/scratch", "shifter", "python3", "-c", IMPORTS],
+        "py_host": host_py,
+    })
+    plain = _in_job(pw, site, ["-N3"], args.runs, {"srun1": ["srun", "-N1", "true"]})
+    rows.append(("srun -N1 true in an --image job", in_image["srun1"], "in a plain job", plain["srun1"], 1.05))
+    rows.append(("srun -N3 shifter true (prepared)", in_image["srun3_shifter"], "srun -N3 true",
+                 in_image["srun3"], 1.1))
+    rows.append(("import-heavy python3, prepared container", in_image["py_prepared"], "on the host (python3.11)",
+                 in_image["py_host"], 1.1))
+    rows.append(("import-heavy python3, private FUSE container", in_image["py_private"], "on the host",
+                 in_image["py_host"], None))
+
+    print(f"median of {args.runs} interleaved runs (ms), as {USER}")
+    print(f"{'measure':48} {'ms':>8}  {'against':28} {'ms':>8} {'ratio':>6} {'target':>7}")
+    for name, value, other, base, target in rows:
+        print(f"{name:48} {value * 1000:8.1f}  {other:28} {base * 1000:8.1f} {value / base:5.2f}x "
+              f"{'<= %.2fx' % target if target else '':>7}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
