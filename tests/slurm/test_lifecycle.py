@@ -307,3 +307,43 @@ def test_two_hundred_jobs_of_every_shape_leave_no_trace(cluster, runner, userdir
         if env.get(b"SLURM_JOB_ID", b"").decode() in ours:
             left.append(pid)
     assert left == [], left
+
+
+def test_a_private_container_does_not_keep_another_jobs_container_alive(cluster, runner, userdirs):
+    """sftest2's private container (another image), started on n1 while sftest1's job has
+    its container there, holds copies of the node's mounts; when sftest1's job ends, its
+    epilog's unmounts reach those copies too, so the job's loop device is freed while
+    sftest2's container still runs."""
+    flag = os.path.join(userdirs, "go")
+    started = os.path.join(userdirs, "started")
+    job = _submit(runner, ["-N1", "-w", "n1", "-n1", "--image=docker:test/busybox:latest"],
+                  f"touch {started}; while [ ! -e {flag} ]; do sleep 0.1; done", cwd=userdirs)
+    other = None
+    marker = os.path.join(pwd.getpwnam(USER2).pw_dir, f"private-{os.getpid()}")
+    try:
+        _wait_file(started)
+        with open(f"/proc/{_node_pid(cluster, 'n1')}/mountinfo") as f:
+            [device] = [ln.split(" - ")[1].split()[1] for ln in f if ln.split()[4].endswith(f".jobs/{job}/image")]
+        backing = f"/sys/block/{os.path.basename(device)}/loop/backing_file"
+        assert os.path.exists(backing)
+        other = _submit(runner, ["-N1", "-w", "n1", "-n1"],
+                        f"shifter --image=docker:test/debian:latest sh -c 'echo $$ > {marker}; exec sleep 60'",
+                        user=USER2)
+        _wait_file(marker)
+        time.sleep(0.5)
+        assert os.path.exists(f"/proc/{open(marker).read().strip()}")  # sftest2's container runs
+        open(flag, "w").close()
+        _wait_gone(runner, job)
+        deadline = time.monotonic() + 20
+        while os.path.exists(backing):
+            assert time.monotonic() < deadline, f"{device} of job {job} is still held"
+            time.sleep(0.2)
+        assert os.path.exists(f"/proc/{open(marker).read().strip()}")  # ... and still runs
+    finally:
+        open(flag, "w").close()
+        if other:
+            subprocess.run(["scancel", other], env=runner.env(), capture_output=True)
+            _wait_gone(runner, other)
+        _wait_gone(runner, job)
+        if os.path.exists(marker):
+            os.unlink(marker)
