@@ -222,5 +222,5 @@ def test_steps_of_a_job_submitted_before_the_rename_reuse_its_pinned_image(conf,
            "SLURM_SPANK_SHIFTER_IMAGE": ID}
     from shifter.spank.plugstack import PlugstackArgs
 
-    req = request.parse_request({"image": "docker:test/busybox"}, PlugstackArgs.parse([conf]), environ=env)
+    req = request.parse_request({"image": "docker:test/busybox"}, PlugstackArgs.parse([conf]), environ={**env, "SLURM_JOB_ID": "3"})
     assert str(req.image) == f"id:{ID}"
