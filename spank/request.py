@@ -117,10 +117,11 @@ class JobEnv:
 
 
 def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=None,
-                  warn=None) -> JobRequest:
+                  warn=None, *, step: bool = False) -> JobRequest:
+    """``step``: srun inside an allocation, whose job's own request (``JobEnv``) is reused."""
     environ = os.environ if environ is None else environ
     config = udiconfig.load(plugstack.shifter_config)
-    job = JobEnv.of(environ)
+    job = JobEnv.of(environ) if step else None
     image = requested = None
     if "image" in options:
         parsed = parse_image(options["image"], config)
@@ -189,11 +190,11 @@ def submit(sp: SpankHandle, plugstack: PlugstackArgs, options: dict[str, str], *
     """
     environ = os.environ if environ is None else environ
     warnings: list[str] = []
-    request = parse_request(options, plugstack, environ=environ, warn=warnings.append)
+    request = parse_request(options, plugstack, environ=environ, warn=warnings.append, step=not required)
     # A job's steps inherit its --volume: say it once, at submission, not at every srun
     # (the job's own text is not even parsed again; a job submitted before options were
     # rewritten hands its steps the text as typed, which gives the job's maps).
-    job = JobEnv.of(environ)
+    job = None if required else JobEnv.of(environ)
     if not (job is not None and request.volume == job.volume):
         for line in warnings:
             sp.info(f"shifter: {line}")
