@@ -90,8 +90,15 @@ def _timed(argv: list[str], env: dict, cwd: str) -> tuple[float, subprocess.Comp
     return (time.perf_counter() - t0) * 1000, res
 
 
-def _start_job(site: Site, pw, node: str, extra: list[str], tmp: str, name: str) -> tuple[str, dict]:
-    """An sbatch job on ``node`` that records its environment and waits; (job id, env)."""
+def _idle_nodes(site: Site) -> list[str]:
+    res = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "SLURM_CONF": site.slurm_conf})
+    return [line.split()[0] for line in res.stdout.splitlines() if line.split()[1] == "idle"]
+
+
+def _start_job(site: Site, pw, node: str, extra: list[str], tmp: str, name: str, jobs: list[str]) -> dict:
+    """An sbatch job on ``node`` that records its environment and waits (its id is added
+    to ``jobs`` at once, for cancelling); returns that environment."""
     env_file = os.path.join(tmp, f"{name}.env")
     script = f"env -0 > {env_file}.tmp && mv {env_file}.tmp {env_file}; exec sleep 3600"
     argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
@@ -99,18 +106,22 @@ def _start_job(site: Site, pw, node: str, extra: list[str], tmp: str, name: str)
     env = {"PATH": "/usr/bin:/bin", "SLURM_CONF": site.slurm_conf, "HOME": pw.pw_dir}
     res = subprocess.run(argv, env=env, cwd=pw.pw_dir, capture_output=True, text=True, check=True)
     job = re.search(r"(\d+)", res.stdout).group(1)
+    jobs.append(job)
     deadline = time.monotonic() + 120
     while not os.path.exists(env_file):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"job {job} ({name}) did not start")
+            raise RuntimeError(f"job {job} ({name}) did not start on {node}")
         time.sleep(0.1)
     with open(env_file, "rb") as f:
         items = [item.decode(errors="surrogateescape") for item in f.read().split(b"\0") if item]
-    return job, dict(item.split("=", 1) for item in items)
+    return dict(item.split("=", 1) for item in items)
 
 
 def step_table(site: Site, runs: int, user: str, pw) -> int:
-    nodes = site.node_names()[:2]
+    nodes = _idle_nodes(site)[:2]
+    if len(nodes) < 2:
+        print("srun_overhead: the steps table needs 2 idle nodes", file=sys.stderr)
+        return 2
     tmp = tempfile.mkdtemp(prefix="shifter-srun-steps-")
     os.chown(tmp, pw.pw_uid, pw.pw_gid)
     setups = [("plain job", [], []),
@@ -121,10 +132,9 @@ def step_table(site: Site, runs: int, user: str, pw) -> int:
     jobs: list[str] = []
     try:
         for rnd, (plain_node, image_node) in enumerate((nodes, nodes[::-1])):
-            plain = _start_job(site, pw, plain_node, [], tmp, f"plain{rnd}")
-            image = _start_job(site, pw, image_node, setups[1][1], tmp, f"image{rnd}")
-            jobs += [plain[0], image[0]]
-            envs = {"plain job": plain[1], setups[1][0]: image[1], setups[2][0]: image[1]}
+            plain = _start_job(site, pw, plain_node, [], tmp, f"plain{rnd}", jobs)
+            image = _start_job(site, pw, image_node, setups[1][1], tmp, f"image{rnd}", jobs)
+            envs = {"plain job": plain, setups[1][0]: image, setups[2][0]: image}
             share = runs // 2 if rnd == 0 else runs - runs // 2
             for i in range(share + 3):
                 for name, _, step_args in setups:
@@ -144,7 +154,8 @@ def step_table(site: Site, runs: int, user: str, pw) -> int:
         shutil.rmtree(tmp)
 
     base = statistics.median(times["plain job"])
-    print(f"srun -N1 true as a step of a running job, as {user}, {runs} interleaved runs each (ms)")
+    print(f"srun -N1 true as a step of a running job, as {user}, {runs} interleaved runs each (ms), "
+          f"nodes {' and '.join(nodes)}")
     print(f"{'set-up':45} {'median':>8} {'p10':>8} {'p90':>8} {'ratio':>8}")
     for name, values in times.items():
         q = statistics.quantiles(values, n=10)
