@@ -118,6 +118,9 @@ def _start_job(site: Site, pw, node: str, extra: list[str], tmp: str, name: str,
 
 
 def step_table(site: Site, runs: int, user: str, pw) -> int:
+    deadline = time.monotonic() + 60  # nodes of jobs just ended may still be completing
+    while len(_idle_nodes(site)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
     nodes = _idle_nodes(site)[:2]
     if len(nodes) < 2:
         print("srun_overhead: the steps table needs 2 idle nodes", file=sys.stderr)
