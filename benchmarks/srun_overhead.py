@@ -6,8 +6,10 @@ Table "plugin" (srun creating its own allocation), three set-ups:
                  (n3) sees the same empty plugstack.conf (bind-mounted over the site's in
                  that slurmd's own mount namespace, for the duration of the benchmark)
   plugin, unused the site's plugstack.conf on srun and node n1, no shifter option
-  --image        the same with --image=docker:test/busybox:latest (Python in srun,
-                 in the prolog and in slurmstepd)
+  --image        the same with --image=docker:test/busybox:latest (Python in srun
+                 with the gateway lookup, and in the prolog)
+  --image=id:    the same image by its id (no Python in srun: the shim opens the
+                 image's files as the user)
 
 Table "steps": `srun -N1 true` as a step inside a running job (the step gets the job's
 environment, as one started by the batch script does):
@@ -42,6 +44,11 @@ from shifter.tools.site import TEST_USERS, Site
 
 def plugin_table(site: Site, runs: int, user: str, pw) -> int:
     bare_node, plugin_node = site.node_names()[-1], site.node_names()[0]
+    image_id = subprocess.run(
+        ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
+         os.path.join(site.bindir, "shifterimg"), "lookup", "docker:test/busybox:latest"],
+        env={"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "SHIFTER_CONFIG": site.udiroot_conf},
+        cwd=pw.pw_dir, capture_output=True, text=True, check=True).stdout.strip()
 
     bare_conf, empty = cluster.private_slurm_conf(site, "# no plugins\n")
     tmp = os.path.dirname(bare_conf)
@@ -54,6 +61,7 @@ def plugin_table(site: Site, runs: int, user: str, pw) -> int:
         ("plugin, no shifter option", site.slurm_conf, plugin_node, []),
         ("plugin, --image=docker:test/busybox:latest", site.slurm_conf, plugin_node,
          ["--image=docker:test/busybox:latest"]),
+        ("plugin, --image=id:<busybox id>", site.slurm_conf, plugin_node, [f"--image=id:{image_id}"]),
     ]
     times: dict[str, list[float]] = {name: [] for name, *_ in setups}
     try:

@@ -94,11 +94,12 @@ def _in_batch_job(runner, sbatch_args: list[str], steps: list[list[str]], d: str
 
 
 def test_a_step_inheriting_the_job_request_loads_no_python(runner, ids, workdir):
-    """sbatch --image --volume: the job's steps inherit both, rewritten at submission to
-    the pinned id and the canonical maps; srun hands them to the tasks from the shim alone.
+    """sbatch --image --volume --volume: the job's steps inherit both, rewritten at
+    submission to the pinned id and the canonical maps (all of them: Slurm alone hands
+    the steps only the last --volume); srun hands them to the tasks from the shim alone.
     The same job's step asking for another image loads Python (the positive control)."""
     debian, busybox = ids[DEBIAN], ids[BUSYBOX]
-    steps = _in_batch_job(runner, [f"--image={DEBIAN}", "--volume=/var/tmp/:/data;/tmp:/scratch:ro"],
+    steps = _in_batch_job(runner, [f"--image={DEBIAN}", "--volume=/var/tmp/:/data", "--volume=/tmp:/scratch:ro"],
                           [[], [f"--image=id:{debian}"], [f"--image={BUSYBOX}"]], workdir,
                           head=f"echo \"$SLURM_SPANK__SLURM_SPANK_OPTION_shifter_image "
                                f"$SLURM_SPANK__SLURM_SPANK_OPTION_shifter_volume\" >{workdir}/inherited")
