@@ -90,7 +90,6 @@ class JobEnv:
     request: str | None
     volume: str | None
     module: str | None
-    ccm: bool
 
     @classmethod
     def of(cls, environ) -> "JobEnv | None":
@@ -101,7 +100,7 @@ class JobEnv:
             image = None
         request = environ.get("SLURM_SPANK_SHIFTER_IMAGEREQUEST") or environ.get("SLURM_SPANK_SHIFTER_IMAGE_REQUEST")
         return cls(image=image, request=request or None, volume=environ.get("SLURM_SPANK_SHIFTER_VOLUME"),
-                   module=environ.get("SLURM_SPANK_SHIFTER_MODULE"), ccm=environ.get("SLURM_SPANK_SHIFTER_CCM") == "1")
+                   module=environ.get("SLURM_SPANK_SHIFTER_MODULE"))
 
     def pinned(self, requested: ImageRef) -> tuple[ImageRef, str] | None:
         """(the job's image, the job's request text) when a step asks for the job's image:
