@@ -18,7 +18,10 @@ node's prolog/epilog through Slurm's job-control environment:
 A user's mistake is refused here, with one line, so no node ever sees it: a malformed
 value, an image the gateway does not have for them, an ``id:`` image whose files or ACL
 they may not use, a volume source they can't read, a per-node cache over the site's
-limits.
+limits.  Once validated, the options the job's steps inherit are rewritten to the
+request (``rewrite_inherited_options``), so that a step that only inherits them is the
+job's request byte for byte, which the C shim hands to the step without Python
+(spank/shim.c, docs/spank.md).
 """
 
 from __future__ import annotations
