@@ -18,7 +18,10 @@ node's prolog/epilog through Slurm's job-control environment:
 A user's mistake is refused here, with one line, so no node ever sees it: a malformed
 value, an image the gateway does not have for them, an ``id:`` image whose files or ACL
 they may not use, a volume source they can't read, a per-node cache over the site's
-limits.
+limits.  Once validated, the options the job's steps inherit are rewritten to the
+request (``rewrite_inherited_options``), so that a step that only inherits them is the
+job's request byte for byte, which the C shim hands to the step without Python
+(spank/shim.c, docs/spank.md).
 """
 
 from __future__ import annotations
@@ -29,10 +32,20 @@ from dataclasses import dataclass
 from shifter.errors import ConfigError, UsageError
 from shifter.runtime import config as udiconfig
 from shifter.runtime import volumes
-from shifter.runtime.image import ImageRef, parse_image, resolve_id
+from shifter.runtime.image import _ID_RE, ImageRef, parse_image, resolve_id
 from shifter.runtime.modules import parse_list, select_modules
 from shifter.spank.handle import SpankHandle
 from shifter.spank.plugstack import PlugstackArgs
+
+
+#: the variables through which Slurm hands a job's SPANK options to its steps: srun
+#: inside the job reads ``SLURM_SPANK_<name>`` (the job-control environment) and salloc's
+#: shell has ``<name>`` itself (``<name>`` for --shifter-image etc. with long_options=1)
+OPTION_VARS = {
+    "image": ("_SLURM_SPANK_OPTION_shifter_image", "_SLURM_SPANK_OPTION_shifter_shifter_image"),
+    "volume": ("_SLURM_SPANK_OPTION_shifter_volume", "_SLURM_SPANK_OPTION_shifter_shifter_volume"),
+    "module": ("_SLURM_SPANK_OPTION_shifter_module", "_SLURM_SPANK_OPTION_shifter_shifter_module"),
+}
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,7 @@ class JobRequest:
     volume: str | None
     module: str | None
     ccm: bool
-    requested: ImageRef | None = None  # what the user asked for, e.g. docker:repo:tag
+    requested: str | None = None  # what the user asked for, e.g. docker:test/busybox:latest
 
     def control_env(self) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -49,7 +62,7 @@ class JobRequest:
             env["SHIFTER_IMAGE"] = self.image.tag
             env["SHIFTER_IMAGETYPE"] = self.image.type
         if self.requested is not None:
-            env["SHIFTER_IMAGEREQUEST"] = str(self.requested)
+            env["SHIFTER_IMAGEREQUEST"] = self.requested
         if self.volume is not None:
             env["SHIFTER_VOLUME"] = self.volume
         if self.module is not None:
@@ -58,39 +71,83 @@ class JobRequest:
             env["SHIFTER_CCM"] = "1"
         return env
 
+    def option_text(self) -> dict[str, str]:
+        """The text each option of the job is rewritten to at submission, so that its
+        steps inherit exactly the job's request (see ``rewrite_inherited_options``)."""
+        out = {}
+        if self.image is not None:
+            out["image"] = str(self.image)
+        if self.volume:  # '' (from ';') is kept as given: an empty --volume is refused
+            out["volume"] = self.volume
+        if self.module is not None:
+            out["module"] = self.module
+        return out
 
-def _pinned_by_job(requested: ImageRef, environ) -> ImageRef | None:
-    """Inside a job submitted with the same --image (its steps' srun inherit the option),
-    reuse the job's pinned id: one lookup per job, and every step the same image."""
-    job_request = environ.get("SLURM_SPANK_SHIFTER_IMAGEREQUEST") or environ.get("SLURM_SPANK_SHIFTER_IMAGE_REQUEST")
-    if (job_request == str(requested)
-            and environ.get("SLURM_SPANK_SHIFTER_IMAGETYPE") == "id" and environ.get("SLURM_SPANK_SHIFTER_IMAGE")):
-        return parse_image("id:" + environ["SLURM_SPANK_SHIFTER_IMAGE"])
-    return None
+
+@dataclass(frozen=True)
+class JobEnv:
+    """The request of the job this srun runs in (``SLURM_SPANK_SHIFTER_*``), as the shim
+    reads it (spank/shim.c, route_job_request): what a step may reuse unchecked."""
+
+    image: str | None  # the pinned id, if the job's type is id and it is one
+    request: str | None
+    volume: str | None
+    module: str | None
+
+    @classmethod
+    def of(cls, environ) -> "JobEnv | None":
+        if not inside_allocation(environ):
+            return None
+        image = environ.get("SLURM_SPANK_SHIFTER_IMAGE") or None
+        if environ.get("SLURM_SPANK_SHIFTER_IMAGETYPE") != "id" or image is None or not _ID_RE.match(image):
+            image = None
+        request = environ.get("SLURM_SPANK_SHIFTER_IMAGEREQUEST") or environ.get("SLURM_SPANK_SHIFTER_IMAGE_REQUEST")
+        return cls(image=image, request=request or None, volume=environ.get("SLURM_SPANK_SHIFTER_VOLUME"),
+                   module=environ.get("SLURM_SPANK_SHIFTER_MODULE"))
+
+    def pinned(self, requested: ImageRef) -> tuple[ImageRef, str] | None:
+        """(the job's image, the job's request text) when a step asks for the job's image:
+        by its pinned id (what the job's steps inherit) or by the job's request text (one
+        lookup per job, and every step the same image).  Checked at submission: not again."""
+        if self.image is None:
+            return None
+        if str(requested) == f"id:{self.image}":
+            return ImageRef("id", self.image), self.request or str(requested)
+        if self.request is not None and self.request == str(requested):
+            return ImageRef("id", self.image), self.request
+        return None
 
 
-def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=os.environ,
-                  warn=None) -> JobRequest:
+def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=None,
+                  warn=None, *, step: bool = False) -> JobRequest:
+    """``step``: srun inside an allocation, whose job's own request (``JobEnv``) is reused."""
+    environ = os.environ if environ is None else environ
     config = udiconfig.load(plugstack.shifter_config)
+    job = JobEnv.of(environ) if step else None
     image = requested = None
     if "image" in options:
-        requested = parse_image(options["image"], config)
-        # pinned once, at submission
-        image = _pinned_by_job(requested, environ) or resolve_id(config, requested)
-        if requested.type == "id" and os.path.isdir(config.imagePath):
-            # the gateway answered for docker/custom tags (a private image of others is
-            # "not found"); an id is checked against the image's files and ACL, as the
-            # user.  Where this host does not see imagePath, the nodes check.
-            from shifter.runtime import udi
+        parsed = parse_image(options["image"], config)
+        pinned = job.pinned(parsed) if job is not None else None
+        if pinned is not None:
+            image, requested = pinned
+        else:
+            requested = str(parsed)
+            image = resolve_id(config, parsed)  # pinned once, at submission
+            if parsed.type == "id" and os.path.isdir(config.imagePath):
+                # the gateway answered for docker/custom tags (a private image of others
+                # is "not found"); an id is checked against the image's files and ACL, as
+                # the user.  Where this host does not see imagePath, the nodes check.
+                from shifter.runtime import udi
 
-            udi.check_image_usable(config, requested, os.getuid(), {os.getgid(), *os.getgroups()})
+                udi.check_image_usable(config, parsed, os.getuid(), {os.getgid(), *os.getgroups()})
     volume = options.get("volume")
     if volume is not None and image is None:
         raise UsageError(
             f"--volume={volume!r} needs an image",
             "add --image=docker:REPO:TAG (volumes are mounted into the image)",
         )
-    if volume is not None:
+    if volume is not None and not (job is not None and volume == job.volume):
+        # (the job's own volumes, byte for byte, were checked at submission, as this user)
         if volume == "":  # as Shifter's plugin; ';' alone is a valid (empty) list of maps
             raise UsageError("invalid --volume '': the volume map is empty", "use --volume=/src:/dst[:ro]")
         maps = volumes.parse_volumes(volume, warn=warn)
@@ -102,7 +159,7 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=os.
         udi.check_user_volumes(config, maps, os.getuid())
         volume = volumes.format_volumes(maps)
     module = options.get("module")
-    if module is not None:
+    if module is not None and not (job is not None and module == job.module):
         if module.strip() == "":
             raise UsageError("invalid --module '': the module list is empty",
                              "use --module=NAME[,NAME] or --module=none")
@@ -110,23 +167,46 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=os.
     return JobRequest(image=image, volume=volume, module=module, ccm="ccm" in options, requested=requested)
 
 
-def submit(sp: SpankHandle, plugstack: PlugstackArgs, options: dict[str, str], *, required: bool) -> JobRequest:
+def rewrite_inherited_options(sp: SpankHandle, request: JobRequest, environ) -> None:
+    """Rewrite the job's options, as its steps will inherit them, to the validated
+    request: --image to the pinned ``id:<id>`` (Shifter does this too), --volume to the
+    canonical maps, --module as given.  A step that only inherits them then carries
+    exactly the job's request, byte for byte, and the shim handles it without Python.
+
+    Slurm set each given option's variable in this process's environment (salloc's shell
+    inherits it) and in the job-control environment (srun in the job reads it) before
+    this hook; only those are rewritten."""
+    for option, text in request.option_text().items():
+        for name in OPTION_VARS[option]:
+            if name in environ:
+                environ[name] = text
+                sp.job_control_setenv(name, text, True)
+
+
+def submit(sp: SpankHandle, plugstack: PlugstackArgs, options: dict[str, str], *, required: bool,
+           environ=None) -> JobRequest:
     """Validate the options and put the request into the job-control environment.
 
     ``required``: the control environment must take the values (sbatch/salloc, or an
     srun that creates its own allocation); inside an existing allocation it cannot.
     """
+    environ = os.environ if environ is None else environ
     warnings: list[str] = []
-    request = parse_request(options, plugstack, warn=warnings.append)
-    # A job's steps inherit its --volume: say it once, at submission, not at every srun.
-    if not (inside_allocation(os.environ) and request.volume == os.environ.get("SLURM_SPANK_SHIFTER_VOLUME")):
+    request = parse_request(options, plugstack, environ=environ, warn=warnings.append, step=not required)
+    # A job's steps inherit its --volume: say it once, at submission, not at every srun
+    # (the job's own text is not even parsed again; a job submitted before options were
+    # rewritten hands its steps the text as typed, which gives the job's maps).
+    job = None if required else JobEnv.of(environ)
+    if not (job is not None and request.volume == job.volume):
         for line in warnings:
             sp.info(f"shifter: {line}")
     for name, value in request.control_env().items():
         if not sp.job_control_setenv(name, value, True) and required:
             raise ConfigError(f"can't hand {name} to the job: spank_job_control_setenv failed")
+    if required:
+        rewrite_inherited_options(sp, request, environ)
     return request
 
 
-def inside_allocation(environ=os.environ) -> bool:
-    return bool(environ.get("SLURM_JOB_ID"))
+def inside_allocation(environ=None) -> bool:
+    return bool((os.environ if environ is None else environ).get("SLURM_JOB_ID"))

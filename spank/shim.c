@@ -10,7 +10,10 @@
  * (_shifter_spank_py.so), starts Python from the install prefix's venv and hands the
  * hook to the Python dispatcher (shifter.spank.dispatch).
  *
- * A job that uses no shifter option never maps libpython.
+ * A job that uses no shifter option never maps libpython.  Neither does a step that
+ * inherits its job's validated, pinned request (route_job_request), nor a submission that
+ * asks for nothing but `--image=id:<id>` of an image the user can read (route_image_id):
+ * the shim handles those itself.
  *
  * Return convention of the Python entry point: 1 = success, anything else = failure.
  * cffi returns 0 when its own Python init fails, so 0 must never mean success here.
@@ -18,6 +21,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,6 +31,8 @@
 #include <unistd.h>
 
 #include <slurm/spank.h>
+
+#include "udiconf_key.h"
 
 SPANK_PLUGIN(shifter, 1)
 
@@ -126,6 +132,7 @@ static const char *const bool_keys[] = {
 };
 
 static int enable_ccm = 0, use_long_options = 0;
+static char *shifter_config = NULL; /* plugstack shifter_config=, if given */
 
 static int in_list(const char *key, size_t keylen, const char *const *list)
 {
@@ -139,6 +146,8 @@ static int parse_plugstack(int ac, char **av)
 {
     enable_ccm = 0;
     use_long_options = 0;
+    free(shifter_config);
+    shifter_config = NULL;
     for (int i = 0; i < ac; i++) {
         const char *arg = av[i];
         const char *eq = strchr(arg, '=');
@@ -167,6 +176,9 @@ static int parse_plugstack(int ac, char **av)
         } else if (value[0] == '\0') {
             slurm_error(PLUGIN ": plugstack.conf: '%.*s' needs a value", (int) keylen, arg);
             return -1;
+        } else if (keylen == 14 && strncmp(arg, "shifter_config", keylen) == 0) {
+            free(shifter_config);
+            shifter_config = strdup(value);
         }
     }
     return 0;
@@ -307,6 +319,168 @@ static int active(spank_t sp)
 }
 
 /* ------------------------------------------------------------------------ */
+/* requests the shim handles without Python                                  */
+/*
+ * The contract (Python's side: shifter.spank.request; vectors both follow:
+ * tests/data/shim_route.json, run through this compiled shim and through Python by
+ * tests/unit/test_shim_route.py):
+ *
+ *  - the job's request (srun inside an allocation, SLURM_JOB_ID set): every shifter
+ *    option of the step is byte-identical to what the job carries -- --image is
+ *    "id:" SLURM_SPANK_SHIFTER_IMAGE (SLURM_SPANK_SHIFTER_IMAGETYPE=id), --volume
+ *    SLURM_SPANK_SHIFTER_VOLUME, --module SLURM_SPANK_SHIFTER_MODULE, --ccm
+ *    SLURM_SPANK_SHIFTER_CCM=1 -- and the step has an option exactly where the job has a
+ *    value.  Submission rewrote the job's inherited options to that text, so a step that
+ *    only inherits them matches.  It was validated at submission, as this user: the
+ *    step's tasks get the request (SHIFTER_IMAGE, SHIFTER_IMAGETYPE, SHIFTER_IMAGEREQUEST
+ *    = the job's, SHIFTER_VOLUME, SHIFTER_MODULE, SHIFTER_CCM) and nothing is checked again.
+ *  - a submission (sbatch, salloc, an srun creating its allocation) whose only shifter
+ *    option is --image=id:<64 lowercase hex>, whose udiRoot.conf gives imagePath
+ *    (udiconf_key.h), and whose <imagePath>/<id>.meta and .squashfs this process (the
+ *    user) can open: image files follow the image's ACL on disk, so opening them is the
+ *    access check.  Any failure is Python's to decide and word.
+ *
+ * Anything else loads Python.
+ */
+
+#define ID_HEX 64
+
+static const char *env_nonempty(const char *name)
+{
+    const char *v = getenv(name);
+    return (v != NULL && v[0] != '\0') ? v : NULL;
+}
+
+static int is_image_id(const char *s)
+{
+    size_t n = 0;
+    for (; s[n] != '\0'; n++)
+        if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f'))) return 0;
+    return n == ID_HEX;
+}
+
+/* The step has the option exactly when the job has the value, and then the same bytes. */
+static int same_as_job(int set, const char *value, const char *job_name)
+{
+    const char *job = getenv(job_name);
+    if (!set) return job == NULL;
+    return job != NULL && strcmp(value ? value : "", job) == 0;
+}
+
+struct request_env {
+    const char *names[6], *values[6];
+    int n;
+};
+
+static void add_env(struct request_env *r, const char *name, const char *value)
+{
+    r->names[r->n] = name;
+    r->values[r->n++] = value;
+}
+
+/* Hands the request to the job (job-control environment; `required`: failing to is an
+ * error) and, in srun, to its tasks (srun's own environment). */
+static int hand_over(spank_t sp, const struct request_env *r, int required, int to_tasks)
+{
+    for (int i = 0; i < r->n; i++) {
+        if (spank_job_control_setenv(sp, r->names[i], r->values[i], 1) != ESPANK_SUCCESS && required) {
+            slurm_error(PLUGIN ": can't hand %s to the job: spank_job_control_setenv failed",
+                        r->names[i]);
+            return -1;
+        }
+    }
+    for (int i = 0; to_tasks && i < r->n; i++) {
+        if (setenv(r->names[i], r->values[i], 1) != 0) {
+            slurm_error(PLUGIN ": can't hand %s to the step's tasks: %s", r->names[i],
+                        strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* 1 = handled, 0 = ask Python, -1 = error reported. */
+static int route_job_request(spank_t sp)
+{
+    const char *type = env_nonempty("SLURM_SPANK_SHIFTER_IMAGETYPE");
+    const char *id = env_nonempty("SLURM_SPANK_SHIFTER_IMAGE");
+    if (!opt_image_set || opt_image == NULL || type == NULL || id == NULL) return 0;
+    if (strcmp(type, "id") != 0 || !is_image_id(id)) return 0;
+    if (strncmp(opt_image, "id:", 3) != 0 || strcmp(opt_image + 3, id) != 0) return 0;
+    if (!same_as_job(opt_volume_set, opt_volume, "SLURM_SPANK_SHIFTER_VOLUME")) return 0;
+    if (!same_as_job(opt_module_set, opt_module, "SLURM_SPANK_SHIFTER_MODULE")) return 0;
+    const char *ccm = getenv("SLURM_SPANK_SHIFTER_CCM");
+    if (opt_ccm != (ccm != NULL && strcmp(ccm, "1") == 0)) return 0;
+
+    const char *request = env_nonempty("SLURM_SPANK_SHIFTER_IMAGEREQUEST");
+    if (request == NULL) request = env_nonempty("SLURM_SPANK_SHIFTER_IMAGE_REQUEST");
+    struct request_env r = {.n = 0};
+    add_env(&r, "SHIFTER_IMAGE", id);
+    add_env(&r, "SHIFTER_IMAGETYPE", "id");
+    add_env(&r, "SHIFTER_IMAGEREQUEST", request ? request : opt_image);
+    if (opt_volume_set) add_env(&r, "SHIFTER_VOLUME", opt_volume ? opt_volume : "");
+    if (opt_module_set) add_env(&r, "SHIFTER_MODULE", opt_module ? opt_module : "");
+    if (opt_ccm) add_env(&r, "SHIFTER_CCM", "1");
+    if (hand_over(sp, &r, 0, 1) != 0) return -1;
+    slurm_debug(PLUGIN ": the step uses its job's request (image id:%s)", id);
+    return 1;
+}
+
+/* udiRoot.conf as Python finds it (shifter.paths.config_path): the plugstack argument,
+ * else SHIFTER_CONFIG, else <prefix>/etc/udiRoot.conf. */
+static int config_path(char *out, size_t len)
+{
+    const char *path = shifter_config;
+    if (path == NULL || path[0] == '\0') path = env_nonempty("SHIFTER_CONFIG");
+    if (path != NULL) return (size_t) snprintf(out, len, "%s", path) < len ? 0 : -1;
+    char dir[PATH_MAX];
+    if (shim_dir(dir, sizeof(dir)) != 0) return -1;
+    return (size_t) snprintf(out, len, "%s/../../etc/udiRoot.conf", dir) < len ? 0 : -1;
+}
+
+static int can_open(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) return 0;
+    close(fd);
+    return 1;
+}
+
+/* 1 = handled, 0 = ask Python, -1 = error reported. */
+static int route_image_id(spank_t sp, int to_tasks)
+{
+    if (!opt_image_set || opt_image == NULL || opt_volume_set || opt_module_set || opt_ccm) return 0;
+    if (strncmp(opt_image, "id:", 3) != 0 || !is_image_id(opt_image + 3)) return 0;
+    const char *id = opt_image + 3;
+    char conf[PATH_MAX], images[PATH_MAX], path[PATH_MAX + 2 * ID_HEX];
+    if (config_path(conf, sizeof(conf)) != 0) return 0;
+    if (udiconf_read_image_path(conf, images, sizeof(images)) != 0) return 0;
+    if ((size_t) snprintf(path, sizeof(path), "%s/%s.meta", images, id) >= sizeof(path)) return 0;
+    if (!can_open(path)) return 0;
+    snprintf(path, sizeof(path), "%s/%s.squashfs", images, id);
+    if (!can_open(path)) return 0;
+
+    struct request_env r = {.n = 0};
+    add_env(&r, "SHIFTER_IMAGE", id);
+    add_env(&r, "SHIFTER_IMAGETYPE", "id");
+    add_env(&r, "SHIFTER_IMAGEREQUEST", opt_image);
+    if (hand_over(sp, &r, 1, to_tasks) != 0) return -1;
+    slurm_debug(PLUGIN ": image id:%s is readable: no Python needed", id);
+    return 1;
+}
+
+/* init_post_opt in sbatch/salloc/srun: 1 = handled here, 0 = ask Python, -1 = error. */
+static int route_without_python(spank_t sp)
+{
+    spank_context_t ctx = spank_context();
+    int in_allocation = env_nonempty("SLURM_JOB_ID") != NULL;
+    if (ctx == S_CTX_LOCAL && in_allocation) return route_job_request(sp);
+    if (ctx == S_CTX_ALLOCATOR) return route_image_id(sp, 0);
+    if (ctx == S_CTX_LOCAL) return route_image_id(sp, 1);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
 /* SPANK entry points                                                        */
 
 int slurm_spank_init(spank_t sp, int ac, char **av)
@@ -338,7 +512,13 @@ static int has_work(const char *hook)
         return call_python(#hook, sp, ac, av);                          \
     }
 
-FORWARD(init_post_opt)
+int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
+{
+    if (!has_work("init_post_opt") || !active(sp)) return 0;
+    int routed = route_without_python(sp);
+    if (routed != 0) return routed > 0 ? 0 : -1;
+    return call_python("init_post_opt", sp, ac, av);
+}
 FORWARD(local_user_init)
 FORWARD(user_init)
 FORWARD(task_init_privileged)

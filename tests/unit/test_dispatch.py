@@ -222,5 +222,36 @@ def test_steps_of_a_job_submitted_before_the_rename_reuse_its_pinned_image(conf,
            "SLURM_SPANK_SHIFTER_IMAGE": ID}
     from shifter.spank.plugstack import PlugstackArgs
 
-    req = request.parse_request({"image": "docker:test/busybox"}, PlugstackArgs.parse([conf]), environ=env)
+    req = request.parse_request({"image": "docker:test/busybox"}, PlugstackArgs.parse([conf]),
+                                environ={**env, "SLURM_JOB_ID": "3"}, step=True)
     assert str(req.image) == f"id:{ID}"
+
+
+def test_submission_rewrites_the_options_its_steps_inherit_to_the_pinned_request(conf, tmp_path, monkeypatch):
+    """Slurm hands a job's options to its steps (_SLURM_SPANK_OPTION_shifter_* in sbatch's
+    environment and the job-control environment): after validation they carry the pinned
+    id and the canonical maps, so a step that only inherits them is the job's request byte
+    for byte (the shim then handles it without Python), as Shifter rewrites --image."""
+    a = tmp_path / "a"
+    a.mkdir()
+    given = {"_SLURM_SPANK_OPTION_shifter_image": "test/busybox",
+             "_SLURM_SPANK_OPTION_shifter_shifter_volume": f"{a}/:/b",  # long_options=1 alias
+             "_SLURM_SPANK_OPTION_shifter_module": "mpich"}
+    environ = {"PATH": "/usr/bin:/bin", **given}
+    monkeypatch.setattr("os.environ", environ)
+    sp = FakeSpank(CTX_ALLOCATOR)
+    sp.control_env.update(given)
+    options = {"image": "test/busybox", "volume": f"{a}/:/b", "module": "mpich"}
+    assert dispatch.run(sp, "init_post_opt", [conf], options) == 1, sp.errors
+    rewritten = {"_SLURM_SPANK_OPTION_shifter_image": f"id:{ID}",
+                 "_SLURM_SPANK_OPTION_shifter_shifter_volume": f"{a}:/b",
+                 "_SLURM_SPANK_OPTION_shifter_module": "mpich"}
+    assert {k: environ[k] for k in given} == rewritten
+    assert {k: sp.control_env[k] for k in given} == rewritten
+    assert "_SLURM_SPANK_OPTION_shifter_volume" not in environ  # only what Slurm set
+    # inside the job, a step is not a submission: nothing is rewritten
+    environ = {"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "9", **given}
+    monkeypatch.setattr("os.environ", environ)
+    sp = FakeSpank(CTX_LOCAL)
+    assert dispatch.run(sp, "init_post_opt", [conf], options) == 1, sp.errors
+    assert {k: environ[k] for k in given} == given
