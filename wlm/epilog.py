@@ -21,5 +21,7 @@ def remove_container(sp, plugstack, job: jobinfo.JobInfo) -> None:
     if not jobpath.valid_job_id(job.job_id):
         return
     config = udiconfig.load(plugstack.shifter_config)
+    from shifter.wlm.prolog import cpu_time
+
     udi.teardown_job(config, job.job_id, log=lambda m: sp.info(f"shifter: epilog: job={job.job_id} "
-                                                                f"node={job.node}: {m}"))
+                                                                f"node={job.node}: {m} ({cpu_time()})"))

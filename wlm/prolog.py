@@ -60,13 +60,23 @@ def prepare_container(sp, plugstack, job: jobinfo.JobInfo) -> None:
             image=ImageRef(job.image_type, job.image), uid=job.uid, gid=job.gid, username=username,
             volumes=volumes.parse_volumes(job.volume or ""),
             modules=parse_list(job.module) if job.module is not None else None, job_id=str(job.job_id))
-        udi.setup_root(config, req, log=lambda m: sp.info(f"shifter: prolog: {where}: {m}"), job=True)
+        udi.setup_root(config, req, log=lambda m: sp.info(f"shifter: prolog: {where}: {m} ({cpu_time()})"),
+                       job=True)
     except UsageError as e:
         sp.error(f"shifter: prolog: {where}: the job's container was not prepared: {e}")
         record_error(config, job, str(e))
     except (ShifterError, OSError) as e:
         fault(sp, job, str(e))
         raise
+
+
+def cpu_time() -> str:
+    """This process's CPU time so far, its children's included (what a node spends on a
+    job's prolog or epilog: the benchmark reads it from the slurmd log)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return f"cpu {own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime:.3f} s"
 
 
 def record_error(config, job: jobinfo.JobInfo, message: str) -> None:

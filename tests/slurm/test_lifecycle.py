@@ -347,3 +347,19 @@ def test_a_private_container_does_not_keep_another_jobs_container_alive(cluster,
         _wait_gone(runner, job)
         if os.path.exists(marker):
             os.unlink(marker)
+
+
+def test_one_gateway_request_per_job(cluster, runner, userdirs):
+    """A 3-node job with a docker: tag and three steps asks the gateway once: at
+    submission.  The prologs use the pinned id, the steps inherit it (no Python in srun)."""
+    log = os.path.join(cluster.log, "gateway.log")
+    tag = "docker:test/busybox:latest"
+    before = os.path.getsize(log)
+    out = os.path.join(userdirs, "gw.out")
+    res = runner.run(["sbatch", "--wait", "-N3", f"--image={tag}", f"--output={out}", "--wrap",
+                      "srun -N3 shifter true; srun -N3 shifter true; srun -N1 true"], cwd=userdirs, timeout=120)
+    assert res.returncode == 0, res.stderr + open(out).read()
+    with open(log, errors="replace") as f:
+        f.seek(before)
+        requests = [ln for ln in f if "/api/" in ln]
+    assert len(requests) == 1 and "/api/lookup/" in requests[0], requests
