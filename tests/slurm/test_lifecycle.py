@@ -363,3 +363,39 @@ def test_one_gateway_request_per_job(cluster, runner, userdirs):
         f.seek(before)
         requests = [ln for ln in f if "/api/" in ln]
     assert len(requests) == 1 and "/api/lookup/" in requests[0], requests
+
+
+def test_a_site_fault_drains_the_node_with_a_shifter_reason(cluster, runner, userdirs, tmp_path):
+    """Node n3's udiRoot.conf is broken (in n3's own namespace only): its prolog drains n3
+    with a reason naming shifter and the cause, and logs job, node and cause; the job
+    does not run there.  (A user's mistake never drains: see the test above.)"""
+    broken = tmp_path / "udiRoot.conf"
+    broken.write_text("udiMount=relative/path\n")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(broken, 0o644)
+    pid = _node_pid(cluster, "n3")
+    subprocess.run(["nsenter", "-t", pid, "-m", "--", "mount", "--bind", str(broken), cluster.udiroot_conf],
+                   check=True)
+    job = None
+    try:
+        job = _submit(runner, ["-N1", "-w", "n3", "--image=docker:test/busybox:latest"], "true", cwd=userdirs)
+        deadline = time.monotonic() + 30
+        while True:
+            show = runner.run(["scontrol", "show", "node", "n3"], user=None).stdout
+            if "Reason=shifter:" in show:
+                break
+            assert time.monotonic() < deadline, show
+            time.sleep(0.2)
+        assert "DRAIN" in show and "udiMount" in show.split("Reason=")[1], show
+        with open(cluster.slurmd_log("n3"), errors="replace") as f:
+            assert any(f"job={job} node=n3: site fault, draining the node" in ln for ln in f)
+    finally:
+        subprocess.run(["nsenter", "-t", pid, "-m", "--", "umount", cluster.udiroot_conf], check=False)
+        if job:
+            subprocess.run(["scancel", job], env=runner.env(), capture_output=True)
+        subprocess.run(["scontrol", "update", "nodename=n3", "state=resume"], env=runner.env(),
+                       capture_output=True)
+        deadline = time.monotonic() + 30
+        while "idle" not in runner.run(["sinfo", "-h", "-n", "n3", "-o", "%T"], user=None).stdout:
+            assert time.monotonic() < deadline, "n3 did not come back"
+            time.sleep(0.2)
