@@ -53,8 +53,10 @@ def _sbatch(runner, name: str) -> str:
 
 def test_two_node_job_with_volumes_and_a_per_node_cache(cluster, runner, scratch):
     text = _sbatch(runner, "two-node-cache.sh")
-    assert sorted(text.splitlines()) == [f"{n}: hello from /scratch, /tmp is xfs" for n in ("n1", "n2")], text
-    assert sorted(os.listdir(os.path.join(scratch, "out"))) == ["n1", "n2"]
+    rows = sorted(text.splitlines())
+    nodes = sorted(r.split(":")[0] for r in rows)
+    assert rows == [f"{n}: hello from /scratch, /tmp is xfs" for n in nodes] and len(set(nodes)) == 2, text
+    assert sorted(os.listdir(os.path.join(scratch, "out"))) == nodes
 
 
 def test_a_script_whose_interpreter_is_shifter(cluster, runner):
@@ -65,7 +67,7 @@ def test_a_script_whose_interpreter_is_shifter(cluster, runner):
 def test_mpi_hello_with_the_sites_default_mpi(cluster, runner):
     text = _sbatch(runner, "mpi-hello.sh")
     ranks = sorted(re.findall(r"hello from rank (\d) of (\d) on (n\d)", text))
-    assert ranks == [("0", "3", "n1"), ("1", "3", "n2"), ("2", "3", "n3")], text
+    assert [r[:2] for r in ranks] == [("0", "3"), ("1", "3"), ("2", "3")] and len({r[2] for r in ranks}) == 3, text
 
 
 def test_python_startup(cluster, runner):
@@ -76,7 +78,8 @@ def test_salloc_then_srun_shifter(cluster, runner):
     res = runner.run(["salloc", "-N2", f"--image={DEBIAN}", "srun", "-N2", "shifter", "sh", "-c",
                       "echo $(hostname) $(test -r /var/shifter/launch.plan && echo prepared)"], timeout=120)
     assert res.returncode == 0, res.stderr
-    assert sorted(res.stdout.splitlines()) == ["n1 prepared", "n2 prepared"], res.stdout
+    rows = sorted(res.stdout.splitlines())
+    assert len({r.split()[0] for r in rows}) == 2 and all(r.endswith(" prepared") for r in rows), res.stdout
 
 
 def test_srun_creating_its_own_allocation(cluster, runner):
@@ -84,7 +87,9 @@ def test_srun_creating_its_own_allocation(cluster, runner):
                       "echo $(hostname) $(grep ^ID= /etc/os-release) "
                       "$(test -r /var/shifter/launch.plan && echo prepared)"], timeout=120)
     assert res.returncode == 0, res.stderr
-    assert sorted(res.stdout.splitlines()) == ["n1 ID=debian prepared", "n2 ID=debian prepared"], res.stdout
+    rows = sorted(res.stdout.splitlines())
+    assert len({r.split()[0] for r in rows}) == 2 and all(r.split()[1:] == ["ID=debian", "prepared"]
+                                                          for r in rows), res.stdout
 
 
 def test_every_example_is_tested():

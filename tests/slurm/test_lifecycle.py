@@ -374,6 +374,10 @@ def test_a_site_fault_drains_the_node_with_a_shifter_reason(cluster, runner, use
     os.chmod(tmp_path, 0o755)
     os.chmod(broken, 0o644)
     pid = _node_pid(cluster, "n3")
+    deadline = time.monotonic() + 30  # earlier jobs' epilogs on n3 are done
+    while runner.run(["sinfo", "-h", "-n", "n3", "-o", "%T"], user=None).stdout.strip() != "idle":
+        assert time.monotonic() < deadline, "n3 is not idle"
+        time.sleep(0.2)
     subprocess.run(["nsenter", "-t", pid, "-m", "--", "mount", "--bind", str(broken), cluster.udiroot_conf],
                    check=True)
     job = None
@@ -399,3 +403,4 @@ def test_a_site_fault_drains_the_node_with_a_shifter_reason(cluster, runner, use
         while "idle" not in runner.run(["sinfo", "-h", "-n", "n3", "-o", "%T"], user=None).stdout:
             assert time.monotonic() < deadline, "n3 did not come back"
             time.sleep(0.2)
+
