@@ -439,6 +439,29 @@ def _prepare_job_dirs(config, job_id, uid: int) -> None:
             os.close(fd)
 
 
+FAULT_FILE = ".fault"
+
+
+def fault_point(config, name: str) -> None:
+    """The prolog's fault-injection point, for tests: if the node's jobs anchor holds a
+    file ``.fault`` (root's: only root can write there) whose text is ``kill-NAME``, the
+    process kills itself here with SIGKILL, as a prolog killed halfway (by Slurm's
+    PrologTimeout, say) would be.  One failed stat otherwise."""
+    import signal
+
+    path = os.path.join(jobpath.jobs_root(config.udiMount), FAULT_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        wanted = os.fstat(fd).st_uid == 0 and os.read(fd, 64).decode(errors="replace").strip() == f"kill-{name}"
+    finally:
+        os.close(fd)
+    if wanted:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def teardown_job(config, job_id, log=lambda msg: None) -> bool:
     """Remove job ``job_id``'s prepared container on this node (idempotent; after a full,
     failed or killed setup): its mounts, its per-node cache files (also those a crash left
@@ -563,6 +586,8 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
             linux.ensure_anchor(loop)
         linux.mount_image(image_path, loop, RO | SAFE, share=private)
         linux.make_propagation(loop, linux.MS_SHARED)
+        if job:
+            fault_point(config, "after-image")
         image_root = loop
     hook_env = {"SHIFTER_UDI": udi, "SHIFTER_USER": req.username, "SHIFTER_UID": str(req.uid)}
     if config.sitePreMountHook:

@@ -404,3 +404,44 @@ def test_a_site_fault_drains_the_node_with_a_shifter_reason(cluster, runner, use
             assert time.monotonic() < deadline, "n3 did not come back"
             time.sleep(0.2)
 
+
+
+def test_the_epilog_cleans_up_after_a_prolog_killed_halfway(cluster, runner, userdirs):
+    """The prolog is killed (SIGKILL, the documented fault point udi.fault_point) right
+    after mounting the job's image on n3: Slurm drains n3 for the failed prolog; the
+    epilog still removes what the prolog had made (the loop device included)."""
+    config = udiconfig.load(cluster.udiroot_conf)
+    pid = _node_pid(cluster, "n3")
+    deadline = time.monotonic() + 30
+    while runner.run(["sinfo", "-h", "-n", "n3", "-o", "%T"], user=None).stdout.strip() != "idle":
+        assert time.monotonic() < deadline, "n3 is not idle"
+        time.sleep(0.2)
+    fault = f"{config.udiMount}.jobs/.fault"
+
+    def in_n3(*argv):
+        return subprocess.run(["nsenter", "-t", pid, "-m", "--", *argv], capture_output=True, text=True)
+
+    if not _node_mounts(cluster, "n3", f"{config.udiMount}.jobs"):  # the anchor: made by n3's first job
+        _wait_gone(runner, _submit(runner, ["-N1", "-w", "n3", "--image=docker:test/busybox:latest"], "true",
+                                   cwd=userdirs))
+    assert _node_mounts(cluster, "n3", f"{config.udiMount}.jobs")
+    assert in_n3("sh", "-c", f"echo kill-after-image > {fault}").returncode == 0
+    job = None
+    try:
+        job = _submit(runner, ["-N1", "-w", "n3", "--image=docker:test/busybox:latest"], "true", cwd=userdirs)
+        deadline = time.monotonic() + 30
+        while "drain" not in runner.run(["sinfo", "-h", "-n", "n3", "-o", "%T"], user=None).stdout:
+            assert time.monotonic() < deadline, "the killed prolog did not fail the node"
+            time.sleep(0.2)
+        in_n3("rm", "-f", fault)
+        subprocess.run(["scancel", job], env=runner.env(), capture_output=True)
+        deadline = time.monotonic() + 30
+        while _node_mounts(cluster, "n3", f".jobs/{job}"):
+            assert time.monotonic() < deadline, _node_mounts(cluster, "n3", f".jobs/{job}")
+            time.sleep(0.2)
+    finally:
+        in_n3("rm", "-f", fault)
+        if job:
+            subprocess.run(["scancel", job], env=runner.env(), capture_output=True)
+        subprocess.run(["scontrol", "update", "nodename=n3", "state=resume"], env=runner.env(),
+                       capture_output=True)
