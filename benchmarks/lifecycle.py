@@ -15,6 +15,10 @@ runs; ratios within one run):
                                                                     (target <= 1.1x)
 
 The in-job rows run inside one batch job per set-up, timing from its batch script.
+With ``--scale 1,3,16,64`` it also resizes the local cluster to each size in turn (and back)
+and reports, per size, the prolog's and the epilog's CPU time per node (the hooks log it,
+children included: it must stay flat) and `srun -NN --image=... shifter true` against
+`srun -NN true` (all nodes share this machine's cores: wall time measures the machine).
 """
 
 from __future__ import annotations
@@ -92,7 +96,10 @@ def _in_job(pw, site, sbatch_args, runs, cmds) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30, help="runs per set-up (default 30)")
+    parser.add_argument("--scale", default="", help="node counts for the scale table, e.g. 1,3,16,64")
     args = parser.parse_args()
+    if args.scale:
+        return scale(args)
     site = Site(nodes=cluster.saved_state(Site()).get("nodes", 3))
     pw = pwd.getpwnam(USER)
     debian_id = _as_user(pw, site, ["shifterimg", "lookup", DEBIAN]).stdout.strip()
@@ -136,6 +143,50 @@ def main() -> int:
     for name, value, other, base, target in rows:
         print(f"{name:48} {value * 1000:8.1f}  {other:28} {base * 1000:8.1f} {value / base:5.2f}x "
               f"{'<= %.2fx' % target if target else '':>7}")
+    return 0
+
+
+def _hook_cpu(site, job: str, hook: str) -> list[float]:
+    import re
+
+    pattern = re.compile(rf"shifter: {hook}: job={job} node=\S+: .*\(cpu ([0-9.]+) s\)")
+    out = []
+    for node in site.node_names():
+        with open(site.slurmd_log(node), errors="replace") as f:
+            out += [float(m.group(1)) for m in map(pattern.search, f) if m]
+    return out
+
+
+def scale(args) -> int:
+    sizes = [int(x) for x in args.scale.split(",")]
+    before = cluster.saved_state(Site()).get("nodes", 3)
+    pw = pwd.getpwnam(USER)
+    print(f"median of {args.runs} runs per size, as {USER}; CPU per node (s), wall (ms)")
+    print(f"{'nodes':>5} {'prolog cpu':>11} {'epilog cpu':>11} {'shifter true':>13} {'plain true':>11} {'ratio':>6}")
+    try:
+        for n in sizes:
+            site = Site(nodes=n)
+            cluster.up(site, images=False)
+            image, plain, prolog, epilog = [], [], [], []
+            for i in range(args.runs + 1):
+                res = _as_user(pw, site, ["srun", f"-N{n}", "--ntasks-per-node=1",
+                                          "--image=docker:test/busybox:latest", "sh", "-c",
+                                          "echo $SLURM_JOB_ID; exec shifter true"])
+                job = res.stdout.split()[0]
+                t_image = _timed(pw, site, ["srun", f"-N{n}", "--ntasks-per-node=1",
+                                            "--image=docker:test/busybox:latest", "shifter", "true"])
+                t_plain = _timed(pw, site, ["srun", f"-N{n}", "--ntasks-per-node=1", "true"])
+                time.sleep(0.5)  # the epilogs log after srun returns
+                if i >= 1:
+                    image.append(t_image)
+                    plain.append(t_plain)
+                    prolog += _hook_cpu(site, job, "prolog")
+                    epilog += _hook_cpu(site, job, "epilog")
+            m = statistics.median
+            print(f"{n:5d} {m(prolog):11.3f} {m(epilog):11.3f} {m(image) * 1000:13.0f} {m(plain) * 1000:11.0f} "
+                  f"{m(image) / m(plain):5.2f}x")
+    finally:
+        cluster.up(Site(nodes=before), images=False)
     return 0
 
 

@@ -627,6 +627,14 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     linux.bind("/tmp", os.path.join(udi, "tmp"), SAFE)
     linux.make_propagation(os.path.join(udi, "tmp"), linux.MS_SLAVE)
 
+    # From here on no mount made in the UDI may propagate out of it: the image's binds
+    # are peers of the image's mount at loopMount, so a site map on /home of the image
+    # would appear there too.  Every mount in the tree becomes a slave of the peer group
+    # it came from and the master of a new one of its own (made again before the user's
+    # volumes, for the site's maps).
+    linux.make_propagation(udi, linux.MS_SLAVE, recursive=True)
+    linux.make_propagation(udi, linux.MS_SHARED, recursive=True)
+
     # site filesystems, then the post-mount hook
     site_caches = [v for v in config.siteFs if v.per_node_cache is not None]  # made with the user's
     for v in config.siteFs:
