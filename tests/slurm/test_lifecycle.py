@@ -397,12 +397,7 @@ def test_a_site_fault_drains_the_node_with_a_shifter_reason(cluster, runner, use
         subprocess.run(["nsenter", "-t", pid, "-m", "--", "umount", cluster.udiroot_conf], check=False)
         if job:
             subprocess.run(["scancel", job], env=runner.env(), capture_output=True)
-        subprocess.run(["scontrol", "update", "nodename=n3", "state=resume"], env=runner.env(),
-                       capture_output=True)
-        deadline = time.monotonic() + 30
-        while "idle" not in runner.run(["sinfo", "-h", "-n", "n3", "-o", "%T"], user=None).stdout:
-            assert time.monotonic() < deadline, "n3 did not come back"
-            time.sleep(0.2)
+        _resume(runner, "n3", job)
 
 
 
@@ -441,7 +436,17 @@ def test_the_epilog_cleans_up_after_a_prolog_killed_halfway(cluster, runner, use
             time.sleep(0.2)
     finally:
         in_n3("rm", "-f", fault)
-        if job:
-            subprocess.run(["scancel", job], env=runner.env(), capture_output=True)
-        subprocess.run(["scontrol", "update", "nodename=n3", "state=resume"], env=runner.env(),
+        _resume(runner, "n3", job)
+
+
+def _resume(runner, node, job):
+    """Cancel ``job``, wait until it is gone, and resume ``node`` until it is idle again."""
+    if job:
+        subprocess.run(["scancel", job], env=runner.env(), capture_output=True)
+        _wait_gone(runner, job)
+    deadline = time.monotonic() + 90
+    while runner.run(["sinfo", "-h", "-n", node, "-o", "%T"], user=None).stdout.strip() != "idle":
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], env=runner.env(),
                        capture_output=True)
+        assert time.monotonic() < deadline, f"{node} did not come back"
+        time.sleep(0.5)
