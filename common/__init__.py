@@ -1,6 +1,6 @@
 """shifter: HPC environment containers built around the Slurm job lifecycle.
 
-The source tree keeps DESIGN.md's layout (spank/, wlm/, runtime/, ...); setuptools maps
+The source tree keeps its top-level layout (spank/, wlm/, runtime/, ...); setuptools maps
 each directory into this one import namespace (``shifter.spank``, ``shifter.runtime``, ...).
 """
 

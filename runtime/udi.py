@@ -411,7 +411,7 @@ def job_paths(config, job_id) -> tuple[str, str]:
     return jobpath.udi(config.udiMount, job_id), jobpath.loop(config.loopMount, job_id)
 
 
-def _prepare_job_dirs(config, job_id, uid: int) -> None:
+def prepare_job_dirs(config, job_id, uid: int) -> None:
     """The anchors ``<udiMount>.jobs`` and ``<loopMount>.jobs`` (one per node namespace,
     0711) and the job's directories in them: root's, 0700; the UDI's searchable by the job's
     user alone.  They are made in the anchors' own tmpfs, where no user can write."""
@@ -540,7 +540,7 @@ def setup_root(config, req: Request, log=lambda msg: None, private: bool = False
     fds = open_sources_as_user([v.source for v in plain], req.uid, req.gid, gids)
     try:
         if job:
-            _prepare_job_dirs(config, req.job_id, req.uid)
+            prepare_job_dirs(config, req.job_id, req.uid)
         return _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, t0, private, paths, job)
     except BaseException as e:
         try:

@@ -1,7 +1,7 @@
 """Build the cffi-embedded Python module that the SPANK shim loads on demand.
 
 ``ffibuilder.compile()`` (not setuptools' ``cffi_modules``) is used on purpose: it links
-the module to libpython, which Slurm's local-scope dlopen needs (see FIELD_NOTES).
+the module to libpython, which Slurm's local-scope dlopen needs (docs/spank.md).
 
 The module exports two C entry points the shim looks up with dlsym:
   - ``shifter_py_boot(exe, err, errlen)`` starts Python with an isolated PyConfig whose

@@ -81,7 +81,7 @@ DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+jso
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 #: Accept header for manifest requests: without it the registry 404s OCI manifests and turns
-#: v2s2 into schema1 (FIELD_NOTES).
+#: v2s2 into schema1 (docs/gateway.md).
 MANIFEST_ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST))
 REF_NAME = "org.opencontainers.image.ref.name"
 

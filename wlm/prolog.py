@@ -86,7 +86,7 @@ def record_error(config, job: jobinfo.JobInfo, message: str) -> None:
     from shifter import files
     from shifter.runtime import jobpath, udi
 
-    udi._prepare_job_dirs(config, job.job_id, job.uid)
+    udi.prepare_job_dirs(config, job.job_id, job.uid)
     path = jobpath.error_file(config.udiMount, job.job_id)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:

@@ -21,6 +21,8 @@ import time
 
 import pytest
 
+from conftest import require
+
 from shifter.errors import ConfigError
 from shifter.gateway import config, flatten, logs, server, userfile, worker
 from shifter.gateway.catalog import Requester
@@ -265,7 +267,7 @@ def layout():
     try:
         pwd.getpwnam(USER)
     except KeyError:
-        pytest.skip(f"no test user {USER}")
+        require(False, f"needs the test user {USER} (tools/users)")
     base = tempfile.mkdtemp(prefix="shifter-userfile-")
     os.chmod(base, 0o755)
     mine = os.path.join(base, "mine")
