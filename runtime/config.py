@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from shifter.frozen import field, frozen
 from types import MappingProxyType
 
 from shifter import paths
@@ -48,7 +48,7 @@ KNOWN_KEYS = (
 )
 
 
-@dataclass(frozen=True)
+@frozen
 class EnvRules:
     """siteEnv*-style rules, applied in the order set, prepend, append, unset
     (see ``shifter.runtime.plan.env_ops``/``apply_env``)."""
@@ -59,7 +59,7 @@ class EnvRules:
     unset: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class Module:
     """A site module (``module_<name>_*`` keys): files, mounts, env and hooks for a job."""
 
@@ -73,7 +73,7 @@ class Module:
     userhook: str | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class UdiRootConfig:
     path: str
     udiMount: str = confsyntax.DEFAULTS["udiMount"]

@@ -21,7 +21,7 @@ are never silently dropped.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from shifter.frozen import frozen
 
 from shifter.errors import UsageError
 
@@ -41,7 +41,7 @@ _BAD_CHARS = re.compile(r"[^A-Za-z0-9:_./@+-]")
 MAX_LEN = 1024
 
 
-@dataclass(frozen=True)
+@frozen
 class ImageRef:
     """A parsed image descriptor: type (``docker``, ``id``) and its normalised value."""
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from shifter.frozen import field, frozen
 
 from shifter import files
 from shifter.errors import ShifterError
@@ -34,7 +34,7 @@ class MetaError(ShifterError):
     pass
 
 
-@dataclass(frozen=True)
+@frozen
 class ImageMeta:
     format: str = "squashfs"
     entry: tuple[str, ...] | str | None = None

@@ -25,7 +25,7 @@ contain a NUL byte.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from shifter.frozen import field, frozen
 
 MAGIC = "SHIFTER_PLAN"
 VERSION = "1"
@@ -35,7 +35,7 @@ SINGLE_KEYS = ("uid", "gid", "jobid", "image_type", "image_id", "volumes", "modu
 LIST_KEYS = ("entry", "cmd", "env", "userhook")
 
 
-@dataclass(frozen=True)
+@frozen
 class Plan:
     uid: int
     gid: int

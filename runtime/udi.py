@@ -31,7 +31,7 @@ import json
 import os
 import stat
 import time
-from dataclasses import dataclass, field
+from shifter.frozen import field, frozen
 
 from shifter import asuser, files
 from shifter.errors import ConfigError, ShifterError, UsageError
@@ -54,7 +54,7 @@ class SetupError(ShifterError):
     """setupRoot failed; everything it had done is undone."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Request:
     image: ImageRef  # id or local (docker and custom tags are resolved to ids before)
     uid: int

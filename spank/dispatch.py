@@ -8,7 +8,6 @@ exception becomes one ``slurm_error`` line: ``shifter: <message> (hint: ...)``.
 from __future__ import annotations
 
 import importlib
-import traceback
 
 from shifter.errors import ShifterError
 from shifter.spank.handle import CONTEXT_NAMES, CffiSpank, SpankHandle
@@ -54,6 +53,8 @@ def run(sp: SpankHandle, hook: str, args: list[str], options: dict[str, str]) ->
         return -1
     except BaseException as e:  # noqa: BLE001 - nothing may escape into Slurm as success
         sp.error(f"shifter: internal error in {hook}: {type(e).__name__}: {e}")
+        import traceback  # only on an internal error: 18 ms of import
+
         for line in traceback.format_exc().splitlines():
             sp.verbose(f"shifter: {line}")
         return -1

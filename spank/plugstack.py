@@ -8,7 +8,7 @@ arguments into a frozen object for the Python hooks (and is what the unit tests 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from shifter.frozen import frozen
 
 from shifter.errors import ConfigError
 
@@ -24,7 +24,7 @@ KNOWN_KEYS = (
 BOOL_KEYS = ("enable_sshd", "enable_ccm", "extern_cgroup", "long_options")
 
 
-@dataclass(frozen=True)
+@frozen
 class PlugstackArgs:
     shifter_config: str | None = None
     enable_sshd: bool = False

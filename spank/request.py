@@ -27,7 +27,7 @@ job's request byte for byte, which the C shim hands to the step without Python
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from shifter.frozen import frozen
 
 from shifter.errors import ConfigError, UsageError
 from shifter.runtime import config as udiconfig
@@ -48,7 +48,7 @@ OPTION_VARS = {
 }
 
 
-@dataclass(frozen=True)
+@frozen
 class JobRequest:
     image: ImageRef | None  # pinned: an id (or local) image
     volume: str | None
@@ -84,7 +84,7 @@ class JobRequest:
         return out
 
 
-@dataclass(frozen=True)
+@frozen
 class JobEnv:
     """The request of the job this srun runs in (``SLURM_SPANK_SHIFTER_*``), as the shim
     reads it (spank/shim.c, route_job_request): what a step may reuse unchecked."""

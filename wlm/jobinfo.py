@@ -7,13 +7,12 @@ submission by the plugin after validation.
 from __future__ import annotations
 
 import os
-import socket
-from dataclasses import dataclass
+from shifter.frozen import frozen
 
 from shifter.spank.handle import SpankHandle
 
 
-@dataclass(frozen=True)
+@frozen
 class JobInfo:
     job_id: int | None
     node: str
@@ -34,7 +33,7 @@ class JobInfo:
 
 
 def from_spank(sp: SpankHandle, options: dict[str, str], environ=os.environ) -> JobInfo:
-    node = environ.get("SLURMD_NODENAME") or socket.gethostname()
+    node = environ.get("SLURMD_NODENAME") or os.uname().nodename
     return JobInfo(
         job_id=sp.job_id(),
         node=node,

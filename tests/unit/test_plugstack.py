@@ -1,6 +1,7 @@
 import pytest
 
 from shifter.errors import ConfigError
+from shifter.frozen import fields
 from shifter.spank.plugstack import KNOWN_KEYS, PlugstackArgs
 
 
@@ -16,7 +17,7 @@ def test_every_key():
     ])
     assert args == PlugstackArgs("/etc/shifter/udiRoot.conf", True, True, "/sys/fs/cgroup/memory",
                                  True, "/usr/sbin/x", True)
-    assert set(KNOWN_KEYS) == set(PlugstackArgs.__dataclass_fields__)
+    assert set(KNOWN_KEYS) == set(fields(PlugstackArgs))
 
 
 @pytest.mark.parametrize("arg, message", [
