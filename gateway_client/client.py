@@ -261,7 +261,8 @@ class GatewayClient:
                 continue
             return self._decode(resp, base)
         raise GatewayUnavailable("can't reach the image gateway: " + "; ".join(failures),
-                                 f"is shifter-gateway running? (imageGateway={' '.join(self.urls)})")
+                                 f"start shifter-gateway, or check imageGateway={' '.join(self.urls)} "
+                                 "in udiRoot.conf; images given as id:<id> need no gateway")
 
     def _decode(self, resp, base: str):
         try:

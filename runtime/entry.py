@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings  # noqa: F401 - os.execvpe imports it; after the chroot it could not
 
 from shifter.errors import ShifterError
 

@@ -5,6 +5,7 @@ and never drains the node."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -454,3 +455,71 @@ def _resume(runner, node, job):
                        capture_output=True)
         assert time.monotonic() < deadline, f"{node} did not come back"
         time.sleep(0.5)
+
+
+def _retag(site, source, tag):
+    """Point ``tag`` of the local registry at ``source``'s image (what a user's `docker push`
+    of a new build does)."""
+    reg = site.registry_url()
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
+                    "--dest-tls-verify=false", f"docker://{reg}/{source}", f"docker://{reg}/{tag}"],
+                   check=True, capture_output=True, timeout=300)
+
+
+@contextlib.contextmanager
+def eager_gateway(cluster):
+    """The site's gateway restarted with PullUpdateTimeout=0: a pull always asks the
+    registry (the site default, 300 s, would serve the first pull's image for five
+    minutes; a restart also ends the 10 s in which a finished pull answers its polls)."""
+    from shifter.tools import gateway
+
+    gateway.stop(cluster)
+    gateway.render_config(gateway.config_path(cluster), system=gateway.SYSTEM, image_dir=cluster.images,
+                          munge_socket=cluster.munge_socket, state_dir=gateway.state_dir(cluster),
+                          listen=f"127.0.0.1:{cluster.gateway_port}",
+                          locations={cluster.registry_url(): f"http://{cluster.registry_url()}"},
+                          default_location=cluster.registry_url(), pull_update_timeout=0)
+    proc = gateway.launch(gateway.config_path(cluster), gateway.log_path(cluster), cluster.prefix)
+    try:
+        gateway.wait_ready(gateway.url(cluster), proc, gateway.log_path(cluster))
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        gateway.start(cluster)  # the site's own configuration again
+
+
+def test_a_tag_re_pulled_during_a_job_does_not_change_its_image(cluster, runner, userdirs):
+    """The job is pinned to the id its tag had at submission: after the tag moves to a new
+    build and the gateway pulls it, the job's running and later steps (prepared container,
+    new steps on another node, the batch script's own shifter) still see the first image;
+    a new job gets the new one."""
+    tag = f"test/repull-{os.getpid()}:latest"
+    _retag(cluster, "test/busybox:latest", tag)
+    assert runner.run(["shifterimg", "pull", f"docker:{tag}"], timeout=300).returncode == 0
+    first = runner.run(["shifterimg", "lookup", f"docker:{tag}"]).stdout.strip()
+    which = "test -e /etc/debian_version && echo debian || echo busybox"
+    flag = os.path.join(userdirs, "go")
+    out = os.path.join(userdirs, "repull.out")
+    script = (f"srun -N2 shifter sh -c '{which}'; while [ ! -e {flag} ]; do sleep 0.1; done; "
+              f"srun -N2 shifter sh -c '{which}'; srun -N1 -w n2 shifter sh -c '{which}'; "
+              f"shifter sh -c '{which}'; echo $SLURM_SPANK_SHIFTER_IMAGE")
+    job = _submit(runner, ["-N2", f"--image=docker:{tag}", f"--output={out}"], script, cwd=userdirs)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(out) or len(open(out).read().split()) < 2:
+            assert time.monotonic() < deadline, "the job's first step did not run"
+            time.sleep(0.1)
+        _retag(cluster, "test/debian:latest", tag)
+        with eager_gateway(cluster):
+            res = runner.run(["shifterimg", "pull", f"docker:{tag}"], timeout=300)
+            assert res.returncode == 0, res.stderr
+            second = runner.run(["shifterimg", "lookup", f"docker:{tag}"]).stdout.strip()
+        assert second != first
+        open(flag, "w").close()
+        _wait_gone(runner, job)
+    finally:
+        open(flag, "w").close()
+    assert open(out).read().split() == ["busybox"] * 6 + [first], open(out).read()
+    res = runner.run(["srun", "-N1", f"--image=docker:{tag}", "shifter", "sh", "-c", which])
+    assert res.stdout.split() == ["debian"], res.stderr

@@ -209,3 +209,34 @@ def test_a_per_node_cache_over_the_site_limit_is_refused_at_submission(runner, s
     finally:
         shutil.rmtree(os.path.dirname(conf))
         shutil.rmtree(directory)
+
+
+# ------------------------------------------------------------- the gateway down
+@pytest.fixture
+def gateway_down(cluster, site):
+    from shifter.tools import gateway
+
+    gateway.stop(site)
+    try:
+        yield
+    finally:
+        gateway.start(site)
+
+
+@pytest.mark.parametrize("command", [["sbatch", "-N1", "--wrap", "true"], ["srun", "-N1", "true"],
+                                     ["salloc", "-N1", "true"]])
+def test_with_the_gateway_down_a_docker_image_is_refused_with_one_line(runner, ids, gateway_down, command):
+    """A tag needs the gateway at submission (it pins the id); without it the job is
+    refused, nothing is queued, and the one line says what and what to do.  An id: image
+    needs no gateway and still runs."""
+    before = runner.run(["squeue", "-h", "-u", USER1, "-o", "%i"]).stdout.split()
+    res = runner.run([command[0], f"--image={DEBIAN}", *command[1:]])
+    assert res.returncode != 0
+    ours = _ours(res.stderr)
+    assert len(ours) == 1, res.stderr
+    assert "can't reach the image gateway: http://127.0.0.1:" in ours[0]
+    assert "hint: start shifter-gateway" in ours[0] and "id:<id>" in ours[0]
+    assert runner.run(["squeue", "-h", "-u", USER1, "-o", "%i"]).stdout.split() == before
+    ok = runner.run(["srun", "-N1", f"--image=id:{ids[DEBIAN]}", SHIFTER, "sh", "-c",
+                     "grep ^ID= /etc/os-release"])
+    assert ok.returncode == 0 and ok.stdout.strip() == "ID=debian", ok.stderr
