@@ -15,10 +15,12 @@ runs; ratios within one run):
                                                                     (target <= 1.1x)
 
 The in-job rows run inside one batch job per set-up, timing from its batch script.
-With ``--scale 1,3,16,64`` it also resizes the local cluster to each size in turn (and back)
+With ``--scale 1,3,16,64`` it resizes the local cluster to each size in turn (and back)
 and reports, per size, the prolog's and the epilog's CPU time per node (the hooks log it,
-children included: it must stay flat) and `srun -NN --image=... shifter true` against
-`srun -NN true` (all nodes share this machine's cores: wall time measures the machine).
+children included: it must stay flat), the time from submission to the first step's first
+task of an image job against a plain one, `srun -NN shifter true` in a prepared job against
+`srun -NN true` in the same job, and the gateway requests per job (from the gateway's log).
+All nodes share this machine's cores: wall time at scale measures the machine.
 """
 
 from __future__ import annotations
@@ -157,34 +159,61 @@ def _hook_cpu(site, job: str, hook: str) -> list[float]:
     return out
 
 
+def _gateway_requests(site, since: int) -> int:
+    with open(os.path.join(site.log, "gateway.log"), errors="replace") as f:
+        f.seek(since)
+        return sum(1 for ln in f if "/api/" in ln)
+
+
+def _first_step(pw, site, argv) -> tuple[float, str]:
+    """Seconds from submitting ``argv`` (an srun making its own allocation) to the first of
+    its tasks starting, and the job id; every task prints its start time and the job id."""
+    t0 = time.time()
+    res = _as_user(pw, site, [*argv, "sh", "-c", 'echo "$(date +%s.%N) $SLURM_JOB_ID"; exec "$@"', "task", *TASK])
+    if res.returncode != 0:
+        raise SystemExit(f"lifecycle: {' '.join(argv)} failed: {res.stderr.strip()}")
+    rows = [ln.split() for ln in res.stdout.splitlines() if ln.strip()]
+    return min(float(r[0]) for r in rows) - t0, rows[0][1]
+
+
+TASK = ["true"]
+
+
 def scale(args) -> int:
+    """Per cluster size: the prolog's and epilog's CPU per node, the time to the first
+    step of an image job against a plain one, `srun -NN shifter true` in a prepared job
+    against `srun -NN true` in it, and the gateway requests per job."""
     sizes = [int(x) for x in args.scale.split(",")]
     before = cluster.saved_state(Site()).get("nodes", 3)
     pw = pwd.getpwnam(USER)
+    image = "--image=docker:test/busybox:latest"
+    m = statistics.median
     print(f"median of {args.runs} runs per size, as {USER}; CPU per node (s), wall (ms)")
-    print(f"{'nodes':>5} {'prolog cpu':>11} {'epilog cpu':>11} {'shifter true':>13} {'plain true':>11} {'ratio':>6}")
+    print(f"{'nodes':>5} {'prolog cpu':>10} {'epilog cpu':>10} | {'1st step image':>14} {'plain':>6} {'ratio':>6} | "
+          f"{'srun shifter true':>17} {'srun true':>9} {'ratio':>6} | {'gw req/job':>10}")
     try:
         for n in sizes:
             site = Site(nodes=n)
             cluster.up(site, images=False)
-            image, plain, prolog, epilog = [], [], [], []
+            first_image, first_plain, prolog, epilog, requests = [], [], [], [], []
+            nodes = [f"-N{n}", "--ntasks-per-node=1"]
             for i in range(args.runs + 1):
-                res = _as_user(pw, site, ["srun", f"-N{n}", "--ntasks-per-node=1",
-                                          "--image=docker:test/busybox:latest", "sh", "-c",
-                                          "echo $SLURM_JOB_ID; exec shifter true"])
-                job = res.stdout.split()[0]
-                t_image = _timed(pw, site, ["srun", f"-N{n}", "--ntasks-per-node=1",
-                                            "--image=docker:test/busybox:latest", "shifter", "true"])
-                t_plain = _timed(pw, site, ["srun", f"-N{n}", "--ntasks-per-node=1", "true"])
-                time.sleep(0.5)  # the epilogs log after srun returns
+                since = os.path.getsize(os.path.join(site.log, "gateway.log"))
+                t_image, job = _first_step(pw, site, ["srun", *nodes, image])
+                t_plain, _ = _first_step(pw, site, ["srun", *nodes])
+                time.sleep(1.0)  # the epilogs log after srun returns
                 if i >= 1:
-                    image.append(t_image)
-                    plain.append(t_plain)
+                    first_image.append(t_image)
+                    first_plain.append(t_plain)
                     prolog += _hook_cpu(site, job, "prolog")
                     epilog += _hook_cpu(site, job, "epilog")
-            m = statistics.median
-            print(f"{n:5d} {m(prolog):11.3f} {m(epilog):11.3f} {m(image) * 1000:13.0f} {m(plain) * 1000:11.0f} "
-                  f"{m(image) / m(plain):5.2f}x")
+                    requests.append(_gateway_requests(site, since))
+            in_job = _in_job(pw, site, [*nodes, image], args.runs, {
+                "shifter": ["srun", *nodes, "shifter", "true"], "plain": ["srun", *nodes, "true"]})
+            print(f"{n:5d} {m(prolog):10.3f} {m(epilog):10.3f} | {m(first_image) * 1000:14.0f} "
+                  f"{m(first_plain) * 1000:6.0f} {m(first_image) / m(first_plain):5.2f}x | "
+                  f"{in_job['shifter'] * 1000:17.0f} {in_job['plain'] * 1000:9.0f} "
+                  f"{in_job['shifter'] / in_job['plain']:5.2f}x | {max(requests):10d}", flush=True)
     finally:
         cluster.up(Site(nodes=before), images=False)
     return 0
