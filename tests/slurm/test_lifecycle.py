@@ -254,10 +254,22 @@ def _kill_and_restart_slurmd(cluster, job):
     assert new and cluster_tool.mount_ns(new) == ns
 
 
+def _users_mistake_job(runner, userdirs, n) -> str:
+    """A job whose volume source is removed between submission and its prolog."""
+    gone = os.path.join(userdirs, f"gone-{n}")
+    os.mkdir(gone)
+    os.chown(gone, 4242, 4242)
+    job = _submit(runner, ["-N1", "-n1", "--hold", "--image=docker:test/busybox:latest", f"--volume={gone}:/data"],
+                  "shifter true", cwd=userdirs)
+    os.rmdir(gone)
+    subprocess.run(["scontrol", "release", job], env=runner.env(), check=True, capture_output=True)
+    return job
+
+
 def test_two_hundred_jobs_of_every_shape_leave_no_trace(cluster, runner, userdirs):
-    """Exclusive, shared, failing, cancelled mid-run, with and without per-node caches:
-    afterwards no mount, loop device, cache file, job directory or user process is left
-    on any node."""
+    """Exclusive, shared, failing, cancelled mid-run, timed out, a user's mistake found on
+    the node, with and without per-node caches: afterwards no mount, loop device, cache
+    file, job directory or user process is left on any node, and slurmctld drained none."""
     config = udiconfig.load(cluster.udiroot_conf)
 
     def loops():  # loop devices of images and per-node caches (the machine may have others)
@@ -266,6 +278,11 @@ def test_two_hundred_jobs_of_every_shape_leave_no_trace(cluster, runner, userdir
                       if config.imagePath in ln or config.perNodeCachePath in ln)
 
     loops_before = loops()
+    ctld_log = os.path.join(cluster.log, "slurmctld.log")
+    ctld_before = os.path.getsize(ctld_log)
+    # timed out: Slurm's limits are whole minutes, so one runs beside all the others
+    timed_out = _submit(runner, ["-N1", "-n1", "-w", "n3", "-t", "1", "--image=docker:test/busybox:latest"],
+                        "srun shifter sleep 600", cwd=userdirs)
     shapes = [
         (["-N2", "--exclusive"], "srun -N2 shifter true"),
         (["-N1", "-n1"], "shifter true"),
@@ -282,12 +299,21 @@ def test_two_hundred_jobs_of_every_shape_leave_no_trace(cluster, runner, userdir
         if "sleep 30" in script:
             cancel.append(job)
         if len(jobs) % 20 == 0:
+            jobs.append(_users_mistake_job(runner, userdirs, len(jobs)))
             for c in cancel:
                 subprocess.run(["scancel", c], env=runner.env(), capture_output=True)
             cancel = []
             for j in jobs[-20:]:
                 _wait_gone(runner, j, timeout=120)
+    _wait_gone(runner, timed_out, timeout=180)
+    jobs.append(timed_out)
     time.sleep(1)  # the last epilogs
+    with open(ctld_log, errors="replace") as f:  # `tools/cluster up` resumes drained nodes:
+        f.seek(ctld_before)                       # look at what slurmctld did meanwhile
+        ctld = f.readlines()
+    assert any(f"Time limit exhausted for JobId={timed_out}" in ln for ln in ctld)
+    drained = [ln for ln in ctld if "drain" in ln.lower() or "prolog error" in ln.lower()]
+    assert drained == [], drained
     for node in cluster.node_names():
         assert _node_mounts(cluster, node, ".jobs/") == [], node
         with open(f"/proc/{_node_pid(cluster, node)}/mountinfo") as f:
