@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import struct
+import time
 
 from shifter.runtime import record
 from shifter.runtime.record import P
@@ -26,6 +27,8 @@ _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 
 # mount(2) flags
+LOOP_RETRY_SECONDS = 10.0  # see loop_device
+
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -202,7 +205,13 @@ def loop_device(backing_fd: int, read_only: bool = True, autoclear: bool = True)
     ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
     fd = dev = None
     try:
-        for _ in range(16):  # another process may grab the free device first
+        # Another process may configure the free device first (EBUSY): every racer got the
+        # same number, and one wins per round.  A node's prologs (64 of them at once on the
+        # local site, which shares one kernel) each need a device: retry with a random
+        # pause, for up to LOOP_RETRY_SECONDS.
+        deadline = time.monotonic() + LOOP_RETRY_SECONDS
+        pause = 0.0005
+        while True:
             number = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
             dev = f"/dev/loop{number}"
             fd = os.open(dev, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
@@ -214,8 +223,11 @@ def loop_device(backing_fd: int, read_only: bool = True, autoclear: bool = True)
                 fd = None
                 if e.errno != errno.EBUSY:
                     raise OSError(e.errno, f"LOOP_CONFIGURE {dev}: {e.strerror}") from None
-        else:
-            raise OSError(errno.EBUSY, "no free loop device after 16 tries")
+                if time.monotonic() > deadline:
+                    raise OSError(errno.EBUSY, f"no free loop device after {LOOP_RETRY_SECONDS:g} s of "
+                                               "other processes taking each one first") from None
+                time.sleep(pause * int.from_bytes(os.urandom(2), "little") / 65536)
+                pause = min(pause * 2, 0.02)
     finally:
         os.close(ctl)
     try:

@@ -57,7 +57,7 @@
 #define PLAN_MAGIC "SHIFTER_PRIVATE"
 #define PLAN_VERSION "1"
 #define KEY_VERSION "shifter-private-1"
-#define LOOP_TRIES 16 /* a racing launcher may take the free loop device first */
+#define LOOP_RETRY_NS 10000000000LL /* racing launchers and prologs may take each free loop device first */
 #define REPORT_REPLAY 'R' /* the builder's report: an operation failed, build through Python */
 
 #ifndef MS_STRICTATIME
@@ -783,7 +783,11 @@ static int loop_mount(const char *image, const char *target, unsigned long flags
     cfg.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
     char dev[32];
     int fd = -1, err = EBUSY;
-    for (int tries = 0; tries < LOOP_TRIES && fd < 0; tries++) {
+    struct timespec now, start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    long pause_ns = 500000; /* doubled up to 20 ms; a random part of it is slept */
+    unsigned seed = (unsigned) getpid() ^ (unsigned) start.tv_nsec;
+    for (;;) {
         int number = ioctl(ctl, LOOP_CTL_GET_FREE);
         if (number < 0) {
             err = errno;
@@ -795,12 +799,16 @@ static int loop_mount(const char *image, const char *target, unsigned long flags
             err = errno;
             break;
         }
-        if (ioctl(fd, LOOP_CONFIGURE, &cfg) != 0) {
-            err = errno;
-            close(fd);
-            fd = -1;
-            if (err != EBUSY) break;
-        }
+        if (ioctl(fd, LOOP_CONFIGURE, &cfg) == 0) break;
+        err = errno;
+        close(fd);
+        fd = -1;
+        if (err != EBUSY) break;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - start.tv_sec) * 1000000000LL + (now.tv_nsec - start.tv_nsec) > LOOP_RETRY_NS) break;
+        struct timespec nap = {0, (long) (rand_r(&seed) % (unsigned) pause_ns)};
+        nanosleep(&nap, NULL);
+        if (pause_ns < 20000000) pause_ns *= 2;
     }
     close(ctl);
     close(img); /* the device holds the file now */
