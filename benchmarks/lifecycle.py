@@ -20,7 +20,9 @@ and reports, per size, the prolog's and the epilog's CPU time per node (the hook
 children included: it must stay flat), the time from submission to the first step's first
 task of an image job against a plain one, `srun -NN shifter true` in a prepared job against
 `srun -NN true` in the same job, and the gateway requests per job (from the gateway's log).
-All nodes share this machine's cores: wall time at scale measures the machine.
+All nodes share this machine's cores: wall time at scale measures the machine, and CPU time
+grows with the contention too; the control column is the CPU time of the prolog's imports
+alone in N cold interpreters started at once, outside Slurm.
 """
 
 from __future__ import annotations
@@ -178,6 +180,30 @@ def _first_step(pw, site, argv) -> tuple[float, str]:
 
 TASK = ["true"]
 
+# the control: the prolog's imports, N cold interpreters at once (what 64 nodes' prologs
+# starting together cost each other on this machine's shared cores)
+_CONTROL = r"""
+import os, resource, sys, time
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.001)
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+import shifter.spank.dispatch, shifter.wlm.prolog, shifter.runtime.udi
+r = resource.getrusage(resource.RUSAGE_SELF)
+print(r.ru_utime + r.ru_stime - r0.ru_utime - r0.ru_stime)
+"""
+
+
+def _control_cpu(n: int) -> float:
+    """Median CPU seconds of the prolog's imports, ``n`` cold interpreters started at once
+    (the interpreter's own start excluded: it happens before the go signal)."""
+    with tempfile.TemporaryDirectory() as d:
+        go = os.path.join(d, "go")
+        procs = [subprocess.Popen([sys.executable, "-I", "-c", _CONTROL, go], stdout=subprocess.PIPE, text=True)
+                 for _ in range(n)]
+        time.sleep(0.5 + n * 0.03)
+        open(go, "w").close()
+        return statistics.median(float(p.communicate()[0]) for p in procs)
+
 
 def scale(args) -> int:
     """Per cluster size: the prolog's and epilog's CPU per node, the time to the first
@@ -189,8 +215,8 @@ def scale(args) -> int:
     image = "--image=docker:test/busybox:latest"
     m = statistics.median
     print(f"median of {args.runs} runs per size, as {USER}; CPU per node (s), wall (ms)")
-    print(f"{'nodes':>5} {'prolog cpu':>10} {'epilog cpu':>10} | {'1st step image':>14} {'plain':>6} {'ratio':>6} | "
-          f"{'srun shifter true':>17} {'srun true':>9} {'ratio':>6} | {'gw req/job':>10}")
+    print(f"{'nodes':>5} {'prolog cpu (min)':>16} {'epilog cpu (min)':>16} | {'1st step image':>14} {'plain':>6} {'ratio':>6} | "
+          f"{'srun shifter true':>17} {'srun true':>9} {'ratio':>6} | {'gw req/job':>10} | {'control cpu':>11}")
     try:
         for n in sizes:
             site = Site(nodes=n)
@@ -210,10 +236,11 @@ def scale(args) -> int:
                     requests.append(_gateway_requests(site, since))
             in_job = _in_job(pw, site, [*nodes, image], args.runs, {
                 "shifter": ["srun", *nodes, "shifter", "true"], "plain": ["srun", *nodes, "true"]})
-            print(f"{n:5d} {m(prolog):10.3f} {m(epilog):10.3f} | {m(first_image) * 1000:14.0f} "
+            print(f"{n:5d} {m(prolog):8.3f} ({min(prolog):.3f}) {m(epilog):8.3f} ({min(epilog):.3f}) | {m(first_image) * 1000:14.0f} "
                   f"{m(first_plain) * 1000:6.0f} {m(first_image) / m(first_plain):5.2f}x | "
                   f"{in_job['shifter'] * 1000:17.0f} {in_job['plain'] * 1000:9.0f} "
-                  f"{in_job['shifter'] / in_job['plain']:5.2f}x | {max(requests):10d}", flush=True)
+                  f"{in_job['shifter'] / in_job['plain']:5.2f}x | {max(requests):10d} | "
+                  f"{m(_control_cpu(n) for _ in range(3)):11.3f}", flush=True)
     finally:
         cluster.up(Site(nodes=before), images=False)
     return 0
