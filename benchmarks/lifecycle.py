@@ -153,7 +153,7 @@ def main() -> int:
 def _hook_cpu(site, job: str, hook: str) -> list[float]:
     import re
 
-    pattern = re.compile(rf"shifter: {hook}: job={job} node=\S+: .*\(cpu ([0-9.]+) s\)")
+    pattern = re.compile(rf"shifter: {hook}: job={job} node=\S+: .*\(cpu ([0-9.]+) s, ")
     out = []
     for node in site.node_names():
         with open(site.slurmd_log(node), errors="replace") as f:

@@ -8,10 +8,16 @@ exception becomes one ``slurm_error`` line: ``shifter: <message> (hint: ...)``.
 from __future__ import annotations
 
 import importlib
+import time
 
 from shifter.errors import ShifterError
 from shifter.spank.handle import CONTEXT_NAMES, CffiSpank, SpankHandle
 from shifter.spank.plugstack import PlugstackArgs
+
+#: CPU seconds this process had used when the current hook was called: slurmstepd's own
+#: start, the embedded interpreter's and the imports before the hook (the prolog and
+#: epilog log it beside their total, ``shifter.wlm.prolog.cpu_time``)
+HOOK_STARTED_CPU = 0.0
 
 #: context -> module implementing that context's hooks (functions named like the hook)
 CONTEXT_MODULES = {
@@ -38,6 +44,8 @@ def entry(ffi, lib, hook, sp, ctx, ac, av, nopt, names, values) -> int:
 
 def run(sp: SpankHandle, hook: str, args: list[str], options: dict[str, str]) -> int:
     """Run ``hook`` for ``sp.context``; map every outcome to 1 (ok) or -1 (error)."""
+    global HOOK_STARTED_CPU
+    HOOK_STARTED_CPU = time.process_time()
     try:
         plugstack = PlugstackArgs.parse(args)
         modname = CONTEXT_MODULES.get(CONTEXT_NAMES.get(sp.context, "error"))

@@ -75,8 +75,11 @@ def cpu_time() -> str:
     job's prolog or epilog: the benchmark reads it from the slurmd log)."""
     import resource
 
+    from shifter.spank.dispatch import HOOK_STARTED_CPU
+
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return f"cpu {own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime:.3f} s"
+    return (f"cpu {own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime:.3f} s, "
+            f"{HOOK_STARTED_CPU:.3f} s of it before the hook")
 
 
 def record_error(config, job: jobinfo.JobInfo, message: str) -> None:
