@@ -1,8 +1,9 @@
 """The one base exception of the project: a message and a hint.
 
-Every user-facing error is one line: ``shifter: can't VERB: OBJECT: reason`` followed,
-when there is one, by ``hint: ...``.  CLI ``main()`` functions only turn these into an
-exit code and a message; SPANK hooks map them to ``slurm_error`` plus -1.
+Every user-facing error is one line: ``shifter: can't VERB: OBJECT: reason`` and, when
+there is one, `` (hint: ...)`` at its end (``str()`` of the exception gives both).  CLI
+``main()`` functions only turn these into an exit code and a message; SPANK hooks map them
+to ``slurm_error`` plus -1.
 """
 
 from __future__ import annotations
