@@ -40,7 +40,7 @@ from shifter.spank.plugstack import PlugstackArgs
 
 #: the variables through which Slurm hands a job's SPANK options to its steps: srun
 #: inside the job reads ``SLURM_SPANK_<name>`` (the job-control environment) and salloc's
-#: shell has ``<name>`` itself (``<name>`` for --shifter-image etc. with long_options=1)
+#: shell has ``<name>`` itself (``_SLURM_SPANK_OPTION_shifter_shifter_image`` etc. for --shifter.image with long_options)
 OPTION_VARS = {
     "image": ("_SLURM_SPANK_OPTION_shifter_image", "_SLURM_SPANK_OPTION_shifter_shifter_image"),
     "volume": ("_SLURM_SPANK_OPTION_shifter_volume", "_SLURM_SPANK_OPTION_shifter_shifter_volume"),

@@ -106,17 +106,17 @@ static struct spank_option options[] = {
     SPANK_OPTIONS_TABLE_END
 };
 
-/* long_options=1: the same options also as --shifter-image, --shifter-volume, ... for
- * sites where another plugin already owns one of the short names. */
+/* long_options (Shifter's bare word, or long_options=1): the options are registered only
+ * under these names, for sites where another plugin owns --image or --volume; --ccm is
+ * not offered then (as in Shifter).  Slurm hands them to the job's steps as
+ * _SLURM_SPANK_OPTION_shifter_shifter_image etc. */
 static struct spank_option long_options[] = {
-    {"shifter-image", "image", "shifter image to use (alias of --image)", 1, OPT_IMAGE,
+    {"shifter.image", "image", "shifter image to use (docker:repo:tag, repo:tag, id:<hex>)", 1,
+     OPT_IMAGE, (spank_opt_cb_f) opt_cb},
+    {"shifter.volume", "volume", "shifter volume bindings (src:dst[:flags][;...])", 1, OPT_VOLUME,
      (spank_opt_cb_f) opt_cb},
-    {"shifter-volume", "volume", "shifter volume bindings (alias of --volume)", 1, OPT_VOLUME,
-     (spank_opt_cb_f) opt_cb},
-    {"shifter-module", "module", "shifter modules (alias of --module)", 1, OPT_MODULE,
-     (spank_opt_cb_f) opt_cb},
-    {"shifter-ccm", NULL, "ccm emulation mode (alias of --ccm)", 0, OPT_CCM,
-     (spank_opt_cb_f) opt_cb},
+    {"shifter.module", "module", "shifter modules to load (comma separated, 'none' for none)", 1,
+     OPT_MODULE, (spank_opt_cb_f) opt_cb},
     SPANK_OPTIONS_TABLE_END
 };
 
@@ -151,10 +151,14 @@ static int parse_plugstack(int ac, char **av)
     for (int i = 0; i < ac; i++) {
         const char *arg = av[i];
         const char *eq = strchr(arg, '=');
+        if (strcmp(arg, "long_options") == 0) { /* Shifter's form: a bare word */
+            use_long_options = 1;
+            continue;
+        }
         if (eq == NULL || eq == arg) {
             slurm_error(PLUGIN ": plugstack.conf: argument '%s' is not key=value "
                         "(known keys: shifter_config, enable_sshd, enable_ccm, memory_cgroup, "
-                        "extern_cgroup, extern_setup, long_options)", arg);
+                        "extern_cgroup, extern_setup, long_options; long_options may stand alone)", arg);
             return -1;
         }
         size_t keylen = (size_t) (eq - arg);
@@ -308,8 +312,7 @@ static int active(spank_t sp)
      * callbacks are not reliably run there), once and before any Python. */
     if ((ctx == S_CTX_JOB_SCRIPT || ctx == S_CTX_REMOTE) && !fetched && !have_option()) {
         fetched = 1;
-        fetch_job_options(sp, options);
-        if (use_long_options) fetch_job_options(sp, long_options);
+        fetch_job_options(sp, use_long_options ? long_options : options);
     }
     if (ctx == S_CTX_JOB_SCRIPT) {
         const char *img = getenv("SPANK_SHIFTER_IMAGE");
@@ -488,8 +491,7 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
     if (parse_plugstack(ac, av) != 0) return -1;
     spank_context_t ctx = spank_context();
     if (ctx == S_CTX_LOCAL || ctx == S_CTX_REMOTE || ctx == S_CTX_ALLOCATOR) {
-        if (register_table(sp, options) != 0) return -1;
-        if (use_long_options && register_table(sp, long_options) != 0) return -1;
+        if (register_table(sp, use_long_options ? long_options : options) != 0) return -1;
     }
     return 0;
 }

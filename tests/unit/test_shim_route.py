@@ -209,6 +209,7 @@ def test_failing_to_hand_the_image_to_the_job_is_one_error(site):
 def test_no_shifter_option_no_python_no_variables(site):
     for context, env in (("allocator", {}), ("local", {"SLURM_JOB_ID": "7"})):
         out = run_shim(site, context, env, [])
+        assert out.pop("registered") == ["image", "volume", "module"]
         assert out == {"rc": 0, "python": False, "control": {}, "env": {}, "errors": [], "infos": [],
                        "debug": []}
 
@@ -226,7 +227,8 @@ def conf_reader(tmp_path_factory):
 def test_c_reads_imagepath_as_the_vectors_say(conf_reader, case, tmp_path):
     path = tmp_path / "udiRoot.conf"
     path.write_bytes(case["text"].encode())
-    res = subprocess.run([conf_reader, str(path)], capture_output=True, text=True)
+    res = subprocess.run([conf_reader, str(path), *([case["key"]] if "key" in case else [])],
+                         capture_output=True, text=True)
     assert res.returncode in (0, 1), res.stderr
     assert (res.stdout.rstrip("\n") if res.returncode == 0 else None) == case["c"]
 
@@ -234,7 +236,7 @@ def test_c_reads_imagepath_as_the_vectors_say(conf_reader, case, tmp_path):
 @pytest.mark.parametrize("case", CONF_CASES, ids=[c["name"] for c in CONF_CASES])
 def test_python_reads_imagepath_as_the_vectors_say(case):
     try:
-        got = udiconfig.parse(case["text"]).imagePath
+        got = getattr(udiconfig.parse(case["text"]), case.get("key", "imagePath"))
     except ShifterError:
         got = "error"
     assert got == case["python"]
