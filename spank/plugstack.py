@@ -20,8 +20,9 @@ KNOWN_KEYS = (
     "extern_cgroup",  # 0/1: put the sshd into the job's extern step cgroup
     "extern_setup",  # script run as root in the extern step
     "long_options",  # bare word (Shifter's form) or 0/1: --shifter.image, ... instead
+    "cgroup_per_node",  # 0/1 (extension): the node's name as a last level of the job's cgroup
 )
-BOOL_KEYS = ("enable_sshd", "enable_ccm", "extern_cgroup", "long_options")
+BOOL_KEYS = ("enable_sshd", "enable_ccm", "extern_cgroup", "long_options", "cgroup_per_node")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class PlugstackArgs:
     extern_cgroup: bool = False
     extern_setup: str | None = None
     long_options: bool = False
+    cgroup_per_node: bool = False
 
     @classmethod
     def parse(cls, args: list[str]) -> "PlugstackArgs":
