@@ -612,11 +612,11 @@ static void report_job_error(const char *job_dir)
     slurm_error(PLUGIN ": %s", text);
 }
 
-/* Says `msg` in the slurmd log and on the task's stderr (the user sees it). */
+/* Says `msg` as an error: slurmstepd logs it and forwards it to the step's srun (the
+ * user sees "slurmstepd-<node>: error: shifter: ..."). */
 static void task_say(const char *msg)
 {
     slurm_error(PLUGIN ": %s", msg);
-    dprintf(STDERR_FILENO, PLUGIN ": %s\n", msg);
 }
 
 static int ccm_requested(spank_t sp)
