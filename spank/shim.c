@@ -885,9 +885,9 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 }
 
 /* Python is started only where a context module has work: submission (allocator and
- * local init_post_opt) and the job's prolog/epilog.  Hooks of the remote context
- * (slurmstepd) have none yet, so steps never pay for an interpreter; when one gains
- * work, add its context to has_work(). */
+ * local init_post_opt) and the job's prolog/epilog.  In the remote context (slurmstepd)
+ * the shim does the work itself, in C (task_init_privileged: --ccm; task_post_fork: the
+ * extern step), so steps never pay for an interpreter. */
 static int has_work(const char *hook)
 {
     spank_context_t ctx = spank_context();
