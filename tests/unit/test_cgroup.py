@@ -86,3 +86,23 @@ def test_a_missing_mount_is_one_config_error(tmp_path):
     with pytest.raises(ConfigError) as exc:
         cgroup.JobCgroup(str(tmp_path / "nope"), 4242, 12).create()
     assert f"memory_cgroup={tmp_path / 'nope'} does not exist" in str(exc.value)
+
+
+# ------------------------------------- containers of a host directory hide the anchors
+def test_a_host_directory_container_leaves_out_shifters_anchors(tmp_path):
+    """local:/ (--ccm) merges the host's /var: the anchors where every job's container
+    and image are mounted are left out, the rest is bound."""
+    from shifter.runtime import config as udiconfig
+    from shifter.runtime import udi
+
+    host_var = tmp_path / "var"
+    for name in ("udiMount", "udiMount.jobs", "udiLoopMount", "udiLoopMount.jobs", "lib", "udiMount.jobs.x"):
+        (host_var / name).mkdir(parents=True)
+    config = udiconfig.parse(f"udiMount={host_var}/udiMount\nloopMount={host_var}/udiLoopMount\n")
+    hide = udi.hidden_host_paths(config)
+    target = tmp_path / "udi-var"
+    target.mkdir()
+    bound = []
+    udi._merge_dir(str(host_var), str(target), set(), bind=lambda src, dst, flags: bound.append(src), hide=hide)
+    assert sorted(os.path.basename(b) for b in bound) == ["lib", "udiMount.jobs.x"]
+
