@@ -97,7 +97,18 @@ def contain(cluster, runner):
             runner.run(["scancel", job], user=None)
             _wait_gone(runner, job)
         cluster_tool.up(replace(cluster, contain=False), images=False)
+        _remove_slurm_cgroups()
     assert _cgroup_jobs() == [] and _daemons() == []
+
+
+def _remove_slurm_cgroups():
+    """proctrack/cgroup leaves its empty per-node roots (slurm_<node>) in the controllers
+    it used; the default configuration does not use them."""
+    import glob
+
+    for top in glob.glob("/sys/fs/cgroup/*/slurm_n*"):
+        for path, _dirs, _files in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+            os.rmdir(path)
 
 
 @pytest.fixture
@@ -162,6 +173,15 @@ def test_ccm_batch_script_runs_in_the_host_root(contain, runner, workdir):
     _wait_gone(runner, res.stdout.strip())
     text = open(out).read()
     assert text.splitlines()[0] == workdir and _root_source(text) == {"shifter-udi"}, text
+
+
+def test_salloc_ccm_steps_run_in_the_host_root(contain, runner, workdir):
+    res = runner.run(["salloc", "--ccm", "-N2", "srun", "-N2", "/bin/sh", "-c",
+                      "echo $(hostname) $(pwd) SHIFTER_CCM=$SHIFTER_CCM; cat /proc/self/mountinfo"], cwd=workdir)
+    assert res.returncode == 0, res.stderr
+    assert sorted(ln for ln in res.stdout.splitlines() if "SHIFTER_CCM" in ln) == \
+        [f"n1 {workdir} SHIFTER_CCM=1", f"n2 {workdir} SHIFTER_CCM=1"], res.stdout
+    assert _root_source(res.stdout) == {"shifter-udi"}
 
 
 def test_ccm_tasks_do_not_see_other_jobs_containers(contain, runner, workdir):

@@ -240,7 +240,7 @@ def test_submission_rewrites_the_options_its_steps_inherit_to_the_pinned_request
     a = tmp_path / "a"
     a.mkdir()
     given = {"_SLURM_SPANK_OPTION_shifter_image": "test/busybox",
-             "_SLURM_SPANK_OPTION_shifter_shifter_volume": f"{a}/:/b",  # long_options=1 alias
+             "_SLURM_SPANK_OPTION_shifter_shifter_volume": f"{a}/:/b",  # --shifter.volume (long_options)
              "_SLURM_SPANK_OPTION_shifter_module": "mpich"}
     environ = {"PATH": "/usr/bin:/bin", **given}
     monkeypatch.setattr("os.environ", environ)
