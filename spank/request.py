@@ -130,6 +130,10 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=Non
         # a step of a --ccm job: the job's --ccm was checked at submission, as this user
         job_ccm = step and environ.get("SLURM_SPANK_SHIFTER_CCM") == "1" and \
             environ.get("SLURM_SPANK_SHIFTER_IMAGETYPE") == "local" and environ.get("SLURM_SPANK_SHIFTER_IMAGE") == "/"
+        if step and not job_ccm and "image" not in options:
+            raise UsageError(f"--ccm can't be used in job {environ.get('SLURM_JOB_ID')}: it was submitted "
+                             "without --ccm, so its nodes have no host-root container",
+                             "submit the job with --ccm (sbatch --ccm, salloc --ccm)")
         check_ccm(options, config, site_checked=job_ccm)
         image = CCM_IMAGE
     elif "image" in options:

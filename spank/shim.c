@@ -619,11 +619,13 @@ static void task_say(const char *msg)
     slurm_error(PLUGIN ": %s", msg);
 }
 
+/* 2 = the step has --ccm (its own or inherited option), 1 = only the job's environment
+ * says SHIFTER_CCM=1 (which a job submitted from a --ccm job's shell inherits too), 0 = no. */
 static int ccm_requested(spank_t sp)
 {
     char value[8] = "";
     if (opt_image_set) return 0; /* a step's own image: not the host root */
-    if (opt_ccm) return 1;
+    if (opt_ccm) return 2;
     return spank_getenv(sp, "SLURM_SPANK_SHIFTER_CCM", value, (int) sizeof(value)) == ESPANK_SUCCESS
            && strcmp(value, "1") == 0;
 }
@@ -679,7 +681,8 @@ static int ccm_enter(spank_t sp, int ac, char **av)
 {
     uint32_t job = 0, step = 0;
     if (spank_get_item(sp, S_JOB_STEPID, &step) == ESPANK_SUCCESS && step == SLURM_EXTERN_CONT) return 0;
-    if (!ccm_requested(sp)) return 0;
+    int requested = ccm_requested(sp);
+    if (!requested) return 0;
     if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS || job == 0) {
         task_say("ccm: can't get the job id");
         return -1;
@@ -701,6 +704,10 @@ static int ccm_enter(spank_t sp, int ac, char **av)
     int plan = fd < 0 ? -1 : openat(fd, PLAN_RELPATH, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     int ccm = plan >= 0 && plan_is_ccm(plan, job);
     if (plan >= 0) close(plan);
+    if (!ccm && requested == 1) { /* only an environment variable: not a --ccm job here */
+        if (fd >= 0) close(fd);
+        return 0;
+    }
     if (!ccm) {
         if (fd >= 0) close(fd);
         char msg[PATH_MAX + 200];

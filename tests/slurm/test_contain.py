@@ -184,6 +184,20 @@ def test_salloc_ccm_steps_run_in_the_host_root(contain, runner, workdir):
     assert _root_source(res.stdout) == {"shifter-udi"}
 
 
+def test_ccm_in_a_job_without_it_is_refused_and_a_leaked_variable_changes_nothing(contain, runner, workdir):
+    """A step's --ccm in a job submitted without it is one error line at srun; a plain
+    job whose environment carries SLURM_SPANK_SHIFTER_CCM=1 (submitted from a --ccm
+    job's shell, say) runs as usual, outside any container."""
+    res = runner.run(["salloc", "-N1", "srun", "--ccm", "true"], cwd=workdir)
+    assert res.returncode != 0
+    ours = [ln for ln in res.stderr.splitlines() if "shifter:" in ln]
+    assert len(ours) == 1 and "shifter: --ccm can't be used in job " in ours[0], res.stderr
+    plain = runner.run(["srun", "-N1", "--export=ALL,SLURM_SPANK_SHIFTER_CCM=1", "/bin/sh", "-c",
+                        "echo $SLURM_SPANK_SHIFTER_CCM; cat /proc/self/mountinfo"], cwd=workdir)
+    assert plain.returncode == 0 and "shifter:" not in plain.stderr, plain.stderr
+    assert plain.stdout.splitlines()[0] == "1" and "shifter-udi" not in _root_source(plain.stdout)
+
+
 def test_ccm_tasks_do_not_see_other_jobs_containers(contain, runner, workdir):
     """An image job runs on n1; a --ccm task on n1 sees neither the jobs' anchors nor
     that job's container, though the host's /var holds them."""
