@@ -134,7 +134,7 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=Non
             raise UsageError(f"--ccm can't be used in job {environ.get('SLURM_JOB_ID')}: it was submitted "
                              "without --ccm, so its nodes have no host-root container",
                              "submit the job with --ccm (sbatch --ccm, salloc --ccm)")
-        check_ccm(options, config, site_checked=job_ccm)
+        check_ccm(options, config, plugstack, site_checked=job_ccm)
         image = CCM_IMAGE
     elif "image" in options:
         parsed = parse_image(options["image"], config)
@@ -182,10 +182,10 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=Non
 CCM_IMAGE = ImageRef("local", "/")
 
 
-def check_ccm(options: dict[str, str], config, site_checked: bool = False) -> None:
+def check_ccm(options: dict[str, str], config, plugstack: PlugstackArgs, site_checked: bool = False) -> None:
     """--ccm (cluster compatibility mode): the job's tasks run in a container of the
     host's own root, so it can't be combined with an image (Shifter refuses that too), and
-    it needs the site's ``allowLocalChroot=1``."""
+    it needs the site's ``allowLocalChroot=1`` and, for its per-node sshd, ``enable_sshd=1``."""
     if "image" in options:
         raise UsageError(f"--ccm can't be used with --image={options['image']}: a --ccm job runs in the "
                          "host's own root, not in an image",
@@ -193,6 +193,10 @@ def check_ccm(options: dict[str, str], config, site_checked: bool = False) -> No
     if not config.allowLocalChroot and not site_checked:
         raise ConfigError("--ccm is not available on this system: udiRoot.conf has allowLocalChroot=0",
                           "the site enables it with allowLocalChroot=1 (and enable_ccm=1 in plugstack.conf)")
+    if not plugstack.enable_sshd and not site_checked:
+        raise ConfigError("--ccm is not available on this system: plugstack.conf has enable_ccm=1 but not "
+                          "enable_sshd=1 (a --ccm job gets the per-node sshd)",
+                          "the site adds enable_sshd=1 to the shifter line of plugstack.conf")
 
 
 def rewrite_inherited_options(sp: SpankHandle, request: JobRequest, environ) -> None:
