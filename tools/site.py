@@ -30,6 +30,9 @@ class Site:
     #: proctrack/cgroup, the plugin's --ccm, memory_cgroup (per node), extern_cgroup and
     #: extern_setup, allowLocalChroot=1; the default configuration has none of these
     contain: bool = False
+    #: the contain configuration's memory_cgroup (default: cgroup v1's memory controller;
+    #: tests also run it on the v2 hierarchy)
+    cgroup_mount: str = ""
 
     # directories -------------------------------------------------------------
     @property
@@ -95,7 +98,7 @@ class Site:
         if not self.contain:
             return {}
         # the local nodes share one kernel: the node's name is a level of the job's cgroup
-        return {"enable_ccm": 1, "enable_sshd": 1, "memory_cgroup": MEMORY_CGROUP, "cgroup_per_node": 1,
+        return {"enable_ccm": 1, "enable_sshd": 1, "memory_cgroup": self.cgroup_mount or MEMORY_CGROUP, "cgroup_per_node": 1,
                 "extern_cgroup": 1, "extern_setup": self.extern_setup}
 
     @property

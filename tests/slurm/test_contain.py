@@ -52,8 +52,8 @@ def _wait_running(runner, job, timeout=60):
         time.sleep(0.2)
 
 
-def _cgroup_jobs() -> list[str]:
-    top = os.path.join(MEMORY_CGROUP, "shifter", f"uid_{UID1}")
+def _cgroup_jobs(mount=MEMORY_CGROUP) -> list[str]:
+    top = os.path.join(mount, "shifter", f"uid_{UID1}")
     return sorted(os.listdir(top)) if os.path.isdir(top) else []
 
 
@@ -263,6 +263,10 @@ def test_the_extern_step_holds_the_job_cgroups_processes_and_cancel_leaves_nothi
     sshd) is in the job's cgroup of each node, adopted into the job's extern step
     (scontrol listpids), and extern_setup ran there (slurmd log).  Cancelled mid-run,
     the job leaves no process, cgroup or container."""
+    extern_step_holds_the_cgroup_and_cancel_leaves_nothing(contain, runner, slurmd_logs, workdir, MEMORY_CGROUP)
+
+
+def extern_step_holds_the_cgroup_and_cancel_leaves_nothing(contain, runner, slurmd_logs, workdir, mount):
     res = runner.run(["sbatch", "--parsable", "-N2", f"--image={IMAGE}", "--module=daemon",
                       "--output=/dev/null", "--wrap", "sleep 120"], cwd=workdir)
     assert res.returncode == 0, res.stderr
@@ -272,7 +276,7 @@ def test_the_extern_step_holds_the_job_cgroups_processes_and_cancel_leaves_nothi
     nodes = sorted(runner.run(["scontrol", "show", "hostnames", nodelist], user=None).stdout.split())
     assert len(nodes) == 2
     for node in nodes:
-        procs = os.path.join(MEMORY_CGROUP, "shifter", f"uid_{UID1}", f"job_{job}", node, "cgroup.procs")
+        procs = os.path.join(mount, "shifter", f"uid_{UID1}", f"job_{job}", node, "cgroup.procs")
         deadline = time.monotonic() + 20
         while True:  # (a job is RUNNING before its prolog is done)
             try:
@@ -291,9 +295,9 @@ def test_the_extern_step_holds_the_job_cgroups_processes_and_cancel_leaves_nothi
     runner.run(["scancel", job], user=None)
     _wait_gone(runner, job)
     deadline = time.monotonic() + 30
-    while (f"job_{job}" in _cgroup_jobs() or _daemons()) and time.monotonic() < deadline:
+    while (f"job_{job}" in _cgroup_jobs(mount) or _daemons()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert f"job_{job}" not in _cgroup_jobs() and _daemons() == []
+    assert f"job_{job}" not in _cgroup_jobs(mount) and _daemons() == []
     for node in nodes:
         assert job not in _job_dirs(contain, node)
 
