@@ -486,10 +486,11 @@ def teardown_job(config, job_id, log=lambda msg: None) -> bool:
 
 
 # --------------------------------------------------------------------------- build
-def _merge_dir(image_dir: str, target: str, skip: set[str], bind=linux.bind) -> None:
+def _merge_dir(image_dir: str, target: str, skip: set[str], bind=linux.bind, hide=frozenset()) -> None:
     """Put each entry of ``image_dir`` into the tmpfs dir ``target``: directories and
     files are bound read-only (with ``bind``), symlinks copied.  An image whose /var or
-    /opt is a symlink gets an empty one: the link would resolve on the host."""
+    /opt is a symlink gets an empty one: the link would resolve on the host.  Entries
+    whose path is in ``hide`` are left out (a local image: shifter's own anchors)."""
     if os.path.islink(image_dir):
         return
     try:
@@ -497,7 +498,7 @@ def _merge_dir(image_dir: str, target: str, skip: set[str], bind=linux.bind) -> 
     except (FileNotFoundError, NotADirectoryError):
         return
     for entry in entries:
-        if entry.name in skip:
+        if entry.name in skip or os.path.normpath(entry.path) in hide:
             continue
         dst = os.path.join(target, entry.name)
         if entry.is_symlink():
@@ -513,6 +514,20 @@ def _merge_dir(image_dir: str, target: str, skip: set[str], bind=linux.bind) -> 
             record.op("touch", record.P(dst), "644")
             bind(entry.path, dst, RO | SAFE)
         # sockets, fifos and device nodes of an image are left out
+
+
+def hidden_host_paths(config) -> frozenset[str]:
+    """What a container of a host directory (a ``local:`` image; ``--ccm``'s ``local:/``)
+    must not show of the host: shifter's anchors, where every job's container and image
+    are mounted (``udiMount``, ``loopMount`` and their ``.jobs`` anchors).  Directories
+    are bound without their submounts, so an anchor deeper than the merged levels
+    (``/``, ``/var``, ``/opt``) shows only as the empty directory below it."""
+    paths = set()
+    for mount in (config.udiMount, config.loopMount):
+        for path in (mount, jobpath.jobs_root(mount)):
+            paths.add(os.path.normpath(path))
+            paths.add(os.path.realpath(path))
+    return frozenset(paths)
 
 
 def setup_root(config, req: Request, log=lambda msg: None, private: bool = False, job: bool = False) -> plan.Plan:
@@ -593,12 +608,13 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     if config.sitePreMountHook:
         _run_hook(config.sitePreMountHook, udi, "run sitePreMountHook", hook_env)
 
-    _merge_dir(image_root, udi, _SPECIAL | {"shifter"})
+    hide = hidden_host_paths(config) if req.image.type == "local" else frozenset()
+    _merge_dir(image_root, udi, _SPECIAL | {"shifter"}, hide=hide)
     for name in ("var", "opt", "run", "tmp", "dev", "proc", "sys", "etc"):
         _ensure_dir(os.path.join(udi, name))
-    _merge_dir(os.path.join(image_root, "var"), os.path.join(udi, "var"), {"tmp", "shifter"})
+    _merge_dir(os.path.join(image_root, "var"), os.path.join(udi, "var"), {"tmp", "shifter"}, hide=hide)
     _ensure_dir(os.path.join(udi, "var", "tmp"), 0o1777)
-    _merge_dir(os.path.join(image_root, "opt"), os.path.join(udi, "opt"), {"udiImage"})
+    _merge_dir(os.path.join(image_root, "opt"), os.path.join(udi, "opt"), {"udiImage"}, hide=hide)
 
     # /etc: site files over the image's, one read-only overlay
     site_etc = os.path.join(udi, STATE_DIR, "etc")

@@ -19,9 +19,10 @@ KNOWN_KEYS = (
     "memory_cgroup",  # path of the memory cgroup hierarchy for the job's sshd
     "extern_cgroup",  # 0/1: put the sshd into the job's extern step cgroup
     "extern_setup",  # script run as root in the extern step
-    "long_options",  # 0/1: also register --shifter-image, --shifter-volume, ...
+    "long_options",  # bare word (Shifter's form) or 0/1: --shifter.image, ... instead
+    "cgroup_per_node",  # 0/1 (extension): the node's name as a last level of the job's cgroup
 )
-BOOL_KEYS = ("enable_sshd", "enable_ccm", "extern_cgroup", "long_options")
+BOOL_KEYS = ("enable_sshd", "enable_ccm", "extern_cgroup", "long_options", "cgroup_per_node")
 
 
 @frozen
@@ -33,16 +34,20 @@ class PlugstackArgs:
     extern_cgroup: bool = False
     extern_setup: str | None = None
     long_options: bool = False
+    cgroup_per_node: bool = False
 
     @classmethod
     def parse(cls, args: list[str]) -> "PlugstackArgs":
         values: dict[str, object] = {}
         for arg in args:
+            if arg == "long_options":  # Shifter's plugstack form: a bare word
+                values["long_options"] = True
+                continue
             key, sep, value = arg.partition("=")
             if not sep or not key:
                 raise ConfigError(
                     f"plugstack.conf: argument {arg!r} is not key=value",
-                    f"known keys: {', '.join(KNOWN_KEYS)}",
+                    f"known keys: {', '.join(KNOWN_KEYS)}; long_options may stand alone",
                 )
             if key not in KNOWN_KEYS:
                 raise ConfigError(
@@ -58,3 +63,12 @@ class PlugstackArgs:
                     raise ConfigError(f"plugstack.conf: {key!r} needs a value")
                 values[key] = value
         return cls(**values)
+
+    def option_names(self) -> tuple[str, ...]:
+        """The options the plugin registers in sbatch, salloc and srun (spank/shim.c):
+        with ``long_options`` only ``--shifter.image``, ``--shifter.volume`` and
+        ``--shifter.module`` (no ``--ccm``, as in Shifter); else ``--image``, ``--volume``,
+        ``--module`` and, with ``enable_ccm=1``, ``--ccm``."""
+        if self.long_options:
+            return ("shifter.image", "shifter.volume", "shifter.module")
+        return ("image", "volume", "module") + (("ccm",) if self.enable_ccm else ())

@@ -40,7 +40,7 @@ from shifter.spank.plugstack import PlugstackArgs
 
 #: the variables through which Slurm hands a job's SPANK options to its steps: srun
 #: inside the job reads ``SLURM_SPANK_<name>`` (the job-control environment) and salloc's
-#: shell has ``<name>`` itself (``<name>`` for --shifter-image etc. with long_options=1)
+#: shell has ``<name>`` itself (``_SLURM_SPANK_OPTION_shifter_shifter_image`` etc. for --shifter.image with long_options)
 OPTION_VARS = {
     "image": ("_SLURM_SPANK_OPTION_shifter_image", "_SLURM_SPANK_OPTION_shifter_shifter_image"),
     "volume": ("_SLURM_SPANK_OPTION_shifter_volume", "_SLURM_SPANK_OPTION_shifter_shifter_volume"),
@@ -125,7 +125,18 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=Non
     config = udiconfig.load(plugstack.shifter_config)
     job = JobEnv.of(environ) if step else None
     image = requested = None
-    if "image" in options:
+    ccm = "ccm" in options
+    if ccm:
+        # a step of a --ccm job: the job's --ccm was checked at submission, as this user
+        job_ccm = step and environ.get("SLURM_SPANK_SHIFTER_CCM") == "1" and \
+            environ.get("SLURM_SPANK_SHIFTER_IMAGETYPE") == "local" and environ.get("SLURM_SPANK_SHIFTER_IMAGE") == "/"
+        if step and not job_ccm and "image" not in options:
+            raise UsageError(f"--ccm can't be used in job {environ.get('SLURM_JOB_ID')}: it was submitted "
+                             "without --ccm, so its nodes have no host-root container",
+                             "submit the job with --ccm (sbatch --ccm, salloc --ccm)")
+        check_ccm(options, config, plugstack, site_checked=job_ccm)
+        image = CCM_IMAGE
+    elif "image" in options:
         parsed = parse_image(options["image"], config)
         pinned = job.pinned(parsed) if job is not None else None
         if pinned is not None:
@@ -164,7 +175,28 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=Non
             raise UsageError("invalid --module '': the module list is empty",
                              "use --module=NAME[,NAME] or --module=none")
         select_modules(config, parse_list(module))
-    return JobRequest(image=image, volume=volume, module=module, ccm="ccm" in options, requested=requested)
+    return JobRequest(image=image, volume=volume, module=module, ccm=ccm, requested=requested)
+
+
+#: what a --ccm job runs in: the host's own root (Shifter's image "/" of type local)
+CCM_IMAGE = ImageRef("local", "/")
+
+
+def check_ccm(options: dict[str, str], config, plugstack: PlugstackArgs, site_checked: bool = False) -> None:
+    """--ccm (cluster compatibility mode): the job's tasks run in a container of the
+    host's own root, so it can't be combined with an image (Shifter refuses that too), and
+    it needs the site's ``allowLocalChroot=1`` and, for its per-node sshd, ``enable_sshd=1``."""
+    if "image" in options:
+        raise UsageError(f"--ccm can't be used with --image={options['image']}: a --ccm job runs in the "
+                         "host's own root, not in an image",
+                         "drop --image, or drop --ccm to run in the image")
+    if not config.allowLocalChroot and not site_checked:
+        raise ConfigError("--ccm is not available on this system: udiRoot.conf has allowLocalChroot=0",
+                          "the site enables it with allowLocalChroot=1 (and enable_ccm=1 in plugstack.conf)")
+    if not plugstack.enable_sshd and not site_checked:
+        raise ConfigError("--ccm is not available on this system: plugstack.conf has enable_ccm=1 but not "
+                          "enable_sshd=1 (a --ccm job gets the per-node sshd)",
+                          "the site adds enable_sshd=1 to the shifter line of plugstack.conf")
 
 
 def rewrite_inherited_options(sp: SpankHandle, request: JobRequest, environ) -> None:

@@ -22,16 +22,21 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <slurm/slurm.h> /* SLURM_EXTERN_CONT, slurm_step_id_t (no libslurm is linked) */
 #include <slurm/spank.h>
 
+#include "cgroup_path.h"
 #include "udiconf_key.h"
 
 SPANK_PLUGIN(shifter, 1)
@@ -106,17 +111,17 @@ static struct spank_option options[] = {
     SPANK_OPTIONS_TABLE_END
 };
 
-/* long_options=1: the same options also as --shifter-image, --shifter-volume, ... for
- * sites where another plugin already owns one of the short names. */
+/* long_options (Shifter's bare word, or long_options=1): the options are registered only
+ * under these names, for sites where another plugin owns --image or --volume; --ccm is
+ * not offered then (as in Shifter).  Slurm hands them to the job's steps as
+ * _SLURM_SPANK_OPTION_shifter_shifter_image etc. */
 static struct spank_option long_options[] = {
-    {"shifter-image", "image", "shifter image to use (alias of --image)", 1, OPT_IMAGE,
+    {"shifter.image", "image", "shifter image to use (docker:repo:tag, repo:tag, id:<hex>)", 1,
+     OPT_IMAGE, (spank_opt_cb_f) opt_cb},
+    {"shifter.volume", "volume", "shifter volume bindings (src:dst[:flags][;...])", 1, OPT_VOLUME,
      (spank_opt_cb_f) opt_cb},
-    {"shifter-volume", "volume", "shifter volume bindings (alias of --volume)", 1, OPT_VOLUME,
-     (spank_opt_cb_f) opt_cb},
-    {"shifter-module", "module", "shifter modules (alias of --module)", 1, OPT_MODULE,
-     (spank_opt_cb_f) opt_cb},
-    {"shifter-ccm", NULL, "ccm emulation mode (alias of --ccm)", 0, OPT_CCM,
-     (spank_opt_cb_f) opt_cb},
+    {"shifter.module", "module", "shifter modules to load (comma separated, 'none' for none)", 1,
+     OPT_MODULE, (spank_opt_cb_f) opt_cb},
     SPANK_OPTIONS_TABLE_END
 };
 
@@ -125,14 +130,27 @@ static struct spank_option long_options[] = {
 
 static const char *const known_keys[] = {
     "shifter_config", "enable_sshd", "enable_ccm", "memory_cgroup",
-    "extern_cgroup",  "extern_setup", "long_options", NULL
+    "extern_cgroup",  "extern_setup", "long_options", "cgroup_per_node", NULL
 };
 static const char *const bool_keys[] = {
-    "enable_sshd", "enable_ccm", "extern_cgroup", "long_options", NULL
+    "enable_sshd", "enable_ccm", "extern_cgroup", "long_options", "cgroup_per_node", NULL
 };
 
-static int enable_ccm = 0, use_long_options = 0;
+static int enable_ccm = 0, use_long_options = 0, extern_cgroup = 0, cgroup_per_node = 0;
 static char *shifter_config = NULL; /* plugstack shifter_config=, if given */
+static char *memory_cgroup = NULL;  /* memory_cgroup=, if given */
+static char *extern_setup = NULL;   /* extern_setup=, if given */
+
+static int is_key(const char *arg, size_t keylen, const char *key)
+{
+    return strlen(key) == keylen && strncmp(arg, key, keylen) == 0;
+}
+
+static void set_arg(char **dst, const char *value)
+{
+    free(*dst);
+    *dst = strdup(value);
+}
 
 static int in_list(const char *key, size_t keylen, const char *const *list)
 {
@@ -144,24 +162,29 @@ static int in_list(const char *key, size_t keylen, const char *const *list)
 /* Validates every plugstack argument; 0 = ok, -1 = error already reported. */
 static int parse_plugstack(int ac, char **av)
 {
-    enable_ccm = 0;
-    use_long_options = 0;
+    enable_ccm = use_long_options = extern_cgroup = cgroup_per_node = 0;
     free(shifter_config);
-    shifter_config = NULL;
+    free(memory_cgroup);
+    free(extern_setup);
+    shifter_config = memory_cgroup = extern_setup = NULL;
     for (int i = 0; i < ac; i++) {
         const char *arg = av[i];
         const char *eq = strchr(arg, '=');
+        if (strcmp(arg, "long_options") == 0) { /* Shifter's form: a bare word */
+            use_long_options = 1;
+            continue;
+        }
         if (eq == NULL || eq == arg) {
             slurm_error(PLUGIN ": plugstack.conf: argument '%s' is not key=value "
                         "(known keys: shifter_config, enable_sshd, enable_ccm, memory_cgroup, "
-                        "extern_cgroup, extern_setup, long_options)", arg);
+                        "extern_cgroup, extern_setup, long_options, cgroup_per_node; long_options may stand alone)", arg);
             return -1;
         }
         size_t keylen = (size_t) (eq - arg);
         if (!in_list(arg, keylen, known_keys)) {
             slurm_error(PLUGIN ": plugstack.conf: unknown argument '%.*s' in '%s' "
                         "(known keys: shifter_config, enable_sshd, enable_ccm, memory_cgroup, "
-                        "extern_cgroup, extern_setup, long_options)", (int) keylen, arg, arg);
+                        "extern_cgroup, extern_setup, long_options, cgroup_per_node)", (int) keylen, arg, arg);
             return -1;
         }
         const char *value = eq + 1;
@@ -171,14 +194,20 @@ static int parse_plugstack(int ac, char **av)
                             (int) keylen, arg, value);
                 return -1;
             }
-            if (strncmp(arg, "enable_ccm", keylen) == 0) enable_ccm = value[0] == '1';
-            if (strncmp(arg, "long_options", keylen) == 0) use_long_options = value[0] == '1';
+            int on = value[0] == '1';
+            if (is_key(arg, keylen, "enable_ccm")) enable_ccm = on;
+            if (is_key(arg, keylen, "long_options")) use_long_options = on;
+            if (is_key(arg, keylen, "extern_cgroup")) extern_cgroup = on;
+            if (is_key(arg, keylen, "cgroup_per_node")) cgroup_per_node = on;
         } else if (value[0] == '\0') {
             slurm_error(PLUGIN ": plugstack.conf: '%.*s' needs a value", (int) keylen, arg);
             return -1;
-        } else if (keylen == 14 && strncmp(arg, "shifter_config", keylen) == 0) {
-            free(shifter_config);
-            shifter_config = strdup(value);
+        } else if (is_key(arg, keylen, "shifter_config")) {
+            set_arg(&shifter_config, value);
+        } else if (is_key(arg, keylen, "memory_cgroup")) {
+            set_arg(&memory_cgroup, value);
+        } else if (is_key(arg, keylen, "extern_setup")) {
+            set_arg(&extern_setup, value);
         }
     }
     return 0;
@@ -308,8 +337,7 @@ static int active(spank_t sp)
      * callbacks are not reliably run there), once and before any Python. */
     if ((ctx == S_CTX_JOB_SCRIPT || ctx == S_CTX_REMOTE) && !fetched && !have_option()) {
         fetched = 1;
-        fetch_job_options(sp, options);
-        if (use_long_options) fetch_job_options(sp, long_options);
+        fetch_job_options(sp, use_long_options ? long_options : options);
     }
     if (ctx == S_CTX_JOB_SCRIPT) {
         const char *img = getenv("SPANK_SHIFTER_IMAGE");
@@ -334,6 +362,9 @@ static int active(spank_t sp)
  *    only inherits them matches.  It was validated at submission, as this user: the
  *    step's tasks get the request (SHIFTER_IMAGE, SHIFTER_IMAGETYPE, SHIFTER_IMAGEREQUEST
  *    = the job's, SHIFTER_VOLUME, SHIFTER_MODULE, SHIFTER_CCM) and nothing is checked again.
+ *  - a step of a --ccm job whose only shifter option is the job's --ccm (the job's
+ *    SLURM_SPANK_SHIFTER_CCM=1, IMAGETYPE=local, IMAGE=/, no volume or module): the
+ *    tasks get SHIFTER_IMAGE=/, SHIFTER_IMAGETYPE=local, SHIFTER_CCM=1 (route_ccm_step).
  *  - a submission (sbatch, salloc, an srun creating its allocation) whose only shifter
  *    option is --image=id:<64 lowercase hex>, whose udiRoot.conf gives imagePath
  *    (udiconf_key.h), and whose <imagePath>/<id>.meta and .squashfs this process (the
@@ -399,9 +430,32 @@ static int hand_over(spank_t sp, const struct request_env *r, int required, int 
     return 0;
 }
 
+/* A step of a --ccm job that asks for nothing but the job's --ccm: the tasks get the
+ * job's request (the host root, local:/) as Python would give it.  1 = handled, 0 = not. */
+static int route_ccm_step(spank_t sp)
+{
+    if (!opt_ccm || opt_image_set || opt_volume_set || opt_module_set) return 0;
+    const char *ccm = getenv("SLURM_SPANK_SHIFTER_CCM");
+    const char *type = getenv("SLURM_SPANK_SHIFTER_IMAGETYPE");
+    const char *image = getenv("SLURM_SPANK_SHIFTER_IMAGE");
+    if (ccm == NULL || strcmp(ccm, "1") != 0 || type == NULL || strcmp(type, "local") != 0
+        || image == NULL || strcmp(image, "/") != 0)
+        return 0;
+    if (getenv("SLURM_SPANK_SHIFTER_VOLUME") != NULL || getenv("SLURM_SPANK_SHIFTER_MODULE") != NULL) return 0;
+    struct request_env r = {.n = 0};
+    add_env(&r, "SHIFTER_IMAGE", "/");
+    add_env(&r, "SHIFTER_IMAGETYPE", "local");
+    add_env(&r, "SHIFTER_CCM", "1");
+    if (hand_over(sp, &r, 0, 1) != 0) return -1;
+    slurm_debug(PLUGIN ": the step uses its job's --ccm");
+    return 1;
+}
+
 /* 1 = handled, 0 = ask Python, -1 = error reported. */
 static int route_job_request(spank_t sp)
 {
+    int ccm_step = route_ccm_step(sp);
+    if (ccm_step != 0) return ccm_step;
     const char *type = env_nonempty("SLURM_SPANK_SHIFTER_IMAGETYPE");
     const char *id = env_nonempty("SLURM_SPANK_SHIFTER_IMAGE");
     if (!opt_image_set || opt_image == NULL || type == NULL || id == NULL) return 0;
@@ -481,6 +535,350 @@ static int route_without_python(spank_t sp)
 }
 
 /* ------------------------------------------------------------------------ */
+/* --ccm: a task enters its job's host-root container (no Python)            */
+/*
+ * The prolog of a --ccm job builds, on every node, the job's container of the host's own
+ * root (local:/) at the job's path <udiMount>.jobs/<job id>/root (shifter.runtime.jobpath).
+ * Each task of the job, in slurmstepd, still root, before Slurm drops to the user
+ * (task_init_privileged), chroots into it and goes back to its working directory there,
+ * as the user (a root-squashed filesystem refuses root); if that fails it says so and
+ * goes to /tmp, as Shifter does.  Only a container root built for this job with the
+ * image local:/ is entered (its launch plan says so: written by root, at the end of the
+ * setup).  A step that asks for its own --image does not enter it (Shifter's rule).
+ */
+
+#ifndef SLURM_EXTERN_CONT
+#define SLURM_EXTERN_CONT (0xfffffffc)
+#endif
+#define PLAN_RELPATH "var/shifter/launch.plan"
+#define PLAN_MAX (1024 * 1024)
+
+/* Does the plan at `fd` (root's, a regular file) describe a local:/ container of `job`? */
+static int plan_is_ccm(int fd, uint32_t job)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != 0 || st.st_size <= 0
+        || st.st_size > PLAN_MAX)
+        return 0;
+    size_t len = (size_t) st.st_size;
+    char *buf = malloc(len + 1);
+    if (buf == NULL) return 0;
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = read(fd, buf + got, len - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += (size_t) n;
+    }
+    int ok = 0, type = 0, image = 0, jobid = 0;
+    char want_job[32];
+    snprintf(want_job, sizeof(want_job), "%u", job);
+    if (got == len && buf[len - 1] == '\0') {
+        /* NUL-terminated strings: "SHIFTER_PLAN" "1" then KEY VALUE pairs, "END" "" */
+        const char *p = buf, *end = buf + len;
+        const char *magic = p;
+        p += strlen(p) + 1;
+        if (strcmp(magic, "SHIFTER_PLAN") == 0 && p < end && strcmp(p, "1") == 0) {
+            p += strlen(p) + 1;
+            while (p < end) {
+                const char *key = p;
+                p += strlen(p) + 1;
+                if (p >= end) break;
+                const char *value = p;
+                p += strlen(p) + 1;
+                if (strcmp(key, "END") == 0) { ok = 1; break; }
+                if (strcmp(key, "image_type") == 0) type = strcmp(value, "local") == 0;
+                if (strcmp(key, "image_id") == 0) image = strcmp(value, "/") == 0;
+                if (strcmp(key, "jobid") == 0) jobid = strcmp(value, want_job) == 0;
+            }
+        }
+    }
+    free(buf);
+    return ok && type && image && jobid;
+}
+
+/* The user's mistake the prolog recorded for the job (<udiMount>.jobs/<job>/error), if any. */
+static void report_job_error(const char *job_dir)
+{
+    char path[PATH_MAX + 16], text[1024];
+    if ((size_t) snprintf(path, sizeof(path), "%s/error", job_dir) >= sizeof(path)) return;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return;
+    ssize_t n = read(fd, text, sizeof(text) - 1);
+    close(fd);
+    if (n <= 0) return;
+    text[n] = '\0';
+    text[strcspn(text, "\n")] = '\0';
+    slurm_error(PLUGIN ": %s", text);
+}
+
+/* Says `msg` as an error: slurmstepd logs it and forwards it to the step's srun (the
+ * user sees "slurmstepd-<node>: error: shifter: ..."). */
+static void task_say(const char *msg)
+{
+    slurm_error(PLUGIN ": %s", msg);
+}
+
+/* 2 = the step has --ccm (its own or inherited option), 1 = only the job's environment
+ * says SHIFTER_CCM=1 (which a job submitted from a --ccm job's shell inherits too), 0 = no. */
+static int ccm_requested(spank_t sp)
+{
+    char value[8] = "";
+    if (opt_image_set) return 0; /* a step's own image: not the host root */
+    if (opt_ccm) return 2;
+    return spank_getenv(sp, "SLURM_SPANK_SHIFTER_CCM", value, (int) sizeof(value)) == ESPANK_SUCCESS
+           && strcmp(value, "1") == 0;
+}
+
+/* Runs as the job's user (effective ids; real ids stay root): back to `cwd`, else /tmp. */
+static int enter_cwd_as_user(spank_t sp, const char *cwd)
+{
+    uid_t uid;
+    gid_t gid, *gids = NULL;
+    int ngids = 0;
+    if (spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS
+        || spank_get_item(sp, S_JOB_GID, &gid) != ESPANK_SUCCESS) {
+        task_say("ccm: can't get the job's user and group");
+        return -1;
+    }
+    if (spank_get_item(sp, S_JOB_SUPPLEMENTARY_GIDS, &gids, &ngids) != ESPANK_SUCCESS) {
+        gids = NULL;
+        ngids = 0;
+    }
+    gid_t old_gid = getegid();
+    int nold = getgroups(0, NULL);
+    gid_t *old = nold > 0 ? calloc((size_t) nold, sizeof(gid_t)) : NULL;
+    if (nold < 0 || (nold > 0 && (old == NULL || getgroups(nold, old) < 0))) {
+        free(old);
+        task_say("ccm: can't read the task's groups");
+        return -1;
+    }
+    int rc = 0;
+    if (setgroups((size_t) ngids, gids) != 0 || setegid(gid) != 0 || seteuid(uid) != 0) {
+        task_say("ccm: can't take the job user's identity to enter the working directory");
+        rc = -1;
+    } else if (chdir(cwd) != 0) {
+        char msg[PATH_MAX + 160];
+        snprintf(msg, sizeof(msg), "ccm: can't enter the working directory %s in the host-root "
+                 "container (%s): going to /tmp instead", cwd, strerror(errno));
+        task_say(msg);
+        if (chdir("/tmp") != 0) {
+            task_say("ccm: can't enter /tmp in the host-root container either");
+            rc = -1;
+        }
+    }
+    /* back to root's effective ids: Slurm drops privileges itself after this hook */
+    if (seteuid(0) != 0 || setegid(old_gid) != 0 || setgroups((size_t) (nold > 0 ? nold : 0), old) != 0) {
+        task_say("ccm: can't return to root's identity");
+        rc = -1;
+    }
+    free(old);
+    return rc;
+}
+
+/* 0 = entered (or nothing to do), -1 = the task must fail (said why). */
+static int ccm_enter(spank_t sp, int ac, char **av)
+{
+    uint32_t job = 0, step = 0;
+    if (spank_get_item(sp, S_JOB_STEPID, &step) == ESPANK_SUCCESS && step == SLURM_EXTERN_CONT) return 0;
+    int requested = ccm_requested(sp);
+    if (!requested) return 0;
+    if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS || job == 0) {
+        task_say("ccm: can't get the job id");
+        return -1;
+    }
+    char conf[PATH_MAX], mount[PATH_MAX], job_dir[PATH_MAX + 48], root[PATH_MAX + 64];
+    if (config_path(conf, sizeof(conf)) != 0 || udiconf_read_udi_mount(conf, mount, sizeof(mount)) != 0) {
+        task_say("ccm: can't read udiMount from udiRoot.conf (hint: udiMount must be set at most once, "
+                 "to an absolute path)");
+        return -1;
+    }
+    size_t m = strlen(mount);
+    while (m > 1 && mount[m - 1] == '/') m--;
+    snprintf(job_dir, sizeof(job_dir), "%.*s.jobs/%u", (int) m, mount, job);
+    snprintf(root, sizeof(root), "%s/root", job_dir);
+
+    char cwd[PATH_MAX];
+    if (getcwd(cwd, sizeof(cwd)) == NULL) snprintf(cwd, sizeof(cwd), "/tmp");
+    int fd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int plan = fd < 0 ? -1 : openat(fd, PLAN_RELPATH, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    int ccm = plan >= 0 && plan_is_ccm(plan, job);
+    if (plan >= 0) close(plan);
+    if (!ccm && requested == 1) { /* only an environment variable: not a --ccm job here */
+        if (fd >= 0) close(fd);
+        return 0;
+    }
+    if (!ccm) {
+        if (fd >= 0) close(fd);
+        char msg[PATH_MAX + 200];
+        snprintf(msg, sizeof(msg), "ccm: job %u has no host-root container on this node (%s); "
+                 "the prolog did not prepare it (see the slurmd log)", job, root);
+        report_job_error(job_dir);
+        task_say(msg);
+        return -1;
+    }
+    if (fchdir(fd) != 0 || chroot(".") != 0 || chdir("/") != 0) {
+        char msg[2 * PATH_MAX];
+        snprintf(msg, sizeof(msg), "ccm: can't enter the host-root container %s: %s", root, strerror(errno));
+        close(fd);
+        task_say(msg);
+        return -1;
+    }
+    close(fd);
+    (void) ac;
+    (void) av;
+    return enter_cwd_as_user(sp, cwd);
+}
+
+/* ------------------------------------------------------------------------ */
+/* the job's extern step (PrologFlags=Contain): extern_cgroup, extern_setup  */
+/*
+ * In the extern step's slurmstepd (task_post_fork of step SLURM_EXTERN_CONT, which Slurm
+ * starts after the prolog), for a job that has a shifter container on this node:
+ *  - extern_cgroup=1: every process of the job's cgroup (memory_cgroup; cgroup_path.h),
+ *    i.e. what the prolog left running, such as the per-node sshd, is adopted into the
+ *    extern step through slurmstepd's own stepd_add_extern_pid: Slurm then tracks it
+ *    (proctrack), accounts for it and kills it with the job;
+ *  - extern_setup=<script>: the site's script runs (as root, no arguments, cwd /), each
+ *    line of its output logged (slurmd log); a failure is logged and fails the hook.
+ * All in C: the extern step never starts Python.
+ */
+
+typedef int (*stepd_connect_f)(const char *dir, const char *node, slurm_step_id_t *step, uint16_t *proto);
+typedef int (*stepd_add_extern_pid_f)(int fd, uint16_t proto, pid_t pid);
+
+static void node_name(spank_t sp, char *out, size_t len)
+{
+    out[0] = '\0';
+    if (spank_getenv(sp, "SLURMD_NODENAME", out, (int) len) == ESPANK_SUCCESS && out[0] != '\0') return;
+    const char *env = getenv("SLURMD_NODENAME");
+    if (env != NULL && env[0] != '\0') { snprintf(out, len, "%s", env); return; }
+    if (gethostname(out, len) != 0) out[0] = '\0';
+    out[len - 1] = '\0';
+}
+
+/* Does job `job` have a shifter container on this node (its launch plan, root's)? */
+static int job_has_container(uint32_t job)
+{
+    char conf[PATH_MAX], mount[PATH_MAX], plan[2 * PATH_MAX];
+    struct stat st;
+    if (config_path(conf, sizeof(conf)) != 0 || udiconf_read_udi_mount(conf, mount, sizeof(mount)) != 0) return 0;
+    size_t m = strlen(mount);
+    while (m > 1 && mount[m - 1] == '/') m--;
+    snprintf(plan, sizeof(plan), "%.*s.jobs/%u/root/" PLAN_RELPATH, (int) m, mount, job);
+    return lstat(plan, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == 0;
+}
+
+static int adopt_cgroup(spank_t sp, uint32_t job, uid_t uid)
+{
+    char node[256], path[PATH_MAX], procs[PATH_MAX + 16];
+    node_name(sp, node, sizeof(node));
+    if (cgroup_job_path(memory_cgroup, uid, job, cgroup_per_node ? node : NULL, path, sizeof(path)) != 0) {
+        slurm_error(PLUGIN ": extern step: job %u: no cgroup path for node '%s'", job, node);
+        return -1;
+    }
+    snprintf(procs, sizeof(procs), "%s/cgroup.procs", path);
+    FILE *f = fopen(procs, "re");
+    if (f == NULL) {
+        slurm_info(PLUGIN ": extern step: job %u: no cgroup %s (%s): nothing to adopt", job, path, strerror(errno));
+        return 0;
+    }
+    stepd_connect_f connect_f = (stepd_connect_f) dlsym(RTLD_DEFAULT, "stepd_connect");
+    stepd_add_extern_pid_f add_f = (stepd_add_extern_pid_f) dlsym(RTLD_DEFAULT, "stepd_add_extern_pid");
+    if (connect_f == NULL || add_f == NULL) {
+        fclose(f);
+        slurm_error(PLUGIN ": extern step: job %u: this slurmstepd has no stepd_connect/stepd_add_extern_pid",
+                    job);
+        return -1;
+    }
+    slurm_step_id_t step = {.job_id = job, .step_id = SLURM_EXTERN_CONT, .step_het_comp = NO_VAL};
+    uint16_t proto = 0;
+    int fd = connect_f(NULL, node, &step, &proto);
+    if (fd < 0) {
+        fclose(f);
+        slurm_error(PLUGIN ": extern step: job %u: can't connect to the extern step on %s", job, node);
+        return -1;
+    }
+    int rc = 0, n = 0;
+    long pid;
+    while (fscanf(f, "%ld", &pid) == 1) {
+        if (pid <= 1) continue;
+        if (add_f(fd, proto, (pid_t) pid) != 0) {
+            slurm_error(PLUGIN ": extern step: job %u: can't adopt pid %ld", job, pid);
+            rc = -1;
+        } else {
+            n++;
+        }
+    }
+    fclose(f);
+    close(fd);
+    slurm_info(PLUGIN ": extern step: job %u: adopted %d process(es) of %s", job, n, path);
+    return rc;
+}
+
+static int run_extern_setup(uint32_t job)
+{
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) != 0) {
+        slurm_error(PLUGIN ": extern_setup: job %u: pipe: %s", job, strerror(errno));
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(pipefd[0]);
+        close(pipefd[1]);
+        slurm_error(PLUGIN ": extern_setup: job %u: fork: %s", job, strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0) dup2(null, STDIN_FILENO);
+        dup2(pipefd[1], STDOUT_FILENO);
+        dup2(pipefd[1], STDERR_FILENO);
+        if (chdir("/") != 0) _exit(126);
+        char jobid[32];
+        snprintf(jobid, sizeof(jobid), "%u", job);
+        setenv("SLURM_JOB_ID", jobid, 1);
+        execl(extern_setup, extern_setup, (char *) NULL);
+        dprintf(STDERR_FILENO, "can't run %s: %s\n", extern_setup, strerror(errno));
+        _exit(127);
+    }
+    close(pipefd[1]);
+    FILE *out = fdopen(pipefd[0], "r");
+    char line[1024];
+    while (out != NULL && fgets(line, sizeof(line), out) != NULL) {
+        line[strcspn(line, "\n")] = '\0';
+        slurm_info(PLUGIN ": extern_setup: job %u: %s", job, line);
+    }
+    if (out != NULL) fclose(out); else close(pipefd[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        slurm_error(PLUGIN ": extern_setup: job %u: %s failed (%s %d)", job, extern_setup,
+                    WIFEXITED(status) ? "exit" : "signal",
+                    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+        return -1;
+    }
+    slurm_info(PLUGIN ": extern_setup: job %u: %s done", job, extern_setup);
+    return 0;
+}
+
+static int extern_step_setup(spank_t sp)
+{
+    uint32_t job = 0, step = 0;
+    uid_t uid = 0;
+    if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS || step != SLURM_EXTERN_CONT) return 0;
+    if (!(extern_cgroup && memory_cgroup) && extern_setup == NULL) return 0;
+    if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS || spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS)
+        return 0;
+    if (!job_has_container(job)) return 0;
+    int rc = 0;
+    if (extern_cgroup && memory_cgroup && adopt_cgroup(sp, job, uid) != 0) rc = -1;
+    if (extern_setup != NULL && run_extern_setup(job) != 0) rc = -1;
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
 /* SPANK entry points                                                        */
 
 int slurm_spank_init(spank_t sp, int ac, char **av)
@@ -488,16 +886,15 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
     if (parse_plugstack(ac, av) != 0) return -1;
     spank_context_t ctx = spank_context();
     if (ctx == S_CTX_LOCAL || ctx == S_CTX_REMOTE || ctx == S_CTX_ALLOCATOR) {
-        if (register_table(sp, options) != 0) return -1;
-        if (use_long_options && register_table(sp, long_options) != 0) return -1;
+        if (register_table(sp, use_long_options ? long_options : options) != 0) return -1;
     }
     return 0;
 }
 
 /* Python is started only where a context module has work: submission (allocator and
- * local init_post_opt) and the job's prolog/epilog.  Hooks of the remote context
- * (slurmstepd) have none yet, so steps never pay for an interpreter; when one gains
- * work, add its context to has_work(). */
+ * local init_post_opt) and the job's prolog/epilog.  In the remote context (slurmstepd)
+ * the shim does the work itself, in C (task_init_privileged: --ccm; task_post_fork: the
+ * extern step), so steps never pay for an interpreter. */
 static int has_work(const char *hook)
 {
     spank_context_t ctx = spank_context();
@@ -521,9 +918,22 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 }
 FORWARD(local_user_init)
 FORWARD(user_init)
-FORWARD(task_init_privileged)
+
+/* --ccm tasks enter the job's host-root container here, in C (a task never starts Python). */
+int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
+{
+    if (!enable_ccm || spank_context() != S_CTX_REMOTE) return 0;
+    (void) active(sp); /* fetches the step's shifter options from Slurm */
+    return ccm_enter(sp, ac, av);
+}
 FORWARD(task_init)
-FORWARD(task_post_fork)
+
+/* The job's extern step adopts the job's cgroup and runs extern_setup (in C). */
+int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
+{
+    if (spank_context() != S_CTX_REMOTE) return 0;
+    return extern_step_setup(sp);
+}
 FORWARD(task_exit)
 FORWARD(exit)
 

@@ -1,6 +1,7 @@
 /*
- * udiRoot.conf's imagePath, read in C by the SPANK shim so that `--image=id:<id>` needs no
- * Python at submission (spank/shim.c).
+ * udiRoot.conf's imagePath and udiMount, read in C by the SPANK shim: imagePath so that
+ * `--image=id:<id>` needs no Python at submission, udiMount so that a `--ccm` task enters
+ * the job's host-root container without Python in slurmstepd (spank/shim.c).
  *
  * This is a deliberately partial reader of the syntax that shifter.runtime.confsyntax owns
  * (`key=value` lines, `#` comments, a trailing `\` continues a line).  It answers only when
@@ -9,6 +10,8 @@
  * set exactly once to an absolute path.  Anything else returns -1 ("ask Python"), and the
  * caller then lets Python read the file.  It does not check the rest of the file (unknown
  * keys, bad values): every Python reader of the configuration does, the prolog included.
+ *
+ * udiMount follows the same rules (not set: Python's default /var/udiMount).
  *
  * The vectors both parsers must follow: tests/data/udiconf_imagepath.json
  * (tests/unit/test_shim_route.py).
@@ -31,7 +34,7 @@ static int udiconf_blank(char c) { return c == ' ' || c == '\t'; }
  * `key=value` split and both sides trimmed, as confsyntax.entries does.  Returns 1 when
  * the line sets imagePath (its value and length given back), 0 for another key or none,
  * -1 for a line Python refuses (no '=' or an empty key). */
-static int udiconf_entry(const char *s, const char *e, const char **val, size_t *vlen)
+static int udiconf_entry(const char *s, const char *e, const char *key, const char **val, size_t *vlen)
 {
     const char *hash = memchr(s, '#', (size_t) (e - s));
     if (hash != NULL) e = hash;
@@ -45,14 +48,17 @@ static int udiconf_entry(const char *s, const char *e, const char **val, size_t 
     if (ke == s) return -1;
     const char *v = eq + 1;
     while (v < e && udiconf_blank(*v)) v++;
-    if ((size_t) (ke - s) != 9 || memcmp(s, "imagePath", 9) != 0) return 0;
+    size_t klen = strlen(key);
+    if ((size_t) (ke - s) != klen || memcmp(s, key, klen) != 0) return 0;
     *val = v;
     *vlen = (size_t) (e - v);
     return 1;
 }
 
-/* imagePath of the configuration text [text, text+len) into out; 0 = found, -1 = ask Python. */
-static int udiconf_image_path(const char *text, size_t len, char *out, size_t outlen)
+/* The value of `key` in the configuration text [text, text+len) into out: 0 = set once
+ * (its value given back), 1 = not set, -1 = not sure (Python refuses the file, or would
+ * read it otherwise). */
+static int udiconf_value(const char *text, size_t len, const char *key, char *out, size_t outlen)
 {
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char) text[i];
@@ -79,7 +85,7 @@ static int udiconf_image_path(const char *text, size_t len, char *out, size_t ou
             used += (size_t) (le - p);
             const char *v;
             size_t n;
-            int r = udiconf_entry(logical, logical + used, &v, &n);
+            int r = udiconf_entry(logical, logical + used, key, &v, &n);
             if (r < 0) rc = -1;
             if (r == 1) {
                 if (found++) rc = -1; /* set twice: Python refuses the file */
@@ -94,7 +100,7 @@ static int udiconf_image_path(const char *text, size_t len, char *out, size_t ou
     if (rc == 0 && pending) { /* a continuation at the end of the file */
         const char *v;
         size_t n;
-        int r = udiconf_entry(logical, logical + used, &v, &n);
+        int r = udiconf_entry(logical, logical + used, key, &v, &n);
         if (r < 0) rc = -1;
         if (r == 1) {
             if (found++) rc = -1;
@@ -102,14 +108,36 @@ static int udiconf_image_path(const char *text, size_t len, char *out, size_t ou
         }
     }
     free(logical);
-    if (rc != 0 || found != 1 || val == NULL) return -1;
+    (void) vlen;
+    if (rc != 0) return -1;
+    if (found == 0) return 1;
+    return val == NULL ? -1 : 0;
+}
+
+/* imagePath of the configuration text into out; 0 = found, -1 = ask Python. */
+static int udiconf_image_path(const char *text, size_t len, char *out, size_t outlen)
+{
+    if (udiconf_value(text, len, "imagePath", out, outlen) != 0) return -1;
     /* empty: Python's default imagePath; relative: Python refuses it */
-    if (vlen == 0 || out[0] != '/') return -1;
+    if (out[0] != '/') return -1;
     return 0;
 }
 
-/* Reads the file at `path` (as the calling process) and gives its imagePath; -1 = ask Python. */
-static int udiconf_read_image_path(const char *path, char *out, size_t outlen)
+/* udiMount of the configuration text into out (Python's default /var/udiMount when it is
+ * not set); 0 = found, -1 = not sure. */
+static int udiconf_udi_mount(const char *text, size_t len, char *out, size_t outlen)
+{
+    int r = udiconf_value(text, len, "udiMount", out, outlen);
+    if (r == 1) return (size_t) snprintf(out, outlen, "/var/udiMount") < outlen ? 0 : -1;
+    if (r != 0 || out[0] != '/') return -1;
+    return 0;
+}
+
+typedef int (*udiconf_reader_f)(const char *text, size_t len, char *out, size_t outlen);
+
+/* Reads the file at `path` (as the calling process) and gives what `reader` finds there;
+ * -1 = not sure (ask Python where it can be asked). */
+static int udiconf_read(const char *path, udiconf_reader_f reader, char *out, size_t outlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
@@ -129,9 +157,19 @@ static int udiconf_read_image_path(const char *path, char *out, size_t outlen)
         got += (size_t) n;
     }
     close(fd);
-    int rc = got == size ? udiconf_image_path(buf, got, out, outlen) : -1;
+    int rc = got == size ? reader(buf, got, out, outlen) : -1;
     free(buf);
     return rc;
+}
+
+static int udiconf_read_image_path(const char *path, char *out, size_t outlen)
+{
+    return udiconf_read(path, udiconf_image_path, out, outlen);
+}
+
+static int udiconf_read_udi_mount(const char *path, char *out, size_t outlen)
+{
+    return udiconf_read(path, udiconf_udi_mount, out, outlen);
 }
 
 #endif

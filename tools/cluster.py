@@ -96,16 +96,22 @@ def write_configs(site: Site) -> bool:
     nodes = node_table(site)
     udiroot = site.udiroot_conf
     write_etc_files(site.etc_files)
+    if site.contain:
+        templates.write("extern_setup.sh", site.extern_setup, mode=0o755)
+        templates.write("daemon-roothook.sh", site.daemon_roothook, mode=0o755)
     templates.write("udiRoot.conf", udiroot, **site.udiroot_context())
     changed = templates.write(
         "plugstack.conf", site.plugstack_conf,
-        plugin_path=site.plugin_path, udiroot_conf=udiroot, plugin_args={},
+        plugin_path=site.plugin_path, udiroot_conf=udiroot, plugin_args=site.plugin_args(),
     )
+    changed |= templates.write("cgroup.conf", site.cgroup_conf)
     changed |= templates.write(
         "slurm.conf", site.slurm_conf,
         cluster_name="shifter", slurmctld_port=site.slurmctld_port, munge_socket=site.munge_socket,
         plugstack_conf=site.plugstack_conf, state_dir=site.state, spool_dir=site.spool,
         run_dir=site.run, log_dir=site.log, nodes=nodes, cpus=2, memory_mb=1000, partition="debug",
+        proctrack="proctrack/cgroup" if site.contain else "proctrack/linuxproc",
+        prolog_flags="Alloc,Contain" if site.contain else "Alloc",
     )
     templates.write("hosts", os.path.join(site.etc, "hosts"), nodes=nodes)
     return changed
@@ -125,7 +131,7 @@ def config_stamp(site: Site) -> str:
     """What slurmd has loaded: slurm.conf, plugstack.conf and the plugin's shim.  (The
     embedded Python module is loaded afresh by every process that needs it.)"""
     h = hashlib.sha256()
-    for path in (site.slurm_conf, site.plugstack_conf, site.plugin_path):
+    for path in (site.slurm_conf, site.plugstack_conf, site.cgroup_conf, site.plugin_path):
         try:
             with open(path, "rb") as f:
                 h.update(hashlib.sha256(f.read()).digest())
@@ -460,7 +466,7 @@ def up(site: Site, checkout: str | None = None, images: bool = True) -> None:
         say("slurm.conf, plugstack.conf or the plugin changed: restarting Slurm")
     slurmctld_up(site, fresh=fresh and bool(previous.get("stamp")))
     slurmd_up(site)
-    save_state(site, stamp=stamp, nodes=site.nodes)
+    save_state(site, stamp=stamp, nodes=site.nodes, contain=site.contain)
     wait_idle(site)
     say(f"slurm: {site.nodes} nodes idle ({time.monotonic() - t0:.1f} s)")
     from shifter.tools import registry
@@ -538,13 +544,16 @@ def main(argv=None) -> int:
     parser.add_argument("-n", "--nodes", type=int, default=None,
                         help=f"number of slurmd (1..{MAX_NODES}; default: as before, else 3)")
     parser.add_argument("--no-images", action="store_true", help="do not build/push the test images")
+    parser.add_argument("--contain", action="store_true",
+                        help="the contain configuration: PrologFlags=Alloc,Contain, proctrack/cgroup, --ccm, "
+                             "memory_cgroup, extern_cgroup, extern_setup (without it: the default one)")
     args = parser.parse_args(argv)
     site = Site()
     nodes = args.nodes or saved_state(site).get("nodes") or 3
     if not 1 <= nodes <= MAX_NODES:
         print(f"cluster: --nodes must be 1..{MAX_NODES}, not {nodes}", file=sys.stderr)
         return 2
-    site = replace(site, nodes=nodes)
+    site = replace(site, nodes=nodes, contain=args.contain)
     checkout = os.environ.get("SHIFTER_CHECKOUT")
     try:
         if args.command == "up":

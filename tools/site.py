@@ -26,6 +26,13 @@ class Site:
     gateway_port: int = 8000
     registry_user: str = "shifter"
     registry_password: str = "shifter-test-pw"
+    #: the "contain" configuration (``tools/cluster up --contain``): PrologFlags=Alloc,Contain,
+    #: proctrack/cgroup, the plugin's --ccm, memory_cgroup (per node), extern_cgroup and
+    #: extern_setup, allowLocalChroot=1; the default configuration has none of these
+    contain: bool = False
+    #: the contain configuration's memory_cgroup (default: cgroup v1's memory controller;
+    #: tests also run it on the v2 hierarchy)
+    cgroup_mount: str = ""
 
     # directories -------------------------------------------------------------
     @property
@@ -70,6 +77,29 @@ class Site:
     @property
     def plugstack_conf(self) -> str:
         return os.path.join(self.etc, "plugstack.conf")
+
+    @property
+    def cgroup_conf(self) -> str:
+        """Slurm reads cgroup.conf beside slurm.conf (proctrack/cgroup, contain configuration)."""
+        return os.path.join(self.etc, "cgroup.conf")
+
+    @property
+    def extern_setup(self) -> str:
+        """The contain configuration's extern_setup script (logs one line per job)."""
+        return os.path.join(self.etc, "extern_setup.sh")
+
+    @property
+    def daemon_roothook(self) -> str:
+        """The contain configuration's test module "daemon": its roothook leaves a process."""
+        return os.path.join(self.etc, "daemon-roothook.sh")
+
+    def plugin_args(self) -> dict:
+        """plugstack.conf arguments after shifter_config=."""
+        if not self.contain:
+            return {}
+        # the local nodes share one kernel: the node's name is a level of the job's cgroup
+        return {"enable_ccm": 1, "enable_sshd": 1, "memory_cgroup": self.cgroup_mount or MEMORY_CGROUP, "cgroup_per_node": 1,
+                "extern_cgroup": 1, "extern_setup": self.extern_setup}
 
     @property
     def munge_dir(self) -> str:
@@ -119,6 +149,8 @@ class Site:
             # runs inside the image, which must see the script Slurm stored there
             etc_path=self.etc_files, site_fs=f"/home:/home;{self.spool}:{self.spool}:ro",
             image_gateways=[f"http://127.0.0.1:{self.gateway_port}"], munge_socket=self.munge_socket,
+            allow_local_chroot=1 if self.contain else 0,
+            daemon_roothook=self.daemon_roothook if self.contain else "",
         )
         context.update(overrides)
         return context
@@ -126,6 +158,9 @@ class Site:
     def registry_url(self, auth: bool = False) -> str:
         return f"127.0.0.1:{self.registry_auth_port if auth else self.registry_port}"
 
+
+#: the contain configuration's memory_cgroup (cgroup v1's memory controller)
+MEMORY_CGROUP = "/sys/fs/cgroup/memory"
 
 TEST_USERS = (
     # name, uid, own gid

@@ -8,8 +8,25 @@ from shifter.wlm import jobinfo
 def run(sp, plugstack, options) -> None:
     job = jobinfo.from_spank(sp, options)
     sp.info(f"shifter: epilog: {job.describe()}")
+    release_cgroup(sp, plugstack, job)
     if job.image and job.image_type:
         remove_container(sp, plugstack, job)
+
+
+def release_cgroup(sp, plugstack, job: jobinfo.JobInfo) -> None:
+    """With ``memory_cgroup``: kill every process in the job's cgroup on this node (the
+    sshd, anything it started) and remove its levels (``shifter.wlm.cgroup``), before the
+    container goes.  Idempotent; failing to is a site fault (raised: the node drains)."""
+    from shifter.wlm import cgroup
+
+    cg = cgroup.for_job(plugstack, job)
+    if cg is None:
+        return
+    killed = cg.kill()
+    removed = cg.remove()
+    if killed or removed:
+        sp.info(f"shifter: epilog: job={job.job_id} node={job.node}: killed {killed} process(es) in "
+                f"{cg.path}, removed {len(removed)} cgroup level(s)")
 
 
 def remove_container(sp, plugstack, job: jobinfo.JobInfo) -> None:

@@ -25,7 +25,29 @@ def run(sp, plugstack, options) -> None:
     sp.info(f"shifter: prolog: {job.describe()}")
     make_plan_dir(sp, job)
     if job.image and job.image_type and job.uid is not None and job.gid is not None:
+        enter_cgroup(sp, plugstack, job)
         prepare_container(sp, plugstack, job)
+        # ---- HOOK (sshd): the per-node sshd starts here, after the container, from this
+        # process, so it is in the job's cgroup (enter_cgroup) and, with extern_cgroup=1,
+        # adopted into the job's extern step.  One call, e.g. sshd.start(sp, plugstack, job).
+
+
+def enter_cgroup(sp, plugstack, job: jobinfo.JobInfo) -> None:
+    """With ``memory_cgroup``: make the job's cgroup on this node and move this process
+    into it, so the container's setup and whatever it leaves running (the sshd) are there;
+    the epilog kills them all (``shifter.wlm.cgroup``).  Failing to is a site fault."""
+    from shifter.wlm import cgroup
+
+    try:
+        cg = cgroup.for_job(plugstack, job)
+        if cg is None:
+            return
+        cg.create()
+        cg.join()
+    except (ShifterError, OSError, ValueError) as e:
+        fault(sp, job, f"the job's cgroup: {e}")
+        raise
+    sp.info(f"shifter: prolog: job={job.job_id} node={job.node}: in cgroup {cg.path}")
 
 
 def prepare_container(sp, plugstack, job: jobinfo.JobInfo) -> None:

@@ -12,7 +12,8 @@
  * as spank_init_post_opt does, and calls slurm_spank_init_post_opt.  If the shim loads
  * Python, Python runs for real (over this same fake SPANK API).
  *
- * Prints one JSON object: rc, python (libpython mapped afterwards), control (the
+ * Prints one JSON object: rc, registered (the names of the options the shim registered),
+ * python (libpython mapped afterwards), control (the
  * job-control environment as set), env (SHIFTER_* and _SLURM_SPANK_OPTION_* of the
  * process environment afterwards), errors, infos, debug (the slurm_* lines).
  */
@@ -246,6 +247,9 @@ int main(int argc, char **argv)
         json_string(eq + 1);
     }
     printf("}");
+    char *names[64];
+    for (int i = 0; i < n_registered; i++) names[i] = (char *) registered[i]->name;
+    json_list("registered", names, n_registered);
     json_list("errors", errors, n_errors);
     json_list("infos", infos, n_infos);
     json_list("debug", debugs, n_debugs);

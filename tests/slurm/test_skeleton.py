@@ -192,14 +192,26 @@ def test_unknown_plugstack_argument_is_an_error_naming_it(runner, site):
         shutil.rmtree(os.path.dirname(conf))
 
 
-def test_long_options_registers_aliases(runner, site):
-    conf = _private_conf(site, f"required {site.plugin_path} long_options=1 enable_ccm=1")
+def test_shifter_plugstack_line_with_bare_long_options_loads(runner, site):
+    """Shifter's plugstack form, `long_options` as a bare word: the plugin loads and offers
+    --shifter.image, --shifter.volume, --shifter.module only (no --image, and no --ccm even
+    with enable_ccm=1, as in Shifter), and a submission with --shifter.image is validated."""
+    conf = _private_conf(site, f"required {site.plugin_path} shifter_config={site.udiroot_conf} "
+                               "enable_ccm=1 long_options")
     try:
         res = runner.run(["sbatch", "--help"], env={"SLURM_CONF": conf}, timeout=60)
-        assert "--shifter-image" in res.stdout and "--ccm" in res.stdout, res.stdout[-2000:]
+        assert res.returncode == 0, res.stderr
+        for name in ("--shifter.image", "--shifter.volume", "--shifter.module"):
+            assert name in res.stdout, res.stdout[-2000:]
+        assert "--image" not in res.stdout and "--ccm" not in res.stdout and "--shifter-image" not in res.stdout
+        ok = runner.run(["sbatch", "--test-only", f"--shifter.image={IMAGE}", "--wrap", "true"],
+                        env={"SLURM_CONF": conf}, timeout=60)
+        assert ok.returncode == 0, ok.stderr
+        bad = runner.run(["sbatch", "--test-only", "--shifter.image=docker:bad name", "--wrap", "true"],
+                         env={"SLURM_CONF": conf}, timeout=60)
+        assert bad.returncode != 0 and "shifter: invalid image 'docker:bad name'" in bad.stderr, bad.stderr
         plain = runner.run(["sbatch", "--help"], timeout=60)
-        assert "--image" in plain.stdout and "--shifter-image" not in plain.stdout
-        assert "--ccm" not in plain.stdout
+        assert "--image" in plain.stdout and "--shifter.image" not in plain.stdout
     finally:
         shutil.rmtree(os.path.dirname(conf))
 

@@ -240,7 +240,7 @@ def test_submission_rewrites_the_options_its_steps_inherit_to_the_pinned_request
     a = tmp_path / "a"
     a.mkdir()
     given = {"_SLURM_SPANK_OPTION_shifter_image": "test/busybox",
-             "_SLURM_SPANK_OPTION_shifter_shifter_volume": f"{a}/:/b",  # long_options=1 alias
+             "_SLURM_SPANK_OPTION_shifter_shifter_volume": f"{a}/:/b",  # --shifter.volume (long_options)
              "_SLURM_SPANK_OPTION_shifter_module": "mpich"}
     environ = {"PATH": "/usr/bin:/bin", **given}
     monkeypatch.setattr("os.environ", environ)
@@ -260,3 +260,30 @@ def test_submission_rewrites_the_options_its_steps_inherit_to_the_pinned_request
     sp = FakeSpank(CTX_LOCAL)
     assert dispatch.run(sp, "init_post_opt", [conf], options) == 1, sp.errors
     assert {k: environ[k] for k in given} == given
+
+
+# ------------------------------------------------------------------------------ --ccm
+@pytest.fixture
+def ccm_conf(tmp_path):
+    path = tmp_path / "ccm-udiRoot.conf"
+    path.write_text("system=test\nimagePath=/images\nallowLocalChroot=1\n")
+    return f"shifter_config={path}"
+
+
+def test_ccm_gives_the_job_the_host_root(ccm_conf):
+    sp = FakeSpank(CTX_ALLOCATOR)
+    assert dispatch.run(sp, "init_post_opt", [ccm_conf, "enable_ccm=1", "enable_sshd=1"], {"ccm": ""}) == 1, sp.errors
+    assert sp.control_env == {"SHIFTER_IMAGE": "/", "SHIFTER_IMAGETYPE": "local", "SHIFTER_CCM": "1"}
+
+
+@pytest.mark.parametrize("args, conf_name, message", [
+    (["enable_ccm=1"], "ccm_conf", "--ccm is not available on this system: plugstack.conf has enable_ccm=1 but "
+                                   "not enable_sshd=1"),
+    (["enable_ccm=1", "enable_sshd=1"], "conf", "--ccm is not available on this system: udiRoot.conf has "
+                                                "allowLocalChroot=0"),
+])
+def test_ccm_needs_the_sites_settings(request, args, conf_name, message):
+    sp = FakeSpank(CTX_ALLOCATOR)
+    assert dispatch.run(sp, "init_post_opt", [request.getfixturevalue(conf_name), *args], {"ccm": ""}) == -1
+    assert len(sp.errors) == 1 and sp.errors[0].startswith(f"shifter: {message}") and "(hint: " in sp.errors[0]
+    assert sp.control_env == {}

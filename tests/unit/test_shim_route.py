@@ -99,7 +99,7 @@ def run_shim(site, context, env, options, plugstack=None, user=None, extra_env=N
 INHERITED = "SLURM_SPANK__SLURM_SPANK_OPTION_shifter_"
 
 
-def run_python(site, context, env, options, monkeypatch):
+def run_python(site, context, env, options, monkeypatch, plugstack=()):
     """The same request through shifter.spank.dispatch, with what Slurm and the shim
     would hand it: the options as the shim collects them (inherited, then the command
     line; --volume values joined), and each given option's _SLURM_SPANK_OPTION_ variable."""
@@ -122,7 +122,7 @@ def run_python(site, context, env, options, monkeypatch):
     monkeypatch.setattr(os, "environ", environ)
     sp = FakeSpank(CTX_LOCAL if context == "local" else CTX_ALLOCATOR, uid=os.getuid(), gid=os.getgid())
     sp.control_env.update(slurm_set)
-    rc = dispatch.run(sp, "init_post_opt", [f"shifter_config={site['conf']}"], collected)
+    rc = dispatch.run(sp, "init_post_opt", [f"shifter_config={site['conf']}", *plugstack], collected)
     return {"rc": 0 if rc == 1 else -1, "control": sp.control_env, "errors": sp.errors,
             "env": {k: v for k, v in environ.items() if k.startswith(("SHIFTER_", "_SLURM_SPANK_OPTION_"))}}
 
@@ -147,7 +147,8 @@ def _check(case, out):
 @pytest.mark.parametrize("case", ROUTES, ids=[c["name"] for c in ROUTES])
 def test_compiled_shim(site, case):
     case = _subst(case, site)
-    out = run_shim(site, case["context"], case["env"], case["options"])
+    out = run_shim(site, case["context"], case["env"], case["options"],
+                   plugstack=[f"shifter_config={site['conf']}", *case.get("plugstack", [])])
     assert out["python"] == (case["route"] == "python"), out
     _check(case, out)
 
@@ -155,7 +156,8 @@ def test_compiled_shim(site, case):
 @pytest.mark.parametrize("case", ROUTES, ids=[c["name"] for c in ROUTES])
 def test_python(site, case, monkeypatch):
     case = _subst(case, site)
-    _check(case, run_python(site, case["context"], case["env"], case["options"], monkeypatch))
+    _check(case, run_python(site, case["context"], case["env"], case["options"], monkeypatch,
+                            case.get("plugstack", ())))
 
 
 def test_the_table_covers_both_routes_and_contexts():
@@ -209,6 +211,7 @@ def test_failing_to_hand_the_image_to_the_job_is_one_error(site):
 def test_no_shifter_option_no_python_no_variables(site):
     for context, env in (("allocator", {}), ("local", {"SLURM_JOB_ID": "7"})):
         out = run_shim(site, context, env, [])
+        assert out.pop("registered") == ["image", "volume", "module"]
         assert out == {"rc": 0, "python": False, "control": {}, "env": {}, "errors": [], "infos": [],
                        "debug": []}
 
@@ -226,7 +229,8 @@ def conf_reader(tmp_path_factory):
 def test_c_reads_imagepath_as_the_vectors_say(conf_reader, case, tmp_path):
     path = tmp_path / "udiRoot.conf"
     path.write_bytes(case["text"].encode())
-    res = subprocess.run([conf_reader, str(path)], capture_output=True, text=True)
+    res = subprocess.run([conf_reader, str(path), *([case["key"]] if "key" in case else [])],
+                         capture_output=True, text=True)
     assert res.returncode in (0, 1), res.stderr
     assert (res.stdout.rstrip("\n") if res.returncode == 0 else None) == case["c"]
 
@@ -234,7 +238,7 @@ def test_c_reads_imagepath_as_the_vectors_say(conf_reader, case, tmp_path):
 @pytest.mark.parametrize("case", CONF_CASES, ids=[c["name"] for c in CONF_CASES])
 def test_python_reads_imagepath_as_the_vectors_say(case):
     try:
-        got = udiconfig.parse(case["text"]).imagePath
+        got = getattr(udiconfig.parse(case["text"]), case.get("key", "imagePath"))
     except ShifterError:
         got = "error"
     assert got == case["python"]
