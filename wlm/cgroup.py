@@ -31,7 +31,7 @@ import os
 import re
 import signal
 import time
-from dataclasses import dataclass
+from shifter.frozen import frozen
 
 from shifter.errors import ConfigError
 
@@ -76,7 +76,7 @@ def version(mount: str, mountinfo: str = "/proc/self/mountinfo") -> int:
                       "the cgroup v2 hierarchy")
 
 
-@dataclass(frozen=True)
+@frozen
 class JobCgroup:
     mount: str
     uid: int
