@@ -16,7 +16,8 @@
  * replaying the private plan Python recorded for this very request the first time
  * (replay.c, docs/private-plans.md).
  * Everything else (options, another image, no plan, no user namespaces, a failed
- * replay) is handed, unchanged, to the Python implementation:
+ * replay, a plan whose modules have per-GPU device files) is handed, unchanged, to the
+ * Python implementation:
  *   <prefix>/bin/python -I -m shifter.runtime.launch ARGS...
  *
  * The request is read from the environment by the rule of
@@ -172,6 +173,7 @@ struct plan {
     const char *uid, *gid, *jobid, *image_type, *image_id, *volumes, *modules, *modules_default, *workdir;
     const char **entry, **cmd, **env, **userhook;
     int n_cmd, n_env, n_userhook;
+    int gpudev; /* a module has per-GPU device files: the step's own view is Python's */
 };
 
 static int parse_plan(char *buf, size_t len, struct plan *p)
@@ -207,6 +209,7 @@ static int parse_plan(char *buf, size_t len, struct plan *p)
         else if (strcmp(k, "cmd") == 0) p->cmd[p->n_cmd++] = v;
         else if (strcmp(k, "env") == 0) p->env[p->n_env++] = v;
         else if (strcmp(k, "userhook") == 0) p->userhook[p->n_userhook++] = v;
+        else if (strcmp(k, "gpudev") == 0) p->gpudev = 1;
         /* udi, entry: not needed here */
     }
     if (!ended || !p->uid || !p->gid || !p->jobid || !p->image_type || !p->image_id || !p->volumes ||
@@ -573,6 +576,9 @@ int main(int argc, char **argv)
         replay_private(argc, argv, uid, gid);
         to_python(argc, argv);
     }
+    /* a module with per-GPU device files: the step covers the GPUs not its own in a mount
+     * namespace of its own (shifter.runtime.devices), which Python makes */
+    if (p.gpudev) to_python(argc, argv);
 
     char cwd[PATH_MAX];
     if (getcwd(cwd, sizeof(cwd)) == NULL) snprintf(cwd, sizeof(cwd), "/");
