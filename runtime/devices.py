@@ -72,8 +72,17 @@ def needs_blank(modules) -> bool:
 
 
 def make_blank(root: str) -> None:
-    """The covering file, in the container's own state directory (``BLANK``)."""
+    """The covering file, in the container's own state directory (``BLANK``): made by
+    root, a character device 0:0 of mode 0 (nobody, root included, can open it: the
+    container's tmpfs is nodev, and no driver has major 0); made by a user in a private
+    container, an empty file of mode 0 (a user without capabilities can't open it)."""
+    import stat
+
     path = os.path.join(root, BLANK.lstrip("/"))
+    if os.geteuid() == 0:
+        os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
+        os.chmod(path, 0, follow_symlinks=False)
+        return
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0)
     os.fchmod(fd, 0)
     os.close(fd)

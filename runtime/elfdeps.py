@@ -134,9 +134,15 @@ def find(soname: str, runpath=(), cache: dict[str, str] | None = None) -> str | 
 def closure(paths, cache: dict[str, str], keep=image_keeps) -> dict[str, str]:
     """{soname or file name: host path} of ``paths`` and every library they need,
     transitively, except those ``keep`` says the image keeps.  A needed library that
-    can't be found is an error naming it and who needs it."""
+    can't be found is an error naming it and who needs it.  A library among ``paths`` is
+    what satisfies its soname (a driver the site lists outside the loader's paths)."""
     out: dict[str, str] = {}
     todo = list(paths)
+    given = {}
+    for path in paths:
+        soname = read(path).soname
+        if soname:
+            given.setdefault(soname, path)
     while todo:
         path = todo.pop()
         elf = read(path)
@@ -147,7 +153,7 @@ def closure(paths, cache: dict[str, str], keep=image_keeps) -> dict[str, str]:
         for need in elf.needed:
             if keep(need) or need in out:
                 continue
-            found = find(need, elf.runpath, cache)
+            found = given.get(need) or find(need, elf.runpath, cache)
             if found is None:
                 raise UsageError(f"{path} needs {need}, which is not installed on this host",
                                  "install it, or name its directory in the host's ldconfig cache")

@@ -68,6 +68,11 @@ class Site:
         return os.path.join(self.etc, "slurm.conf")
 
     @property
+    def gres_conf(self) -> str:
+        """Slurm reads gres.conf beside slurm.conf."""
+        return os.path.join(self.etc, "gres.conf")
+
+    @property
     def plugstack_conf(self) -> str:
         return os.path.join(self.etc, "plugstack.conf")
 
@@ -119,6 +124,7 @@ class Site:
             # runs inside the image, which must see the script Slurm stored there
             etc_path=self.etc_files, site_fs=f"/home:/home;{self.spool}:{self.spool}:ro",
             image_gateways=[f"http://127.0.0.1:{self.gateway_port}"], munge_socket=self.munge_socket,
+            modules_conf="",
         )
         context.update(overrides)
         return context
