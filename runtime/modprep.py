@@ -303,7 +303,7 @@ def prepare_gpu(module_dir: str, name: str = "gpu", libs=(), bins=(), gpu_device
             raise UsageError(f"invalid --gpu-device {d!r}: a GPU device file is an absolute path ending in "
                              "its GPU number", "e.g. /dev/nvidia0")
         if n in seen:
-            raise UsageError(f"--gpu-device {d} and {seen[n]} are both GPU {n}")
+            raise UsageError(f"--gpu-device {seen[n]} and {d} are both GPU {n}")
         seen[n] = d
     for spec in site_fs:
         try:
