@@ -139,7 +139,7 @@ def test_prepared_container_without_the_module_sees_no_gpu(env):
         res = run(env, ["sh", "-c", "ls /gpu-standin; ls /opt/udiImage/modules; echo $LD_LIBRARY_PATH."],
                   SLURM_STEP_GPUS="0")
         assert res.stdout == ".\n", res.stdout
-        assert "/gpu-standin: No such file or directory" in res.stderr
+        assert "cannot access '/gpu-standin': No such file or directory" in res.stderr
     finally:
         udi.teardown(env["config"])
 
