@@ -5,8 +5,11 @@
            built into ``<site>/gpu`` (``lib/libcuda.so.1``, ``bin/nvidia-smi``) and
            ``GPUS`` empty files ``<site>/gpu/dev/nvidia<N>`` plus ``nvidiactl`` standing in
            for the device files.  Nothing is made in the machine's /dev or library
-           directories.  Slurm's gres.conf lists the same files (each node has GPUs
-           0..GPUS-1); in the container the module binds the directory at ``/gpu-standin``.
+           directories.  In the container the module binds that directory at
+           ``/gpu-standin`` (empty files, not device nodes: site maps are nodev).
+           Slurm's gres.conf lists ``<site>/gpu/gres/nvidia<N>`` (each node has GPUs
+           0..GPUS-1), character devices with /dev/null's numbers, mode 0600: slurmd
+           takes only device nodes, and numbers the GPUs by these files' names.
 
 Both are prepared again only when their sources changed, so ``up`` stays quick.  The
 local site sets no ``defaultModules``.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
 
 from shifter.errors import ShifterError
@@ -37,20 +41,26 @@ def modules_dir(site: Site) -> str:
 
 
 def gpu_device_files(site: Site) -> list[str]:
-    """The stand-in per-GPU device files on the node (gres.conf File=)."""
-    return [os.path.join(gpu_dir(site), "dev", f"nvidia{i}") for i in range(GPUS)]
+    """What gres.conf File= lists for the stand-in GPUs: device nodes slurmd accepts."""
+    return [os.path.join(gpu_dir(site), "gres", f"nvidia{i}") for i in range(GPUS)]
 
 
 def build_standin(site: Site) -> None:
     """The stand-in driver, library and tool, and its device files (idempotent)."""
     root = gpu_dir(site)
-    for d in (root, os.path.join(root, "lib"), os.path.join(root, "bin"), os.path.join(root, "dev")):
-        os.makedirs(d, 0o755, exist_ok=True)
-        os.chmod(d, 0o755)
-    for path in [*gpu_device_files(site), os.path.join(root, "dev", "nvidiactl")]:
+    for d in ("", "lib", "bin", "dev", "gres"):
+        os.makedirs(os.path.join(root, d), 0o755, exist_ok=True)
+        os.chmod(os.path.join(root, d), 0o755)
+    for name in [f"nvidia{i}" for i in range(GPUS)] + ["nvidiactl"]:
+        path = os.path.join(root, "dev", name)
         if not os.path.exists(path):
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
         os.chmod(path, 0o666)
+    null = os.stat("/dev/null").st_rdev
+    for path in gpu_device_files(site):
+        if not os.path.exists(path):
+            os.mknod(path, 0o600 | stat.S_IFCHR, null)
+        os.chmod(path, 0o600)
     with open(STANDIN_SRC, "rb") as f:
         stamp = hashlib.sha256(f.read() + STANDIN_MOUNT.encode()).hexdigest()
     stamp_file = os.path.join(root, "stamp")

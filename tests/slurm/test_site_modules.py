@@ -147,7 +147,7 @@ def test_conflicting_modules_are_refused_at_submission_in_one_line(cluster, runn
             res = runner.run([command[0], f"--image={DEBIAN}", "--module=mpich,other", *command[1:]],
                              env={"SLURM_CONF": conf}, timeout=60)
             assert res.returncode != 0 and "Submitted" not in res.stdout
-            ours = [ln for ln in res.stderr.splitlines() if "shifter" in ln]
+            ours = [ln for ln in res.stderr.splitlines() if ": error: shifter: " in ln]
             assert ours == [f"{command[0]}: error: shifter: modules 'other' and 'mpich' conflict "
                             "(hint: load only one of them)"], res.stderr
     finally:
