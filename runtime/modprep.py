@@ -49,6 +49,10 @@ GPU_BINS = ("nvidia-smi", "nvidia-debugdump", "nvidia-persistenced", "nvidia-cud
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def _check_name(name: str) -> None:
     if not _NAME_RE.match(name) or name == "none":
         raise UsageError(f"invalid module name {name!r}", "letters, digits, '_', '.', '-'; not 'none'")
@@ -207,7 +211,7 @@ def prepare_mpich(module_dir: str, name: str = "mpich", source: str | None = Non
     final = os.path.join(module_dir, name)
     mount = f"{CONTAINER_BASE}/{name}"
     hook = f"{mount}/userhook.sh" if userhook else None
-    summary = f"soname {elfdeps.read(main).soname}, {len(libs)} libraries"
+    summary = f"soname {elfdeps.read(main).soname}, {_count(len(libs), 'library', 'libraries')}"
     lines = _render("mpich", name, final, main, summary, [f"LD_LIBRARY_PATH={mount}/lib64"],
                     env_set=env, userhook=hook)
     if _unchanged(final, stamp):
@@ -317,7 +321,8 @@ def prepare_gpu(module_dir: str, name: str = "gpu", libs=(), bins=(), gpu_device
     final = os.path.join(module_dir, name)
     mount = f"{CONTAINER_BASE}/{name}"
     lines = _render("gpu", name, final, os.path.dirname(sonames["libcuda.so.1"]),
-                    f"{len(closure)} libraries, {len(tools)} tools, {len(devices)} GPUs",
+                    ", ".join((_count(len(closure), "library", "libraries"), _count(len(tools), "tool", "tools"),
+                               _count(len(devices), "GPU", "GPUs"))),
                     [f"LD_LIBRARY_PATH={mount}/lib64", f"PATH={mount}/bin"], site_fs=site_fs, gpu_devices=devices)
     if _unchanged(final, stamp):
         log(f"module {name}: {final} is up to date")
@@ -337,6 +342,7 @@ def prepare_gpu(module_dir: str, name: str = "gpu", libs=(), bins=(), gpu_device
     except BaseException:
         staging.abort()
         raise
-    log(f"module {name}: {len(closure)} libraries, {len(tools)} tools into {final}")
+    log(f"module {name}: {_count(len(closure), 'library', 'libraries')}, {_count(len(tools), 'tool', 'tools')} "
+        f"into {final}")
     return lines
 
