@@ -82,14 +82,14 @@ def env(cluster):
     shutil.rmtree(base)
 
 
-def run(env, args, user=USER1, conf=None, **extra):
+def run(env, args, user=USER1, conf=None, own_ns=True, **extra):
     pw = pwd.getpwnam(user)
     e = {"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "SHIFTER_CONFIG": conf or env["conf"], "SLURM_JOB_ID": JOB,
          "SHIFTER_IMAGETYPE": "id", "SHIFTER_IMAGE": env["id"], **extra}
     argv = [SHIFTER, *args]
     if user != "root":
         argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", *argv]
-    else:  # root's private container: in a mount namespace of this test's own
+    elif own_ns:  # root's private container: in a mount namespace of this test's own
         argv = ["unshare", "-m", "--propagation", "private", "--", *argv]
     return subprocess.run(argv, capture_output=True, text=True, env=e, cwd="/tmp", timeout=120)
 
@@ -100,20 +100,24 @@ def _gpus(res) -> list[str]:
     return [ln for ln in res.stdout.splitlines() if ln.startswith(("gpu ", "no devices"))]
 
 
-@pytest.fixture
-def prepared_gpu(env):
-    res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "-G", "4242", "-m", "gpu", "id", env["id"]],
-                         capture_output=True, text=True, env={"SHIFTER_CONFIG": env["conf"], "SLURM_JOB_ID": JOB})
-    assert res.returncode == 0, res.stderr
-    yield env
-    udi.teardown(env["config"])
-
-
-def test_prepared_container_steps_see_only_their_own_gpus(prepared_gpu):
+@pytest.mark.parametrize("user", [USER1, "root"])
+def test_prepared_container_steps_see_only_their_own_gpus(env, user):
     """One prepared container for the job, steps with different GPUs: each opens exactly
     its own (SLURM_STEP_GPUS over SLURM_JOB_GPUS), and what one step covered is not
-    covered for the next (the covers live in the step's own mount namespace)."""
-    env = prepared_gpu
+    covered for the next nor in the job's container (the covers live in the step's own
+    mount namespace; root's steps run in this test's namespace, where a cover that
+    propagated would show)."""
+    uid = str(pwd.getpwnam(user).pw_uid)
+    res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", uid, "-G", uid, "-m", "gpu", "id", env["id"]],
+                         capture_output=True, text=True, env={"SHIFTER_CONFIG": env["conf"], "SLURM_JOB_ID": JOB})
+    assert res.returncode == 0, res.stderr
+    try:
+        _steps(env, user)
+    finally:
+        udi.teardown(env["config"])
+
+
+def _steps(env, user):
     steps = [({"SLURM_JOB_GPUS": "0,1,2,3", "SLURM_STEP_GPUS": "1"}, ["gpu 1 /gpu-standin/nvidia1"]),
              ({"SLURM_JOB_GPUS": "0,1,2,3", "SLURM_STEP_GPUS": "0,3"},
               ["gpu 0 /gpu-standin/nvidia0", "gpu 3 /gpu-standin/nvidia3"]),
@@ -122,7 +126,7 @@ def test_prepared_container_steps_see_only_their_own_gpus(prepared_gpu):
              ({"CUDA_VISIBLE_DEVICES": "0"}, ["no devices were found"])]
     for extra, expect in steps:
         res = run(env, ["sh", "-c", "test -r /var/shifter/launch.plan && echo prepared; nvidia-smi"],
-                  SHIFTER_MODULE="gpu", **extra)
+                  user=user, own_ns=False, SHIFTER_MODULE="gpu", **extra)
         assert res.stdout.startswith("prepared\n"), res.stdout + res.stderr
         assert _gpus(res) == expect, (extra, res.stdout)
     # nothing was left covered in the job's container itself
