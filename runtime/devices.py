@@ -7,10 +7,10 @@ of the device files gres.conf ``File=`` lists, not ``CUDA_VISIBLE_DEVICES``, whi
 ``ConstrainDevices`` renumbers); neither set means no GPU.  A device file's number is
 its trailing number (``/dev/nvidia3`` -> 3), as Slurm reads it.
 
-Where: every way into a container with such a module.  The launcher enters a prepared
-container in a mount namespace of its own (the fast path hands these steps to Python),
-and a private container has one anyway; ``restrict`` runs there after the chroot, so
-the covering mounts are made inside the container and are gone with the step.  It is
+Where: every way into a container with such a module.  A step enters a prepared
+container in a mount namespace of its own (the compiled fast path's ``cover_gpus``, or
+``restrict`` here), and a private container has one anyway; the covering mounts are
+made after the chroot, inside the container, and are gone with the step.  It is
 a view, not an enforcement: the variables are the user's, and outside a container the
 user opens what the device files' modes allow.  Slurm's device cgroup
 (``ConstrainDevices=yes``) is what enforces a job's devices (docs/modules.md).
@@ -25,7 +25,8 @@ import re
 #: the devices a step may not open (made by setupRoot and the private builders)
 BLANK = "/var/shifter/nodevice"
 
-_GPU_DEVICE_RE = re.compile(r"^/.*[^0-9/]([0-9]+)$")
+_GPU_DEVICE_RE = re.compile(r"^/.*[^0-9/]([0-9]+)$", re.S)
+MAX_RANGES = 4096
 
 
 def gpu_id(path: str) -> int | None:
@@ -37,16 +38,21 @@ def gpu_id(path: str) -> int | None:
 
 def step_gpus(env) -> frozenset[int]:
     """The GPU numbers the step was given: ``SLURM_STEP_GPUS``, else ``SLURM_JOB_GPUS``
-    (comma-separated numbers or ranges ``a-b``).  None of them, or a malformed value:
-    no GPU at all."""
+    (comma-separated numbers or ranges ``a-b`` of 1 to 6 ASCII digits, spaces around
+    them allowed, ``b - a`` at most 4096, at most 4096 of them).  None of them set, an
+    empty or a malformed value: no GPU at all.  The compiled launcher's ``step_gpus`` is
+    the twin (tests/data/gpu_steps.json runs through both)."""
     value = env.get("SLURM_STEP_GPUS")
     if value is None:
         value = env.get("SLURM_JOB_GPUS")
     if not value:
         return frozenset()
     out: set[int] = set()
-    for item in value.split(","):
-        m = re.fullmatch(r"\s*(\d{1,6})(?:-(\d{1,6}))?\s*", item)
+    items = value.split(",")
+    if len(items) > MAX_RANGES:
+        return frozenset()
+    for item in items:
+        m = re.fullmatch(r"[ \t\n\v\f\r]*([0-9]{1,6})(?:-([0-9]{1,6}))?[ \t\n\v\f\r]*", item)
         if not m:
             return frozenset()
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))

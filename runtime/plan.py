@@ -13,8 +13,7 @@ used the site's defaults), ``udi`` (the udiMount path), ``workdir`` (the image W
 may be empty).  Repeated keys, in order: ``entry`` and ``cmd`` (one argv element each;
 the image ENTRYPOINT/CMD), ``userhook`` (module userhooks, in-container paths, run as
 the user before the command), ``gpudev`` (the loaded modules' per-GPU device files: a
-step covers those not its own, ``shifter.runtime.devices``; the compiled launcher hands
-such a plan to Python), and ``env`` — environment operations applied in order
+step covers those not its own, ``shifter.runtime.devices``), and ``env`` — environment operations applied in order
 over the caller's environment::
 
     =NAME=VALUE   set        <NAME=VALUE   prepend (VALUE:old)

@@ -82,11 +82,13 @@ def env(cluster):
     shutil.rmtree(base)
 
 
-def run(env, args, user=USER1, conf=None, own_ns=True, **extra):
+def run(env, args, user=USER1, conf=None, own_ns=True, trace=None, **extra):
     pw = pwd.getpwnam(user)
     e = {"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "SHIFTER_CONFIG": conf or env["conf"], "SLURM_JOB_ID": JOB,
          "SHIFTER_IMAGETYPE": "id", "SHIFTER_IMAGE": env["id"], **extra}
     argv = [SHIFTER, *args]
+    if trace:  # every execve, to see whether Python ran
+        argv = ["strace", "-f", "-qq", "-e", "trace=execve", "-o", trace, *argv]
     if user != "root":
         argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", *argv]
     elif own_ns:  # root's private container: in a mount namespace of this test's own
@@ -124,11 +126,14 @@ def _steps(env, user):
              ({"SLURM_JOB_GPUS": "2"}, ["gpu 2 /gpu-standin/nvidia2"]),
              ({}, ["no devices were found"]),
              ({"CUDA_VISIBLE_DEVICES": "0"}, ["no devices were found"])]
+    trace = os.path.join(env["base"], f"strace-{user}")
     for extra, expect in steps:
         res = run(env, ["sh", "-c", "test -r /var/shifter/launch.plan && echo prepared; nvidia-smi"],
-                  user=user, own_ns=False, SHIFTER_MODULE="gpu", **extra)
+                  user=user, own_ns=False, trace=trace, SHIFTER_MODULE="gpu", **extra)
         assert res.stdout.startswith("prepared\n"), res.stdout + res.stderr
         assert _gpus(res) == expect, (extra, res.stdout)
+        with open(trace) as f:  # the compiled fast path did it: no Python
+            assert not [ln for ln in f if "execve(" in ln and "/bin/python" in ln]
     # nothing was left covered in the job's container itself
     udi_root = os.path.join(env["base"], "mnt", f"udi.jobs/{JOB}/root")
     with open("/proc/self/mountinfo") as f:
