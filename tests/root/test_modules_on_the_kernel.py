@@ -126,14 +126,16 @@ def _steps(env, user):
              ({"SLURM_JOB_GPUS": "2"}, ["gpu 2 /gpu-standin/nvidia2"]),
              ({}, ["no devices were found"]),
              ({"CUDA_VISIBLE_DEVICES": "0"}, ["no devices were found"])]
-    trace = os.path.join(env["base"], f"strace-{user}")
+    trace = f"/tmp/shifter-strace-{user}-{os.getpid()}"  # where the user may write
     for extra, expect in steps:
         res = run(env, ["sh", "-c", "test -r /var/shifter/launch.plan && echo prepared; nvidia-smi"],
                   user=user, own_ns=False, trace=trace, SHIFTER_MODULE="gpu", **extra)
         assert res.stdout.startswith("prepared\n"), res.stdout + res.stderr
         assert _gpus(res) == expect, (extra, res.stdout)
         with open(trace) as f:  # the compiled fast path did it: no Python
-            assert not [ln for ln in f if "execve(" in ln and "/bin/python" in ln]
+            execs = [ln for ln in f if "execve(" in ln]
+        os.unlink(trace)
+        assert execs and not [ln for ln in execs if "/bin/python" in ln], execs
     # nothing was left covered in the job's container itself
     udi_root = os.path.join(env["base"], "mnt", f"udi.jobs/{JOB}/root")
     with open("/proc/self/mountinfo") as f:
