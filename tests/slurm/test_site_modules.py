@@ -125,7 +125,7 @@ def test_gpu_module_steps_see_exactly_their_gres(cluster, runner):
     assert a == a_env and b == b_env and both == both_env, text
     assert len(a) == len(b) == 1 and a != b and both == sorted(a + b), text
     plain = _sections(text)[-1]
-    assert "cannot access '/gpu-standin': No such file or directory" in plain and plain.endswith(".\n"), text
+    assert "cannot access '/gpu-standin': No such file or directory" in plain and _words(plain)[-1] == ".", text
 
 
 def test_gpu_module_in_a_private_container_sees_the_jobs_gpu(cluster, runner):
