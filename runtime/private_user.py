@@ -598,7 +598,7 @@ class _Builder:
             if module.copy_path:
                 _udi.copytree(module.copy_path, os.path.join(opt_udi, "modules", module.name))
             for v in module.site_fs:
-                self._site(v, f"module {module.name} siteFs", image_root)
+                self._site(v, f"module_{module.name}_siteFs of {config.path}", image_root)
         if devices.needs_blank(self.modules):  # the command covers the GPUs that are not its own
             record.fail("a module has per-GPU devices (each step covers those not its own)")
             devices.make_blank(root)

@@ -656,7 +656,8 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         for v in module.site_fs:
             if v.per_node_cache is None:
                 _make_room(udi, image_root, v.destination)
-                _bind_site(udi, v, f"module {module.name} siteFs", style=config.mountPropagationStyle)
+                _bind_site(udi, v, f"module_{module.name}_siteFs of {config.path}",
+                           style=config.mountPropagationStyle)
         if module.roothook:
             _run_hook(module.roothook, udi, f"run the roothook of module {module.name}",
                       {**hook_env, "SHIFTER_MODULE": module.name})

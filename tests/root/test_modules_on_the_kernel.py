@@ -56,6 +56,7 @@ def env(cluster):
                                  gpu_devices=[f"/gpu-standin/nvidia{i}" for i in range(4)],
                                  site_fs=[f"{gpu}/dev:/gpu-standin:ro"])
     lines += "module_other_siteEnv=OTHER=1\nmodule_other_conflict=mpich\n"
+    lines += "module_gone_siteFs=/nonexistent/shifter-module:/opt/udiImage/modules/gone:ro\n"
     common = textwrap.dedent(f"""\
         udiMount={base}/mnt/udi
         loopMount={base}/mnt/loop
@@ -208,3 +209,11 @@ def test_dry_run_shows_what_modules_add(env):
                                                           "/opt/udiImage/modules/gpu/lib64"}
     res = run(env, ["--dry-run", "true"])
     assert json.loads(res.stdout)["modules"] == []
+
+
+@pytest.mark.parametrize("user", [USER1, "root"])
+def test_a_module_whose_directory_is_gone_names_its_key_and_file(env, user):
+    res = run(env, ["--module=gone", "true"], user=user)
+    assert res.returncode == 125
+    assert res.stderr == (f"shifter: can't mount module_gone_siteFs of {env['conf']} /nonexistent/shifter-module:"
+                          "/opt/udiImage/modules/gone:ro: source /nonexistent/shifter-module does not exist\n")
