@@ -399,10 +399,8 @@ def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, u
 def _saver(config, environ, image_path, image_meta, modules, uid, gid):
     """A ``privplan.Saver`` for this request, or None if the launcher would not replay it."""
     from shifter import paths
-    from shifter.runtime import plan, plandir, privplan
+    from shifter.runtime import devices, plan, plandir, privplan
     from shifter.runtime.udi import command_argv
-
-    from shifter.runtime import devices
 
     if devices.needs_blank(modules):  # what a step may open depends on its GPUs: never replayed
         return None
