@@ -112,13 +112,13 @@ class _Staging:
                 p = os.path.join(root, f)
                 if not os.path.islink(p):
                     os.chmod(p, 0o755 if os.stat(p).st_mode & 0o111 else 0o644)
-        old = None
+        # the version before stays beside it until the next prepare: running jobs bind it
+        # (their bind keeps the directory, not its files, which deleting would take away)
+        previous = os.path.join(os.path.dirname(self.final), f".{os.path.basename(self.final)}.previous")
         if os.path.lexists(self.final):
-            old = self.final + f".old.{os.getpid()}"
-            os.rename(self.final, old)
+            shutil.rmtree(previous, ignore_errors=True)
+            os.rename(self.final, previous)
         os.rename(self.path, self.final)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
 
     def abort(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

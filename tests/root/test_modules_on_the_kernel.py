@@ -87,6 +87,7 @@ def run(env, args, user=USER1, conf=None, own_ns=True, trace=None, **extra):
     pw = pwd.getpwnam(user)
     e = {"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "SHIFTER_CONFIG": conf or env["conf"], "SLURM_JOB_ID": JOB,
          "SHIFTER_IMAGETYPE": "id", "SHIFTER_IMAGE": env["id"], **extra}
+    e = {k: v for k, v in e.items() if v is not None}
     argv = [SHIFTER, *args]
     if trace:  # every execve, to see whether Python ran
         argv = ["strace", "-f", "-qq", "-e", "trace=execve", "-o", trace, *argv]
@@ -217,3 +218,35 @@ def test_a_module_whose_directory_is_gone_names_its_key_and_file(env, user):
     assert res.returncode == 125
     assert res.stderr == (f"shifter: can't mount module_gone_siteFs of {env['conf']} /nonexistent/shifter-module:"
                           "/opt/udiImage/modules/gone:ro: source /nonexistent/shifter-module does not exist\n")
+
+
+def test_private_plans_replay_a_module_container_but_never_a_gpu_one(env):
+    """`SHIFTER_MODULE=mpich shifter CMD`: the second launch is the compiled replay of the
+    recorded plan, with the module's bind.  With the gpu module nothing is recorded (what a
+    step may open depends on its GPUs): each launch is built anew and sees its own GPUs."""
+    from test_private_plan import _forget_plans, _plans
+
+    trace = f"/tmp/shifter-strace-{USER1}-{os.getpid()}"
+
+    def launch(args, **extra):
+        res = run(env, args, trace=trace, SLURM_JOB_ID=None, **extra)
+        with open(trace) as f:
+            python = any("execve(" in ln and "/bin/python" in ln for ln in f)
+        os.unlink(trace)
+        return res, python
+
+    _forget_plans(USER1)
+    try:
+        for python_expected in (True, False):
+            res, python = launch(["/app/mpi-hello"], SHIFTER_MODULE="mpich", LD_PRELOAD=env["probe"])
+            assert res.returncode == 0, res.stderr
+            assert "maps - /opt/udiImage/modules/mpich/lib64/libmpich.so.12\n" in res.stdout, res.stdout
+            assert python is python_expected
+        assert len(_plans(USER1)) == 1
+        _forget_plans(USER1)
+        for gpus in ("1", "3"):
+            res, python = launch(["nvidia-smi"], SHIFTER_MODULE="gpu", SLURM_STEP_GPUS=gpus)
+            assert _gpus(res) == [f"gpu {gpus} /gpu-standin/nvidia{gpus}"] and python
+        assert _plans(USER1) == []
+    finally:
+        _forget_plans(USER1)

@@ -231,3 +231,13 @@ def test_local_site_templates_render_gres_and_modules():
     assert "x" in cfg.modules and cfg.defaultModules == ()  # the local site sets no defaultModules
     gres = templates.render("gres.conf", nodes=[{"name": "n1"}], gpu_files=["/srv/site/gpu/dev/nvidia0"])
     assert "NodeName=n1 Name=gpu File=/srv/site/gpu/dev/nvidia0" in gres
+
+
+def test_a_new_version_replaces_the_module_and_keeps_the_one_before(tmp_path):
+    lib, smi = _standin(tmp_path)
+    mods = tmp_path / "mods"
+    modprep.prepare_gpu(str(mods), libs=[lib], bins=[smi], gpu_devices=["/dev/nvidia0"])
+    modprep.prepare_gpu(str(mods), libs=[lib], bins=[smi], gpu_devices=["/dev/nvidia0", "/dev/nvidia1"])
+    assert json.loads((mods / "gpu" / "manifest.json").read_text())["gpu_devices"] == ["/dev/nvidia0", "/dev/nvidia1"]
+    assert json.loads((mods / ".gpu.previous" / "manifest.json").read_text())["gpu_devices"] == ["/dev/nvidia0"]
+    assert sorted(os.listdir(mods)) == [".gpu.previous", "gpu"]  # no staging left
