@@ -67,10 +67,12 @@ def main(argv=None) -> int:
         args = parser().parse_args(argv)
         log = lambda m: print(f"shifter-admin: {m}", file=sys.stderr)  # noqa: E731
         if args.kind == "mpich":
+            import re
+
             for item in args.env:
-                name, eq, _ = item.partition("=")
-                if not eq or not name.replace("_", "a").isalnum() or name[0].isdigit():
-                    raise UsageError(f"invalid --env {item!r}: expected NAME=VALUE")
+                name, eq, value = item.partition("=")
+                if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or re.search(r"\s", value):
+                    raise UsageError(f"invalid --env {item!r}: expected NAME=VALUE (no spaces in VALUE)")
             lines = modprep.prepare_mpich(args.dir, args.name, args.source, env=args.env, userhook=args.userhook,
                                           log=log)
         else:

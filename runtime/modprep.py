@@ -97,7 +97,9 @@ class _Staging:
     def __init__(self, base: str, name: str):
         if not os.path.isabs(base):
             raise UsageError(f"invalid --dir {base!r}: must be an absolute path")
+        check_dir(base)  # before anything is made there
         os.makedirs(base, 0o755, exist_ok=True)
+        check_dir(base)
         self.final = os.path.join(base, name)
         self.path = os.path.join(base, f".{name}.new.{os.getpid()}")
         shutil.rmtree(self.path, ignore_errors=True)
@@ -122,6 +124,24 @@ class _Staging:
 
     def abort(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def check_dir(base: str) -> None:
+    """The module directory and every directory above it must be the caller's (root's)
+    and writable by nobody else: root writes there, and a user who could rename a
+    component could make it write elsewhere."""
+    path = target = os.path.realpath(base)
+    while not os.path.lexists(path):  # what exists of it
+        path = os.path.dirname(path)
+    while True:
+        st = os.stat(path)
+        # a sticky directory such as /var/tmp is fine above it: no one else can rename ours
+        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022 and not (st.st_mode & 0o1000 and path != target):
+            raise UsageError(f"refusing --dir {base}: {path} is writable by others or not ours",
+                             "use a directory that only root can write, e.g. <prefix>/modules")
+        if path == "/":
+            return
+        path = os.path.dirname(path)
 
 
 def _unchanged(final: str, stamp: str) -> dict | None:

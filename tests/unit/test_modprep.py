@@ -241,3 +241,15 @@ def test_a_new_version_replaces_the_module_and_keeps_the_one_before(tmp_path):
     assert json.loads((mods / "gpu" / "manifest.json").read_text())["gpu_devices"] == ["/dev/nvidia0", "/dev/nvidia1"]
     assert json.loads((mods / ".gpu.previous" / "manifest.json").read_text())["gpu_devices"] == ["/dev/nvidia0"]
     assert sorted(os.listdir(mods)) == [".gpu.previous", "gpu"]  # no staging left
+
+
+def test_a_module_directory_others_can_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # as /tmp without the sticky bit
+    res = _admin("module", "prepare", "mpich", "--dir", str(shared / "mods"))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert f"refusing --dir {shared}/mods: {shared} is writable by others or not ours" in res.stderr
+    assert not (shared / "mods").exists()
+    res = _admin("module", "prepare", "mpich", "--dir", str(tmp_path / "m"), "--env", "A=b c")
+    assert res.returncode == 2 and "invalid --env 'A=b c'" in res.stderr
