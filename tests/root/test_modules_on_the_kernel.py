@@ -250,3 +250,24 @@ def test_private_plans_replay_a_module_container_but_never_a_gpu_one(env):
         assert _plans(USER1) == []
     finally:
         _forget_plans(USER1)
+
+
+def test_default_modules_in_a_prepared_container(env):
+    """setupRoot with no -m (a job submitted without --module) applies defaultModules: the
+    job's plain `shifter CMD` enters it and loads the module's MPICH; `--module=none`
+    asks for another container, without it."""
+    conf = env["conf_default"]
+    res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "-G", "4242", "id", env["id"]],
+                         capture_output=True, text=True, env={"SHIFTER_CONFIG": conf, "SLURM_JOB_ID": JOB})
+    assert res.returncode == 0, res.stderr
+    try:
+        res = run(env, ["sh", "-c", "test -r /var/shifter/launch.plan && echo prepared; /app/mpi-hello"],
+                  conf=conf, LD_PRELOAD=env["probe"])
+        assert res.stdout.startswith("prepared\n"), res.stdout + res.stderr
+        assert "maps - /opt/udiImage/modules/mpich/lib64/libmpich.so.12\n" in res.stdout, res.stdout
+        res = run(env, ["--module=none", "sh", "-c", "test -r /var/shifter/launch.plan || echo private; "
+                        "/app/mpi-hello"], conf=conf, LD_PRELOAD=env["probe"])
+        assert res.stdout.startswith("private\n"), res.stdout + res.stderr
+        assert "maps - /usr/lib/x86_64-linux-gnu/libmpich.so.12" in res.stdout, res.stdout
+    finally:
+        udi.teardown(udiconfig.load(conf))
