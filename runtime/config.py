@@ -33,7 +33,7 @@ IGNORED_KEYS = (
 MULTI_KEYS = ("siteFs", "siteEnv", "siteEnvAppend", "siteEnvPrepend", "siteEnvUnset")
 
 MODULE_ATTRS = ("siteEnvPrepend", "siteEnvAppend", "siteEnvUnset", "siteEnv", "conflict", "siteFs",
-                "copyPath", "enabled", "roothook", "userhook")
+                "copyPath", "enabled", "roothook", "userhook", "gpuDevices")
 _MODULE_RE = re.compile(rf"^module_(?P<name>[A-Za-z0-9_.-]+?)_(?P<attr>{'|'.join(MODULE_ATTRS)})$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -71,6 +71,9 @@ class Module:
     enabled: bool = True
     roothook: str | None = None
     userhook: str | None = None
+    #: extension: per-GPU device files (container paths, each ending in its GPU number);
+    #: a step opens only those of its own GPUs (``shifter.runtime.devices``)
+    gpu_devices: tuple[str, ...] = ()
 
 
 @frozen
@@ -180,6 +183,20 @@ class _Reader:
                 raise self.error(key, f"{name!r} is not an environment variable name")
         return names
 
+    def gpu_devices(self, key: str) -> tuple[str, ...]:
+        from shifter.runtime.devices import gpu_id
+
+        paths, ids = self.words(key, r"\s+"), {}
+        for path in paths:
+            n = gpu_id(path)
+            if n is None or "\0" in path:
+                raise self.error(key, f"entry {path!r} is not a GPU device file (an absolute path ending in "
+                                      "its GPU number)", "e.g. /dev/nvidia0, as gres.conf File= names them")
+            if n in ids:
+                raise self.error(key, f"names GPU {n} twice ({ids[n]} and {path})")
+            ids[n] = path
+        return paths
+
     def volumes(self, key: str) -> tuple:
         # Shifter separates siteFs maps with ';' or with whitespace (older configs)
         spec = ";".join(part for part in re.split(r"[\s;]+", self.raw[key]) if part)
@@ -284,6 +301,7 @@ def parse(text: str, path: str = "<udiRoot.conf>") -> UdiRootConfig:
             enabled=r.boolean(prefix + "enabled") if prefix + "enabled" in raw else True,
             roothook=r.abspath(prefix + "roothook") if raw.get(prefix + "roothook") else None,
             userhook=r.abspath(prefix + "userhook") if raw.get(prefix + "userhook") else None,
+            gpu_devices=r.gpu_devices(prefix + "gpuDevices") if raw.get(prefix + "gpuDevices") else (),
         )
     for name in kw.get("defaultModules", ()):
         if name not in modules:

@@ -318,8 +318,34 @@ def job_error(config, environ) -> None:
 
 # --------------------------------------------------------------------------- entering
 def _mounts(config, vols, modules) -> list[dict]:
+    return _mounts_of([*config.siteFs, *(x for m in modules for x in m.site_fs), *vols])
+
+
+def _module_report(modules, environ) -> list[dict]:
+    """What each module adds (``--dry-run``): its maps, files, environment rules, hooks
+    and, for per-GPU device files, which this step may open and which are covered."""
+    from shifter.runtime import devices
+
     out = []
-    for v in [*config.siteFs, *(x for m in modules for x in m.site_fs), *vols]:
+    for m in modules:
+        item = {"name": m.name, "mounts": _mounts_of(m.site_fs),
+                "env": {"set": dict(m.env.set), "prepend": dict(m.env.prepend), "append": dict(m.env.append),
+                        "unset": list(m.env.unset)}}
+        if m.copy_path:
+            item["copy"] = {"source": m.copy_path, "destination": f"/opt/udiImage/modules/{m.name}"}
+        if m.userhook:
+            item["userhook"] = m.userhook
+        if m.roothook:
+            item["roothook"] = m.roothook
+        if m.gpu_devices:
+            item["gpu_devices"] = {"visible": devices.visible([m], environ), "covered": devices.covered([m], environ)}
+        out.append(item)
+    return out
+
+
+def _mounts_of(maps) -> list[dict]:
+    out = []
+    for v in maps:
         flags = [f for f, on in (("ro", v.read_only), ("rec", v.recursive)) if on]
         if v.per_node_cache is not None:
             flags.append(v.per_node_cache.spec())
@@ -345,10 +371,13 @@ def _join_user_ns(udi: str) -> bool:
         os.close(fd)
 
 
-def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, userns: bool):
-    """chroot into ``udi`` (through an own user namespace unless root), no_new_privs, run
-    the userhooks, exec ``argv``.  Does not return."""
-    from shifter.runtime import entry, linux  # everything is imported before the chroot
+def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, userns: bool,
+          cover=(), own_namespace: bool = False):
+    """chroot into ``udi`` (through an own user namespace unless root), cover the device
+    files ``cover`` (in a new mount namespace unless ``own_namespace``: the process has
+    one already; ``shifter.runtime.devices``), no_new_privs, run the userhooks, exec
+    ``argv``.  Does not return."""
+    from shifter.runtime import devices, entry, linux  # everything is imported before the chroot
 
     uid, gid = os.getuid(), os.getgid()
     try:
@@ -358,6 +387,7 @@ def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, u
         os.chdir(udi)
         os.chroot(udi)
         os.chdir("/")
+        devices.restrict(cover, new_namespace=not own_namespace)
         linux.no_new_privs()
     except OSError as e:
         raise ShifterError(f"can't enter the container at {udi}: {e.strerror or e}",
@@ -369,9 +399,11 @@ def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, u
 def _saver(config, environ, image_path, image_meta, modules, uid, gid):
     """A ``privplan.Saver`` for this request, or None if the launcher would not replay it."""
     from shifter import paths
-    from shifter.runtime import plan, plandir, privplan
+    from shifter.runtime import devices, plan, plandir, privplan
     from shifter.runtime.udi import command_argv
 
+    if devices.needs_blank(modules):  # what a step may open depends on its GPUs: never replayed
+        return None
     config_path = paths.config_path(environ=environ)
     key = privplan.request_key(environ, config_path, uid, gid, os.getgroups())
     if key is None:
@@ -428,6 +460,9 @@ def _main(argv: list[str]) -> int:
     args = build_argv(opts, image_meta)
     cwd = choose_cwd(opts, image_meta)
     userhooks = tuple(m.userhook for m in modules if m.userhook)
+    from shifter.runtime import devices
+
+    cover = devices.covered(modules, environ)  # the caller's: --clearenv does not give GPUs
     if opts.dry_run:
         import json
 
@@ -435,12 +470,13 @@ def _main(argv: list[str]) -> int:
             "image": {"type": image.type, "tag": image.tag, "path": image_path},
             "udi": "prepared" if prepared else "private",
             "mounts": _mounts(config, vols, modules), "env": env, "cwd": cwd, "argv": args,
+            "modules": _module_report(modules, environ),
         }, indent=1, sort_keys=True))
         return 0
     if opts.verbose:
         print(f"shifter: image {image}, {'prepared' if prepared else 'private'} container", file=sys.stderr)
     if prepared:
-        enter(prepared[0], cwd, env, args, userhooks, userns=uid != 0)
+        enter(prepared[0], cwd, env, args, userhooks, userns=uid != 0, cover=cover)
     gids = tuple(dict.fromkeys([gid, *os.getgroups()]))
     import pwd
 
@@ -457,7 +493,7 @@ def _main(argv: list[str]) -> int:
         from shifter.runtime import private_user
 
         return private_user.run(config, image_path, image_meta, request, args, env, cwd, userhooks,
-                                save_plan=saver)
+                                save_plan=saver, cover=cover)
     # root: a private UDI in a new mount namespace, gone when the process exits
     from shifter.runtime import linux, record
 
@@ -471,7 +507,7 @@ def _main(argv: list[str]) -> int:
         with record.recording(record.Recorder()) as rec:
             udi.setup_root(config, request, private=True)
         saver(rec, config.udiMount)
-    enter(config.udiMount, cwd, env, args, userhooks, userns=False)
+    enter(config.udiMount, cwd, env, args, userhooks, userns=False, cover=cover, own_namespace=True)
     return EXIT_LAUNCH  # not reached
 
 

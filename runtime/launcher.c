@@ -15,6 +15,8 @@
  * When no prepared UDI matches, a private container may still be built here: by
  * replaying the private plan Python recorded for this very request the first time
  * (replay.c, docs/private-plans.md).
+ * A plan whose modules have per-GPU device files (`gpudev`) gets a mount namespace of
+ * the step's own in which the GPUs that are not the step's are covered (cover_gpus).
  * Everything else (options, another image, no plan, no user namespaces, a failed
  * replay) is handed, unchanged, to the Python implementation:
  *   <prefix>/bin/python -I -m shifter.runtime.launch ARGS...
@@ -31,10 +33,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <ctype.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -44,6 +48,7 @@
 #include "replay.h"
 
 #define PLAN_REL "/var/shifter/launch.plan"
+#define GPU_BLANK "/var/shifter/nodevice" /* shifter.runtime.devices.BLANK */
 #define PLAN_MAX (1 << 20)
 
 extern char **environ;
@@ -172,6 +177,8 @@ struct plan {
     const char *uid, *gid, *jobid, *image_type, *image_id, *volumes, *modules, *modules_default, *workdir;
     const char **entry, **cmd, **env, **userhook;
     int n_cmd, n_env, n_userhook;
+    const char **gpudev; /* the modules' per-GPU device files (shifter.runtime.devices) */
+    int n_gpudev;
 };
 
 static int parse_plan(char *buf, size_t len, struct plan *p)
@@ -190,7 +197,8 @@ static int parse_plan(char *buf, size_t len, struct plan *p)
     p->cmd = calloc(count, sizeof(char *));
     p->env = calloc(count, sizeof(char *));
     p->userhook = calloc(count, sizeof(char *));
-    if (!p->cmd || !p->env || !p->userhook) return -1;
+    p->gpudev = calloc(count, sizeof(char *));
+    if (!p->cmd || !p->env || !p->userhook || !p->gpudev) return -1;
     int ended = 0;
     for (size_t i = 2; i + 1 < n; i += 2) {
         const char *k = s[i], *v = s[i + 1];
@@ -207,6 +215,7 @@ static int parse_plan(char *buf, size_t len, struct plan *p)
         else if (strcmp(k, "cmd") == 0) p->cmd[p->n_cmd++] = v;
         else if (strcmp(k, "env") == 0) p->env[p->n_env++] = v;
         else if (strcmp(k, "userhook") == 0) p->userhook[p->n_userhook++] = v;
+        else if (strcmp(k, "gpudev") == 0) p->gpudev[p->n_gpudev++] = v;
         /* udi, entry: not needed here */
     }
     if (!ended || !p->uid || !p->gid || !p->jobid || !p->image_type || !p->image_id || !p->volumes ||
@@ -525,6 +534,108 @@ static void job_error(const char *mount)
     free(text);
 }
 
+/* ------------------------------------------------------------------ GPUs */
+/* The step's GPUs, by the rule of shifter.runtime.devices.step_gpus (tests/data/gpu_steps.json
+ * runs through both): SLURM_STEP_GPUS, else SLURM_JOB_GPUS; comma-separated numbers or
+ * ranges a-b (1 to 6 digits, spaces around allowed, hi >= lo, hi - lo <= 4096).  Neither
+ * set, empty, or malformed: no GPU.  `lo`/`hi` get the ranges; returns their number. */
+static int step_gpus(long *lo, long *hi, int max)
+{
+    const char *v = getenv("SLURM_STEP_GPUS");
+    if (v == NULL) v = getenv("SLURM_JOB_GPUS");
+    if (v == NULL || v[0] == '\0') return 0;
+    int n = 0;
+    const char *s = v;
+    for (;;) {
+        long num[2] = {-1, -1};
+        while (isspace((unsigned char) *s)) s++;
+        for (int k = 0; k < 2; k++) {
+            int digits = 0;
+            long x = 0;
+            while (*s >= '0' && *s <= '9') {
+                if (++digits > 6) return 0;
+                x = x * 10 + (*s++ - '0');
+            }
+            if (digits == 0) return 0;
+            num[k] = x;
+            if (k == 0 && *s == '-') s++;
+            else break;
+        }
+        while (isspace((unsigned char) *s)) s++;
+        long a = num[0], b = num[1] < 0 ? num[0] : num[1];
+        if (b < a || b - a > 4096 || n == max) return 0;
+        lo[n] = a;
+        hi[n] = b;
+        n++;
+        if (*s == '\0') return n;
+        if (*s++ != ',') return 0;
+    }
+}
+
+/* A per-GPU device file's number: its trailing digits (shifter.runtime.devices.gpu_id); -1
+ * when it has none, or more than 6 significant digits (a number no step can be given). */
+static long gpu_id(const char *path)
+{
+    size_t len = strlen(path), i = len;
+    while (i > 0 && path[i - 1] >= '0' && path[i - 1] <= '9') i--;
+    if (i == len || i == 0 || path[i - 1] == '/' || path[0] != '/') return -1;
+    while (i < len - 1 && path[i] == '0') i++;
+    if (len - i > 6) return -1;
+    return strtol(path + i, NULL, 10);
+}
+
+/* Is device file `path` one of the step's GPUs? */
+static int visible_gpu(const char *path, const long *lo, const long *hi, int n)
+{
+    long id = gpu_id(path);
+    for (int i = 0; id >= 0 && i < n; i++)
+        if (lo[i] <= id && id <= hi[i]) return 1;
+    return 0;
+}
+
+#define MAX_GPU_RANGES 4096
+static long gpu_lo[MAX_GPU_RANGES], gpu_hi[MAX_GPU_RANGES];
+
+/* Once chrooted into a prepared container whose modules have per-GPU device files: a
+ * mount namespace of the step's own (the job's user namespace gives the right; its
+ * mounts are slaves, nothing goes back), and each device file of a GPU that is not the
+ * step's covered by /var/shifter/nodevice (docs/modules.md).  0 ok; else one line. */
+static int cover_gpus(const char **dev, int n_dev)
+{
+    int n = step_gpus(gpu_lo, gpu_hi, MAX_GPU_RANGES), made = 0;
+    for (int i = 0; i < n_dev; i++) {
+        struct stat st;
+        if (visible_gpu(dev[i], gpu_lo, gpu_hi, n) || lstat(dev[i], &st) != 0) continue;
+        if (!made) {
+            if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0) goto fail;
+            made = 1;
+        }
+        if (mount(GPU_BLANK, dev[i], NULL, MS_BIND, NULL) != 0) goto fail;
+    }
+    return 0;
+fail:
+    fprintf(stderr, "shifter: can't limit the container to the step's GPUs: %s\n", strerror(errno));
+    return -1;
+}
+
+/* SHIFTER_LAUNCHER_PRINT_GPUS="DEV DEV ...": print which of these device files this step
+ * covers, as JSON, and run nothing (tests/data/gpu_steps.json). */
+static int print_gpus(const char *devices)
+{
+    char *copy = strdup(devices), *save = NULL;
+    int n = step_gpus(gpu_lo, gpu_hi, MAX_GPU_RANGES), first = 1;
+    fputs("{\"covered\": [", stdout);
+    for (char *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+        if (visible_gpu(t, gpu_lo, gpu_hi, n)) continue;
+        if (!first) fputs(", ", stdout);
+        json_string(t);
+        first = 0;
+    }
+    fputs("]}\n", stdout);
+    free(copy);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ main */
 int main(int argc, char **argv)
 {
@@ -544,6 +655,7 @@ int main(int argc, char **argv)
 
     if (getenv("SHIFTER_LAUNCHER_PRINT_REQUEST") != NULL) return print_request();
     if (getenv("SHIFTER_LAUNCHER_PRINT_UDI") != NULL) return print_udi();
+    if (getenv("SHIFTER_LAUNCHER_PRINT_GPUS") != NULL) return print_gpus(getenv("SHIFTER_LAUNCHER_PRINT_GPUS"));
     if (argc >= 2 && argv[1][0] == '-') to_python(argc, argv);
     if (getenv("SHIFTER_NO_FAST_PATH") != NULL) to_python(argc, argv);
     uid_t uid = getuid();
@@ -592,6 +704,7 @@ int main(int argc, char **argv)
         if (map_self(uid, gid) != 0) goto fail;
     }
     if (chdir(udi) != 0 || chroot(udi) != 0 || chdir("/") != 0) goto fail;
+    if (cover_gpus(p.gpudev, p.n_gpudev) != 0) return EXIT_LAUNCH;
 
     p.cmd[p.n_cmd] = NULL;
     struct entry e = {cwd, p.env, p.n_env, p.userhook, p.n_userhook, p.cmd, p.n_cmd};

@@ -12,7 +12,8 @@ Single keys: ``uid``, ``gid``, ``jobid`` (empty outside a job), ``image_type``,
 used the site's defaults), ``udi`` (the udiMount path), ``workdir`` (the image WORKDIR,
 may be empty).  Repeated keys, in order: ``entry`` and ``cmd`` (one argv element each;
 the image ENTRYPOINT/CMD), ``userhook`` (module userhooks, in-container paths, run as
-the user before the command), and ``env`` — environment operations applied in order
+the user before the command), ``gpudev`` (the loaded modules' per-GPU device files: a
+step covers those not its own, ``shifter.runtime.devices``), and ``env`` — environment operations applied in order
 over the caller's environment::
 
     =NAME=VALUE   set        <NAME=VALUE   prepend (VALUE:old)
@@ -32,7 +33,7 @@ VERSION = "1"
 RELPATH = "var/shifter/launch.plan"
 SINGLE_KEYS = ("uid", "gid", "jobid", "image_type", "image_id", "volumes", "modules", "modules_default", "udi",
                "workdir")
-LIST_KEYS = ("entry", "cmd", "env", "userhook")
+LIST_KEYS = ("entry", "cmd", "env", "userhook", "gpudev")
 
 
 @frozen
@@ -51,6 +52,7 @@ class Plan:
     cmd: tuple[str, ...] = ()
     env: tuple[str, ...] = field(default=())
     userhook: tuple[str, ...] = ()
+    gpudev: tuple[str, ...] = ()  # the modules' per-GPU device files (shifter.runtime.devices)
 
     def identity(self) -> tuple:
         """What a launch request must match to use this UDI."""

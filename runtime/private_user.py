@@ -71,7 +71,7 @@ import sys
 import time
 
 from shifter.errors import ConfigError, ShifterError, UsageError
-from shifter.runtime import entry, etcfiles, linux, record, userns, volumes
+from shifter.runtime import devices, entry, etcfiles, linux, record, userns, volumes
 from shifter.runtime import udi as _udi
 from shifter.runtime.modules import select_modules
 
@@ -94,7 +94,7 @@ HELPER_IGNORED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, 
 
 
 def run(config, image_path: str, image_meta, request, argv: list[str], env: dict[str, str], cwd: str,
-        userhooks: tuple[str, ...] = (), save_plan=None) -> int:
+        userhooks: tuple[str, ...] = (), save_plan=None, cover=()) -> int:
     """Build a private UDI for the calling (non-root) user in a new user+mount namespace,
     run argv inside it as the user, tear everything down, return the exit status
     (128+N if killed by signal N).
@@ -106,6 +106,7 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
 
     ``save_plan(recorder, root, fuse)``: called in the builder once the container is
     built, with the recording of the build (see ``shifter.runtime.privplan``).
+    ``cover``: device files covered before the command runs (``shifter.runtime.devices``).
     """
     uid, gid = os.getuid(), os.getgid()
     _check(config, image_path, image_meta, request, argv, uid, gid)
@@ -141,7 +142,7 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
         builder = os.fork()
         if builder == 0:  # pragma: no cover - child
             _builder_main(config, image_path, request, modules, gids, argv, env, cwd, userhooks, base,
-                          prog, sock, err, old_mask, save_plan, launcher)
+                          prog, sock, err, old_mask, save_plan, launcher, cover)
         os.close(err[1])
         ours.remove(err[1])
         if sock:
@@ -419,7 +420,7 @@ def _helper_main(prog: str, image_path: str, sock, log: int, old_mask,
 
 
 def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, userhooks, base, prog, sock, err,
-                  old_mask, save_plan, launcher: int) -> None:  # pragma: no cover - child
+                  old_mask, save_plan, launcher: int, cover=()) -> None:  # pragma: no cover - child
     """Build the container, exec the command; report a failure to the launcher."""
     try:
         linux.die_with_parent(launcher)  # like the single process of the other paths
@@ -434,7 +435,7 @@ def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, us
             with record.recording(record.Recorder(base)) as rec:
                 b.build()
             save_plan(rec, "@" + b.root[len(base):], prog)
-        b.enter(cwd, env, userhooks)
+        b.enter(cwd, env, userhooks, cover)
         entry.exec_command(argv, env)
     except BaseException as e:  # noqa: BLE001 - everything becomes one line for the launcher
         if isinstance(e, _FuseExited):
@@ -597,7 +598,10 @@ class _Builder:
             if module.copy_path:
                 _udi.copytree(module.copy_path, os.path.join(opt_udi, "modules", module.name))
             for v in module.site_fs:
-                self._site(v, f"module {module.name} siteFs", image_root)
+                self._site(v, f"module_{module.name}_siteFs of {config.path}", image_root)
+        if devices.needs_blank(self.modules):  # the command covers the GPUs that are not its own
+            record.fail("a module has per-GPU devices (each step covers those not its own)")
+            devices.make_blank(root)
 
         # the user's volumes, bound from the fds opened as the user
         for v, src_fd in zip(plain, sources):
@@ -624,9 +628,10 @@ class _Builder:
         _udi._bind_site(self.root, v, what, bind=self._bind)
 
     # ---------------------------------------------------------------- entering
-    def enter(self, cwd: str, env: dict[str, str], userhooks) -> None:
+    def enter(self, cwd: str, env: dict[str, str], userhooks, cover=()) -> None:
         os.chdir(self.root)
         os.chroot(".")
         os.chdir("/")
+        devices.restrict(cover, new_namespace=False)  # this namespace is the command's own
         linux.no_new_privs()
         entry.start(cwd, env, userhooks)

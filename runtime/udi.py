@@ -35,7 +35,7 @@ from shifter.frozen import field, frozen
 
 from shifter import asuser, files
 from shifter.errors import ConfigError, ShifterError, UsageError
-from shifter.runtime import cache, etcfiles, jobpath, linux, meta, plan, record, volumes
+from shifter.runtime import cache, devices, etcfiles, jobpath, linux, meta, plan, record, volumes
 from shifter.runtime.modules import select_modules
 from shifter.runtime import teardown as _teardown
 from shifter.runtime.image import ImageRef
@@ -672,10 +672,14 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         for v in module.site_fs:
             if v.per_node_cache is None:
                 _make_room(udi, image_root, v.destination)
-                _bind_site(udi, v, f"module {module.name} siteFs", style=config.mountPropagationStyle)
+                _bind_site(udi, v, f"module_{module.name}_siteFs of {config.path}",
+                           style=config.mountPropagationStyle)
         if module.roothook:
             _run_hook(module.roothook, udi, f"run the roothook of module {module.name}",
                       {**hook_env, "SHIFTER_MODULE": module.name})
+    if devices.needs_blank(modules):  # each step covers the GPUs that are not its own
+        record.fail("a module has per-GPU devices (each step covers those not its own)")
+        devices.make_blank(udi)
 
     # Nothing mounted from here on may reach a mount outside the UDI: every mount in the
     # tree (the host's /dev, /proc, /sys, /tmp, site and image binds) becomes a slave of
@@ -712,6 +716,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         volumes=volumes.format_volumes(req.volumes), modules=",".join(sorted(m.name for m in modules)),
         modules_default="1" if req.modules is None else "0", udi=udi, workdir=image_meta.workdir or "",
         userhook=tuple(m.userhook for m in modules if m.userhook),
+        gpudev=tuple(p for m in modules for p in m.gpu_devices),
         entry=command_argv(image_meta.entry), cmd=command_argv(image_meta.cmd),
         env=tuple(plan.env_ops(env_rules, image_meta.env_dict())),
     )

@@ -91,15 +91,18 @@ def node_table(site: Site) -> list[dict]:
     ]
 
 
-def write_configs(site: Site) -> bool:
-    """Render every config file; True when one that slurm reads changed."""
+def write_configs(site: Site, modules_conf: str = "") -> bool:
+    """Render every config file; True when one that slurm reads changed.  ``modules_conf``:
+    the site modules' udiRoot.conf lines (``shifter.tools.sitemodules``)."""
+    from shifter.tools import sitemodules
+
     nodes = node_table(site)
     udiroot = site.udiroot_conf
     write_etc_files(site.etc_files)
     if site.contain:
         templates.write("extern_setup.sh", site.extern_setup, mode=0o755)
         templates.write("daemon-roothook.sh", site.daemon_roothook, mode=0o755)
-    templates.write("udiRoot.conf", udiroot, **site.udiroot_context())
+    templates.write("udiRoot.conf", udiroot, **site.udiroot_context(modules_conf=modules_conf))
     changed = templates.write(
         "plugstack.conf", site.plugstack_conf,
         plugin_path=site.plugin_path, udiroot_conf=udiroot, plugin_args=site.plugin_args(),
@@ -112,7 +115,10 @@ def write_configs(site: Site) -> bool:
         run_dir=site.run, log_dir=site.log, nodes=nodes, cpus=2, memory_mb=1000, partition="debug",
         proctrack="proctrack/cgroup" if site.contain else "proctrack/linuxproc",
         prolog_flags="Alloc,Contain" if site.contain else "Alloc",
+        gpus=sitemodules.GPUS,
     )
+    changed |= templates.write("gres.conf", site.gres_conf, nodes=nodes,
+                               gpu_files=sitemodules.gpu_device_files(site))
     templates.write("hosts", os.path.join(site.etc, "hosts"), nodes=nodes)
     return changed
 
@@ -131,7 +137,7 @@ def config_stamp(site: Site) -> str:
     """What slurmd has loaded: slurm.conf, plugstack.conf and the plugin's shim.  (The
     embedded Python module is loaded afresh by every process that needs it.)"""
     h = hashlib.sha256()
-    for path in (site.slurm_conf, site.plugstack_conf, site.cgroup_conf, site.plugin_path):
+    for path in (site.slurm_conf, site.plugstack_conf, site.cgroup_conf, site.plugin_path, site.gres_conf):
         try:
             with open(path, "rb") as f:
                 h.update(hashlib.sha256(f.read()).digest())
@@ -459,7 +465,10 @@ def up(site: Site, checkout: str | None = None, images: bool = True) -> None:
         say(f"node count changes {previous['nodes']} -> {site.nodes}: restarting Slurm")
         nodes_down(site)
         daemons.stop(os.path.join(site.run, "slurmctld.pid"), "slurmctld")
-    slurm_changed = write_configs(site)
+    from shifter.tools import sitemodules
+
+    modules_conf = sitemodules.prepare(site, log=say)
+    slurm_changed = write_configs(site, modules_conf)
     stamp = config_stamp(site)
     fresh = slurm_changed or previous.get("stamp") != stamp
     if fresh and previous.get("stamp"):

@@ -75,6 +75,11 @@ class Site:
         return os.path.join(self.etc, "slurm.conf")
 
     @property
+    def gres_conf(self) -> str:
+        """Slurm reads gres.conf beside slurm.conf."""
+        return os.path.join(self.etc, "gres.conf")
+
+    @property
     def plugstack_conf(self) -> str:
         return os.path.join(self.etc, "plugstack.conf")
 
@@ -151,6 +156,7 @@ class Site:
             image_gateways=[f"http://127.0.0.1:{self.gateway_port}"], munge_socket=self.munge_socket,
             allow_local_chroot=1 if self.contain else 0,
             daemon_roothook=self.daemon_roothook if self.contain else "",
+            modules_conf="",
         )
         context.update(overrides)
         return context
