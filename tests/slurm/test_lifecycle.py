@@ -305,6 +305,10 @@ def test_two_hundred_jobs_of_every_shape_leave_no_trace(cluster, runner, userdir
             cancel = []
             for j in jobs[-20:]:
                 _wait_gone(runner, j, timeout=120)
+    for c in cancel:
+        subprocess.run(["scancel", c], env=runner.env(), capture_output=True)
+    for j in jobs:
+        _wait_gone(runner, j, timeout=120)
     _wait_gone(runner, timed_out, timeout=180)
     jobs.append(timed_out)
     time.sleep(1)  # the last epilogs
