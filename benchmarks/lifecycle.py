@@ -19,6 +19,10 @@ With ``--scale 1,3,16,64`` it also resizes the local cluster to each size in tur
 and reports, per size, the prolog's and the epilog's CPU time per node (the hooks log it,
 children included: it must stay flat) and `srun -NN --image=... shifter true` against
 `srun -NN true` (all nodes share this machine's cores: wall time measures the machine).
+With ``--sshd`` it reports the prolog's own wall time per node (its "prolog done in"
+log line) for an --exclusive Debian job at 1 and 3 nodes, with the job's sshd
+(``enable_sshd=1``) against without (``enable_sshd=0``), interleaved: each run lays the
+plugstack.conf variant over the site's in every node's namespace (target: <= +20 ms).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import argparse
 import json
 import os
 import pwd
+import shutil
 import statistics
 import subprocess
 import sys
@@ -97,9 +102,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30, help="runs per set-up (default 30)")
     parser.add_argument("--scale", default="", help="node counts for the scale table, e.g. 1,3,16,64")
+    parser.add_argument("--sshd", action="store_true", help="the prolog with the job's sshd against without")
     args = parser.parse_args()
     if args.scale:
         return scale(args)
+    if args.sshd:
+        return sshd_table(args)
     site = Site(nodes=cluster.saved_state(Site()).get("nodes", 3))
     pw = pwd.getpwnam(USER)
     debian_id = _as_user(pw, site, ["shifterimg", "lookup", DEBIAN]).stdout.strip()
@@ -187,6 +195,70 @@ def scale(args) -> int:
                   f"{m(image) / m(plain):5.2f}x")
     finally:
         cluster.up(Site(nodes=before), images=False)
+    return 0
+
+
+def _prolog_wall(site, job: str) -> list[float]:
+    import re
+
+    pattern = re.compile(rf"shifter: prolog: job={job} node=\S+: prolog done in ([0-9.]+) s")
+    out = []
+    for node in site.node_names():
+        with open(site.slurmd_log(node), errors="replace") as f:
+            out += [float(m.group(1)) for m in map(pattern.search, f) if m]
+    return out
+
+
+def sshd_table(args) -> int:
+    import re
+
+    site = Site(nodes=cluster.saved_state(Site()).get("nodes", 3))
+    pw = pwd.getpwnam(USER)
+    with open(site.plugstack_conf) as f:
+        text = f.read()
+    base = re.sub(r" enable_sshd=[01]", "", text)
+    variants = {flag: re.sub(r"^(required .*)$", rf"\1 enable_sshd={flag}", base, count=1, flags=re.M)
+                for flag in ("0", "1")}
+    tmp = tempfile.mkdtemp(prefix="shifter-bench-sshd-")
+    paths = {}
+    for flag, body in variants.items():
+        paths[flag] = os.path.join(tmp, f"plugstack-{flag}.conf")
+        with open(paths[flag], "w") as f:
+            f.write(body)
+        os.chmod(paths[flag], 0o644)
+    pids = [open(cluster.slurmd_pidfile(site, n)).read().strip() for n in site.node_names()]
+
+    def lay(flag):
+        for pid in pids:
+            subprocess.run(["nsenter", "-t", pid, "-m", "umount", site.plugstack_conf], capture_output=True)
+            subprocess.run(["nsenter", "-t", pid, "-m", "mount", "--bind", paths[flag], site.plugstack_conf],
+                           check=True)
+
+    times = {(n, flag): [] for n in (1, 3) for flag in ("0", "1")}
+    try:
+        for i in range(args.runs + 2):
+            for n in (1, 3):
+                for flag in ("0", "1"):
+                    lay(flag)
+                    res = _as_user(pw, site, ["srun", f"-N{n}", "--exclusive", f"--image={DEBIAN}",
+                                              "sh", "-c", "echo $SLURM_JOB_ID"])
+                    if res.returncode != 0:
+                        raise SystemExit(f"lifecycle: srun failed: {res.stderr.strip()}")
+                    job = res.stdout.split()[0]
+                    walls = _prolog_wall(site, job)
+                    if len(walls) != n:
+                        raise SystemExit(f"lifecycle: job {job}: {len(walls)} prolog times for {n} nodes")
+                    if i >= 2:
+                        times[(n, flag)] += walls
+    finally:
+        for pid in pids:
+            subprocess.run(["nsenter", "-t", pid, "-m", "umount", site.plugstack_conf], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"prolog wall time per node, --exclusive {DEBIAN}, median of {args.runs} interleaved runs (ms), as {USER}")
+    print(f"{'nodes':>5} {'enable_sshd=0':>14} {'enable_sshd=1':>14} {'delta':>8} {'target':>8}")
+    for n in (1, 3):
+        off, on = statistics.median(times[(n, "0")]), statistics.median(times[(n, "1")])
+        print(f"{n:5d} {off * 1000:14.1f} {on * 1000:14.1f} {(on - off) * 1000:+8.1f} {'<= +20':>8}")
     return 0
 
 

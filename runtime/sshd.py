@@ -74,6 +74,10 @@ class Setup:
     address: str  # the node's address: the sshd listens there, the client binds to it
     allowed: tuple[str, ...] = ()  # the job's nodes' addresses: connections only from them
     port: int = DEFAULT_PORT
+    #: with it, setupRoot also spawns the sshd (``spawn``; pid file and log there) as the
+    #: user, once the files are there; the caller waits for it (``wait_ready``)
+    state_dir: str | None = None
+    username: str = ""
 
 
 # --------------------------------------------------------------------------- keys
@@ -156,27 +160,47 @@ def ensure_user_key(home: str) -> bool:
     return True
 
 
-def read_user_pubkey(home: str, uid: int, gid: int, gids) -> str:
-    """The user's public key, read as the user (``asuser``: never a path root follows)."""
-    from shifter import asuser
+def _with_fs_ids(uid: int, gid: int, gids, work):
+    """Run ``work()`` with the user's file-system uid, gid and groups: the kernel checks
+    every path it opens with the user's rights (root's file capabilities drop while the
+    fs uid is not 0), and nothing needs a child process.  Restored after."""
+    import ctypes
 
+    libc = ctypes.CDLL(None, use_errno=True)
+    saved_groups, saved_gid = os.getgroups(), os.getegid()
+    os.setgroups(list(gids))
+    try:
+        libc.setfsgid(gid)
+        libc.setfsuid(uid)
+        if libc.setfsuid(uid) != uid or libc.setfsgid(gid) != gid:
+            raise OSError(errno.EPERM, "can't take the user's file-system ids")
+        return work()
+    finally:
+        libc.setfsuid(os.geteuid())
+        libc.setfsgid(saved_gid)
+        os.setgroups(saved_groups)
+
+
+def read_user_pubkey(home: str, uid: int, gid: int, gids) -> str:
+    """The user's public key, opened with the user's rights (never a path root follows
+    with its own: ``_with_fs_ids``), no symlink as the last component."""
     _, _, pub = user_key_paths(home)
 
     def work():
-        fd = os.open(pub, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(pub, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise asuser.Refusal(f"{pub} is not a regular file")
-            data = os.read(fd, 16384)
+                raise OSError(errno.EINVAL, "not a regular file", pub)
+            return os.read(fd, 16384)
         finally:
             os.close(fd)
-        return {"key": data.decode(errors="replace")}, []
 
-    answer, _ = asuser.call(uid, gid, gids, work, timeout=10)
-    if "key" not in answer:
-        why = answer.get("refused") or answer.get("why") or "the helper process failed"
-        raise UsageError(f"can't read the user's container ssh key {pub}: {why}")
-    return parse_pubkey(answer["key"])
+    try:
+        data = _with_fs_ids(uid, gid, gids, work)
+    except OSError as e:
+        raise UsageError(f"can't read the user's container ssh key {pub}: {(e.strerror or str(e)).lower()}",
+                         "the job's submission makes it (with enable_sshd=1)") from None
+    return parse_pubkey(data.decode(errors="replace"))
 
 
 # --------------------------------------------------------------------------- the bundle
@@ -399,7 +423,17 @@ def command(bundle_dir: str, address: str, username: str) -> list[str]:
 def start(state_dir: str, udi: str, bundle_dir: str, uid: int, gid: int, gids, username: str,
           address: str, port: int = DEFAULT_PORT, timeout: float = START_TIMEOUT) -> int:
     """Start the job's sshd in the container at ``udi``; its pid (and start time) goes to
-    ``state_dir``/sshd.pid, its log to ``state_dir``/sshd.log.  Returns once it listens."""
+    ``state_dir``/sshd.pid, its log to ``state_dir``/sshd.log.  Returns its pid once it
+    listens."""
+    pid = spawn(state_dir, udi, bundle_dir, uid, gid, gids, username, address)
+    wait_ready(state_dir, pid, address, port, timeout)
+    return pid
+
+
+def spawn(state_dir: str, udi: str, bundle_dir: str, uid: int, gid: int, gids, username: str,
+          address: str) -> int:
+    """Fork and exec the job's sshd (``start`` without the wait: setupRoot spawns it as
+    soon as its files are there, the prolog waits at its end).  Returns the pid."""
     from shifter.runtime import linux
 
     argv = command(bundle_dir, address, username)
@@ -436,8 +470,15 @@ def start(state_dir: str, udi: str, bundle_dir: str, uid: int, gid: int, gids, u
     finally:
         os.close(log)
     _write_pid(state_dir, pid)
+    return pid
+
+
+def wait_ready(state_dir: str, pid: int, address: str, port: int = DEFAULT_PORT,
+               timeout: float = START_TIMEOUT) -> None:
+    """Return once the sshd ``pid`` (a child of this process) listens; raise if it exits
+    or does not listen within ``timeout`` (it is killed then)."""
     deadline = time.monotonic() + timeout
-    delay = 0.001
+    delay = 0.0005
     while not _listening(address, port):
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
@@ -447,7 +488,6 @@ def start(state_dir: str, udi: str, bundle_dir: str, uid: int, gid: int, gids, u
             raise ShifterError(f"the job's sshd did not listen on {address}:{port} within {timeout:.0f} s: "
                                f"{last_log_line(state_dir)}")
         time.sleep(delay)
-    return pid
 
 
 def _status(status: int) -> str:

@@ -673,6 +673,9 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         record.fail("the build prepared a job's sshd")
         sshd.prepare(udi, req.sshd.bundle, req.uid, req.gid, req.sshd.pubkey, req.sshd.address,
                      list(req.sshd.allowed))
+        if req.sshd.state_dir:  # its start-up overlaps the rest of the build
+            sshd.spawn(req.sshd.state_dir, udi, req.sshd.bundle, req.uid, req.gid, gids, req.sshd.username,
+                       req.sshd.address)
     if req.hostlist is not None:  # /var/hostsfile (docs/sshd.md)
         from shifter.runtime import hostsfile
 

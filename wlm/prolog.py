@@ -25,7 +25,14 @@ from shifter.errors import ShifterError
 from shifter.wlm import jobinfo
 
 
+_started: float | None = None  # when the hook began (the "prolog done in" line)
+
+
 def run(sp, plugstack, options) -> None:
+    import time
+
+    global _started
+    _started = time.perf_counter()
     job = jobinfo.from_spank(sp, options)
     sp.info(f"shifter: prolog: {job.describe()}")
     make_plan_dir(sp, job)
@@ -80,15 +87,22 @@ def prepare_container(sp, plugstack, job: jobinfo.JobInfo) -> None:
     except (ShifterError, OSError) as e:
         fault(sp, job, str(e))
         raise
-    if ssh is not None:
+    if ssh is not None:  # setupRoot spawned it: wait until it listens
         try:
-            pid = sshd.start(jobpath.job_dir(config.udiMount, job.job_id), jobpath.udi(config.udiMount, job.job_id),
-                             ssh.bundle, job.uid, job.gid, gids, username, ssh.address, ssh.port)
+            pid = sshd.recorded_pid(ssh.state_dir)
+            if pid is None:
+                raise ShifterError("it was not started")
+            sshd.wait_ready(ssh.state_dir, pid, ssh.address, ssh.port)
         except (ShifterError, OSError) as e:
             udi.teardown_job(config, job.job_id, log=log)
             fault(sp, job, f"the job's sshd: {e}")
             raise
         log(f"sshd (pid {pid}) listening on {ssh.address}:{ssh.port}")
+        udi.fault_point(config, "after-sshd")
+    if _started is not None:  # what benchmarks/lifecycle --sshd reads
+        import time
+
+        log(f"prolog done in {time.perf_counter() - _started:.4f} s")
 
 
 def start_allocation_query(sp, job: jobinfo.JobInfo):
@@ -131,9 +145,12 @@ def sshd_setup(sp, plugstack, config, job: jobinfo.JobInfo, pw, gids, alloc):
     except UsageError as e:
         sp.error(f"shifter: prolog: {where}: no sshd for the job: {e}")
         return None
+    from shifter.runtime import jobpath
+
     return sshd.Setup(bundle=sshd.bundle(config.sshdPort), pubkey=pubkey, address=sshd.node_address(job.node),
                       allowed=tuple(dict.fromkeys(sshd.node_address(h) for h, _ in alloc.hosts)),
-                      port=config.sshdPort)
+                      port=config.sshdPort, state_dir=jobpath.job_dir(config.udiMount, job.job_id),
+                      username=pw.pw_name)
 
 
 def cpu_time() -> str:
