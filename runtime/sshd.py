@@ -111,52 +111,68 @@ def user_key_paths(home: str) -> tuple[str, str, str]:
 def ensure_user_key(home: str) -> bool:
     """As the user (submission): make ``~/.udiRoot`` (0700) and the key pair (private
     0600) if missing; True if made.  Refuses (UsageError, one line) a home that does not
-    allow it, and a private key others can read."""
+    allow it, and a private key others can read.  Concurrent submissions make one pair
+    (a lock on the directory; the public key is in place before the private one)."""
+    import fcntl
+
     from shifter.runtime import ed25519
 
     d, priv, pub = user_key_paths(home)
     hint = (f"fix the permissions of {d}, or make the pair yourself: "
             f"ssh-keygen -t ed25519 -N '' -f {priv}")
-    try:
-        st = os.lstat(priv)
-    except FileNotFoundError:
-        st = None
-    except OSError as e:
-        raise UsageError(f"can't use your container ssh key {priv}: {(e.strerror or str(e)).lower()}", hint) from None
-    if st is not None:
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
-            raise UsageError(f"can't use your container ssh key {priv}: not a regular file of yours", hint)
-        if st.st_mode & 0o077:
-            raise UsageError(f"can't use your container ssh key {priv}: others may read it "
-                             f"(mode {stat.S_IMODE(st.st_mode):o})", f"chmod 600 {priv}")
-        if not os.path.exists(pub):
-            raise UsageError(f"can't use your container ssh key: {pub} is missing",
-                             f"ssh-keygen -y -f {priv} > {pub}")
+    if _check_user_key(priv, pub, hint):
         return False
-    private, public = ed25519.generate(f"shifter@{os.uname().nodename}")
     try:
         try:
             os.mkdir(d, 0o700)
         except FileExistsError:
             pass
-        dst = os.lstat(d)
-        if not stat.S_ISDIR(dst.st_mode) or dst.st_uid != os.getuid():
-            raise OSError(errno.ENOTDIR, "not a directory of yours", d)
-        fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            os.write(fd, private)
+            dst = os.fstat(dfd)
+            if dst.st_uid != os.getuid():
+                raise OSError(errno.EPERM, "not a directory of yours", d)
+            fcntl.flock(dfd, fcntl.LOCK_EX)
+            if _check_user_key(priv, pub, hint):  # made meanwhile by another submission
+                return False
+            private, public = ed25519.generate(f"shifter@{os.uname().nodename}")
+            name = os.path.basename(pub)
+            fd = os.open(name + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o644, dir_fd=dfd)
+            try:
+                os.write(fd, public.encode())
+            finally:
+                os.close(fd)
+            os.replace(name + ".tmp", name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            fd = os.open(os.path.basename(priv), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+            try:
+                os.write(fd, private)
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
-        fd = os.open(pub + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, public.encode())
-        finally:
-            os.close(fd)
-        os.replace(pub + ".tmp", pub)
+            os.close(dfd)
     except OSError as e:
-        raise UsageError(f"can't create your container ssh key in {d}: {(e.strerror or str(e)).lower()}"
-                         + (f": {e.filename}" if e.filename and e.filename not in (d, priv) else ""),
+        raise UsageError(f"can't create your container ssh key in {d}: {(e.strerror or str(e)).lower()}",
                          hint) from None
+    return True
+
+
+def _check_user_key(priv: str, pub: str, hint: str) -> bool:
+    """True if the pair is there and usable; False if the private key is missing."""
+    try:
+        st = os.lstat(priv)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise UsageError(f"can't use your container ssh key {priv}: {(e.strerror or str(e)).lower()}", hint) from None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        raise UsageError(f"can't use your container ssh key {priv}: not a regular file of yours", hint)
+    if st.st_mode & 0o077:
+        raise UsageError(f"can't use your container ssh key {priv}: others may read it "
+                         f"(mode {stat.S_IMODE(st.st_mode):o})", f"chmod 600 {priv}")
+    if not os.path.exists(pub):
+        raise UsageError(f"can't use your container ssh key: {pub} is missing", f"ssh-keygen -y -f {priv} > {pub}")
     return True
 
 

@@ -633,6 +633,17 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     linux.bind("/tmp", os.path.join(udi, "tmp"), SAFE)
     linux.make_propagation(os.path.join(udi, "tmp"), linux.MS_SLAVE)
 
+    if req.sshd is not None:  # the OpenSSH bundle at /opt/udiImage/ssh, the job's keys (docs/sshd.md)
+        from shifter.runtime import sshd
+
+        record.fail("the build prepared a job's sshd")
+        sshd.prepare(udi, req.sshd.bundle, req.uid, req.gid, req.sshd.pubkey, req.sshd.address,
+                     list(req.sshd.allowed))
+        if req.sshd.state_dir:  # as early as it can run: its start-up (~10 ms of
+            # loading libraries) overlaps the rest of the build
+            sshd.spawn(req.sshd.state_dir, udi, req.sshd.bundle, req.uid, req.gid, gids, req.sshd.username,
+                       req.sshd.address)
+
     # From here on no mount made in the UDI may propagate out of it: the image's binds
     # are peers of the image's mount at loopMount, so a site map on /home of the image
     # would appear there too.  Every mount in the tree becomes a slave of the peer group
@@ -667,15 +678,6 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
             _run_hook(module.roothook, udi, f"run the roothook of module {module.name}",
                       {**hook_env, "SHIFTER_MODULE": module.name})
 
-    if req.sshd is not None:  # the OpenSSH bundle at /opt/udiImage/ssh, the job's keys (docs/sshd.md)
-        from shifter.runtime import sshd
-
-        record.fail("the build prepared a job's sshd")
-        sshd.prepare(udi, req.sshd.bundle, req.uid, req.gid, req.sshd.pubkey, req.sshd.address,
-                     list(req.sshd.allowed))
-        if req.sshd.state_dir:  # its start-up overlaps the rest of the build
-            sshd.spawn(req.sshd.state_dir, udi, req.sshd.bundle, req.uid, req.gid, gids, req.sshd.username,
-                       req.sshd.address)
     if req.hostlist is not None:  # /var/hostsfile (docs/sshd.md)
         from shifter.runtime import hostsfile
 

@@ -85,6 +85,17 @@ def test_the_users_key_is_made_once_private_and_refused_when_others_can_read_it(
     assert "chmod 600" in e.value.hint
 
 
+def test_concurrent_submissions_make_one_pair(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        made = pool.map(sshd.ensure_user_key, [str(tmp_path)] * 16)
+    assert made.count(True) == 1
+    _, priv, pub = sshd.user_key_paths(str(tmp_path))
+    out = subprocess.run(["ssh-keygen", "-y", "-f", priv], capture_output=True, text=True)
+    assert out.stdout.split()[:2] == open(pub).read().split()[:2]
+
+
 def test_a_home_that_does_not_allow_the_key_refuses_in_one_line(tmp_path):
     open(tmp_path / ".udiRoot", "w").close()  # a file where the directory goes
     with pytest.raises(UsageError, match="can't (use|create) your container ssh key") as e:
