@@ -428,12 +428,12 @@ def _listening(address: str, port: int) -> bool:
         return False
 
 
-def command(bundle_dir: str, address: str, username: str) -> list[str]:
-    """The sshd's command line inside the container."""
+def command(bundle_dir: str, username: str) -> list[str]:
+    """The sshd's command line inside the container, for one connection on its stdin
+    (inetd mode)."""
     loader = f"{IN_UDI}/lib/{loader_of(bundle_dir)}"
-    return [loader, "--library-path", f"{IN_UDI}/lib", f"{IN_UDI}/libexec/sshd", "-D", "-e", "-r",
-            "-f", f"{IN_UDI}/etc/sshd_config", "-h", f"/{JOB_DIR}/{HOST_KEY}",
-            "-o", f"ListenAddress={address}", "-o", f"AllowUsers={username}"]
+    return [loader, "--library-path", f"{IN_UDI}/lib", f"{IN_UDI}/libexec/sshd", "-i", "-e",
+            "-f", f"{IN_UDI}/etc/sshd_config", "-h", f"/{JOB_DIR}/{HOST_KEY}", "-o", f"AllowUsers={username}"]
 
 
 def start(state_dir: str, udi: str, bundle_dir: str, uid: int, gid: int, gids, username: str,
@@ -441,31 +441,43 @@ def start(state_dir: str, udi: str, bundle_dir: str, uid: int, gid: int, gids, u
     """Start the job's sshd in the container at ``udi``; its pid (and start time) goes to
     ``state_dir``/sshd.pid, its log to ``state_dir``/sshd.log.  Returns its pid once it
     listens."""
-    pid = spawn(state_dir, udi, bundle_dir, uid, gid, gids, username, address)
+    pid = spawn(state_dir, udi, bundle_dir, uid, gid, gids, username, address, port)
     wait_ready(state_dir, pid, address, port, timeout)
     return pid
 
 
 def spawn(state_dir: str, udi: str, bundle_dir: str, uid: int, gid: int, gids, username: str,
-          address: str) -> int:
-    """Fork and exec the job's sshd (``start`` without the wait: setupRoot spawns it as
-    soon as its files are there, the prolog waits at its end).  Returns the pid."""
+          address: str, port: int = DEFAULT_PORT) -> int:
+    """Listen on ``address:port`` and fork the job's sshd listener: in a session of its
+    own, chrooted into the container, with the user's groups, gid and uid and
+    no_new_privs, it accepts each connection and runs OpenSSH's sshd for it in inetd
+    mode (``sshd -i``: what the prolog pays is a socket and a fork; each connection pays
+    the sshd's start-up, ~10-30 ms of loading its libraries).  The socket listens before
+    this returns.  Returns the listener's pid."""
     from shifter.runtime import linux
 
-    argv = command(bundle_dir, address, username)
+    argv = command(bundle_dir, username)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise ShifterError(f"can't listen on {address}:{port} for the job's sshd: {e.strerror or e}") from None
     log = os.open(os.path.join(state_dir, LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
                   | os.O_CLOEXEC, 0o600)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
-            code = 126
             try:
                 os.setsid()
                 null = os.open("/dev/null", os.O_RDONLY)
                 os.dup2(null, 0)
                 os.dup2(log, 1)
                 os.dup2(log, 2)
-                os.closerange(3, 65536)
+                listen_fd = os.dup2(sock.fileno(), 3, inheritable=False)
+                os.closerange(4, 65536)
                 for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                             signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
                     signal.signal(sig, signal.SIG_DFL)
@@ -476,25 +488,59 @@ def spawn(state_dir: str, udi: str, bundle_dir: str, uid: int, gid: int, gids, u
                 os.setresgid(gid, gid, gid)
                 os.setresuid(uid, uid, uid)
                 linux.no_new_privs()
-                os.execve(argv[0], argv, {"PATH": "/usr/bin:/bin", "LANG": "C"})
+                _serve(listen_fd, argv)
             except BaseException as e:  # noqa: BLE001 - report in the log, then leave
                 try:
-                    os.write(2, f"shifter: can't start sshd: {e}\n".encode())
+                    os.write(2, f"shifter: the job's sshd listener stopped: {e}\n".encode())
                 except OSError:
                     pass
-            os._exit(code)
+            os._exit(126)
     finally:
         os.close(log)
+        sock.close()
     _write_pid(state_dir, pid)
     return pid
 
 
+def _serve(listen_fd: int, argv: list[str]) -> None:  # pragma: no cover - runs in the listener
+    """Accept forever; each connection gets ``argv`` (sshd -i) with it as stdin and
+    stdout.  Reaps what ended every few seconds."""
+    import select
+
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C"}
+    listener = socket.socket(fileno=listen_fd)
+    while True:
+        ready, _, _ = select.select([listener], [], [], 5.0)
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        if not ready:
+            continue
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            continue
+        try:
+            if os.fork() == 0:
+                try:
+                    os.dup2(conn.fileno(), 0)
+                    os.dup2(conn.fileno(), 1)
+                    os.execve(argv[0], argv, env)
+                finally:
+                    os._exit(127)
+        finally:
+            conn.close()
+
+
 def wait_ready(state_dir: str, pid: int, address: str, port: int = DEFAULT_PORT,
                timeout: float = START_TIMEOUT) -> None:
-    """Return once the sshd ``pid`` (a child of this process) listens; raise if it exits
-    or does not listen within ``timeout`` (it is killed then)."""
+    """Return once the sshd listener ``pid`` (a child of this process) is there and its
+    socket listens; raise if it exited or does not listen within ``timeout`` (it is
+    killed then)."""
     deadline = time.monotonic() + timeout
-    delay = 0.0005
+    delay = 0.0002
     while not _listening(address, port):
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:

@@ -642,7 +642,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         if req.sshd.state_dir:  # as early as it can run: its start-up (~10 ms of
             # loading libraries) overlaps the rest of the build
             sshd.spawn(req.sshd.state_dir, udi, req.sshd.bundle, req.uid, req.gid, gids, req.sshd.username,
-                       req.sshd.address)
+                       req.sshd.address, req.sshd.port)
 
     # From here on no mount made in the UDI may propagate out of it: the image's binds
     # are peers of the image's mount at loopMount, so a site map on /home of the image
