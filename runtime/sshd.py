@@ -13,12 +13,13 @@ Three parts:
   in ``/var/shifter/sshd/`` of the container, an ed25519 host key made for this node
   (the user's, 0600), the user's public key as ``authorized_keys`` (root's) with a
   ``from=`` list of the job's nodes' addresses, and the node's own address.
-- **The process** (``start``/``stop``): root forks; the child enters a session of its
-  own, chroots into the container, takes the user's groups, gid and uid (no user
-  namespace: root-owned directories stay root-owned, so OpenSSH's StrictModes passes),
-  sets no_new_privs and execs sshd, which listens on ``<node address>:<sshdPort>``.  Its
-  pid and start time go to ``<udiMount>.jobs/<job>/sshd.pid`` (per job and node, in the
-  node's anchor: a restarted slurmd's epilog finds it).  ``stop`` kills it and every
+- **The process** (``spawn``/``start``/``stop``): root listens on ``<node
+  address>:<sshdPort>`` and forks the listener; it enters a session of its own, chroots
+  into the container, takes the user's groups, gid and uid (no user namespace:
+  root-owned directories stay root-owned, so OpenSSH's StrictModes passes), sets
+  no_new_privs and runs OpenSSH's sshd in inetd mode for each connection.  Its pid and
+  start time go to ``<udiMount>.jobs/<job>/sshd.pid`` (per job and node, in the node's
+  anchor: a restarted slurmd's epilog finds it).  ``stop`` kills it and every
   process chrooted into the job's container in this node's mount namespace (the user's
   ssh sessions, what they left behind), pid file or not.
 
@@ -33,6 +34,7 @@ import binascii
 import errno
 import json
 import os
+import select  # imported here: the listener can't import once chrooted
 import signal
 import socket
 import stat
@@ -505,8 +507,6 @@ def spawn(state_dir: str, udi: str, bundle_dir: str, uid: int, gid: int, gids, u
 def _serve(listen_fd: int, argv: list[str]) -> None:  # pragma: no cover - runs in the listener
     """Accept forever; each connection gets ``argv`` (sshd -i) with it as stdin and
     stdout.  Reaps what ended every few seconds."""
-    import select
-
     env = {"PATH": "/usr/bin:/bin", "LANG": "C"}
     listener = socket.socket(fileno=listen_fd)
     while True:
@@ -586,6 +586,15 @@ def kill(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def spawned_pid(state_dir: str) -> int | None:
+    """The pid the pid file names, alive or not (the prolog waits for its own child)."""
+    try:
+        with open(os.path.join(state_dir, PID_FILE)) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def recorded_pid(state_dir: str) -> int | None:

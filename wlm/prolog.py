@@ -89,9 +89,9 @@ def prepare_container(sp, plugstack, job: jobinfo.JobInfo) -> None:
         raise
     if ssh is not None:  # setupRoot spawned it: wait until it listens
         try:
-            pid = sshd.recorded_pid(ssh.state_dir)
+            pid = sshd.spawned_pid(ssh.state_dir)
             if pid is None:
-                raise ShifterError("it was not started")
+                raise ShifterError("it was not started (no pid file)")
             sshd.wait_ready(ssh.state_dir, pid, ssh.address, ssh.port)
         except (ShifterError, OSError) as e:
             udi.teardown_job(config, job.job_id, log=log)

@@ -78,10 +78,13 @@ def _submit(runner, conf, argv, user=USER1, cwd=None) -> str:
     return res.stdout.strip().split(";")[0]
 
 
-def _wait_gone(runner, job, timeout=120):
+def _wait_gone(runner, job, timeout=120, drained_ok=False):
     deadline = time.monotonic() + timeout
     while runner.run(["squeue", "-h", "-j", job], user=None).stdout.strip():
         assert time.monotonic() < deadline, f"job {job} did not finish"
+        if not drained_ok:  # a failed prolog drains its nodes: say why at once
+            reasons = runner.run(["sinfo", "-h", "-R", "-o", "%N %E"], user=None).stdout.strip()
+            assert not reasons, f"job {job}: nodes drained: {reasons}"
         time.sleep(0.2)
 
 
@@ -273,7 +276,7 @@ def test_the_epilog_kills_the_sshd_of_a_prolog_killed_halfway(cluster, runner, s
             time.sleep(0.2)
         _in_node(cluster, "n3", "rm", "-f", fault)
         subprocess.run(["scancel", job], env=runner.env(), capture_output=True)
-        _wait_gone(runner, job)
+        _wait_gone(runner, job, drained_ok=True)
         deadline = time.monotonic() + 30
         while _leftovers(cluster) and time.monotonic() < deadline:
             time.sleep(0.5)
