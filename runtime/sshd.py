@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
+import fcntl
 import json
 import os
 import select  # imported here: the listener can't import once chrooted
@@ -474,11 +475,14 @@ def spawn(state_dir: str, udi: str, bundle_dir: str, uid: int, gid: int, gids, u
         if pid == 0:  # pragma: no cover - the child
             try:
                 os.setsid()
+                # out of 0-2 first: a prolog may run with those closed, so either could be one
+                high_sock = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
+                high_log = fcntl.fcntl(log, fcntl.F_DUPFD_CLOEXEC, 10)
                 null = os.open("/dev/null", os.O_RDONLY)
                 os.dup2(null, 0)
-                os.dup2(log, 1)
-                os.dup2(log, 2)
-                listen_fd = os.dup2(sock.fileno(), 3, inheritable=False)
+                os.dup2(high_log, 1)
+                os.dup2(high_log, 2)
+                listen_fd = os.dup2(high_sock, 3, inheritable=False)
                 os.closerange(4, 65536)
                 for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                             signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
