@@ -103,6 +103,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30, help="runs per set-up (default 30)")
     parser.add_argument("--scale", default="", help="node counts for the scale table, e.g. 1,3,16,64")
     parser.add_argument("--sshd", action="store_true", help="the prolog with the job's sshd against without")
+    parser.add_argument("--config", help="with --sshd: the udiRoot.conf the plugin reads (default: the site's)")
     args = parser.parse_args()
     if args.scale:
         return scale(args)
@@ -211,12 +212,18 @@ def _prolog_wall(site, job: str) -> list[float]:
 
 def sshd_table(args) -> int:
     import re
+    import signal
+
+    # the plugstack.conf laid over the nodes' must come off even when killed (timeout)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     site = Site(nodes=cluster.saved_state(Site()).get("nodes", 3))
     pw = pwd.getpwnam(USER)
     with open(site.plugstack_conf) as f:
         text = f.read()
     base = re.sub(r" enable_sshd=[01]", "", text)
+    if args.config:
+        base = re.sub(r"shifter_config=\S+", f"shifter_config={args.config}", base)
     variants = {flag: re.sub(r"^(required .*)$", rf"\1 enable_sshd={flag}", base, count=1, flags=re.M)
                 for flag in ("0", "1")}
     tmp = tempfile.mkdtemp(prefix="shifter-bench-sshd-")
@@ -227,6 +234,10 @@ def sshd_table(args) -> int:
             f.write(body)
         os.chmod(paths[flag], 0o644)
     pids = [open(cluster.slurmd_pidfile(site, n)).read().strip() for n in site.node_names()]
+    client_conf, _ = cluster.private_slurm_conf(site, variants["0"])  # srun reads the same udiRoot.conf
+    os.chmod(os.path.dirname(client_conf), 0o755)
+    for name in os.listdir(os.path.dirname(client_conf)):
+        os.chmod(os.path.join(os.path.dirname(client_conf), name), 0o644)
 
     def lay(flag):
         for pid in pids:
@@ -240,8 +251,8 @@ def sshd_table(args) -> int:
             for n in (1, 3):
                 for flag in ("0", "1"):
                     lay(flag)
-                    res = _as_user(pw, site, ["srun", f"-N{n}", "--exclusive", f"--image={DEBIAN}",
-                                              "sh", "-c", "echo $SLURM_JOB_ID"])
+                    res = _as_user(pw, site, ["env", f"SLURM_CONF={client_conf}", "srun", f"-N{n}", "--exclusive",
+                                              f"--image={DEBIAN}", "sh", "-c", "echo $SLURM_JOB_ID"])
                     if res.returncode != 0:
                         raise SystemExit(f"lifecycle: srun failed: {res.stderr.strip()}")
                     job = res.stdout.split()[0]
@@ -254,6 +265,7 @@ def sshd_table(args) -> int:
         for pid in pids:
             subprocess.run(["nsenter", "-t", pid, "-m", "umount", site.plugstack_conf], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(client_conf), ignore_errors=True)
     print(f"prolog wall time per node, --exclusive {DEBIAN}, median of {args.runs} interleaved runs (ms), as {USER}")
     print(f"{'nodes':>5} {'enable_sshd=0':>14} {'enable_sshd=1':>14} {'delta':>8} {'target':>8}")
     for n in (1, 3):
