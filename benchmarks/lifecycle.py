@@ -23,6 +23,10 @@ task of an image job against a plain one, `srun -NN shifter true` in a prepared 
 All nodes share this machine's cores: wall time at scale measures the machine, and CPU time
 grows with the contention too; the control column is the CPU time of the prolog's imports
 alone in N cold interpreters started at once, outside Slurm.
+With ``--sshd`` it reports the prolog's own wall time per node (its "prolog done in"
+log line) for an --exclusive Debian job at 1 and 3 nodes, with the job's sshd
+(``enable_sshd=1``) against without (``enable_sshd=0``), interleaved: each run lays the
+plugstack.conf variant over the site's in every node's namespace (target: <= +20 ms).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import argparse
 import json
 import os
 import pwd
+import shutil
 import statistics
 import subprocess
 import sys
@@ -101,9 +106,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30, help="runs per set-up (default 30)")
     parser.add_argument("--scale", default="", help="node counts for the scale table, e.g. 1,3,16,64")
+    parser.add_argument("--sshd", action="store_true", help="the prolog with the job's sshd against without")
+    parser.add_argument("--config", help="with --sshd: the udiRoot.conf the plugin reads (default: the site's)")
     args = parser.parse_args()
     if args.scale:
         return scale(args)
+    if args.sshd:
+        return sshd_table(args)
     site = Site(nodes=cluster.saved_state(Site()).get("nodes", 3))
     pw = pwd.getpwnam(USER)
     debian_id = _as_user(pw, site, ["shifterimg", "lookup", DEBIAN]).stdout.strip()
@@ -243,6 +252,81 @@ def scale(args) -> int:
                   f"{m(_control_cpu(n) for _ in range(3)):11.3f}", flush=True)
     finally:
         cluster.up(Site(nodes=before), images=False)
+    return 0
+
+
+def _prolog_wall(site, job: str) -> list[float]:
+    import re
+
+    pattern = re.compile(rf"shifter: prolog: job={job} node=\S+: prolog done in ([0-9.]+) s")
+    out = []
+    for node in site.node_names():
+        with open(site.slurmd_log(node), errors="replace") as f:
+            out += [float(m.group(1)) for m in map(pattern.search, f) if m]
+    return out
+
+
+def sshd_table(args) -> int:
+    import re
+    import signal
+
+    # the plugstack.conf laid over the nodes' must come off even when killed (timeout)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    site = Site(nodes=cluster.saved_state(Site()).get("nodes", 3))
+    pw = pwd.getpwnam(USER)
+    with open(site.plugstack_conf) as f:
+        text = f.read()
+    base = re.sub(r" enable_sshd=[01]", "", text)
+    if args.config:
+        base = re.sub(r"shifter_config=\S+", f"shifter_config={args.config}", base)
+    variants = {flag: re.sub(r"^(required .*)$", rf"\1 enable_sshd={flag}", base, count=1, flags=re.M)
+                for flag in ("0", "1")}
+    tmp = tempfile.mkdtemp(prefix="shifter-bench-sshd-")
+    paths = {}
+    for flag, body in variants.items():
+        paths[flag] = os.path.join(tmp, f"plugstack-{flag}.conf")
+        with open(paths[flag], "w") as f:
+            f.write(body)
+        os.chmod(paths[flag], 0o644)
+    pids = [open(cluster.slurmd_pidfile(site, n)).read().strip() for n in site.node_names()]
+    client_conf, _ = cluster.private_slurm_conf(site, variants["0"])  # srun reads the same udiRoot.conf
+    os.chmod(os.path.dirname(client_conf), 0o755)
+    for name in os.listdir(os.path.dirname(client_conf)):
+        os.chmod(os.path.join(os.path.dirname(client_conf), name), 0o644)
+
+    def lay(flag):
+        for pid in pids:
+            subprocess.run(["nsenter", "-t", pid, "-m", "umount", site.plugstack_conf], capture_output=True)
+            subprocess.run(["nsenter", "-t", pid, "-m", "mount", "--bind", paths[flag], site.plugstack_conf],
+                           check=True)
+
+    times = {(n, flag): [] for n in (1, 3) for flag in ("0", "1")}
+    try:
+        for i in range(args.runs + 2):
+            for n in (1, 3):
+                for flag in ("0", "1"):
+                    lay(flag)
+                    res = _as_user(pw, site, ["env", f"SLURM_CONF={client_conf}", "srun", f"-N{n}", "--exclusive",
+                                              f"--image={DEBIAN}", "sh", "-c", "echo $SLURM_JOB_ID"])
+                    if res.returncode != 0:
+                        raise SystemExit(f"lifecycle: srun failed: {res.stderr.strip()}")
+                    job = res.stdout.split()[0]
+                    walls = _prolog_wall(site, job)
+                    if len(walls) != n:
+                        raise SystemExit(f"lifecycle: job {job}: {len(walls)} prolog times for {n} nodes")
+                    if i >= 2:
+                        times[(n, flag)] += walls
+    finally:
+        for pid in pids:
+            subprocess.run(["nsenter", "-t", pid, "-m", "umount", site.plugstack_conf], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(client_conf), ignore_errors=True)
+    print(f"prolog wall time per node, --exclusive {DEBIAN}, median of {args.runs} interleaved runs (ms), as {USER}")
+    print(f"{'nodes':>5} {'enable_sshd=0':>14} {'enable_sshd=1':>14} {'delta':>8} {'target':>8}")
+    for n in (1, 3):
+        off, on = statistics.median(times[(n, "0")]), statistics.median(times[(n, "1")])
+        print(f"{n:5d} {off * 1000:14.1f} {on * 1000:14.1f} {(on - off) * 1000:+8.1f} {'<= +20':>8}")
     return 0
 
 

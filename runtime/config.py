@@ -6,7 +6,8 @@ in this design are accepted and listed in ``UdiRootConfig.ignored`` (tools print
 notice line), so Shifter's example config loads unchanged.  An unknown key, a bad value
 or a key set twice is an error naming ``file:line`` and the key.
 
-Extension (not in Shifter): ``mungeSocketPath`` — the munged socket clients use.
+Extensions (not in Shifter): ``mungeSocketPath`` — the munged socket clients use;
+``sshdPort`` — the port of the job's sshd (Shifter's fixed 1204 by default).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ KNOWN_KEYS = (
     "mkfsXfsPath", "rootfsType", "gatewayTimeout", "siteFs", "siteEnv", "siteEnvAppend",
     "siteEnvPrepend", "siteEnvUnset", "imageGateway", "system", "defaultImageType",
     "defaultModules", "perNodeCacheSizeLimit", "perNodeCacheAllowedFsType", "perNodeCachePath",
-    "mountPropagationStyle", "ddPath", "mungeSocketPath",
+    "mountPropagationStyle", "ddPath", "mungeSocketPath", "sshdPort",
 )
 
 
@@ -105,6 +106,7 @@ class UdiRootConfig:
     mountPropagationStyle: str = "slave"
     ddPath: str = "/bin/dd"
     mungeSocketPath: str | None = None
+    sshdPort: int = 1204
     modules: "MappingProxyType[str, Module]" = field(default_factory=lambda: MappingProxyType({}))
     ignored: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()  # siteFs maps accepted as Shifter reads them (volumes.py)
@@ -260,6 +262,10 @@ def parse(text: str, path: str = "<udiRoot.conf>") -> UdiRootConfig:
             kw[key] = r.boolean(key)
     if "maxGroupCount" in raw:
         kw["maxGroupCount"] = r.integer("maxGroupCount")
+    if "sshdPort" in raw:
+        kw["sshdPort"] = r.integer("sshdPort", minimum=1)
+        if kw["sshdPort"] > 65535:
+            raise r.error("sshdPort", f"must be a TCP port (1-65535), not {kw['sshdPort']}")
     if "gatewayTimeout" in raw:
         kw["gatewayTimeout"] = r.integer("gatewayTimeout", minimum=1)
     if "rootfsType" in raw:

@@ -4,7 +4,10 @@ Source: the site's ``etcPath`` directory (Shifter's ``shifter_etc_files``), whos
 over the image's /etc.  ``passwd`` keeps root and the job user; ``group`` keeps root's
 group and the user's groups (at most ``maxGroupCount``), each listing only the user.  A
 user or group missing from the site files is taken from the host's name service.  When
-the site has no ``nsswitch.conf``, one that reads only these files is written.
+the site has no ``nsswitch.conf``, one that reads only these files is written; when it
+has no ``hosts``, the node's own ``/etc/hosts`` is copied (so the job's node names resolve
+inside, for ssh between them).  A login shell the image does not have is replaced by
+``/bin/sh`` in the user's entry (sshd refuses a user whose shell is missing).
 """
 
 from __future__ import annotations
@@ -76,8 +79,25 @@ def group_lines(site_lines: list[str], username: str, gids: list[int]) -> list[s
     return out
 
 
-def build(target: str, etc_path: str | None, uid: int, username: str, gids: list[int]) -> None:
-    """Fill the empty directory ``target`` with the container's site /etc files."""
+FALLBACK_SHELL = "/bin/sh"
+
+
+def fix_shell(lines: list[str], uid: int, shell_exists) -> list[str]:
+    """The user's passwd line with ``/bin/sh`` for a login shell the image lacks."""
+    out = []
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) == 7 and fields[2] == str(uid) and fields[6] and not shell_exists(fields[6]):
+            fields[6] = FALLBACK_SHELL
+            line = ":".join(fields)
+        out.append(line)
+    return out
+
+
+def build(target: str, etc_path: str | None, uid: int, username: str, gids: list[int],
+          shell_exists=None) -> None:
+    """Fill the empty directory ``target`` with the container's site /etc files.
+    ``shell_exists(path)``: whether the image has that login shell (None: don't check)."""
     names = []
     if etc_path and os.path.isdir(etc_path):
         names = sorted(os.listdir(etc_path))
@@ -90,13 +110,25 @@ def build(target: str, etc_path: str | None, uid: int, username: str, gids: list
                 fout.write(fin.read())
             os.chmod(os.path.join(target, name), 0o644)
     site = etc_path or "/nonexistent"
-    _write(os.path.join(target, "passwd"),
-           passwd_lines(_read_lines(os.path.join(site, "passwd")), uid, username))
+    users = passwd_lines(_read_lines(os.path.join(site, "passwd")), uid, username)
+    if shell_exists is not None:
+        users = fix_shell(users, uid, shell_exists)
+    _write(os.path.join(target, "passwd"), users)
     _write(os.path.join(target, "group"),
            group_lines(_read_lines(os.path.join(site, "group")), username, gids))
     if "nsswitch.conf" not in names:
         with open(os.path.join(target, "nsswitch.conf"), "w") as f:
             f.write(NSSWITCH)
+    if "hosts" not in names:
+        try:
+            with open("/etc/hosts", "rb") as fin:
+                data = fin.read(1 << 20)
+        except OSError:
+            data = None
+        if data is not None:
+            with open(os.path.join(target, "hosts"), "wb") as fout:
+                fout.write(data)
+            os.chmod(os.path.join(target, "hosts"), 0o644)
 
 
 def _write(path: str, lines: list[str]) -> None:

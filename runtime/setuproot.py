@@ -94,6 +94,9 @@ def parse_setup_args(argv: list[str], config, job_id: str = ""):
         elif opt == "-s":
             pubkey = value
         elif opt == "-N":
+            from shifter.runtime import hostsfile
+
+            hostsfile.parse_option(value)  # refused here, before anything is mounted
             hostlist = value
         elif opt == "-v":
             maps.append(value)

@@ -66,6 +66,7 @@ class Request:
     ssh_pubkey: str | None = None
     hostlist: str | None = None
     gids: tuple[int, ...] = field(default=())  # filled by setup_root when empty
+    sshd: object = None  # shifter.runtime.sshd.Setup: prepare the container for the job's sshd
 
 
 # --------------------------------------------------------------------------- helpers
@@ -466,8 +467,12 @@ def teardown_job(config, job_id, log=lambda msg: None) -> bool:
     """Remove job ``job_id``'s prepared container on this node (idempotent; after a full,
     failed or killed setup): its mounts, its per-node cache files (also those a crash left
     unrecorded), its directories.  Nothing of other jobs is touched."""
+    from shifter.runtime import sshd
+
     udi_path, loop_path = job_paths(config, job_id)
-    removed = _teardown.teardown(udi_path, loop_path, config.perNodeCachePath, log)
+    # first every process in the container (the job's sshd, its sessions: docs/sshd.md)
+    removed = bool(sshd.stop(jobpath.job_dir(config.udiMount, job_id), udi_path, log))
+    removed |= _teardown.teardown(udi_path, loop_path, config.perNodeCachePath, log)
     prefix = f"shifter-cache.{os.uname().nodename}.{job_id}."
     try:
         leftovers = [n for n in os.listdir(config.perNodeCachePath) if n.startswith(prefix)]
@@ -612,7 +617,7 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     _merge_dir(image_root, udi, _SPECIAL | {"shifter"}, hide=hide)
     for name in ("var", "opt", "run", "tmp", "dev", "proc", "sys", "etc"):
         _ensure_dir(os.path.join(udi, name))
-    _merge_dir(os.path.join(image_root, "var"), os.path.join(udi, "var"), {"tmp", "shifter"}, hide=hide)
+    _merge_dir(os.path.join(image_root, "var"), os.path.join(udi, "var"), {"tmp", "shifter", "hostsfile"}, hide=hide)
     _ensure_dir(os.path.join(udi, "var", "tmp"), 0o1777)
     _merge_dir(os.path.join(image_root, "opt"), os.path.join(udi, "opt"), {"udiImage"}, hide=hide)
 
@@ -620,7 +625,8 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
     site_etc = os.path.join(udi, STATE_DIR, "etc")
     os.mkdir(site_etc, 0o755)
     record.op("mkdir", record.P(site_etc), "755")
-    etcfiles.build(site_etc, config.etcPath, req.uid, req.username, list(gids))
+    etcfiles.build(site_etc, config.etcPath, req.uid, req.username, list(gids),
+                   shell_exists=lambda shell: _in_image(image_root, shell))
     record.files(site_etc)
     image_etc = os.path.join(image_root, "etc")
     if os.path.isdir(image_etc) and not os.path.islink(image_etc):
@@ -642,6 +648,17 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         linux.harden_tree(os.path.join(udi, name), SAFE | linux.MS_NOEXEC)
     linux.bind("/tmp", os.path.join(udi, "tmp"), SAFE)
     linux.make_propagation(os.path.join(udi, "tmp"), linux.MS_SLAVE)
+
+    if req.sshd is not None:  # the OpenSSH bundle at /opt/udiImage/ssh, the job's keys (docs/sshd.md)
+        from shifter.runtime import sshd
+
+        record.fail("the build prepared a job's sshd")
+        sshd.prepare(udi, req.sshd.bundle, req.uid, req.gid, req.sshd.pubkey, req.sshd.address,
+                     list(req.sshd.allowed))
+        if req.sshd.state_dir:  # as early as it can run: its start-up (~10 ms of
+            # loading libraries) overlaps the rest of the build
+            sshd.spawn(req.sshd.state_dir, udi, req.sshd.bundle, req.uid, req.gid, gids, req.sshd.username,
+                       req.sshd.address, req.sshd.port)
 
     # From here on no mount made in the UDI may propagate out of it: the image's binds
     # are peers of the image's mount at loopMount, so a site map on /home of the image
@@ -681,6 +698,11 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         record.fail("a module has per-GPU devices (each step covers those not its own)")
         devices.make_blank(udi)
 
+    if req.hostlist is not None:  # /var/hostsfile (docs/sshd.md)
+        from shifter.runtime import hostsfile
+
+        _write_root_file(os.path.join(udi, hostsfile.PATH), hostsfile.render(hostsfile.parse_option(req.hostlist)))
+
     # Nothing mounted from here on may reach a mount outside the UDI: every mount in the
     # tree (the host's /dev, /proc, /sys, /tmp, site and image binds) becomes a slave of
     # the peer group it came from (it still sees what the host mounts later) and the
@@ -711,6 +733,11 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
 
     # the launch plan, then the root read-only
     env_rules = [m.env for m in modules] + [config.siteEnv]
+    if req.sshd is not None:  # the injected ssh client on PATH
+        from shifter.runtime import sshd
+        from shifter.runtime.config import EnvRules
+
+        env_rules.append(EnvRules(append=(("PATH", sshd.IN_UDI + "/bin"),)))
     launch = plan.Plan(
         uid=req.uid, gid=req.gid, jobid=req.job_id, image_type=req.image.type, image_id=req.image.tag,
         volumes=volumes.format_volumes(req.volumes), modules=",".join(sorted(m.name for m in modules)),
@@ -734,6 +761,28 @@ def _build(config, req, image_path, image_meta, gids, modules, plain, fds, log, 
         linux.remount(udi, RO | SAFE)
     log(f"UDI ready at {udi} in {time.perf_counter() - t0:.3f} s")
     return launch
+
+
+def _write_root_file(path: str, text: str) -> None:
+    """A new root-owned 0644 file in the UDI's own tmpfs."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    record.file(path, 0o644, text.encode())
+
+
+def _in_image(image_root: str, path: str) -> bool:
+    """Whether ``path`` (an absolute path in the image, e.g. a login shell) is there: a
+    symbolic link counts (the image's /bin/sh often is one); nothing is followed."""
+    if not path.startswith("/") or "\0" in path:
+        return False
+    try:
+        os.lstat(os.path.join(image_root, path.lstrip("/")))
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def copytree(source: str, target: str) -> None:

@@ -237,7 +237,28 @@ def submit(sp: SpankHandle, plugstack: PlugstackArgs, options: dict[str, str], *
             raise ConfigError(f"can't hand {name} to the job: spank_job_control_setenv failed")
     if required:
         rewrite_inherited_options(sp, request, environ)
+        if plugstack.enable_sshd and (request.image is not None or request.ccm):
+            ensure_ssh_key()
     return request
+
+
+def ensure_ssh_key() -> None:
+    """With ``enable_sshd=1``: the submitting user's container key pair
+    (``~/.udiRoot/id_rsa.key``), made now if missing; a home that does not allow it
+    refuses the job (docs/sshd.md).  Root's jobs get no sshd, so no key."""
+    import pwd
+
+    from shifter.runtime import sshd
+
+    uid = os.getuid()
+    if uid == 0:
+        return
+    try:
+        home = pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        raise UsageError(f"can't create your container ssh key: uid {uid} has no home directory "
+                         "in the user database") from None
+    sshd.ensure_user_key(home)
 
 
 def inside_allocation(environ=None) -> bool:

@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -136,7 +137,7 @@ static const char *const bool_keys[] = {
     "enable_sshd", "enable_ccm", "extern_cgroup", "long_options", "cgroup_per_node", NULL
 };
 
-static int enable_ccm = 0, use_long_options = 0, extern_cgroup = 0, cgroup_per_node = 0;
+static int enable_ccm = 0, enable_sshd = 0, use_long_options = 0, extern_cgroup = 0, cgroup_per_node = 0;
 static char *shifter_config = NULL; /* plugstack shifter_config=, if given */
 static char *memory_cgroup = NULL;  /* memory_cgroup=, if given */
 static char *extern_setup = NULL;   /* extern_setup=, if given */
@@ -162,7 +163,7 @@ static int in_list(const char *key, size_t keylen, const char *const *list)
 /* Validates every plugstack argument; 0 = ok, -1 = error already reported. */
 static int parse_plugstack(int ac, char **av)
 {
-    enable_ccm = use_long_options = extern_cgroup = cgroup_per_node = 0;
+    enable_ccm = enable_sshd = use_long_options = extern_cgroup = cgroup_per_node = 0;
     free(shifter_config);
     free(memory_cgroup);
     free(extern_setup);
@@ -199,6 +200,7 @@ static int parse_plugstack(int ac, char **av)
             if (is_key(arg, keylen, "long_options")) use_long_options = on;
             if (is_key(arg, keylen, "extern_cgroup")) extern_cgroup = on;
             if (is_key(arg, keylen, "cgroup_per_node")) cgroup_per_node = on;
+            if (is_key(arg, keylen, "enable_sshd")) enable_sshd = on;
         } else if (value[0] == '\0') {
             slurm_error(PLUGIN ": plugstack.conf: '%.*s' needs a value", (int) keylen, arg);
             return -1;
@@ -500,10 +502,24 @@ static int can_open(const char *path)
     return 1;
 }
 
+/* With enable_sshd=1 a submission needs the user's container key pair
+ * (~/.udiRoot/id_rsa.key, docs/sshd.md): when it is missing, Python makes it.  Root's
+ * jobs get no sshd.  1 = present (or not needed), 0 = ask Python. */
+static int have_ssh_key(void)
+{
+    if (!enable_sshd || getuid() == 0) return 1;
+    struct passwd *pw = getpwuid(getuid());
+    if (pw == NULL || pw->pw_dir == NULL) return 0;
+    char path[PATH_MAX];
+    if ((size_t) snprintf(path, sizeof(path), "%s/.udiRoot/id_rsa.key", pw->pw_dir) >= sizeof(path)) return 0;
+    return access(path, R_OK) == 0;
+}
+
 /* 1 = handled, 0 = ask Python, -1 = error reported. */
 static int route_image_id(spank_t sp, int to_tasks)
 {
     if (!opt_image_set || opt_image == NULL || opt_volume_set || opt_module_set || opt_ccm) return 0;
+    if (!have_ssh_key()) return 0;
     if (strncmp(opt_image, "id:", 3) != 0 || !is_image_id(opt_image + 3)) return 0;
     const char *id = opt_image + 3;
     char conf[PATH_MAX], images[PATH_MAX], path[PATH_MAX + 2 * ID_HEX];

@@ -38,8 +38,7 @@ APT_PACKAGES = (
     "openssh-client", "gcc", "strace", "openssl", "slurm-wlm-basic-plugins",  # mpi/pmi2
 )
 MAX_NODES = 64
-
-
+#: the plugin's plugstack.conf arguments on the local site (docs/local-site.md)
 def say(msg: str) -> None:
     print(f"cluster: {msg}", flush=True)
 
@@ -61,12 +60,38 @@ def ensure_packages() -> None:
     say(f"installing {' '.join(missing)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    res = subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-        env=env, capture_output=True, text=True,
-    )
+    with no_service_starts():
+        res = subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+            env=env, capture_output=True, text=True,
+        )
     if res.returncode != 0:
         raise ShifterError(f"can't install {' '.join(missing)}: {res.stderr.strip()[-500:]}")
+    if "openssh-server" in missing:
+        # The machine's own sshd (port 22) is not the site's business: the package only
+        # provides the binaries the jobs' sshd run (docs/sshd.md).  Keep Debian's service
+        # from starting at boot too.
+        subprocess.run(["systemctl", "disable", "ssh.service", "ssh.socket"], capture_output=True)
+
+
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+
+
+@contextlib.contextmanager
+def no_service_starts():
+    """Debian's packages start their services on install unless policy-rc.d says no
+    (exit 101): say no while installing, when the machine has no policy of its own."""
+    made = False
+    if not os.path.lexists(POLICY_RC_D):
+        with open(POLICY_RC_D, "w") as f:
+            f.write("#!/bin/sh\n# tools/cluster: no service starts while it installs packages\nexit 101\n")
+        os.chmod(POLICY_RC_D, 0o755)
+        made = True
+    try:
+        yield
+    finally:
+        if made:
+            os.unlink(POLICY_RC_D)
 
 
 # --------------------------------------------------------------------------- layout

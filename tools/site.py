@@ -101,7 +101,7 @@ class Site:
     def plugin_args(self) -> dict:
         """plugstack.conf arguments after shifter_config=."""
         if not self.contain:
-            return {}
+            return {"enable_sshd": 1}  # the job's per-node sshd (docs/sshd.md)
         # the local nodes share one kernel: the node's name is a level of the job's cgroup
         return {"enable_ccm": 1, "enable_sshd": 1, "memory_cgroup": self.cgroup_mount or MEMORY_CGROUP, "cgroup_per_node": 1,
                 "extern_cgroup": 1, "extern_setup": self.extern_setup}

@@ -46,3 +46,71 @@ def from_spank(sp: SpankHandle, options: dict[str, str], environ=os.environ) -> 
         module=environ.get("SPANK_SHIFTER_MODULE") or options.get("module"),
         ccm=environ.get("SPANK_SHIFTER_CCM") == "1" or "ccm" in options,
     )
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The job's nodes, its CPUs on each (its slots: ``/var/hostsfile``), and whether it
+    has its nodes to itself (the job's sshd needs that)."""
+
+    hosts: tuple[tuple[str, int], ...]
+    exclusive: bool
+
+
+def query_allocation(job_id: int):
+    """Start ``scontrol show job -d -o JOB`` (slurmctld knows the job's CPUs per node and
+    whether it shares its nodes; the prolog's environment says neither).  Returns the
+    running process: ``read_allocation`` collects it, so the prolog works meanwhile."""
+    import subprocess
+
+    return subprocess.Popen(["scontrol", "show", "job", "-d", "-o", str(int(job_id))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+                                 **({"SLURM_CONF": os.environ["SLURM_CONF"]} if os.environ.get("SLURM_CONF") else {})})
+
+
+def read_allocation(proc, timeout: float = 30.0) -> Allocation:
+    from shifter.errors import ShifterError
+
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except Exception:
+        proc.kill()
+        proc.wait()
+        raise ShifterError(f"scontrol show job did not answer within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        raise ShifterError(f"scontrol show job failed: {err.strip() or out.strip()}")
+    return parse_allocation(out)
+
+
+def _count_cpus(ids: str) -> int:
+    n = 0
+    for part in ids.split(","):
+        lo, dash, hi = part.partition("-")
+        n += int(hi) - int(lo) + 1 if dash else 1
+    return n
+
+
+def parse_allocation(text: str) -> Allocation:
+    """From ``scontrol show job -d -o``: ``NodeList=``, ``OverSubscribe=`` (``NO``: the
+    nodes are the job's alone) and the detail groups ``Nodes=<list> CPU_IDs=<ids>``."""
+    from shifter.errors import ShifterError
+    from shifter.runtime import hostsfile
+
+    words = text.split()
+    fields = dict(w.split("=", 1) for w in words if "=" in w)
+    nodelist = fields.get("NodeList")
+    if not nodelist or nodelist == "(null)":
+        raise ShifterError("scontrol show job gave no NodeList")
+    cpus: dict[str, int] = {}
+    for i, word in enumerate(words):
+        if word.startswith("Nodes=") and i + 1 < len(words) and words[i + 1].startswith("CPU_IDs="):
+            count = _count_cpus(words[i + 1][len("CPU_IDs="):])
+            for host in hostsfile.expand_nodelist(word[len("Nodes="):]):
+                cpus[host] = count
+    hosts = hostsfile.expand_nodelist(nodelist)
+    if set(hosts) - set(cpus):  # no detail: the job's CPUs spread evenly (Shifter's rule)
+        per = max(1, int(fields.get("NumCPUs", "1").split("-")[0]) // max(1, len(hosts)))
+        cpus = {h: cpus.get(h, per) for h in hosts}
+    return Allocation(hosts=tuple((h, cpus[h]) for h in hosts), exclusive=fields.get("OverSubscribe") == "NO")
+

@@ -5,6 +5,11 @@ Policy: raise (-> -1 -> Slurm drains the node) only for a site fault, after drai
 node with a reason naming shifter; a problem caused by the user is cleaned up, recorded
 for the job's own steps to report, and the prolog succeeds.
 
+Every image job's container gets ``/var/hostsfile`` (the job's nodes, one line per CPU:
+``scontrol show job`` is asked at the start and read when needed).  With
+``enable_sshd=1`` a node-exclusive job's container also gets the job's sshd
+(``shifter.runtime.sshd``, docs/sshd.md), started once the container is ready.
+
 It makes the job user's plan directory on the node (``shifter.runtime.plandir``:
 ``/var/lib/shifter/users/<node>/<uid>``), where their private plans and the rendezvous
 of their shared user namespace live.  It is kept after the job (the epilog leaves it):
@@ -20,16 +25,23 @@ from shifter.errors import ShifterError
 from shifter.wlm import jobinfo
 
 
+_started: float | None = None  # when the hook began (the "prolog done in" line)
+
+
 def run(sp, plugstack, options) -> None:
+    import time
+
+    global _started
+    _started = time.perf_counter()
     job = jobinfo.from_spank(sp, options)
     sp.info(f"shifter: prolog: {job.describe()}")
     make_plan_dir(sp, job)
     if job.image and job.image_type and job.uid is not None and job.gid is not None:
         enter_cgroup(sp, plugstack, job)
         prepare_container(sp, plugstack, job)
-        # ---- HOOK (sshd): the per-node sshd starts here, after the container, from this
-        # process, so it is in the job's cgroup (enter_cgroup) and, with extern_cgroup=1,
-        # adopted into the job's extern step.  One call, e.g. sshd.start(sp, plugstack, job).
+        # The job's sshd (enable_sshd=1) is spawned by this process during the container's
+        # setup, so it is in the job's cgroup (enter_cgroup) and, with extern_cgroup=1,
+        # adopted into the job's extern step; the epilog kills it (docs/sshd.md).
 
 
 def enter_cgroup(sp, plugstack, job: jobinfo.JobInfo) -> None:
@@ -60,7 +72,7 @@ def prepare_container(sp, plugstack, job: jobinfo.JobInfo) -> None:
 
     from shifter.errors import UsageError
     from shifter.runtime import config as udiconfig
-    from shifter.runtime import jobpath, udi, volumes
+    from shifter.runtime import etcfiles, hostsfile, jobpath, sshd, udi, volumes
     from shifter.runtime.image import ImageRef
     from shifter.runtime.modules import parse_list
 
@@ -68,28 +80,99 @@ def prepare_container(sp, plugstack, job: jobinfo.JobInfo) -> None:
     if not jobpath.valid_job_id(job.job_id):
         sp.error(f"shifter: prolog: {where}: not a job id a container can be prepared for")
         return
+    query = start_allocation_query(sp, job)
     try:
         config = udiconfig.load(plugstack.shifter_config)
     except ShifterError as e:
         fault(sp, job, f"the site configuration: {e}")
         raise
+    log = lambda m: sp.info(f"shifter: prolog: {where}: {m} ({cpu_time()})")  # noqa: E731
     try:
         try:
-            username = pwd.getpwuid(job.uid).pw_name
+            pw = pwd.getpwuid(job.uid)
         except KeyError:
             raise UsageError(f"uid {job.uid} has no entry in the user database of node {job.node}") from None
+        username = pw.pw_name
+        gids = tuple(etcfiles.user_groups(username, job.gid, config.maxGroupCount))
+        alloc = finish_allocation_query(sp, job, query)
+        ssh = sshd_setup(sp, plugstack, config, job, pw, gids, alloc)
         req = udi.Request(
             image=ImageRef(job.image_type, job.image), uid=job.uid, gid=job.gid, username=username,
             volumes=volumes.parse_volumes(job.volume or ""),
-            modules=parse_list(job.module) if job.module is not None else None, job_id=str(job.job_id))
-        udi.setup_root(config, req, log=lambda m: sp.info(f"shifter: prolog: {where}: {m} ({cpu_time()})"),
-                       job=True)
+            modules=parse_list(job.module) if job.module is not None else None, job_id=str(job.job_id),
+            hostlist=hostsfile.format_option(alloc.hosts) if alloc else None, gids=gids, sshd=ssh)
+        udi.setup_root(config, req, log=log, job=True)
     except UsageError as e:
         sp.error(f"shifter: prolog: {where}: the job's container was not prepared: {e}")
         record_error(config, job, str(e))
+        return
     except (ShifterError, OSError) as e:
         fault(sp, job, str(e))
         raise
+    if ssh is not None:  # setupRoot spawned it: wait until it listens
+        try:
+            pid = sshd.spawned_pid(ssh.state_dir)
+            if pid is None:
+                raise ShifterError("it was not started (no pid file)")
+            sshd.wait_ready(ssh.state_dir, pid, ssh.address, ssh.port)
+        except (ShifterError, OSError) as e:
+            udi.teardown_job(config, job.job_id, log=log)
+            fault(sp, job, f"the job's sshd: {e}")
+            raise
+        log(f"sshd (pid {pid}) listening on {ssh.address}:{ssh.port}")
+        udi.fault_point(config, "after-sshd")
+    if _started is not None:  # what benchmarks/lifecycle --sshd reads
+        import time
+
+        log(f"prolog done in {time.perf_counter() - _started:.4f} s")
+
+
+def start_allocation_query(sp, job: jobinfo.JobInfo):
+    try:
+        return jobinfo.query_allocation(job.job_id)
+    except OSError as e:
+        sp.error(f"shifter: prolog: job={job.job_id} node={job.node}: can't ask for the job's nodes "
+                 f"(no /var/hostsfile, no sshd): {e}")
+        return None
+
+
+def finish_allocation_query(sp, job: jobinfo.JobInfo, query):
+    """The job's allocation, or None (logged: the container gets no /var/hostsfile and
+    no sshd, the job still runs)."""
+    if query is None:
+        return None
+    try:
+        return jobinfo.read_allocation(query)
+    except ShifterError as e:
+        sp.error(f"shifter: prolog: job={job.job_id} node={job.node}: can't read the job's nodes "
+                 f"(no /var/hostsfile, no sshd): {e}")
+        return None
+
+
+def sshd_setup(sp, plugstack, config, job: jobinfo.JobInfo, pw, gids, alloc):
+    """What the container needs for the job's sshd, or None: not enabled, root's job, a
+    job that shares its nodes (said in the log), or the user's key unreadable (said in the
+    log: the job runs without sshd).  A bundle or name resolution problem is the site's."""
+    from shifter.errors import UsageError
+    from shifter.runtime import sshd
+
+    where = f"job={job.job_id} node={job.node}"
+    if not plugstack.enable_sshd or job.uid == 0 or alloc is None:
+        return None
+    if not alloc.exclusive:
+        sp.info(f"shifter: prolog: {where}: no sshd: the job shares its nodes (sshd is for --exclusive jobs)")
+        return None
+    try:
+        pubkey = sshd.read_user_pubkey(pw.pw_dir, job.uid, job.gid, gids)
+    except UsageError as e:
+        sp.error(f"shifter: prolog: {where}: no sshd for the job: {e}")
+        return None
+    from shifter.runtime import jobpath
+
+    return sshd.Setup(bundle=sshd.bundle(config.sshdPort), pubkey=pubkey, address=sshd.node_address(job.node),
+                      allowed=tuple(dict.fromkeys(sshd.node_address(h) for h, _ in alloc.hosts)),
+                      port=config.sshdPort, state_dir=jobpath.job_dir(config.udiMount, job.job_id),
+                      username=pw.pw_name)
 
 
 def cpu_time() -> str:

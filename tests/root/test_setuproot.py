@@ -613,3 +613,18 @@ def test_a_site_per_node_cache_is_made_for_the_user(torn_down):
     assert len(os.listdir(cache_dir)) == 1
     udi.teardown(env["config"])
     assert os.listdir(cache_dir) == []
+
+
+def test_setuproot_N_writes_the_hostsfile_and_refuses_a_bad_list(torn_down):
+    """Shifter's -N "host/slots ...": /var/hostsfile, one line per slot (docs/sshd.md)."""
+    env = torn_down
+    res = _setup(env, "-U", "4242", "-N", "n1/2 n2/1 n3", "id", env["id"])
+    assert res.returncode == 0, res.stderr
+    assert _in_udi(env, ["/bin/cat", "/var/hostsfile"]).stdout == "n1\nn1\nn2\nn3\n"
+    st = os.stat(os.path.join(env["config"].udiMount, "var/hostsfile"))
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o644)
+    udi.teardown(env["config"])
+    bad = _setup(env, "-U", "4242", "-N", "n1/2 ../x/1", "id", env["id"])
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "invalid host list entry '../x/1'" in bad.stderr
+    assert not linux.mounts_under(env["config"].udiMount)

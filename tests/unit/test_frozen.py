@@ -70,7 +70,8 @@ def test_the_prologs_imports_stay_off_dataclasses_inspect_and_traceback():
     """The prolog and epilog start a cold interpreter per job on every node: these modules
     cost ~35 ms of import together (docs/dev.md, start-up)."""
     code = ("import sys, shifter.spank.dispatch, shifter.wlm.prolog, shifter.wlm.epilog, "
-            "shifter.runtime.udi, shifter.runtime.teardown, shifter.spank.request, shifter.wlm.cgroup;"
+            "shifter.runtime.udi, shifter.runtime.teardown, shifter.spank.request, shifter.wlm.cgroup, "
+            "shifter.runtime.sshd, shifter.runtime.hostsfile;"
             "print(' '.join(m for m in ('dataclasses', 'inspect', 'traceback', 'typing', 'fractions') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True)

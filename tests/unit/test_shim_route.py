@@ -250,3 +250,17 @@ def test_where_c_answers_python_agrees():
             assert case["c"] == case["python"], case["name"]
     refused = [c for c in CONF_CASES if c["c"] is not None and c["python"] == "error"]
     assert [c["name"] for c in refused] == ["C reads imagePath, Python refuses another key"]
+
+
+def test_with_enable_sshd_a_user_without_key_pair_goes_to_python_which_makes_it(site):
+    """enable_sshd=1: the shim keeps a submission of --image=id: only when the user's
+    ~/.udiRoot/id_rsa.key is there (docs/sshd.md); nobody's home does not exist, so
+    Python is asked, and refuses in one line; root's jobs need no key."""
+    plug = [f"shifter_config={site['conf']}", "enable_sshd=1"]
+    out = run_shim(site, "allocator", {}, [("image", f"id:{A}")], plugstack=plug, user=NOBODY)
+    assert out["python"] and out["rc"] == -1, out
+    assert len(out["errors"]) == 1 and "can't create your container ssh key in /nonexistent/.udiRoot" in \
+        out["errors"][0], out
+    if os.geteuid() == 0:
+        out = run_shim(site, "allocator", {}, [("image", f"id:{A}")], plugstack=plug)
+        assert not out["python"] and out["rc"] == 0, out
