@@ -48,7 +48,7 @@ def from_spank(sp: SpankHandle, options: dict[str, str], environ=os.environ) -> 
     )
 
 
-@dataclass(frozen=True)
+@frozen
 class Allocation:
     """The job's nodes, its CPUs on each (its slots: ``/var/hostsfile``), and whether it
     has its nodes to itself (the job's sshd needs that)."""
