@@ -165,6 +165,19 @@ def test_ccm_tasks_run_in_the_host_root_entered_without_python(contain, runner, 
         assert _root_source(open(os.path.join(workdir, f"mounts.{node}")).read()) == {"shifter-udi"}
 
 
+def test_an_exclusive_ccm_job_reaches_its_other_nodes_over_the_jobs_sshd(contain, runner, workdir):
+    """Cray CCM's point: `ssh` from one node of a --ccm job to another lands in the same
+    job's host-root container there (the job's per-node sshd, docs/sshd.md)."""
+    out = os.path.join(workdir, "ccm-ssh.out")
+    script = ("srun -N1 -w n1 sh -c 'for n in n2 n3; do ssh -o BatchMode=yes $n "
+              "\"echo \\$(hostname) \\$(stat -f -c %T /)\"; done'")
+    res = runner.run(["sbatch", "--wait", "--ccm", "--exclusive", "-N3", f"--output={out}", "--wrap", script],
+                     cwd=workdir, timeout=180)
+    text = open(out).read() if os.path.exists(out) else ""
+    assert res.returncode == 0, res.stderr + text
+    assert text.split("\n")[:2] == ["n2 tmpfs", "n3 tmpfs"], text
+
+
 def test_ccm_batch_script_runs_in_the_host_root(contain, runner, workdir):
     out = os.path.join(workdir, "batch.out")
     res = runner.run(["sbatch", "--parsable", "--ccm", "-N1", f"--output={out}", "--wrap",
