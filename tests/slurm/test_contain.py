@@ -166,10 +166,11 @@ def test_ccm_tasks_run_in_the_host_root_entered_without_python(contain, runner, 
 
 
 def test_an_exclusive_ccm_job_reaches_its_other_nodes_over_the_jobs_sshd(contain, runner, workdir):
-    """Cray CCM's point: `ssh` from one node of a --ccm job to another lands in the same
-    job's host-root container there (the job's per-node sshd, docs/sshd.md)."""
+    """Cray CCM's point: ssh from one node of a --ccm job to another lands in the same
+    job's host-root container there (the job's per-node sshd, docs/sshd.md).  In the host's
+    root, `ssh` is the host's own client (port 22): the job's is /opt/udiImage/ssh/bin/ssh."""
     out = os.path.join(workdir, "ccm-ssh.out")
-    script = ("srun -N1 -w n1 sh -c 'for n in n2 n3; do ssh -o BatchMode=yes $n "
+    script = ("srun -N1 -w n1 sh -c 'for n in n2 n3; do /opt/udiImage/ssh/bin/ssh -o BatchMode=yes $n "
               "\"echo \\$(hostname) \\$(stat -f -c %T /)\"; done'")
     res = runner.run(["sbatch", "--wait", "--ccm", "--exclusive", "-N3", f"--output={out}", "--wrap", script],
                      cwd=workdir, timeout=180)
