@@ -159,15 +159,20 @@ def main() -> int:
     return 0
 
 
-def _hook_cpu(site, job: str, hook: str) -> list[float]:
+def _log_numbers(site, pattern: str) -> list[float]:
+    """The number the regex ``pattern`` captures, in every node's slurmd log line it matches."""
     import re
 
-    pattern = re.compile(rf"shifter: {hook}: job={job} node=\S+: .*\(cpu ([0-9.]+) s, ")
+    rx = re.compile(pattern)
     out = []
     for node in site.node_names():
         with open(site.slurmd_log(node), errors="replace") as f:
-            out += [float(m.group(1)) for m in map(pattern.search, f) if m]
+            out += [float(m.group(1)) for m in map(rx.search, f) if m]
     return out
+
+
+def _hook_cpu(site, job: str, hook: str) -> list[float]:
+    return _log_numbers(site, rf"shifter: {hook}: job={job} node=\S+: .*\(cpu ([0-9.]+) s, ")
 
 
 def _gateway_requests(site, since: int) -> int:
@@ -256,14 +261,7 @@ def scale(args) -> int:
 
 
 def _prolog_wall(site, job: str) -> list[float]:
-    import re
-
-    pattern = re.compile(rf"shifter: prolog: job={job} node=\S+: prolog done in ([0-9.]+) s")
-    out = []
-    for node in site.node_names():
-        with open(site.slurmd_log(node), errors="replace") as f:
-            out += [float(m.group(1)) for m in map(pattern.search, f) if m]
-    return out
+    return _log_numbers(site, rf"shifter: prolog: job={job} node=\S+: prolog done in ([0-9.]+) s")
 
 
 def sshd_table(args) -> int:

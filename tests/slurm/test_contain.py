@@ -14,6 +14,7 @@ kernel), extern_cgroup and extern_setup.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -80,15 +81,16 @@ def _job_dirs(site, node) -> list[str]:
     return [n for n in res.stdout.split() if n.isdigit()]
 
 
-@pytest.fixture(scope="module")
-def contain(cluster, runner):
-    """The contain configuration, up for this module; the default one back afterwards
-    (after every job of ours is gone, so no extern step outlives its Slurm)."""
+@contextlib.contextmanager
+def contain_site(cluster, runner, cgroup_mount: str = ""):
+    """The contain configuration (``cgroup_mount``: the job's cgroup hierarchy, default the
+    v1 memory one), up for a module; the default one back afterwards (after every job of
+    ours is gone, so no extern step outlives its Slurm)."""
     deadline = time.monotonic() + 180  # a job another test left to finish by itself
     while _jobs(runner):
         assert time.monotonic() < deadline, "the cluster is busy: the contain configuration restarts Slurm"
         time.sleep(1)
-    site = replace(cluster, contain=True)
+    site = replace(cluster, contain=True, cgroup_mount=cgroup_mount)
     cluster_tool.up(site, images=False)
     try:
         yield site
@@ -96,9 +98,15 @@ def contain(cluster, runner):
         for job in _jobs(runner):
             runner.run(["scancel", job], user=None)
             _wait_gone(runner, job)
-        cluster_tool.up(replace(cluster, contain=False), images=False)
+        cluster_tool.up(replace(cluster, contain=False, cgroup_mount=""), images=False)
         _remove_slurm_cgroups()
-    assert _cgroup_jobs() == [] and _daemons() == []
+    assert _cgroup_jobs(cgroup_mount or MEMORY_CGROUP) == [] and _daemons() == []
+
+
+@pytest.fixture(scope="module")
+def contain(cluster, runner):
+    with contain_site(cluster, runner) as site:
+        yield site
 
 
 def _remove_slurm_cgroups():
