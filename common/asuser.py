@@ -10,12 +10,16 @@ and every later use goes through the descriptor, whatever the user swaps meanwhi
 
 from __future__ import annotations
 
+import array
 import errno
 import json
 import os
-import signal
-import socket
 import time
+
+# The C modules, not ``socket`` and ``signal``: those wrap them in enums and cost ~3 ms of
+# every image job's prolog (docs/dev.md, start-up rules).
+import _signal as signal
+import _socket as socket
 
 MAX_FDS = 253  # SCM_MAX_FD
 
@@ -52,7 +56,7 @@ def call(uid: int, gid: int, groups, work, timeout: float | None = None) -> tupl
                                "errno": e.errno or errno.EIO}, []
             data = json.dumps(answer).encode()
             if fds:
-                socket.send_fds(child, [data], fds[:MAX_FDS])
+                _send_fds(child, data, fds[:MAX_FDS])
             else:
                 child.sendall(data)
             status = 0
@@ -62,7 +66,7 @@ def call(uid: int, gid: int, groups, work, timeout: float | None = None) -> tupl
     try:
         parent.settimeout(timeout)
         try:
-            msg, fds, _, _ = socket.recv_fds(parent, 1 << 20, MAX_FDS)
+            msg, fds = _recv_fds(parent, 1 << 20, MAX_FDS)
         except TimeoutError:
             os.kill(pid, signal.SIGKILL)
             raise TimeoutError(errno.ETIMEDOUT, f"the work as uid {uid} took more than {timeout:.0f} s") from None
@@ -76,6 +80,19 @@ def call(uid: int, gid: int, groups, work, timeout: float | None = None) -> tupl
     if not isinstance(answer, dict):
         answer = {}
     return answer, fds
+
+
+def _send_fds(sock, data: bytes, fds: list[int]) -> None:
+    sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())])
+
+
+def _recv_fds(sock, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
+    fds = array.array("i")
+    msg, ancillary, _, _ = sock.recvmsg(bufsize, socket.CMSG_LEN(maxfds * fds.itemsize))
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+    return msg, list(fds)
 
 
 def _reap(pid: int, timeout: float = 5.0) -> None:

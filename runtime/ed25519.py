@@ -9,9 +9,13 @@ tests/unit/test_sshd.py checks the result against ``ssh-keygen -y``.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import struct
+
+try:  # the C module alone: hashlib loads OpenSSL, ~5 ms of an image job's prolog
+    from _sha512 import sha512 as _sha512
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import sha512 as _sha512
 
 _P = 2**255 - 19
 _D = -121665 * pow(121666, _P - 2, _P) % _P
@@ -59,7 +63,7 @@ def public_key(seed: bytes) -> bytes:
     """The 32-byte public key of a 32-byte private seed."""
     if len(seed) != 32:
         raise ValueError("an ed25519 seed is 32 bytes")
-    h = hashlib.sha512(seed).digest()
+    h = _sha512(seed).digest()
     a = int.from_bytes(h[:32], "little")
     a &= (1 << 254) - 8
     a |= 1 << 254

@@ -36,11 +36,13 @@ import fcntl
 import json
 import os
 import select  # imported here: the listener can't import once chrooted
-import signal
-import socket
 import stat
-import subprocess
 import time
+
+# The C modules, not ``socket`` and ``signal``: those wrap them in enums, ~4 ms of every
+# image job's prolog (docs/dev.md, start-up rules).
+import _signal as signal
+import _socket as socket
 from shifter.frozen import frozen
 
 from shifter.errors import ConfigError, ShifterError, UsageError
@@ -248,6 +250,8 @@ def _stamp(path: str) -> list:
 def _libraries(binaries) -> tuple[tuple[str, str], list[tuple[str, str]]]:
     """The loader and the libraries the binaries load, as ``ldd`` lists them: (the name
     they are loaded by, the file's real path) pairs."""
+    import subprocess  # here: only a bundle build runs ldd (start-up time)
+
     loader, libs = None, {}
     for binary in binaries:
         out = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30,
@@ -514,7 +518,7 @@ def _serve(listen_fd: int, argv: list[str]) -> None:  # pragma: no cover - runs 
     env = {"PATH": "/usr/bin:/bin", "LANG": "C"}
     listener = socket.socket(fileno=listen_fd)
     while True:
-        ready, _, _ = select.select([listener], [], [], 5.0)
+        ready, _, _ = select.select([listen_fd], [], [], 5.0)
         try:
             while os.waitpid(-1, os.WNOHANG)[0] > 0:
                 pass
@@ -523,19 +527,19 @@ def _serve(listen_fd: int, argv: list[str]) -> None:  # pragma: no cover - runs 
         if not ready:
             continue
         try:
-            conn, _ = listener.accept()
+            conn, _ = listener._accept()  # _socket's: the fd
         except OSError:
             continue
         try:
             if os.fork() == 0:
                 try:
-                    os.dup2(conn.fileno(), 0)
-                    os.dup2(conn.fileno(), 1)
+                    os.dup2(conn, 0)
+                    os.dup2(conn, 1)
                     os.execve(argv[0], argv, env)
                 finally:
                     os._exit(127)
         finally:
-            conn.close()
+            os.close(conn)
 
 
 def wait_ready(state_dir: str, pid: int, address: str, port: int = DEFAULT_PORT,

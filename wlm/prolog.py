@@ -34,11 +34,14 @@ def run(sp, plugstack, options) -> None:
     global _started
     _started = time.perf_counter()
     job = jobinfo.from_spank(sp, options)
+    image_job = bool(job.image and job.image_type and job.uid is not None and job.gid is not None)
+    # first: slurmctld's answer arrives while this process imports the runtime
+    query = start_allocation_query(sp, job) if image_job and job.job_id is not None else None
     sp.info(f"shifter: prolog: {job.describe()}")
     make_plan_dir(sp, job)
-    if job.image and job.image_type and job.uid is not None and job.gid is not None:
+    if image_job:
         enter_cgroup(sp, plugstack, job)
-        prepare_container(sp, plugstack, job)
+        prepare_container(sp, plugstack, job, query)
         # The job's sshd (enable_sshd=1) is spawned by this process during the container's
         # setup, so it is in the job's cgroup (enter_cgroup) and, with extern_cgroup=1,
         # adopted into the job's extern step; the epilog kills it (docs/sshd.md).
@@ -62,12 +65,28 @@ def enter_cgroup(sp, plugstack, job: jobinfo.JobInfo) -> None:
     sp.info(f"shifter: prolog: job={job.job_id} node={job.node}: in cgroup {cg.path}")
 
 
-def prepare_container(sp, plugstack, job: jobinfo.JobInfo) -> None:
+def prepare_container(sp, plugstack, job: jobinfo.JobInfo, query=None) -> None:
     """Build the job's UDI on this node (``udi.setup_root`` in this process, at the job's
     path of ``jobpath``).  A user's mistake found here (a volume source gone since
     submission, an image no longer theirs) is recorded for the job's steps and does not
     drain the node; anything else is a site fault: the node is drained with a reason that
-    names shifter and the cause, and the error returned."""
+    names shifter and the cause, and the error returned.  ``query`` is the allocation
+    query run() started (``jobinfo.query_allocation``), or None."""
+    from shifter.runtime import jobpath
+
+    where = f"job={job.job_id} node={job.node}"
+    if not jobpath.valid_job_id(job.job_id):
+        sp.error(f"shifter: prolog: {where}: not a job id a container can be prepared for")
+        finish_allocation_query(sp, job, query)
+        return
+    try:
+        _prepare(sp, plugstack, job, query, where)
+    finally:  # reaped on every path
+        if query is not None and not query.collected:
+            finish_allocation_query(sp, job, query)
+
+
+def _prepare(sp, plugstack, job: jobinfo.JobInfo, query, where: str) -> None:
     import pwd
 
     from shifter.errors import UsageError
@@ -76,11 +95,6 @@ def prepare_container(sp, plugstack, job: jobinfo.JobInfo) -> None:
     from shifter.runtime.image import ImageRef
     from shifter.runtime.modules import parse_list
 
-    where = f"job={job.job_id} node={job.node}"
-    if not jobpath.valid_job_id(job.job_id):
-        sp.error(f"shifter: prolog: {where}: not a job id a container can be prepared for")
-        return
-    query = start_allocation_query(sp, job)
     try:
         config = udiconfig.load(plugstack.shifter_config)
     except ShifterError as e:
@@ -128,6 +142,8 @@ def prepare_container(sp, plugstack, job: jobinfo.JobInfo) -> None:
 
 
 def start_allocation_query(sp, job: jobinfo.JobInfo):
+    """Ask slurmctld for the job's nodes and CPUs (``jobinfo.query_allocation``) without
+    waiting; None (logged: no /var/hostsfile, no sshd, the job still runs) if it can't."""
     try:
         return jobinfo.query_allocation(job.job_id)
     except OSError as e:

@@ -127,14 +127,15 @@ def test_prolog_logs_job_node_and_image(conf, monkeypatch, tmp_path):
     from shifter.wlm import prolog
 
     prepared = []  # building the container is the slurm tier's (tests/slurm/test_lifecycle.py)
-    monkeypatch.setattr(prolog, "prepare_container", lambda sp, plugstack, job: prepared.append(job.job_id))
+    monkeypatch.setattr(prolog, "prepare_container", lambda sp, plugstack, job, query: prepared.append((job.job_id, query)))
+    monkeypatch.setattr(prolog, "start_allocation_query", lambda sp, job: f"query {job.job_id}")  # no scontrol here
     monkeypatch.setenv("SPANK_SHIFTER_IMAGE", ID)
     monkeypatch.setenv("SPANK_SHIFTER_IMAGETYPE", "id")
     monkeypatch.setenv("SPANK_SHIFTER_IMAGEREQUEST", "docker:test/busybox:latest")
     monkeypatch.setenv("SLURMD_NODENAME", "n7")
     sp = FakeSpank(CTX_JOB_SCRIPT, job_id=42)
     assert dispatch.run(sp, "job_prolog", [conf], {}) == 1
-    assert prepared == [42]  # the job's container is asked for
+    assert prepared == [(42, "query 42")]  # the job's container is asked for, slurmctld asked first
     assert sp.infos == [f"shifter: prolog: job=42 node=n7 uid=4242 imagetype=id image={ID} "
                         "request=docker:test/busybox:latest"]
     # the old name (jobs submitted before the rename) is still read

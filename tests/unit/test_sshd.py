@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from shifter import templates
-from shifter.errors import ConfigError, UsageError
+from shifter.errors import ConfigError, ShifterError, UsageError
 from shifter.runtime import config as udiconfig
 from shifter.runtime import ed25519, etcfiles, hostsfile, sshd
 from shifter.wlm import jobinfo
@@ -70,6 +70,38 @@ def test_the_allocation_is_read_from_scontrol_detail():
     assert alloc.hosts == (("n1", 2), ("n2", 2), ("n3", 1)) and alloc.exclusive
     shared = jobinfo.parse_allocation(SCONTROL.replace("OverSubscribe=NO", "OverSubscribe=OK"))
     assert not shared.exclusive
+
+
+def _fake_scontrol(tmp_path, body: str) -> str:
+    exe = tmp_path / "scontrol"
+    exe.write_text("#!/bin/sh\n" + body + "\n")
+    exe.chmod(0o755)
+    return str(tmp_path)
+
+
+def test_the_prologs_query_runs_scontrol_and_reads_its_answer(tmp_path):
+    path = _fake_scontrol(tmp_path, f'[ "$*" = "show job -d -o 7" ] || exit 3; echo "{SCONTROL}"; echo noise >&2')
+    query = jobinfo.query_allocation(7, path=path)
+    assert jobinfo.read_allocation(query).hosts == (("n1", 2), ("n2", 2), ("n3", 1))
+    assert query.collected
+    with pytest.raises(OSError):  # fds closed, child reaped
+        os.fstat(query.out_fd)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(query.pid, os.WNOHANG)
+
+
+def test_the_prologs_query_reports_scontrols_error_and_a_timeout(tmp_path):
+    path = _fake_scontrol(tmp_path, 'echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1')
+    with pytest.raises(ShifterError, match="scontrol show job failed: slurm_load_jobs error: Invalid job id"):
+        jobinfo.read_allocation(jobinfo.query_allocation(7, path=path))
+    path = _fake_scontrol(tmp_path, "exec /bin/sleep 30")
+    query = jobinfo.query_allocation(7, path=path)
+    with pytest.raises(ShifterError, match="did not answer within 0 s"):
+        jobinfo.read_allocation(query, timeout=0.2)
+    with pytest.raises(ChildProcessError):  # killed and reaped
+        os.waitpid(query.pid, os.WNOHANG)
+    with pytest.raises(FileNotFoundError, match="scontrol is not in"):
+        jobinfo.query_allocation(7, path=str(tmp_path / "none"))
 
 
 def test_the_users_key_is_made_once_private_and_refused_when_others_can_read_it(tmp_path):
