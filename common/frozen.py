@@ -24,17 +24,21 @@ class FrozenInstanceError(AttributeError):
 
 
 class _Field:
-    __slots__ = ("default", "default_factory")
+    __slots__ = ("default", "default_factory", "compare", "repr")
 
-    def __init__(self, default, default_factory):
+    def __init__(self, default, default_factory, compare=True, repr=True):
         self.default = default
         self.default_factory = default_factory
+        self.compare = compare
+        self.repr = repr
 
 
-def field(*, default=_MISSING, default_factory=_MISSING):
+def field(*, default=_MISSING, default_factory=_MISSING, compare: bool = True, repr: bool = True):
+    """A field's default (or default factory); ``compare=False`` leaves it out of
+    ``==`` and ``hash``, ``repr=False`` out of ``repr``."""
     if default is not _MISSING and default_factory is not _MISSING:
         raise ValueError("field: give default or default_factory, not both")
-    return _Field(default, default_factory)
+    return _Field(default, default_factory, compare, repr)
 
 
 def _frozen_setattr(self, name, value):
@@ -50,7 +54,11 @@ def frozen(cls):
     names: list[str] = []
     defaults: dict[str, object] = {}
     factories: dict[str, object] = {}
+    hidden: set[str] = set()  # out of repr
+    uncompared: set[str] = set()  # out of == and hash
     for base in reversed(cls.__mro__[1:]):
+        hidden.update(getattr(base, "__record_hidden__", ()))
+        uncompared.update(getattr(base, "__record_uncompared__", ()))
         for name in getattr(base, "__record_fields__", ()):
             if name not in names:
                 names.append(name)
@@ -63,6 +71,8 @@ def frozen(cls):
             names.append(name)
         value = cls.__dict__.get(name, _MISSING)
         if isinstance(value, _Field):
+            (hidden.add if not value.repr else hidden.discard)(name)
+            (uncompared.add if not value.compare else uncompared.discard)(name)
             if value.default_factory is not _MISSING:
                 factories[name] = value.default_factory
                 defaults.pop(name, None)
@@ -99,12 +109,14 @@ def frozen(cls):
     init = scope["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     fields = tuple(names)
+    compared = tuple(n for n in names if n not in uncompared)
+    shown = tuple(n for n in names if n not in hidden)
 
     def _values(self):
-        return tuple(getattr(self, n) for n in fields)
+        return tuple(getattr(self, n) for n in compared)
 
     def __repr__(self):
-        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in fields)
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in shown)
         return f"{type(self).__qualname__}({inner})"
 
     def __eq__(self, other):
@@ -125,6 +137,8 @@ def frozen(cls):
     cls.__record_fields__ = fields
     cls.__record_defaults__ = defaults
     cls.__record_factories__ = factories
+    cls.__record_hidden__ = frozenset(hidden)
+    cls.__record_uncompared__ = frozenset(uncompared)
     return cls
 
 

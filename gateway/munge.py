@@ -11,10 +11,10 @@ unmunge prints the metadata (``KEY: value`` lines), a blank line, then the paylo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 
 from shifter.errors import ShifterError
-from shifter.runtime import proc
+from shifter.frozen import frozen
 
 EXPIRED = 15
 REPLAYED = 17
@@ -29,7 +29,7 @@ class MungeError(ShifterError):
         self.code = code
 
 
-@dataclass(frozen=True)
+@frozen
 class Credential:
     uid: int
     gid: int
@@ -41,14 +41,36 @@ def _socket_args(socket: str | None) -> list[str]:
     return [f"--socket={socket}"] if socket else []
 
 
+HINT = "is munged running? (mungeSocketPath in udiRoot.conf)"
+
+
+def _run(argv: list[str], what: str, data: str | None, hint: str | None) -> tuple[int, str, str]:
+    """Run munge or unmunge (``shifter.spawn``: no ``subprocess`` import on the
+    submission's path); MungeError if it can't be run or does not finish in time."""
+    from shifter import spawn
+
+    env = {"PATH": os.environ.get("PATH") or spawn.DEFAULT_PATH, "LC_ALL": "C"}
+    try:
+        code, out, err = spawn.run(argv, env, data.encode() if data is not None else None, TIMEOUT)
+    except FileNotFoundError:
+        raise MungeError(f"can't {what}: {argv[0]}: command not found",
+                         hint or f"install the package that provides {argv[0]}") from None
+    except OSError as e:
+        raise MungeError(f"can't {what}: {argv[0]}: {(e.strerror or str(e)).lower()}", hint) from None
+    if code is None:
+        raise MungeError(f"can't {what}: {' '.join(argv)}: timed out after {TIMEOUT} s", hint)
+    return code, out.decode(), err.decode()
+
+
 def encode(payload: str | None = None, socket: str | None = None) -> str:
     """A new credential for the calling user, carrying ``payload`` (may be empty)."""
     argv = ["munge", *_socket_args(socket)] + ([] if payload else ["--no-input"])
-    try:
-        out = proc.run(argv, "create a munge credential", input=payload or None, timeout=TIMEOUT,
-                       hint="is munged running? (mungeSocketPath in udiRoot.conf)").stdout
-    except proc.ProcError as e:
-        raise MungeError(e.message, e.hint, e.returncode) from None
+    what = "create a munge credential"
+    code, out, err = _run(argv, what, payload or None, HINT)
+    if code != 0:
+        tail = " | ".join(line.strip() for line in err.strip().splitlines()[-3:])
+        raise MungeError(f"can't {what}: {' '.join(argv)} exited with {code}: {tail or 'no error output'}",
+                         HINT, code)
     cred = out.strip()
     if not cred.startswith("MUNGE:"):
         raise MungeError(f"can't create a munge credential: munge printed {cred[:40]!r}")
@@ -61,12 +83,10 @@ def decode(cred: str, socket: str | None = None, accept: tuple[int, ...] = ()) -
         raise MungeError("invalid credential: not a munge credential")
     argv = ["unmunge", "--numeric", *_socket_args(socket)]
     try:
-        res = proc.run(argv, "verify a munge credential", input=cred, timeout=TIMEOUT, check=False)
-    except proc.ProcError as e:
-        raise MungeError(e.message, e.hint) from None
+        returncode, stdout, stderr = _run(argv, "verify a munge credential", cred, None)
     except UnicodeDecodeError:  # a payload that is not text is not one of ours
         raise MungeError("invalid credential: its payload is not text") from None
-    metadata, _, payload = res.stdout.partition("\n\n")
+    metadata, _, payload = stdout.partition("\n\n")
     fields = {}
     for line in metadata.splitlines():
         key, sep, value = line.partition(":")
@@ -75,9 +95,9 @@ def decode(cred: str, socket: str | None = None, accept: tuple[int, ...] = ()) -
     try:
         status = int(fields["STATUS"])
     except (KeyError, ValueError):
-        why = res.stderr.strip().splitlines()[-1][:200] if res.stderr.strip() else "no status"
-        raise MungeError(f"invalid credential ({why})", code=res.returncode) from None
-    if status != res.returncode or (status != 0 and status not in accept):
+        why = stderr.strip().splitlines()[-1][:200] if stderr.strip() else "no status"
+        raise MungeError(f"invalid credential ({why})", code=returncode) from None
+    if status != returncode or (status != 0 and status not in accept):
         raise MungeError(f"{STATUS_TEXT.get(status, 'invalid credential')} (munge status {status})",
                          code=status)
     try:

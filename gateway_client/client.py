@@ -19,12 +19,12 @@ import json
 import os
 import pwd
 import re
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import quote
 
 from shifter.errors import ShifterError, UsageError
 from shifter.files import atomic_file
+from shifter.frozen import field, frozen
 from shifter.gateway import http, munge
 from shifter.gateway_client import lite
 from shifter.runtime.config import UdiRootConfig
@@ -68,7 +68,7 @@ _STATUS_ERRORS = {400: RequestRefused, 401: AuthenticationFailed, 403: Permissio
                   404: ImageNotFound}
 
 
-@dataclass(frozen=True)
+@frozen
 class ImageRecord:
     """An image record as the gateway returns it (``raw`` is the JSON object itself)."""
 

@@ -57,91 +57,28 @@ class Allocation:
     exclusive: bool
 
 
-class AllocationQuery:
-    """A running ``scontrol show job -d -o JOB``: its pid and the read ends of its stdout
-    and stderr.  Started with ``os.posix_spawn`` at the prolog's first line so the round
-    trip to slurmctld overlaps the prolog's imports (``subprocess`` alone costs ~5 ms of
-    import, and a query started later was waited for)."""
-
-    def __init__(self, pid: int, out_fd: int, err_fd: int):
-        self.pid, self.out_fd, self.err_fd = pid, out_fd, err_fd
-        self.collected = False
-
-
 _PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 
 
-def _find(name: str, path: str = _PATH) -> str:
-    for d in path.split(":"):
-        candidate = os.path.join(d, name)
-        if os.access(candidate, os.X_OK):
-            return candidate
-    raise FileNotFoundError(f"{name} is not in {path}")
-
-
-def query_allocation(job_id: int, argv0: str = "scontrol", path: str = _PATH) -> AllocationQuery:
+def query_allocation(job_id: int, path: str = _PATH):
     """Start ``scontrol show job -d -o JOB`` (slurmctld knows the job's CPUs per node and
-    whether it shares its nodes; the prolog's environment says neither).  ``read_allocation``
-    collects it, so the prolog works meanwhile.  Raises OSError if it can't be started."""
+    whether it shares its nodes; the prolog's environment says neither) and return it
+    running (``shifter.spawn.Child``): the prolog starts it at its first line so the round
+    trip overlaps its imports, and ``read_allocation`` collects it.  OSError if it can't
+    be started."""
+    from shifter import spawn
+
     env = {"PATH": path}
     if os.environ.get("SLURM_CONF"):
         env["SLURM_CONF"] = os.environ["SLURM_CONF"]
-    exe = _find(argv0, path)
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    try:
-        pid = os.posix_spawn(exe, [argv0, "show", "job", "-d", "-o", str(int(job_id))], env, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)])
-    except BaseException:
-        os.close(out_r)
-        os.close(err_r)
-        raise
-    finally:
-        os.close(out_w)
-        os.close(err_w)
-    return AllocationQuery(pid, out_r, err_r)
+    return spawn.start(["scontrol", "show", "job", "-d", "-o", str(int(job_id))], env)
 
 
-def _collect(query: AllocationQuery, timeout: float) -> tuple[int | None, bytes, bytes]:
-    """Read the query's stdout and stderr to their ends and reap it; (None, ...) if that
-    took longer than ``timeout`` (it is killed then).  Closes the pipes."""
-    import select
-    import signal
-    import time
-
-    query.collected = True
-    bufs = {query.out_fd: bytearray(), query.err_fd: bytearray()}
-    poller = select.poll()
-    for fd in bufs:
-        poller.register(fd, select.POLLIN)
-    deadline = time.monotonic() + timeout
-    open_fds = set(bufs)
-    try:
-        while open_fds:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                os.kill(query.pid, signal.SIGKILL)
-                os.waitpid(query.pid, 0)
-                return None, bytes(bufs[query.out_fd]), bytes(bufs[query.err_fd])
-            for fd, _ in poller.poll(left * 1000):
-                chunk = os.read(fd, 65536)
-                if chunk:
-                    bufs[fd] += chunk
-                else:
-                    poller.unregister(fd)
-                    open_fds.discard(fd)
-    finally:
-        os.close(query.out_fd)
-        os.close(query.err_fd)
-    _, status = os.waitpid(query.pid, 0)
-    return os.waitstatus_to_exitcode(status), bytes(bufs[query.out_fd]), bytes(bufs[query.err_fd])
-
-
-def read_allocation(query: AllocationQuery, timeout: float = 30.0) -> Allocation:
+def read_allocation(query, timeout: float = 30.0) -> Allocation:
+    from shifter import spawn
     from shifter.errors import ShifterError
 
-    code, out, err = _collect(query, timeout)
+    code, out, err = spawn.collect(query, timeout)
     if code is None:
         raise ShifterError(f"scontrol show job did not answer within {timeout:.0f} s")
     text, etext = out.decode(errors="replace"), err.decode(errors="replace")

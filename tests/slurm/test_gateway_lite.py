@@ -1,5 +1,5 @@
-"""The hot-path lookup (SPANK plugin, launcher) goes over http.client, never importing
-requests, with the client's failover and errors."""
+"""The hot-path lookup (SPANK plugin, launcher) goes over one plain socket, never importing
+requests, http.client or subprocess, with the client's failover and errors."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ PROBE = textwrap.dedent("""\
         print(resolve_id(c, parse_image(sys.argv[2], c)).tag)
     except ShifterError as e:
         print("error:", e)
-    print("requests imported:", "requests" in sys.modules)
+    print("requests imported:", any(m in sys.modules for m in ("requests", "http.client", "subprocess")))
     """)
 
 
