@@ -37,7 +37,7 @@ class build_native(Command):
         cc = os.environ.get("CC", "gcc")
         subprocess.run(
             [cc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
-             "-o", SHIM, os.path.join("spank", "shim.c"), "-ldl"],
+             "-o", SHIM, os.path.join("spank", "shim.c"), os.path.join("spank", "hookd_client.c"), "-ldl"],
             check=True,
         )
         subprocess.run(

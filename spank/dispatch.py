@@ -18,6 +18,9 @@ from shifter.spank.plugstack import PlugstackArgs
 #: start, the embedded interpreter's and the imports before the hook (the prolog and
 #: epilog log it beside their total, ``shifter.wlm.prolog.cpu_time``)
 HOOK_STARTED_CPU = 0.0
+#: True in a worker of the node's hook server (``shifter.wlm.hookd``), which runs the
+#: prolog and epilog in a fork of a process that has Python and the runtime loaded
+IN_HOOK_SERVER = False
 
 #: context -> module implementing that context's hooks (functions named like the hook)
 CONTEXT_MODULES = {

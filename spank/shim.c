@@ -38,6 +38,7 @@
 #include <slurm/spank.h>
 
 #include "cgroup_path.h"
+#include "hookd_client.h"
 #include "udiconf_key.h"
 
 SPANK_PLUGIN(shifter, 1)
@@ -324,6 +325,16 @@ static int call_python(const char *name, spank_t sp, int ac, char **av)
     if (opt_module_set) { names[n] = "module"; values[n++] = opt_module ? opt_module : ""; }
     if (opt_ccm) { names[n] = "ccm"; values[n++] = "1"; }
 
+    if (strcmp(name, "job_prolog") == 0 || strcmp(name, "job_epilog") == 0) {
+        /* the node's hook server (shifter.wlm.hookd) has Python and the runtime loaded */
+        int rc = hookd_call(name, sp, ac, av, n, names, values);
+        if (rc != -2) return rc;
+        char dir[PATH_MAX], exe[PATH_MAX + 64];
+        if (shim_dir(dir, sizeof(dir)) == 0) { /* none yet, or stale: start one for the next job */
+            snprintf(exe, sizeof(exe), "%s/../../bin/python", dir);
+            start_hookd(exe);
+        }
+    }
     if (load_python() != 0) return -1;
     int rc = py_hook(name, (void *) sp, (int) spank_context(), ac, av, n, names, values);
     return rc == 1 ? 0 : -1;

@@ -355,12 +355,26 @@ def nodes_down(site: Site, holders: bool = True) -> None:
     """Stop every slurmd, then (``holders``) the namespace holders, by pidfile."""
     for pidfile in glob.glob(os.path.join(site.run, "slurmd-*.pid")):
         daemons.stop(pidfile, "slurmd")
+    stop_hook_servers(site)
     if holders:
         for pidfile in glob.glob(os.path.join(site.run, "node-*.pid")):
             node = os.path.basename(pidfile)[len("node-"):-len(".pid")]
             daemons.stop(pidfile, holder_name(node))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(boot_id_file(site, node))
+
+
+def stop_hook_servers(site: Site) -> None:
+    """The nodes' hook servers (``shifter.wlm.hookd``, started by the first prolog on each
+    node, in its namespace): they leave with their nodes."""
+    import signal
+
+    names = {n.encode() for n in site.node_names()}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        argv = daemons.live_argv(int(pid))
+        if argv and argv[1:4] == [b"-I", b"-m", b"shifter.wlm.hookd"] and argv[4:] and argv[4] in names:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
 
 
 def node_up(site: Site, node: str) -> None:

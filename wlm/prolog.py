@@ -196,11 +196,13 @@ def cpu_time() -> str:
     job's prolog or epilog: the benchmark reads it from the slurmd log)."""
     import resource
 
-    from shifter.spank.dispatch import HOOK_STARTED_CPU
+    from shifter.spank import dispatch
 
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (f"cpu {own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime:.3f} s, "
-            f"{HOOK_STARTED_CPU:.3f} s of it before the hook")
+    total = f"cpu {own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime:.3f} s, "
+    if dispatch.IN_HOOK_SERVER:  # a fork of the node's hook server: nothing before the hook
+        return total + "in the node's hook server"
+    return total + f"{dispatch.HOOK_STARTED_CPU:.3f} s of it before the hook"
 
 
 def record_error(config, job: jobinfo.JobInfo, message: str) -> None:
