@@ -75,6 +75,19 @@ def _as_user(pw, site, argv, **kw):
                            *argv], env=env, cwd=pw.pw_dir, capture_output=True, text=True, **kw)
 
 
+def _wait_node_idle(site, node: str, timeout: float = 30.0) -> None:
+    """Until slurmctld says ``node`` is idle (its last job's epilog done), then a pause for
+    the scheduler to settle."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        res = subprocess.run(["scontrol", "-o", "show", "node", node], capture_output=True, text=True,
+                             env=cluster.slurm_env(site))
+        if "State=IDLE " in res.stdout and "COMPLETING" not in res.stdout:
+            break
+        time.sleep(0.02)
+    time.sleep(0.2)
+
+
 def _timed(pw, site, argv) -> float:
     t0 = time.perf_counter()
     res = _as_user(pw, site, argv)
@@ -123,6 +136,7 @@ def main() -> int:
     times = {k: [] for k in setups}
     for i in range(args.runs + 2):
         for name, extra in setups.items():
+            _wait_node_idle(site, "n1")  # each starts on a free node: none waits for the one before's epilog
             dt = _timed(pw, site, ["srun", "-N1", "-w", "n1", "--exclusive", *extra, "true"])
             if i >= 2:
                 times[name].append(dt)
