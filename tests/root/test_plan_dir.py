@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from conftest import USER1, USER2
+from helpers.prereq import USER1, USER2
 from shifter.runtime import plandir
 from test_launch import SHIFTER, _python_ran, env, run  # noqa: F401 - env is a fixture
 from test_private_plan import _plan_dir, _plans, fresh  # noqa: F401 - fresh is a fixture

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import USER1, USER2
+from helpers.prereq import USER1, USER2
 from shifter.runtime import linux, plandir, privplan
 from test_launch import SHIFTER, _python_ran, env, run  # noqa: F401 - env is a fixture
 

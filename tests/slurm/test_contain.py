@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import USER1
+from helpers.prereq import USER1
 from shifter.tools import cluster as cluster_tool
 from shifter.tools.site import MEMORY_CGROUP
 

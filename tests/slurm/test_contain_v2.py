@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from conftest import require
+from helpers.prereq import require
 from test_contain import contain_site, extern_step_holds_the_cgroup_and_cancel_leaves_nothing, workdir  # noqa: F401
 
 pytestmark = pytest.mark.slurm

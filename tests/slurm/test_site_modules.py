@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from conftest import USER1
+from helpers.prereq import USER1
 from shifter.runtime import config as udiconfig
 
 pytestmark = pytest.mark.slurm

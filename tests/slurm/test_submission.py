@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from conftest import USER1, USER2
+from helpers.prereq import USER1, USER2
 from test_launch_job import _batch
 
 pytestmark = pytest.mark.slurm
