@@ -81,6 +81,19 @@ def _fixtures(tree: ast.AST) -> set[str]:
     return names
 
 
+def _parametrized(function: ast.FunctionDef) -> set[str]:
+    """The argument names a test's ``pytest.mark.parametrize`` decorators give it."""
+    names = set()
+    for dec in function.decorator_list:
+        if isinstance(dec, ast.Call) and _dotted(dec.func).endswith("parametrize") and dec.args:
+            first = dec.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                names |= {n.strip() for n in first.value.split(",")}
+            elif isinstance(first, (ast.List, ast.Tuple)):
+                names |= {e.value for e in first.elts if isinstance(e, ast.Constant)}
+    return names
+
+
 def _reaches_site(module: str) -> bool:
     parts = module.split(".")
     if parts[0] == "helpers":
@@ -88,9 +101,11 @@ def _reaches_site(module: str) -> bool:
     return any(module == m or module.startswith(m + ".") for m in SITE_MODULES)
 
 
-def module_problems(tier: str, source: str, local_modules: set[str]) -> list[str]:
-    """What is wrong with the test module ``source`` of ``tier``; ``local_modules`` are the
-    names of the modules in the tier folders (test modules and anything else beside them)."""
+def module_problems(tier: str | None, source: str, local_modules: set[str], marker: bool = True) -> list[str]:
+    """What is wrong with the module ``source`` of ``tier`` (None: a helper or the top
+    conftest.py, held to the import rules only); ``local_modules`` are the names of the
+    modules in the tier folders; ``marker``: the module must declare its tier's marker (test
+    modules of root and slurm; not a tier's conftest.py)."""
     tree = ast.parse(source)
     problems = []
     for line, name in _imports(tree):
@@ -112,16 +127,17 @@ def module_problems(tier: str, source: str, local_modules: set[str]) -> list[str
         problems += [f"line {line}: marked {m}, so it belongs in tests/{m}" for line, m in marks]
         local = _fixtures(tree)
         for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                    node.name.startswith("test") or node.name in local):
                 for arg in node.args.args:
-                    if arg.arg in SITE_FIXTURES and arg.arg not in local:
+                    if arg.arg in SITE_FIXTURES and arg.arg not in local | _parametrized(node):
                         problems.append(f"line {node.lineno}: {node.name} uses the site fixture '{arg.arg}'")
             if isinstance(node, ast.Constant) and node.value in SITE_FIXTURES and node.value not in local:
                 parent_calls = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and node in c.args
                                 and _dotted(c.func).endswith(("usefixtures", "getfixturevalue"))]
                 if parent_calls:
                     problems.append(f"line {node.lineno}: asks for the site fixture '{node.value}'")
-    else:
+    elif tier is not None and marker:
         declared = set()
         for node in tree.body:
             if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark"
