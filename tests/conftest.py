@@ -42,7 +42,8 @@ def pytest_collection_modifyitems(session, config, items):
             continue
         markers = {m.name for m in item.iter_markers()}
         defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-        used = [name for name in item.fixturenames if name in tiers.SITE_FIXTURES and _ours(defs.get(name))]
+        used = [name for name in getattr(item, "fixturenames", ()) if name in tiers.SITE_FIXTURES
+                and _ours(defs.get(name))]
         problems += [f"{item.nodeid}: {p}" for p in tiers.item_problems(tier, markers, used)]
     if problems:
         raise pytest.UsageError("tests in the wrong tier (see tests/conftest.py):\n  " + "\n  ".join(problems))

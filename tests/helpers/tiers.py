@@ -108,14 +108,18 @@ def module_problems(tier: str | None, source: str, local_modules: set[str], mark
     modules of root and slurm; not a tier's conftest.py)."""
     tree = ast.parse(source)
     problems = []
+    reported = set()  # (line, rule): ``from x import a, b`` is reported once
     for line, name in _imports(tree):
-        top = name.lstrip(".").split(".")[0]
+        top = name.split(".")[0]
         if name.startswith("."):
             continue
-        if top in ("conftest", "tests") or top.startswith("test_") or top in local_modules:
+        if (top in ("conftest", "tests") or top.startswith("test_") or top in local_modules) \
+                and (line, "test module") not in reported:
+            reported.add((line, "test module"))
             problems.append(f"line {line}: imports {name}: test modules never import each other "
                             "(shared code goes to tests/helpers, shared fixtures to a conftest.py)")
-        if tier == "unit" and _reaches_site(name):
+        if tier == "unit" and _reaches_site(name) and (line, "site") not in reported:
+            reported.add((line, "site"))
             problems.append(f"line {line}: imports {name}, which reaches the local site: "
                             "not in tests/unit")
     for node in ast.walk(tree):
