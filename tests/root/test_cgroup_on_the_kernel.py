@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import require
+from helpers.prereq import require
 
 from shifter.wlm import cgroup
 

@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from conftest import USER1
+from helpers.prereq import USER1
 from shifter.runtime import config as udiconfig
 from shifter.runtime import udi
 

@@ -8,109 +8,23 @@ import json
 import os
 import pwd
 import subprocess
-import textwrap
 
 import pytest
 
-from conftest import USER1, USER2
-from shifter.runtime import config as udiconfig
+from helpers.prereq import USER1, USER2
+from helpers.site_launch import SHIFTER, python_ran, run
 from shifter.runtime import linux, udi
 
 pytestmark = pytest.mark.root
 
-SHIFTER = "/opt/shifter/bin/shifter"
-
-
-def _extras(root):
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run(["gcc", "-static", "-O2", "-o", os.path.join(root, "bin", "cma"),
-                    os.path.join(here, "data", "cma.c")], check=True)
-    with open(os.path.join(root, "root", "secret"), "w") as f:
-        f.write("root only\n")
-    os.chmod(os.path.join(root, "root", "secret"), 0o600)
-    os.makedirs(os.path.join(root, "work"))
-    with open(os.path.join(root, "bin", "entry.sh"), "w") as f:
-        f.write("#!/bin/sh\necho entry:\"$@\"\n")
-    os.chmod(os.path.join(root, "bin", "entry.sh"), 0o755)
-
-
-@pytest.fixture(scope="module")
-def env(cluster):
-    import pathlib
-    import shutil
-    import tempfile
-
-    from shifter.runtime import meta
-    from shifter.tools import squash
-
-    # the test users must reach the config and images: not under pytest's 0700 tmp
-    base = pathlib.Path(tempfile.mkdtemp(prefix="shifter-launch-", dir="/var/tmp"))
-    os.chmod(base, 0o755)
-    images = base / "images"
-    image_id = squash.make_image(cluster, "busybox", str(images), extra=_extras)
-    # give the image an ENTRYPOINT, WORKDIR and ENV to merge
-    m = meta.read(str(images / f"{image_id}.meta"))
-    meta.write(str(images / f"{image_id}.meta"), meta.ImageMeta(
-        entry=("/bin/entry.sh",), cmd=("/bin/echo", "default-cmd"), workdir="/work",
-        env=m.env + ("LAYER=image", "IMAGE_ONLY=1")))
-    hooks = base / "hooks"
-    hooks.mkdir()
-    (hooks / "user.sh").write_text("#!/bin/sh\ncat /proc/$PPID/cmdline | tr '\\0' ' ' > /tmp/shifter-hook-parent-$(id -u)\n")
-    conf = base / "udiRoot.conf"
-    conf.write_text(textwrap.dedent(f"""\
-        udiMount={base}/mnt/udi
-        loopMount={base}/mnt/loop
-        imagePath={images}
-        siteEnv=SITE_ONLY=1
-        siteEnvPrepend=PATH=/opt/udiImage/bin
-        module_hook_userhook={hooks}/user.sh
-        module_hook_siteFs={hooks}:{hooks}:ro
-        module_hook_siteEnv=LAYER=module
-        """))
-    for p in (conf, images, hooks, base / "hooks" / "user.sh"):
-        os.chmod(p, 0o755 if os.path.isdir(p) else 0o644)
-    os.chmod(hooks / "user.sh", 0o755)
-    envfile = base / "envfile"
-    envfile.write_text("# comment\nLAYER=envfile\nFROM_FILE=1\n")
-    os.chmod(envfile, 0o644)
-    config = udiconfig.load(str(conf))
-    yield {"conf": str(conf), "id": image_id, "config": config, "base": str(base), "envfile": str(envfile)}
-    udi.teardown(config)
-    udi.remove_anchors(config)
-    shutil.rmtree(base)
-
-
 @pytest.fixture
-def prepared(env):
+def prepared(launch_env):
     """setupRoot for sftest1, as the prolog would (job 4711)."""
-    res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "id", env["id"]], capture_output=True,
-                         text=True, env={"SHIFTER_CONFIG": env["conf"], "SLURM_JOB_ID": "4711"})
+    res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "id", launch_env["id"]], capture_output=True,
+                         text=True, env={"SHIFTER_CONFIG": launch_env["conf"], "SLURM_JOB_ID": "4711"})
     assert res.returncode == 0, res.stderr
-    yield env
-    udi.teardown(env["config"])
-
-
-def run(env, args, user=USER1, extra_env=None, strace=False):
-    pw = pwd.getpwnam(user)
-    e = {"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "SHIFTER_CONFIG": env["conf"], "SLURM_JOB_ID": "4711",
-         "SHIFTER_IMAGETYPE": "id", "SHIFTER_IMAGE": env["id"], "LAYER": "host", "HOST_ONLY": "1"}
-    e.update(extra_env or {})
-    e = {k: v for k, v in e.items() if v is not None}
-    trace = []
-    if strace:
-        out = f"/tmp/shifter-strace-{user}-{os.getpid()}"
-        trace = ["strace", "-f", "-qq", "-e", "trace=execve", "-o", out]
-    res = subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
-                          *trace, SHIFTER, *args], capture_output=True, text=True, env=e, cwd="/tmp", timeout=60)
-    if strace:
-        with open(out) as f:
-            res.execs = [ln for ln in f.read().splitlines() if "execve(" in ln]
-        os.unlink(out)
-    return res
-
-
-def _python_ran(res) -> bool:
-    return any("/bin/python" in ln for ln in res.execs)
+    yield launch_env
+    udi.teardown(launch_env["config"])
 
 
 def test_fast_path_enters_the_prepared_udi_without_python(prepared):
@@ -121,10 +35,10 @@ def test_fast_path_enters_the_prepared_udi_without_python(prepared):
     assert lines[:2] == ["4242", "4242"]
     assert lines[2].split() == ["CapEff:", "0000000000000000"] and lines[3].split() == ["NoNewPrivs:", "1"]
     assert lines[4] == 'NAME="BusyBox"' and lines[5] == "/tmp"
-    assert not _python_ran(res), res.execs
+    assert not python_ran(res), res.execs
     # control: the same check sees Python when an option forces the Python path
     res = run(prepared, ["-v", "true"], strace=True)
-    assert res.returncode == 0 and _python_ran(res)
+    assert res.returncode == 0 and python_ran(res)
 
 
 def test_fast_path_env_readonly_image_and_exit_status(prepared):
@@ -152,7 +66,7 @@ def test_other_user_cannot_enter_the_prepared_udi(prepared):
     assert json.loads(res.stdout)["udi"] == "private"
     res = run(prepared, ["sh", "-c", "id -u; ls /tmp/shifter-hook-parent-4242 2>&1 >/dev/null; cat /etc/passwd"],
               user=USER2, strace=True)
-    assert _python_ran(res)  # never the fast path into sftest1's UDI
+    assert python_ran(res)  # never the fast path into sftest1's UDI
     assert res.returncode == 0, res.stderr  # a private container of their own
     assert res.stdout.splitlines()[0] == "4243" and "sftest2" in res.stdout and "sftest1" not in res.stdout
 
@@ -178,12 +92,13 @@ def test_env_merge_order_workdir_entrypoint_and_cmd(prepared):
     assert res.stdout == "/work\n"
 
 
-def test_private_container_as_root_leaves_nothing(env):
+def test_private_container_as_root_leaves_nothing(launch_env):
     before = len(linux.mountinfo())
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    res = subprocess.run([SHIFTER, f"--image=id:{env['id']}", "-m", "hook", "sh", "-c",
+    res = subprocess.run([SHIFTER, f"--image=id:{launch_env['id']}", "-m", "hook", "sh", "-c",
                           "id -u; cat /root/secret; echo $LAYER; exit 3"],
-                         capture_output=True, text=True, env={"SHIFTER_CONFIG": env["conf"], "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True,
+                         env={"SHIFTER_CONFIG": launch_env["conf"], "PATH": "/usr/bin:/bin"},
                          cwd="/")
     assert res.returncode == 3, res.stderr
     assert res.stdout.split() == ["0", "root", "only", "module"]
@@ -192,29 +107,30 @@ def test_private_container_as_root_leaves_nothing(env):
     assert open("/tmp/shifter-hook-parent-0").read().startswith("/opt/shifter/bin/python")
 
 
-def test_userhook_runs_before_the_command_in_the_fast_path(env):
-    res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "-m", "hook", "id", env["id"]],
-                         capture_output=True, text=True, env={"SHIFTER_CONFIG": env["conf"], "SLURM_JOB_ID": "4711"})
+def test_userhook_runs_before_the_command_in_the_fast_path(launch_env):
+    res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "-m", "hook", "id", launch_env["id"]],
+                         capture_output=True, text=True,
+                         env={"SHIFTER_CONFIG": launch_env["conf"], "SLURM_JOB_ID": "4711"})
     assert res.returncode == 0, res.stderr
     try:
-        res = run(env, ["true"], extra_env={"SHIFTER_MODULE": "hook"}, strace=True)
+        res = run(launch_env, ["true"], extra_env={"SHIFTER_MODULE": "hook"}, strace=True)
         assert res.returncode == 0, res.stderr
-        assert not _python_ran(res)
+        assert not python_ran(res)
         assert open("/tmp/shifter-hook-parent-4242").read().startswith(SHIFTER)
     finally:
-        udi.teardown(env["config"])
+        udi.teardown(launch_env["config"])
 
 
-def test_bad_usage_is_one_line_and_125(env):
+def test_bad_usage_is_one_line_and_125(launch_env):
     for args, message in ((["--bogus"], "unknown option '--bogus'"), (["-i"], "needs a value"),
                           (["--image=docker:Bad"], "invalid image"), (["-V", "/tmp:/etc/x", "true"], "inside /etc"),
                           (["--image=id:" + "0" * 64, "true"], "there is no such image, or it is not yours to use")):
-        res = run(env, args)
+        res = run(launch_env, args)
         assert res.returncode == 125, (args, res)
         assert res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
 
 
-def test_fast_path_with_the_jobs_volumes(env):
+def test_fast_path_with_the_jobs_volumes(launch_env):
     """A prepared UDI with volumes is entered by the fast path when the job's volumes
     (canonical form, as the plugin hands them on) are the same."""
     home = pwd.getpwnam(USER1).pw_dir
@@ -222,29 +138,30 @@ def test_fast_path_with_the_jobs_volumes(env):
     os.makedirs(vol, exist_ok=True)
     os.chown(vol, 4242, 4242)
     res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "-v", f"{vol}:/data", "-v", "/tmp:/scratch:ro",
-                          "id", env["id"]], capture_output=True, text=True,
-                         env={"SHIFTER_CONFIG": env["conf"], "SLURM_JOB_ID": "4711"})
+                          "id", launch_env["id"]], capture_output=True, text=True,
+                         env={"SHIFTER_CONFIG": launch_env["conf"], "SLURM_JOB_ID": "4711"})
     assert res.returncode == 0, res.stderr
     try:
         volume = f"{vol}:/data;/tmp:/scratch:ro"  # canonical: sorted
-        res = run(env, ["sh", "-c", "echo ok > /data/f && cat /data/f && touch /scratch/x 2>/dev/null || echo ro"],
+        res = run(launch_env,
+                  ["sh", "-c", "echo ok > /data/f && cat /data/f && touch /scratch/x 2>/dev/null || echo ro"],
                   extra_env={"SHIFTER_VOLUME": volume}, strace=True)
         assert res.returncode == 0, res.stderr
-        assert res.stdout.split() == ["ok", "ro"] and not _python_ran(res)
+        assert res.stdout.split() == ["ok", "ro"] and not python_ran(res)
         # the same maps in another order are another request for the fast path: Python decides
-        res = run(env, ["--dry-run", "true"], extra_env={"SHIFTER_VOLUME": f"/tmp:/scratch:ro;{vol}:/data"})
+        res = run(launch_env, ["--dry-run", "true"], extra_env={"SHIFTER_VOLUME": f"/tmp:/scratch:ro;{vol}:/data"})
         assert json.loads(res.stdout)["udi"] == "prepared"
         # so are other spellings of the same maps (a trailing '/', '//'): the compiled
         # launcher compares text, misses, and Python enters the same prepared UDI
         spelled = f"/tmp//:/scratch/:ro;{vol}/:/data"
-        res = run(env, ["sh", "-c", "cat /data/f && touch /scratch/x 2>/dev/null || echo ro"],
+        res = run(launch_env, ["sh", "-c", "cat /data/f && touch /scratch/x 2>/dev/null || echo ro"],
                   extra_env={"SHIFTER_VOLUME": spelled}, strace=True)
         assert res.returncode == 0, res.stderr
-        assert res.stdout.split() == ["ok", "ro"] and _python_ran(res)
-        res = run(env, ["--dry-run", "true"], extra_env={"SHIFTER_VOLUME": spelled})
+        assert res.stdout.split() == ["ok", "ro"] and python_ran(res)
+        res = run(launch_env, ["--dry-run", "true"], extra_env={"SHIFTER_VOLUME": spelled})
         assert json.loads(res.stdout)["udi"] == "prepared" and res.stderr == ""
     finally:
-        udi.teardown(env["config"])
+        udi.teardown(launch_env["config"])
 
 
 def test_tasks_of_a_job_share_one_user_namespace(prepared):

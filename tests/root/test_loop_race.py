@@ -28,7 +28,7 @@ with linux.loop_device(fd) as dev:
 
 
 def test_racing_attaches_all_get_a_device(tmp_path):
-    from conftest import require
+    from helpers.prereq import require
 
     require(os.geteuid() == 0, "attaching loop devices needs root")
     backing = tmp_path / "backing"

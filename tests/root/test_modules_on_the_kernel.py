@@ -16,13 +16,13 @@ import textwrap
 
 import pytest
 
-from conftest import USER1, require
+from helpers.prereq import USER1, require
+from helpers.site_launch import SHIFTER, forget_plans, plans
 from shifter.runtime import config as udiconfig
 from shifter.runtime import modprep, udi
 
 pytestmark = pytest.mark.root
 
-SHIFTER = "/opt/shifter/bin/shifter"
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANDIN = os.path.join(HERE, "..", "tools", "gpu_standin.c")
 JOB = "4713"
@@ -224,8 +224,6 @@ def test_private_plans_replay_a_module_container_but_never_a_gpu_one(env):
     """`SHIFTER_MODULE=mpich shifter CMD`: the second launch is the compiled replay of the
     recorded plan, with the module's bind.  With the gpu module nothing is recorded (what a
     step may open depends on its GPUs): each launch is built anew and sees its own GPUs."""
-    from test_private_plan import _forget_plans, _plans
-
     trace = f"/tmp/shifter-strace-{USER1}-{os.getpid()}"
 
     def launch(args, **extra):
@@ -235,21 +233,21 @@ def test_private_plans_replay_a_module_container_but_never_a_gpu_one(env):
         os.unlink(trace)
         return res, python
 
-    _forget_plans(USER1)
+    forget_plans(USER1)
     try:
         for python_expected in (True, False):
             res, python = launch(["/app/mpi-hello"], SHIFTER_MODULE="mpich", LD_PRELOAD=env["probe"])
             assert res.returncode == 0, res.stderr
             assert "maps - /opt/udiImage/modules/mpich/lib64/libmpich.so.12\n" in res.stdout, res.stdout
             assert python is python_expected
-        assert len(_plans(USER1)) == 1
-        _forget_plans(USER1)
+        assert len(plans(USER1)) == 1
+        forget_plans(USER1)
         for gpus in ("1", "3"):
             res, python = launch(["nvidia-smi"], SHIFTER_MODULE="gpu", SLURM_STEP_GPUS=gpus)
             assert _gpus(res) == [f"gpu {gpus} /gpu-standin/nvidia{gpus}"] and python
-        assert _plans(USER1) == []
+        assert plans(USER1) == []
     finally:
-        _forget_plans(USER1)
+        forget_plans(USER1)
 
 
 def test_default_modules_in_a_prepared_container(env):

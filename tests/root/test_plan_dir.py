@@ -18,10 +18,9 @@ import subprocess
 
 import pytest
 
-from conftest import USER1, USER2
+from helpers.prereq import USER1, USER2
+from helpers.site_launch import SHIFTER, plan_dir, plans, python_ran, run
 from shifter.runtime import plandir
-from test_launch import SHIFTER, _python_ran, env, run  # noqa: F401 - env is a fixture
-from test_private_plan import _plan_dir, _plans, fresh  # noqa: F401 - fresh is a fixture
 
 pytestmark = pytest.mark.root
 
@@ -60,7 +59,7 @@ def squatted(request):
 
 
 @pytest.fixture
-def prolog_dir(fresh):
+def prolog_dir(fresh_plans):
     """The plan directory the job prolog makes on this node, by the prolog's own code;
     everything the test made under /var/lib goes again."""
     made = [p for p in ("/var/lib/shifter", "/var/lib/shifter/users",
@@ -72,29 +71,29 @@ def prolog_dir(fresh):
         os.rmdir(p)
 
 
-def _launch_and_share(fresh, squat):
+def _launch_and_share(fresh_plans, squat):
     """Four launches of one request, then two concurrent containers reading each
     other's memory; the attacker's squat comes and goes meanwhile."""
     extra = {"SLURM_JOB_ID": "none-prepared"}
-    runs = [run(fresh, ["sh", "-c", "id -u"], extra_env=extra, strace=True) for _ in range(4)]
+    runs = [run(fresh_plans, ["sh", "-c", "id -u"], extra_env=extra, strace=True) for _ in range(4)]
     assert all(r.returncode == 0 and r.stdout == "4242\n" for r in runs), runs
-    assert [_python_ran(r) for r in runs] == [True, False, False, False]  # then the compiled launcher
+    assert [python_ran(r) for r in runs] == [True, False, False, False]  # then the compiled launcher
     notices = [ln for r in runs for ln in r.stderr.splitlines()]
     assert len(notices) <= 1, notices  # at most one line over all launches
-    assert len(_plans(USER1)) == 1
+    assert len(plans(USER1)) == 1
     assert not os.listdir(squat)  # nothing of the victim's in the attacker's directory
 
     pw = pwd.getpwnam(USER1)
-    env_ = {"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh["conf"], "SHIFTER_IMAGETYPE": "id",
-            "SHIFTER_IMAGE": fresh["id"], "SLURM_JOB_ID": "none-prepared"}
+    env_ = {"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh_plans["conf"], "SHIFTER_IMAGETYPE": "id",
+            "SHIFTER_IMAGE": fresh_plans["id"], "SLURM_JOB_ID": "none-prepared"}
     as_user = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", SHIFTER]
     target = subprocess.Popen([*as_user, "/bin/cma"], env=env_, cwd="/tmp", stdout=subprocess.PIPE, text=True)
     try:
         pid, addr = target.stdout.readline().split()
         _remove(SQUAT)  # the attacker's name goes away (and could come back): nothing changes
-        reader = run(fresh, ["sh", "-c", f"readlink /proc/self/ns/user; /bin/cma {pid} {addr}"],
+        reader = run(fresh_plans, ["sh", "-c", f"readlink /proc/self/ns/user; /bin/cma {pid} {addr}"],
                      extra_env=extra, strace=True)
-        assert not _python_ran(reader) and reader.returncode == 0, reader
+        assert not python_ran(reader) and reader.returncode == 0, reader
         ns, read = reader.stdout.splitlines()
         assert read == "read: secret-of-the-target", reader
         assert os.readlink(f"/proc/{pid}/ns/user") == ns  # one user namespace
@@ -103,24 +102,24 @@ def _launch_and_share(fresh, squat):
         target.wait()
 
 
-def test_a_squatted_tmp_name_changes_nothing_outside_a_job(fresh, squatted):
+def test_a_squatted_tmp_name_changes_nothing_outside_a_job(fresh_plans, squatted):
     home = pwd.getpwnam(USER1).pw_dir
-    _launch_and_share(fresh, squatted)
-    assert _plan_dir(USER1) == f"{home}/.shifter/{plandir.hostname()}"
-    st = os.stat(_plan_dir(USER1))
+    _launch_and_share(fresh_plans, squatted)
+    assert plan_dir(USER1) == f"{home}/.shifter/{plandir.hostname()}"
+    st = os.stat(plan_dir(USER1))
     assert (st.st_uid, st.st_mode & 0o777) == (4242, 0o700)
 
 
-def test_a_squatted_tmp_name_changes_nothing_in_the_prolog_directory(fresh, squatted, prolog_dir):
-    _launch_and_share(fresh, squatted)
-    assert _plan_dir(USER1) == prolog_dir == f"/var/lib/shifter/users/{plandir.hostname()}/4242"
-    assert os.path.dirname(_plans(USER1)[0]) == prolog_dir
+def test_a_squatted_tmp_name_changes_nothing_in_the_prolog_directory(fresh_plans, squatted, prolog_dir):
+    _launch_and_share(fresh_plans, squatted)
+    assert plan_dir(USER1) == prolog_dir == f"/var/lib/shifter/users/{plandir.hostname()}/4242"
+    assert os.path.dirname(plans(USER1)[0]) == prolog_dir
     assert os.path.exists(os.path.join(prolog_dir, "userns.4242"))  # the rendezvous
     home = pwd.getpwnam(USER1).pw_dir
     assert not os.path.exists(f"{home}/.shifter")  # the prolog's directory is the one used
 
 
-def test_other_users_cannot_make_the_prolog_directory(fresh, prolog_dir):
+def test_other_users_cannot_make_the_prolog_directory(fresh_plans, prolog_dir):
     """Its parents are root's: sftest2 can neither make sftest1's directory on another
     node name nor put anything into sftest1's."""
     parent = os.path.dirname(os.path.dirname(prolog_dir))

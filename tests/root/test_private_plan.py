@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from conftest import USER1, USER2
-from shifter.runtime import linux, plandir, privplan
-from test_launch import SHIFTER, _python_ran, env, run  # noqa: F401 - env is a fixture
+from helpers.prereq import USER1, USER2
+from helpers.site_launch import SHIFTER, make_plan_dir, plan_dir, plans, python_ran, run
+from shifter.runtime import linux, privplan
 
 pytestmark = pytest.mark.root
 
@@ -27,33 +27,6 @@ PROBE = ("id -u; id -g; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
          "cat /etc/passwd /etc/group; "
          "awk '{print $5, $6}' /proc/self/mountinfo | grep -v '^/proc/\\|^/sys/\\|^/dev/' | sort; "
          "env | grep -v '^_=' | sort; pwd")
-
-
-def _plan_dir(user):
-    """The user's plan directory on this host (outside jobs: in the home directory)."""
-    return plandir.path(pwd.getpwnam(user).pw_uid)
-
-
-def _make_plan_dir(user):
-    """The user's plan directory in the home directory, made as Python makes it."""
-    pw = pwd.getpwnam(user)
-    path = _plan_dir(user)
-    for d in (os.path.dirname(path), path):
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        os.chown(d, pw.pw_uid, pw.pw_gid)
-    return path
-
-
-def _forget_plans(user):
-    """Remove the user's plan directory on this host (and ~/.shifter, which tests make)."""
-    path = _plan_dir(user)
-    shutil.rmtree(path, ignore_errors=True)
-    if path.startswith(pwd.getpwnam(user).pw_dir.rstrip("/") + "/"):
-        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
-
-
-def _plans(user):
-    return sorted(glob.glob(os.path.join(_plan_dir(user), "*.plan")))
 
 
 def _leftovers(base):
@@ -84,27 +57,17 @@ def _settled(base, before, timeout=3.0):
         time.sleep(0.05)
 
 
-@pytest.fixture
-def fresh(request):
-    setup = request.getfixturevalue("env")  # test_launch's image and configuration
-    for user in ("root", USER1, USER2):
-        _forget_plans(user)
-    yield setup
-    for user in ("root", USER1, USER2):
-        _forget_plans(user)
-
-
 @pytest.mark.parametrize("user", ["root", USER1])
-def test_second_launch_replays_the_plan_without_python(fresh, user):
+def test_second_launch_replays_the_plan_without_python(fresh_plans, user):
     extra = {"SHIFTER_MODULE": "hook", "SHIFTER_VOLUME": "/tmp:/scratch:ro", "SLURM_JOB_ID": "none-prepared"}
-    before = _leftovers(fresh["base"])
-    first = run(fresh, ["sh", "-c", PROBE], user=user, extra_env=extra, strace=True)
+    before = _leftovers(fresh_plans["base"])
+    first = run(fresh_plans, ["sh", "-c", PROBE], user=user, extra_env=extra, strace=True)
     assert first.returncode == 0, first.stderr
-    assert _python_ran(first)
-    assert len(_plans(user)) == 1
-    second = run(fresh, ["sh", "-c", PROBE], user=user, extra_env=extra, strace=True)
+    assert python_ran(first)
+    assert len(plans(user)) == 1
+    second = run(fresh_plans, ["sh", "-c", PROBE], user=user, extra_env=extra, strace=True)
     assert second.returncode == 0, second.stderr
-    assert not _python_ran(second), second.execs
+    assert not python_ran(second), second.execs
     # the replay serves the image from its helper process: no squashfuse_ll exec
     assert not any("squashfuse" in ln for ln in second.execs), second.execs
     assert second.stdout == first.stdout
@@ -117,26 +80,26 @@ def test_second_launch_replays_the_plan_without_python(fresh, user):
     assert any(line.startswith("/ ro,") for line in lines)
     # the module's userhook ran in the replayed container, from the compiled launcher
     assert open(f"/tmp/shifter-hook-parent-{uid}").read().startswith(SHIFTER)
-    assert _settled(fresh["base"], before) == before
+    assert _settled(fresh_plans["base"], before) == before
 
 
-def test_user_replay_keeps_root_files_unreadable_and_returns_status(fresh):
+def test_user_replay_keeps_root_files_unreadable_and_returns_status(fresh_plans):
     for _ in range(2):
-        res = run(fresh, ["sh", "-c", "cat /root/secret 2>/dev/null || echo denied; exit 7"],
+        res = run(fresh_plans, ["sh", "-c", "cat /root/secret 2>/dev/null || echo denied; exit 7"],
                   extra_env={"SLURM_JOB_ID": "none-prepared"}, strace=True)
         assert res.returncode == 7, res.stderr
         assert res.stdout.split() == ["denied"]
-    assert not _python_ran(res)
+    assert not python_ran(res)
 
 
-def test_signal_reaches_the_command_in_a_replayed_user_container(fresh):
+def test_signal_reaches_the_command_in_a_replayed_user_container(fresh_plans):
     pw = pwd.getpwnam(USER1)
-    env_ = {"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh["conf"], "SHIFTER_IMAGETYPE": "id",
-            "SHIFTER_IMAGE": fresh["id"]}
+    env_ = {"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh_plans["conf"], "SHIFTER_IMAGETYPE": "id",
+            "SHIFTER_IMAGE": fresh_plans["id"]}
     argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", SHIFTER]
     script = "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.1; done"
     subprocess.run(argv + ["true"], env=env_, check=True, cwd="/tmp")  # Python: writes the plan
-    before = _leftovers(fresh["base"])
+    before = _leftovers(fresh_plans["base"])
     proc = subprocess.Popen(argv + ["sh", "-c", script], env=env_, cwd="/tmp", stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
@@ -148,26 +111,26 @@ def test_signal_reaches_the_command_in_a_replayed_user_container(fresh):
     finally:
         proc.kill()
         proc.wait()
-    assert _settled(fresh["base"], before) == before
+    assert _settled(fresh_plans["base"], before) == before
 
 
-def test_stale_plan_goes_back_to_python_which_records_again(fresh):
+def test_stale_plan_goes_back_to_python_which_records_again(fresh_plans):
     extra = {"SLURM_JOB_ID": "none-prepared"}
-    assert run(fresh, ["true"], extra_env=extra).returncode == 0
-    assert not _python_ran(run(fresh, ["true"], extra_env=extra, strace=True))
-    meta = os.path.join(os.path.dirname(fresh["conf"]), "images", fresh["id"] + ".meta")
+    assert run(fresh_plans, ["true"], extra_env=extra).returncode == 0
+    assert not python_ran(run(fresh_plans, ["true"], extra_env=extra, strace=True))
+    meta = os.path.join(os.path.dirname(fresh_plans["conf"]), "images", fresh_plans["id"] + ".meta")
     os.utime(meta)  # the image's metadata changed: the plan is stale
-    res = run(fresh, ["true"], extra_env=extra, strace=True)
-    assert res.returncode == 0 and _python_ran(res)
-    res = run(fresh, ["true"], extra_env=extra, strace=True)
-    assert res.returncode == 0 and not _python_ran(res)
+    res = run(fresh_plans, ["true"], extra_env=extra, strace=True)
+    assert res.returncode == 0 and python_ran(res)
+    res = run(fresh_plans, ["true"], extra_env=extra, strace=True)
+    assert res.returncode == 0 and not python_ran(res)
 
 
 @pytest.mark.parametrize("user", ["root", USER1])
-def test_failing_replay_falls_back_to_python_and_leaves_nothing(fresh, user):
+def test_failing_replay_falls_back_to_python_and_leaves_nothing(fresh_plans, user):
     extra = {"SLURM_JOB_ID": "none-prepared"}
-    assert run(fresh, ["true"], user=user, extra_env=extra).returncode == 0
-    [path] = _plans(user)
+    assert run(fresh_plans, ["true"], user=user, extra_env=extra).returncode == 0
+    [path] = plans(user)
     records = privplan.loads(open(path, "rb").read())
     # an op that fails late, after the image is mounted: bind a source that is gone
     at = max(i for i, r in enumerate(records) if r[0] in ("bindkeep", "mount") and r[1].startswith((b"/", b"@")))
@@ -177,44 +140,44 @@ def test_failing_replay_falls_back_to_python_and_leaves_nothing(fresh, user):
     with open(path, "wb") as f:
         f.write(privplan.dumps([tuple(x if isinstance(x, str) else x.decode() for x in r) for r in records]))
     os.chown(path, st.st_uid, st.st_gid)
-    before = _leftovers(fresh["base"])
-    res = run(fresh, ["sh", "-c", "cat /etc/os-release | head -1"], user=user, extra_env=extra, strace=True)
+    before = _leftovers(fresh_plans["base"])
+    res = run(fresh_plans, ["sh", "-c", "cat /etc/os-release | head -1"], user=user, extra_env=extra, strace=True)
     assert res.returncode == 0, res.stderr
-    assert _python_ran(res) and res.stdout.startswith("NAME=\"BusyBox\"") and res.stderr == ""
-    assert _settled(fresh["base"], before) == before
+    assert python_ran(res) and res.stdout.startswith("NAME=\"BusyBox\"") and res.stderr == ""
+    assert _settled(fresh_plans["base"], before) == before
     # Python recorded a good plan again
-    res = run(fresh, ["true"], user=user, extra_env=extra, strace=True)
-    assert res.returncode == 0 and not _python_ran(res)
+    res = run(fresh_plans, ["true"], user=user, extra_env=extra, strace=True)
+    assert res.returncode == 0 and not python_ran(res)
 
 
-def test_a_plan_not_owned_by_the_caller_is_ignored(fresh):
+def test_a_plan_not_owned_by_the_caller_is_ignored(fresh_plans):
     extra = {"SLURM_JOB_ID": "none-prepared"}
-    assert run(fresh, ["true"], extra_env=extra).returncode == 0
-    [path] = _plans(USER1)
+    assert run(fresh_plans, ["true"], extra_env=extra).returncode == 0
+    [path] = plans(USER1)
     os.chmod(path, 0o620)  # group-writable: not trusted
-    assert _python_ran(run(fresh, ["true"], extra_env=extra, strace=True))
+    assert python_ran(run(fresh_plans, ["true"], extra_env=extra, strace=True))
     # a directory that belongs to someone else is neither used nor written into
-    other = _plan_dir(USER2)
+    other = plan_dir(USER2)
     os.makedirs(os.path.dirname(other), mode=0o700)
     os.chown(os.path.dirname(other), 4243, 4243)
-    shutil.copytree(_plan_dir(USER1), other)
+    shutil.copytree(plan_dir(USER1), other)
     for p in [other, *glob.glob(other + "/*")]:
         os.chown(p, 4242, 4242)
-    res = run(fresh, ["true"], user=USER2, extra_env=extra, strace=True)
-    assert res.returncode == 0 and _python_ran(res)
+    res = run(fresh_plans, ["true"], user=USER2, extra_env=extra, strace=True)
+    assert res.returncode == 0 and python_ran(res)
     assert all(os.stat(p).st_uid == 4242 for p in glob.glob(other + "/*"))
 
 
-def test_options_and_tags_are_never_replayed(fresh):
+def test_options_and_tags_are_never_replayed(fresh_plans):
     extra = {"SLURM_JOB_ID": "none-prepared"}
-    assert run(fresh, ["true"], extra_env=extra).returncode == 0
-    res = run(fresh, [f"--image=id:{fresh['id']}", "true"], extra_env=extra, strace=True)
-    assert res.returncode == 0 and _python_ran(res)
-    assert len(_plans(USER1)) == 1  # an invocation with options records nothing
+    assert run(fresh_plans, ["true"], extra_env=extra).returncode == 0
+    res = run(fresh_plans, [f"--image=id:{fresh_plans['id']}", "true"], extra_env=extra, strace=True)
+    assert res.returncode == 0 and python_ran(res)
+    assert len(plans(USER1)) == 1  # an invocation with options records nothing
 
 
 @pytest.mark.parametrize("user", ["root", USER1])
-def test_private_containers_share_the_image_mount_of_the_prepared_udi(fresh, user):
+def test_private_containers_share_the_image_mount_of_the_prepared_udi(fresh_plans, user):
     """With the node's prepared UDI holding the image, a private container of the same
     image (another job here) binds that squashfs mount instead of mounting its own (a
     fresh loop device as root, squashfuse as a user): both the Python build and the
@@ -222,8 +185,8 @@ def test_private_containers_share_the_image_mount_of_the_prepared_udi(fresh, use
     container outlives the prepared UDI's teardown."""
     from shifter.runtime import udi
 
-    res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "id", fresh["id"]], capture_output=True,
-                         text=True, env={"SHIFTER_CONFIG": fresh["conf"], "SLURM_JOB_ID": "4711"})
+    res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "id", fresh_plans["id"]], capture_output=True,
+                         text=True, env={"SHIFTER_CONFIG": fresh_plans["conf"], "SLURM_JOB_ID": "4711"})
     assert res.returncode == 0, res.stderr
     try:
         # /usr's filesystem type and source in the container
@@ -231,28 +194,28 @@ def test_private_containers_share_the_image_mount_of_the_prepared_udi(fresh, use
                  "/proc/self/mountinfo; "
                  "cat /root/secret 2>/dev/null || echo denied")
         for python in (True, False):
-            res = run(fresh, ["sh", "-c", probe], user=user, extra_env={"SLURM_JOB_ID": "other"}, strace=True)
+            res = run(fresh_plans, ["sh", "-c", probe], user=user, extra_env={"SLURM_JOB_ID": "other"}, strace=True)
             assert res.returncode == 0, res.stderr
-            assert _python_ran(res) == python
+            assert python_ran(res) == python
             # the very loop device of the prepared UDI's image mount
-            [device] = [src for mp, _, src in linux.mountinfo() if mp == fresh["config"].loopMount and src != linux.ANCHOR]
+            [device] = [src for mp, _, src in linux.mountinfo() if mp == fresh_plans["config"].loopMount and src != linux.ANCHOR]
             assert res.stdout.split() == ["squashfs", device, *(["root", "only"] if user == "root" else ["denied"])]
         # a running private container keeps the image after the prepared UDI is gone
         pw = pwd.getpwnam(user)
         proc = subprocess.Popen(
             ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", SHIFTER, "sh", "-c",
              "read x; /bin/busybox echo alive; head -1 /etc/os-release"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh["conf"], "SHIFTER_IMAGETYPE": "id",
-                 "SHIFTER_IMAGE": fresh["id"], "SLURM_JOB_ID": "other"}, cwd="/")
+            env={"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh_plans["conf"], "SHIFTER_IMAGETYPE": "id",
+                 "SHIFTER_IMAGE": fresh_plans["id"], "SLURM_JOB_ID": "other"}, cwd="/")
         time.sleep(0.5)
-        udi.teardown(fresh["config"])
+        udi.teardown(fresh_plans["config"])
         out, _ = proc.communicate("go\n", timeout=20)
         assert proc.returncode == 0 and out.split("\n")[:2] == ["alive", 'NAME="BusyBox"'], out
     finally:
-        udi.teardown(fresh["config"])
+        udi.teardown(fresh_plans["config"])
 
 
-def test_staging_directories_of_killed_launchers_are_swept(fresh):
+def test_staging_directories_of_killed_launchers_are_swept(fresh_plans):
     dead = subprocess.Popen(["true"])
     dead.wait()
     stale = f"/tmp/shifter.4242.{dead.pid}.0badf00d"
@@ -261,8 +224,8 @@ def test_staging_directories_of_killed_launchers_are_swept(fresh):
         os.mkdir(path, 0o700)
         os.chown(path, 4242, 4242)
     try:
-        res = run(fresh, ["true"], extra_env={"SLURM_JOB_ID": "none-prepared"}, strace=True)
-        assert res.returncode == 0 and _python_ran(res)  # Python's launches sweep
+        res = run(fresh_plans, ["true"], extra_env={"SLURM_JOB_ID": "none-prepared"}, strace=True)
+        assert res.returncode == 0 and python_ran(res)  # Python's launches sweep
         assert not os.path.exists(stale) and os.path.isdir(live)
     finally:
         for path in (stale, live):
@@ -270,7 +233,7 @@ def test_staging_directories_of_killed_launchers_are_swept(fresh):
                 os.rmdir(path)
 
 
-def test_replay_when_the_hosts_tmp_has_submounts(fresh):
+def test_replay_when_the_hosts_tmp_has_submounts(fresh_plans):
     """A mount below the host's /tmp is locked in the user's namespace: /tmp is then bound
     recursively and the copy of the staging directory's mount dropped (`dropstaging`),
     which the replay must do for its own staging directory."""
@@ -281,25 +244,25 @@ def test_replay_when_the_hosts_tmp_has_submounts(fresh):
         probe = f"ls -d {sub}; ls /tmp/shifter.4242.*/ 2>/dev/null | wc -l"
         extra = {"SLURM_JOB_ID": "none-prepared"}
         for python in (True, False):
-            res = run(fresh, ["sh", "-c", probe], extra_env=extra, strace=True)
+            res = run(fresh_plans, ["sh", "-c", probe], extra_env=extra, strace=True)
             assert res.returncode == 0, res.stderr
-            assert _python_ran(res) == python, res.execs
+            assert python_ran(res) == python, res.execs
             assert res.stdout.split() == [sub, "0"]  # the host's submount; no staging tree inside
-        records = privplan.loads(open(_plans(USER1)[0], "rb").read())
+        records = privplan.loads(open(plans(USER1)[0], "rb").read())
         assert ("dropstaging", b"@/root/tmp", b"/tmp") in records
     finally:
         subprocess.run(["umount", sub])
         os.rmdir(sub)
 
 
-def test_the_image_server_outlives_the_signals_the_command_gets(fresh):
+def test_the_image_server_outlives_the_signals_the_command_gets(fresh_plans):
     """Slurm signals every process of a step (scancel -s USR1, SIGTERM before KillWait):
     the user container's FUSE server ignores them, so a command that handles them keeps
     reading its image.  Both the Python build (squashfuse_ll) and the replay (in the
     helper)."""
     pw = pwd.getpwnam(USER1)
-    env_ = {"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh["conf"], "SHIFTER_IMAGETYPE": "id",
-            "SHIFTER_IMAGE": fresh["id"]}
+    env_ = {"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh_plans["conf"], "SHIFTER_IMAGETYPE": "id",
+            "SHIFTER_IMAGE": fresh_plans["id"]}
     argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", SHIFTER, "sh", "-c",
             "trap 'echo got-usr1' USR1; echo ready; read x; head -1 /etc/os-release"]
     for _ in range(2):  # Python, then the replay
@@ -321,23 +284,23 @@ def test_the_image_server_outlives_the_signals_the_command_gets(fresh):
             proc.wait()
 
 
-def test_private_containers_of_a_user_share_one_user_namespace(fresh):
+def test_private_containers_of_a_user_share_one_user_namespace(fresh_plans):
     """Ranks in separate private containers (srun shifter ... without a prepared UDI)
     can process_vm_readv each other (MPI's CMA, shared memory): they live in one user
     namespace per user on the node.  A Python-built target with a replayed reader, then
     two replays."""
     pw = pwd.getpwnam(USER1)
-    env_ = {"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh["conf"], "SHIFTER_IMAGETYPE": "id",
-            "SHIFTER_IMAGE": fresh["id"], "SLURM_JOB_ID": "none-prepared"}
+    env_ = {"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": fresh_plans["conf"], "SHIFTER_IMAGETYPE": "id",
+            "SHIFTER_IMAGE": fresh_plans["id"], "SLURM_JOB_ID": "none-prepared"}
     as_user = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--", SHIFTER]
     for first in (True, False):
-        assert bool(_plans(USER1)) != first  # no plan yet: the target is built by Python
+        assert bool(plans(USER1)) != first  # no plan yet: the target is built by Python
         target = subprocess.Popen([*as_user, "/bin/cma"], env=env_, cwd="/tmp", stdout=subprocess.PIPE, text=True)
         try:
             pid, addr = target.stdout.readline().split()
-            reader = run(fresh, ["/bin/cma", pid, addr], extra_env={"SLURM_JOB_ID": "none-prepared"}, strace=True)
+            reader = run(fresh_plans, ["/bin/cma", pid, addr], extra_env={"SLURM_JOB_ID": "none-prepared"}, strace=True)
             assert reader.stdout.strip() == "read: secret-of-the-target", reader
-            assert not _python_ran(reader)
+            assert not python_ran(reader)
             with open(f"/proc/{pid}/status") as f:
                 assert "CapEff:\t0000000000000000" in f.read()
         finally:
@@ -345,7 +308,7 @@ def test_private_containers_of_a_user_share_one_user_namespace(fresh):
             target.wait()
 
 
-def test_a_user_namespace_with_another_mapping_is_never_joined(fresh):
+def test_a_user_namespace_with_another_mapping_is_never_joined(fresh_plans):
     """The rendezvous names a process of the user's own `unshare -r` (uid 0 inside, mapped
     to the user): joining it would make the container's processes uid 0.  It is refused
     and a namespace of the right shape is made."""
@@ -356,14 +319,14 @@ def test_a_user_namespace_with_another_mapping_is_never_joined(fresh):
                               "unshare", "-r", "sleep", "30"])
     try:
         time.sleep(0.3)
-        _make_plan_dir(USER1)
+        make_plan_dir(USER1)
         path = userns.registry(pw.pw_uid, pw.pw_gid)
         for python in (True, False):
             with open(path, "w") as f:
                 f.write(str(other.pid))
             os.chown(path, pw.pw_uid, pw.pw_gid)
-            res = run(fresh, ["sh", "-c", "id -u; id -g"], extra_env={"SLURM_JOB_ID": "none-prepared"}, strace=True)
-            assert res.returncode == 0 and _python_ran(res) == python, res
+            res = run(fresh_plans, ["sh", "-c", "id -u; id -g"], extra_env={"SLURM_JOB_ID": "none-prepared"}, strace=True)
+            assert res.returncode == 0 and python_ran(res) == python, res
             assert res.stdout.split() == [str(pw.pw_uid), str(pw.pw_gid)]
             assert open(path).read().strip() != str(other.pid)  # replaced by the new namespace's
     finally:

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import USER1, require
+from helpers.prereq import USER1, require
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 

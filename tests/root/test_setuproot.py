@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from conftest import USER1, USER2
+from helpers.prereq import USER1, USER2
 from shifter.runtime import config as udiconfig
 from shifter.runtime import linux, plan, udi, volumes
 from shifter.runtime.image import ImageRef

@@ -172,6 +172,6 @@ def test_every_node_has_a_shared_root_like_a_systemd_host(cluster):
 
 def test_the_suite_itself_runs_on_a_shared_root():
     """tools/test runs pytest in its own mount namespace with / rshared (as CI does)."""
-    from conftest import require
+    from helpers.prereq import require
 
     require(tool.node_root_shared(os.getpid()), "pytest's / is not shared: run the suite with tools/test")

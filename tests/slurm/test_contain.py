@@ -14,93 +14,21 @@ kernel), extern_cgroup and extern_setup.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pwd
 import re
-import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import replace
 
 import pytest
 
-from conftest import USER1
-from shifter.tools import cluster as cluster_tool
+from helpers.prereq import USER1
+from helpers.site_contain import (IMAGE, UID1, cgroup_jobs, contain_site,
+                                  extern_step_holds_the_cgroup_and_cancel_leaves_nothing, job_dirs,
+                                  module_daemons, user_workdir, wait_gone, wait_running)
 from shifter.tools.site import MEMORY_CGROUP
 
 pytestmark = pytest.mark.slurm
-IMAGE = "docker:test/busybox:latest"
-UID1 = pwd.getpwnam(USER1).pw_uid if USER1 else 4242
-
-
-def _jobs(runner) -> list[str]:
-    return runner.run(["squeue", "-h", "-o", "%i"], user=None).stdout.split()
-
-
-def _wait_gone(runner, job, timeout=90):
-    deadline = time.monotonic() + timeout
-    while runner.run(["squeue", "-h", "-j", job], user=None).stdout.strip():
-        assert time.monotonic() < deadline, f"job {job} did not finish"
-        time.sleep(0.2)
-
-
-def _wait_running(runner, job, timeout=60):
-    deadline = time.monotonic() + timeout
-    while runner.run(["squeue", "-h", "-o", "%T", "-j", job], user=None).stdout.strip() != "RUNNING":
-        assert time.monotonic() < deadline, f"job {job} did not start"
-        time.sleep(0.2)
-
-
-def _cgroup_jobs(mount=MEMORY_CGROUP) -> list[str]:
-    top = os.path.join(mount, "shifter", f"uid_{UID1}")
-    return sorted(os.listdir(top)) if os.path.isdir(top) else []
-
-
-def _daemons() -> list[int]:
-    """The test module's daemons (`sleep 100000` left by its roothook) on the machine."""
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if f.read() == b"sleep\x00100000\x00":
-                    out.append(int(pid))
-        except OSError:
-            pass
-    return out
-
-
-def _node_pid(site, node):
-    return open(cluster_tool.slurmd_pidfile(site, node)).read().strip()
-
-
-def _job_dirs(site, node) -> list[str]:
-    res = subprocess.run(["nsenter", "-t", _node_pid(site, node), "-m", "--", "ls", "-A", "/var/udiMount.jobs"],
-                         capture_output=True, text=True)
-    return [n for n in res.stdout.split() if n.isdigit()]
-
-
-@contextlib.contextmanager
-def contain_site(cluster, runner, cgroup_mount: str = ""):
-    """The contain configuration (``cgroup_mount``: the job's cgroup hierarchy, default the
-    v1 memory one), up for a module; the default one back afterwards (after every job of
-    ours is gone, so no extern step outlives its Slurm)."""
-    deadline = time.monotonic() + 180  # a job another test left to finish by itself
-    while _jobs(runner):
-        assert time.monotonic() < deadline, "the cluster is busy: the contain configuration restarts Slurm"
-        time.sleep(1)
-    site = replace(cluster, contain=True, cgroup_mount=cgroup_mount)
-    cluster_tool.up(site, images=False)
-    try:
-        yield site
-    finally:
-        for job in _jobs(runner):
-            runner.run(["scancel", job], user=None)
-            _wait_gone(runner, job)
-        cluster_tool.up(replace(cluster, contain=False, cgroup_mount=""), images=False)
-        _remove_slurm_cgroups()
-    assert _cgroup_jobs(cgroup_mount or MEMORY_CGROUP) == [] and _daemons() == []
 
 
 @pytest.fixture(scope="module")
@@ -109,23 +37,10 @@ def contain(cluster, runner):
         yield site
 
 
-def _remove_slurm_cgroups():
-    """proctrack/cgroup leaves its empty per-node roots (slurm_<node>) in the controllers
-    it used; the default configuration does not use them."""
-    import glob
-
-    for top in glob.glob("/sys/fs/cgroup/*/slurm_n*"):
-        for path, _dirs, _files in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
-            os.rmdir(path)
-
-
 @pytest.fixture
 def workdir():
-    home = pwd.getpwnam(USER1).pw_dir
-    d = tempfile.mkdtemp(prefix="contain-", dir=home)
-    os.chown(d, UID1, UID1)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    with user_workdir() as d:
+        yield d
 
 
 def _root_source(mountinfo: str) -> set[str]:
@@ -192,7 +107,7 @@ def test_ccm_batch_script_runs_in_the_host_root(contain, runner, workdir):
     res = runner.run(["sbatch", "--parsable", "--ccm", "-N1", f"--output={out}", "--wrap",
                       "pwd; cat /proc/self/mountinfo"], cwd=workdir)
     assert res.returncode == 0, res.stderr
-    _wait_gone(runner, res.stdout.strip())
+    wait_gone(runner, res.stdout.strip())
     text = open(out).read()
     assert text.splitlines()[0] == workdir and _root_source(text) == {"shifter-udi"}, text
 
@@ -228,8 +143,8 @@ def test_ccm_tasks_do_not_see_other_jobs_containers(contain, runner, workdir):
     assert res.returncode == 0, res.stderr
     other = res.stdout.strip()
     try:
-        _wait_running(runner, other)
-        assert other in _job_dirs(contain, "n1")
+        wait_running(runner, other)
+        assert other in job_dirs(contain, "n1")
         probe = runner.run(["srun", "--ccm", "-w", "n1", "-N1", "/bin/sh", "-c",
                             f"ls /var/udiMount.jobs /var/udiLoopMount.jobs /var/udiMount.jobs/{other}/root/bin; "
                             "ls /var"], cwd=workdir)
@@ -239,7 +154,7 @@ def test_ccm_tasks_do_not_see_other_jobs_containers(contain, runner, workdir):
         assert "udiMount.jobs" not in probe.stdout.split() and "lib" in probe.stdout.split()
     finally:
         runner.run(["scancel", other], user=None)
-        _wait_gone(runner, other)
+        wait_gone(runner, other)
 
 
 def test_ccm_working_directory_missing_in_the_container_goes_to_tmp_and_says_so(contain, runner, workdir):
@@ -271,14 +186,6 @@ def test_ccm_with_image_is_refused_with_one_line(contain, runner, command, workd
 
 
 # --------------------------------------------------------------- cgroups, extern step
-def _extern_pids(runner, job, node) -> set[int]:
-    res = runner.run(["scontrol", "listpids", job, node], user=None)
-    if res.returncode != 0:  # the extern step is not up yet
-        return set()
-    return {int(f[0]) for f in (ln.split() for ln in res.stdout.splitlines()[1:])
-            if len(f) >= 3 and f[2] == "extern" and f[0].isdigit() and int(f[0]) > 0}
-
-
 def test_the_extern_step_holds_the_job_cgroups_processes_and_cancel_leaves_nothing(
         contain, runner, slurmd_logs, workdir):
     """What the prolog leaves running (the daemon module's roothook: a process, as the
@@ -286,42 +193,6 @@ def test_the_extern_step_holds_the_job_cgroups_processes_and_cancel_leaves_nothi
     (scontrol listpids), and extern_setup ran there (slurmd log).  Cancelled mid-run,
     the job leaves no process, cgroup or container."""
     extern_step_holds_the_cgroup_and_cancel_leaves_nothing(contain, runner, slurmd_logs, workdir, MEMORY_CGROUP)
-
-
-def extern_step_holds_the_cgroup_and_cancel_leaves_nothing(contain, runner, slurmd_logs, workdir, mount):
-    res = runner.run(["sbatch", "--parsable", "-N2", f"--image={IMAGE}", "--module=daemon",
-                      "--output=/dev/null", "--wrap", "sleep 120"], cwd=workdir)
-    assert res.returncode == 0, res.stderr
-    job = res.stdout.strip()
-    _wait_running(runner, job)
-    nodelist = runner.run(["squeue", "-h", "-o", "%N", "-j", job], user=None).stdout.strip()
-    nodes = sorted(runner.run(["scontrol", "show", "hostnames", nodelist], user=None).stdout.split())
-    assert len(nodes) == 2
-    for node in nodes:
-        procs = os.path.join(mount, "shifter", f"uid_{UID1}", f"job_{job}", node, "cgroup.procs")
-        deadline = time.monotonic() + 20
-        while True:  # (a job is RUNNING before its prolog is done)
-            try:
-                pids = {int(p) for p in open(procs).read().split()}
-            except FileNotFoundError:
-                pids = set()
-            held = _extern_pids(runner, job, node) if pids else set()
-            if pids and pids <= held or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert pids and pids <= held, (node, pids, held)
-        assert all(open(f"/proc/{p}/cmdline", "rb").read() == b"sleep\x00100000\x00" for p in pids)
-        assert slurmd_logs.wait_for(lambda n=node: any(
-            f"shifter: extern_setup: job {job}: site extern_setup ran for job {job} as uid 0" in ln
-            for ln in slurmd_logs.new_lines(n))), node
-    runner.run(["scancel", job], user=None)
-    _wait_gone(runner, job)
-    deadline = time.monotonic() + 30
-    while (f"job_{job}" in _cgroup_jobs(mount) or _daemons()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert f"job_{job}" not in _cgroup_jobs(mount) and _daemons() == []
-    for node in nodes:
-        assert job not in _job_dirs(contain, node)
 
 
 def test_fifty_jobs_leave_no_process_cgroup_or_container(contain, runner, workdir):
@@ -333,13 +204,13 @@ def test_fifty_jobs_leave_no_process_cgroup_or_container(contain, runner, workdi
         assert res.returncode == 0, res.stderr
         jobs.append(res.stdout.strip())
     for job in jobs:
-        _wait_gone(runner, job, timeout=300)
+        wait_gone(runner, job, timeout=300)
     deadline = time.monotonic() + 30
-    while (_cgroup_jobs() or _daemons()) and time.monotonic() < deadline:
+    while (cgroup_jobs() or module_daemons()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _cgroup_jobs() == [] and _daemons() == []
+    assert cgroup_jobs() == [] and module_daemons() == []
     for node in ("n1", "n2", "n3"):
-        assert _job_dirs(contain, node) == []
+        assert job_dirs(contain, node) == []
     # nor did Slurm's own cgroups of the jobs' steps stay (proctrack/cgroup, per node)
     left = [top for top, dirs, _ in os.walk("/sys/fs/cgroup/freezer") if re.search(r"/job_\d+$", top)
             and "/slurm_n" in top]

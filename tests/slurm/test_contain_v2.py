@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from conftest import require
-from test_contain import contain_site, extern_step_holds_the_cgroup_and_cancel_leaves_nothing, workdir  # noqa: F401
+from helpers.prereq import require
+from helpers.site_contain import contain_site, extern_step_holds_the_cgroup_and_cancel_leaves_nothing, user_workdir
 
 pytestmark = pytest.mark.slurm
 V2 = "/sys/fs/cgroup/unified"
@@ -23,6 +23,12 @@ def contain_v2(cluster, runner):
         yield site
 
 
+@pytest.fixture
+def workdir():
+    with user_workdir() as d:
+        yield d
+
+
 def test_v2_the_extern_step_holds_the_job_cgroups_processes_and_cancel_leaves_nothing(
-        contain_v2, runner, slurmd_logs, workdir):  # noqa: F811
+        contain_v2, runner, slurmd_logs, workdir):
     extern_step_holds_the_cgroup_and_cancel_leaves_nothing(contain_v2, runner, slurmd_logs, workdir, V2)

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from conftest import USER1
+from helpers.prereq import USER1
 
 pytestmark = pytest.mark.slurm
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "examples")

@@ -14,7 +14,7 @@ import tempfile
 import pytest
 import requests
 
-from conftest import USER1, USER2
+from helpers.prereq import USER1, USER2
 from shifter.runtime import config as udiroot
 from shifter.runtime import meta
 from shifter.tools import gateway

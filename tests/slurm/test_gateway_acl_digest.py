@@ -19,7 +19,7 @@ import tempfile
 
 import pytest
 
-from conftest import USER1, USER2
+from helpers.prereq import USER1, USER2
 from shifter.runtime import imagefiles, meta
 from shifter.tools import gateway as gwtool
 from shifter.tools import images as test_images

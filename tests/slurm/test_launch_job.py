@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from helpers.site_jobs import batch, forget_node_plans
 from shifter.tools import cluster as cluster_tool
 
 pytestmark = pytest.mark.slurm
@@ -23,24 +24,6 @@ def _ns(site, node, argv, env=None):
                                "PATH": "/usr/bin:/bin:/usr/sbin:/sbin", **(env or {})})
 
 
-def _batch(runner, args: list[str], script: str, timeout: float = 120) -> str:
-    """Submit `script` as sftest1 with sbatch ARGS, wait for the job to end, return its output."""
-    out = f"/tmp/shifter-job-{os.getpid()}.out"
-    res = runner.run(["sbatch", f"--output={out}", *args, "--wrap", script])
-    assert res.returncode == 0, res.stderr
-    job = re.search(r"(\d+)", res.stdout).group(1)
-    try:
-        deadline = time.monotonic() + timeout
-        while runner.run(["squeue", "-h", "-j", job], user=None).stdout.strip():
-            assert time.monotonic() < deadline, "job did not finish"
-            time.sleep(0.2)
-        return open(out).read()
-    finally:
-        subprocess.run(["scancel", job], env=runner.env())
-        if os.path.exists(out):
-            os.unlink(out)
-
-
 def test_srun_shifter_on_three_prepared_nodes(cluster, runner):
     """The prolog of every node prepared the job's container; `srun -N3 shifter` enters it
     through the compiled fast path (the command's parent is slurmstepd: no launcher or
@@ -49,7 +32,7 @@ def test_srun_shifter_on_three_prepared_nodes(cluster, runner):
             "sh -c 'echo $(hostname) $(id -u) $(grep ^ID= /etc/os-release) "
             "$(test -r /var/shifter/launch.plan && echo prepared) "
             "$(tr \"\\0\" \" \" < /proc/$PPID/cmdline | cut -d\" \" -f1)'")
-    output = _batch(runner, ["-N3", "--image=docker:test/busybox:latest"], step)
+    output = batch(runner, ["-N3", "--image=docker:test/busybox:latest"], step)
     rows = sorted(ln.split(": ", 1)[1] for ln in output.splitlines() if ": " in ln)
     assert rows == [f"{n} 4242 ID=busybox prepared slurmstepd:" for n in ("n1", "n2", "n3")], output
 
@@ -59,12 +42,10 @@ def test_srun_shifter_private_containers_replay_their_plan(cluster, runner):
     one: the first `srun shifter` on each node builds it with Python and records it; the
     next identical step is built by the compiled launcher (the command's parent is no
     longer Python)."""
-    from test_prolog_plan_dir import forget_plans
-
-    forget_plans()
+    forget_node_plans()
     step = ("srun -N3 --ntasks-per-node=1 --label env SHIFTER_VOLUME=/tmp:/scratch /opt/shifter/bin/shifter "
             "sh -c 'echo $(hostname) $(grep ^ID= /etc/os-release) $(tr \"\\0\" \" \" < /proc/$PPID/cmdline | cut -d\" \" -f1)'")
-    output = _batch(runner, ["-N3", "--image=docker:test/busybox:latest"], f"{step}; echo second; {step}")
+    output = batch(runner, ["-N3", "--image=docker:test/busybox:latest"], f"{step}; echo second; {step}")
     first, second = output.split("second\n")
     for text, parent in ((first, "/opt/shifter/bin/python"), (second, "/opt/shifter/bin/shifter")):
         rows = sorted(ln.split(": ", 1)[1] for ln in text.splitlines() if ": " in ln)
@@ -108,7 +89,7 @@ def test_mpi_ranks_in_private_containers_on_one_node(cluster, runner):
     node, so MPI's shared memory between them works (in separate namespaces UCX fails
     with 'Shared memory error').  Twice: Python builds, then replays."""
     step = "srun --mpi=pmi2 -n2 /opt/shifter/bin/shifter /app/mpi-hello"
-    text = _batch(runner, ["-N1", "-n2", "--image=docker:test/debian:latest"], f"{step}; echo second; {step}")
+    text = batch(runner, ["-N1", "-n2", "--image=docker:test/debian:latest"], f"{step}; echo second; {step}")
     for part in text.split("second\n"):
         assert sorted(ln for ln in part.splitlines() if ln.startswith("hello")) == [
             "hello from rank 0 of 2 on n1", "hello from rank 1 of 2 on n1"], text

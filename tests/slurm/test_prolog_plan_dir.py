@@ -14,28 +14,13 @@ import subprocess
 
 import pytest
 
-from conftest import USER1, USER2
-from test_launch_job import _batch
+from helpers.prereq import USER1, USER2
+from helpers.site_jobs import batch, forget_node_plans
 
 pytestmark = pytest.mark.slurm
 
 NODES = ("n1", "n2", "n3")
 SQUAT = "/tmp/.shifter-4242"
-
-
-def forget_plans(user: str = USER1) -> None:
-    """Remove the user's plans on the local site's nodes (they share /var/lib and /home),
-    so that the next launch on each is built by Python."""
-    from shifter.runtime import plandir
-
-    pw = pwd.getpwnam(user)
-    for node in NODES:
-        job_dir, home_dir = plandir.candidates(pw.pw_uid, node, pw.pw_dir)
-        shutil.rmtree(home_dir, ignore_errors=True)
-        if os.path.isdir(job_dir):
-            for name in os.listdir(job_dir):
-                if name.endswith(".plan"):
-                    os.unlink(os.path.join(job_dir, name))
 
 
 def _remove_squat():
@@ -46,7 +31,7 @@ def _remove_squat():
 
 
 def test_prolog_plan_directory_with_a_squatted_tmp_name(cluster, runner):
-    forget_plans()
+    forget_node_plans()
     _remove_squat()
     pw2 = pwd.getpwnam(USER2)
     subprocess.run(["setpriv", f"--reuid={pw2.pw_uid}", f"--regid={pw2.pw_gid}", "--init-groups", "--",
@@ -55,7 +40,7 @@ def test_prolog_plan_directory_with_a_squatted_tmp_name(cluster, runner):
         # other volumes than the job's prepared container: a private container per step
         step = ("srun -N3 --ntasks-per-node=1 --label env SHIFTER_VOLUME=/tmp:/scratch /opt/shifter/bin/shifter "
                 "sh -c 'echo $(hostname) $(tr \"\\0\" \" \" < /proc/$PPID/cmdline | cut -d\" \" -f1)'")
-        output = _batch(runner, ["-N3", "--image=docker:test/busybox:latest"],
+        output = batch(runner, ["-N3", "--image=docker:test/busybox:latest"],
                         f"{step} 2>&1; echo second; {step} 2>&1; echo third; {step} 2>&1")
         parts = output.split("second\n")
         parts = [parts[0], *parts[1].split("third\n")]

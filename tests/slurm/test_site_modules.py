@@ -14,7 +14,8 @@ import tempfile
 
 import pytest
 
-from conftest import USER1
+from helpers.prereq import USER1
+from helpers.site_jobs import batch
 from shifter.runtime import config as udiconfig
 
 pytestmark = pytest.mark.slurm
@@ -37,8 +38,6 @@ def probe():
 
 
 def _batch(runner, args, script, timeout=180):
-    from test_launch_job import _batch as batch
-
     return batch(runner, args, script, timeout=timeout)
 
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import USER1, USER2
+from helpers.prereq import USER1, USER2
 from shifter.runtime import config as udiconfig
 from shifter.runtime import hostsfile
 from shifter.tools import cluster as cluster_tool

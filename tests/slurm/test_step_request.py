@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import USER1
+from helpers.prereq import USER1
 
 pytestmark = pytest.mark.slurm
 

@@ -11,8 +11,8 @@ import tempfile
 
 import pytest
 
-from conftest import USER1, USER2
-from test_launch_job import _batch
+from helpers.prereq import USER1, USER2
+from helpers.site_jobs import batch
 
 pytestmark = pytest.mark.slurm
 
@@ -58,7 +58,7 @@ def test_batch_script_picks_the_image_the_environment_asks_for(runner, ids):
         *[f"SHIFTER_IMAGE=id:{b} {probe}"] * 2,
         *[probe] * 2,
     ])
-    out = _batch(runner, ["-N1", f"--image={BUSYBOX}"], script).splitlines()
+    out = batch(runner, ["-N1", f"--image={BUSYBOX}"], script).splitlines()
     assert out == [f"request={BUSYBOX}"] + ["ID=debian"] * 4 + ["ID=busybox"] * 2, out
 
 
@@ -67,7 +67,7 @@ def test_steps_and_fallback_request_in_a_job_without_image(runner, ids):
     SHIFTER=type:spec are used."""
     b = ids[DEBIAN]
     probe = f"{SHIFTER} sh -c 'grep ^ID= /etc/os-release'"
-    out = _batch(runner, ["-N1"], f"SHIFTER_IMAGEREQUEST=id:{b} {probe}; SHIFTER={BUSYBOX} {probe}")
+    out = batch(runner, ["-N1"], f"SHIFTER_IMAGEREQUEST=id:{b} {probe}; SHIFTER={BUSYBOX} {probe}")
     assert out.splitlines() == ["ID=debian", "ID=busybox"], out
 
 
@@ -103,7 +103,7 @@ def test_an_imported_custom_image_runs_by_name(cluster, runner, scratch):
         latest = _img(runner, "lookup", name).stdout.strip()
         assert len(latest) == 64 and latest != image_id
         assert _img(runner, "lookup", f"{name}:latest").stdout.strip() == latest
-        out = _batch(runner, ["-N1", f"--image={name}:v1"],
+        out = batch(runner, ["-N1", f"--image={name}:v1"],
                      f"echo $SLURM_SPANK_SHIFTER_IMAGE; {SHIFTER} cat /etc/marker; "
                      f"{SHIFTER} --image={name}:v1 cat /etc/marker")
         assert out.splitlines() == [image_id, f"load-test-{os.getpid()}", f"load-test-{os.getpid()}"], out

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import require
+from helpers.prereq import require
 
 from shifter.errors import ConfigError
 from shifter.spank.plugstack import PlugstackArgs

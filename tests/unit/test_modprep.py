@@ -11,7 +11,7 @@ import pytest
 from shifter import paths, templates
 from shifter.errors import ConfigError, UsageError
 from shifter.runtime import config, devices, elfdeps, modprep, plan
-from tests.conftest import require
+from helpers.prereq import require
 
 MPICH = "/usr/lib/x86_64-linux-gnu/libmpich.so.12"
 ADMIN = os.path.join(paths.PREFIX, "bin", "shifter-admin")

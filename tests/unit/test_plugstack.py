@@ -41,7 +41,7 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-from conftest import require  # noqa: E402
+from helpers.prereq import require  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data")
 VECTORS = json.load(open(os.path.join(DATA, "plugstack_args.json")))["cases"]

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
 
 import pytest
 
-from conftest import require
-
+from helpers.shim import A, B, compiler, run_shim, shim_site
 from shifter.errors import ShifterError
 from shifter.runtime import config as udiconfig
 from shifter.spank import dispatch
@@ -30,47 +26,16 @@ from shifter.spank.handle import CTX_ALLOCATOR, CTX_LOCAL, FakeSpank
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "data")
 SPANK_SRC = os.path.join(HERE, "..", "..", "spank")
-SHIM = os.path.join(sys.prefix, "lib", "shifter", "shifter_slurm.so")
 ROUTES = json.load(open(os.path.join(DATA, "shim_route.json")))["cases"]
 CONF_CASES = json.load(open(os.path.join(DATA, "udiconf_imagepath.json")))["cases"]
-A, B, MISSING, PRIVATE = "a1" * 32, "b2" * 32, "c3" * 32, "d4" * 32
-NOBODY = 65534
-NOT_YOURS = "there is no such image, or it is not yours to use"
-
-
-def _cc():
-    cc = shutil.which(os.environ.get("CC", "gcc"))
-    if cc is None or not os.path.exists("/usr/include/slurm/spank.h"):
-        require(False, "needs a C compiler and slurm/spank.h")
-    return cc
 
 
 @pytest.fixture(scope="module")
 def site():
-    """A world-readable directory: images A, B (public), PRIVATE (root's alone), a volume
-    source, udiRoot.conf, and the compiled harness (so that another user can run it)."""
-    top = tempfile.mkdtemp(prefix="shifter-shim-route-")
-    os.chmod(top, 0o755)
-    images, data = os.path.join(top, "images"), os.path.join(top, "data")
-    os.makedirs(images)
-    os.makedirs(data)
-    for image_id, mode in ((A, 0o644), (B, 0o644), (PRIVATE, 0o600)):
-        for suffix, text in ((".meta", "FORMAT: squashfs\n"), (".squashfs", "")):
-            path = os.path.join(images, image_id + suffix)
-            with open(path, "w") as f:
-                f.write(text)
-            os.chmod(path, mode)
-    os.chmod(images, 0o755)
-    os.chmod(data, 0o755)
-    conf = os.path.join(top, "udiRoot.conf")
-    with open(conf, "w") as f:
-        f.write(f"system=test\nimagePath={images}\nudiMount=/var/udiMount\nmodule_mpich_siteEnv=MPI=1\n")
-    os.chmod(conf, 0o644)
-    harness = os.path.join(top, "shim_harness")
-    subprocess.run([_cc(), "-O2", "-Wall", "-Wno-unused-parameter", "-rdynamic", "-o", harness,
-                    os.path.join(DATA, "shim_harness.c"), "-ldl"], check=True)
-    yield {"top": top, "conf": conf, "dir": data, "harness": harness}
-    shutil.rmtree(top)
+    """A world-readable directory of fake images, a volume source, udiRoot.conf and the
+    compiled harness (helpers.shim)."""
+    with shim_site() as s:
+        yield s
 
 
 def _subst(value, site):
@@ -81,19 +46,6 @@ def _subst(value, site):
     if isinstance(value, dict):
         return {_subst(k, site): _subst(v, site) for k, v in value.items()}
     return value
-
-
-def run_shim(site, context, env, options, plugstack=None, user=None, extra_env=None):
-    plugstack = [f"shifter_config={site['conf']}"] if plugstack is None else plugstack
-    argv = [site["harness"], SHIM, context, *plugstack, "--", *[f"{k}={v}" for k, v in options]]
-    if user is not None and os.geteuid() != user:
-        if os.geteuid() != 0:
-            require(False, "running as another user needs root")
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--", *argv]
-    res = subprocess.run(argv, env={"PATH": "/usr/bin:/bin", **env, **(extra_env or {})}, cwd="/",
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
 
 
 INHERITED = "SLURM_SPANK__SLURM_SPANK_OPTION_shifter_"
@@ -167,22 +119,6 @@ def test_the_table_covers_both_routes_and_contexts():
         assert kind in kinds, kind
 
 
-# -------------------------------------------------------------- id: images, as the user
-@pytest.mark.parametrize("image_id", [MISSING, PRIVATE], ids=["missing", "private to root"])
-@pytest.mark.parametrize("context", ["allocator", "local"])
-def test_an_id_the_user_cannot_open_is_left_to_python_which_refuses_it(site, image_id, context):
-    out = run_shim(site, context, {}, [("image", f"id:{image_id}")], user=NOBODY)
-    assert out["python"] and out["rc"] == -1, out
-    assert out["errors"] == [f"shifter: can't use image id:{image_id}: {NOT_YOURS} (hint: 'shifterimg images' "
-                             "lists the images you may use; 'shifterimg lookup IMAGE' prints an id)"]
-    assert "SHIFTER_IMAGE" not in out["control"]
-
-
-def test_an_id_the_user_can_open_needs_no_python(site):
-    out = run_shim(site, "allocator", {}, [("image", f"id:{A}")], user=NOBODY)
-    assert not out["python"] and out["rc"] == 0 and out["control"]["SHIFTER_IMAGE"] == A, out
-
-
 def test_config_from_shifter_config_when_plugstack_names_none(site):
     """Python's order (shifter.paths.config_path): plugstack, SHIFTER_CONFIG, the prefix's."""
     out = run_shim(site, "allocator", {}, [("image", f"id:{A}")], plugstack=[],
@@ -220,7 +156,7 @@ def test_no_shifter_option_no_python_no_variables(site):
 @pytest.fixture(scope="module")
 def conf_reader(tmp_path_factory):
     exe = str(tmp_path_factory.mktemp("udiconf") / "udiconf_imagepath")
-    subprocess.run([_cc(), "-O2", "-Wall", "-Wextra", "-I", SPANK_SRC, "-o", exe,
+    subprocess.run([compiler(), "-O2", "-Wall", "-Wextra", "-I", SPANK_SRC, "-o", exe,
                     os.path.join(DATA, "udiconf_imagepath.c")], check=True)
     return exe
 
@@ -250,17 +186,3 @@ def test_where_c_answers_python_agrees():
             assert case["c"] == case["python"], case["name"]
     refused = [c for c in CONF_CASES if c["c"] is not None and c["python"] == "error"]
     assert [c["name"] for c in refused] == ["C reads imagePath, Python refuses another key"]
-
-
-def test_with_enable_sshd_a_user_without_key_pair_goes_to_python_which_makes_it(site):
-    """enable_sshd=1: the shim keeps a submission of --image=id: only when the user's
-    ~/.udiRoot/id_rsa.key is there (docs/sshd.md); nobody's home does not exist, so
-    Python is asked, and refuses in one line; root's jobs need no key."""
-    plug = [f"shifter_config={site['conf']}", "enable_sshd=1"]
-    out = run_shim(site, "allocator", {}, [("image", f"id:{A}")], plugstack=plug, user=NOBODY)
-    assert out["python"] and out["rc"] == -1, out
-    assert len(out["errors"]) == 1 and "can't create your container ssh key in /nonexistent/.udiRoot" in \
-        out["errors"][0], out
-    if os.geteuid() == 0:
-        out = run_shim(site, "allocator", {}, [("image", f"id:{A}")], plugstack=plug)
-        assert not out["python"] and out["rc"] == 0, out

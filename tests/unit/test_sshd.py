@@ -155,7 +155,7 @@ def test_the_authorized_key_names_only_the_jobs_nodes():
 
 
 def test_the_host_key_is_what_ssh_keygen_reads(tmp_path):
-    from conftest import require
+    from helpers.prereq import require
 
     require(shutil.which("ssh-keygen") is not None, "needs ssh-keygen (Debian openssh-client)")
     private, public = ed25519.generate("host")

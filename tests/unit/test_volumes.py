@@ -12,7 +12,7 @@ from shifter.runtime.volumes import (
     parse_volume_list,
     parse_volumes,
 )
-from shifter_volume_model import CRASH, shifter_parse
+from helpers.volume_model import CRASH, shifter_parse
 
 G = 1024**3
 
@@ -41,7 +41,7 @@ def cache(source, destination, size):
 
 # --- Shifter's inputs -------------------------------------------------------------------
 # Every row: a spec NERSC Shifter's parser accepts (checked against the model of it in
-# shifter_volume_model.py), the maps it means, and how many warning lines we print.
+# tests/helpers/volume_model.py), the maps it means, and how many warning lines we print.
 
 SHIFTER_ACCEPTS = [
     # user maps
@@ -141,7 +141,7 @@ def test_shifter_accepts_and_so_do_we(site, spec, expected, nwarnings):
 
 
 def _meaning(maps):
-    """Our maps in the model's terms (see shifter_volume_model)."""
+    """Our maps in the model's terms (see helpers.volume_model)."""
     out = []
     for m in maps:
         if m.per_node_cache is not None:
