@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import USER1
+from helpers.prereq import USER1
 from shifter.tools import cluster as cluster_tool
 from shifter.wlm import hookd
 
