@@ -48,7 +48,7 @@ def encode(payload: str | None = None, socket: str | None = None) -> str:
         out = proc.run(argv, "create a munge credential", input=payload or None, timeout=TIMEOUT,
                        hint="is munged running? (mungeSocketPath in udiRoot.conf)").stdout
     except proc.ProcError as e:
-        raise MungeError(e.message, e.hint, e.returncode) from None
+        raise MungeError(e.what, e.hint, e.returncode) from None
     cred = out.strip()
     if not cred.startswith("MUNGE:"):
         raise MungeError(f"can't create a munge credential: munge printed {cred[:40]!r}")
@@ -63,7 +63,7 @@ def decode(cred: str, socket: str | None = None, accept: tuple[int, ...] = ()) -
     try:
         res = proc.run(argv, "verify a munge credential", input=cred, timeout=TIMEOUT, check=False)
     except proc.ProcError as e:
-        raise MungeError(e.message, e.hint) from None
+        raise MungeError(e.what, e.hint) from None
     except UnicodeDecodeError:  # a payload that is not text is not one of ours
         raise MungeError("invalid credential: its payload is not text") from None
     metadata, _, payload = res.stdout.partition("\n\n")

@@ -26,8 +26,8 @@ import sys
 import time
 from dataclasses import replace
 
-from shifter import templates
-from shifter.errors import ShifterError
+from shifter import command, templates
+from shifter.errors import ShifterError, UsageError
 from shifter.tools import daemons, users
 from shifter.tools.site import Site
 
@@ -572,8 +572,17 @@ def status(site: Site) -> int:
     return 0 if ok else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and the usage code, as every shifter command
+        raise UsageError(message, f"see {self.prog} --help")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="tools/cluster", description=__doc__.split("\n\n")[0])
+    return command.run("cluster", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = _Parser(prog="tools/cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("up", "down", "status", "restart"))
     parser.add_argument("-n", "--nodes", type=int, default=None,
                         help=f"number of slurmd (1..{MAX_NODES}; default: as before, else 3)")
@@ -585,8 +594,7 @@ def main(argv=None) -> int:
     site = Site()
     nodes = args.nodes or saved_state(site).get("nodes") or 3
     if not 1 <= nodes <= MAX_NODES:
-        print(f"cluster: --nodes must be 1..{MAX_NODES}, not {nodes}", file=sys.stderr)
-        return 2
+        raise UsageError(f"invalid --nodes {nodes}: must be 1..{MAX_NODES}")
     site = replace(site, nodes=nodes, contain=args.contain)
     checkout = os.environ.get("SHIFTER_CHECKOUT")
     try:
@@ -600,14 +608,9 @@ def main(argv=None) -> int:
             up(site, checkout, images=not args.no_images)
         else:
             return status(site)
-    except ShifterError as e:
-        print(f"cluster: error: {e}", file=sys.stderr)
-        return 1
     except subprocess.CalledProcessError as e:
-        print(f"cluster: error: {' '.join(map(str, e.cmd))} exited {e.returncode}: "
-              f"{(e.stderr or b'').decode(errors='replace').strip()[-400:] if isinstance(e.stderr, bytes) else e.stderr}",
-              file=sys.stderr)
-        return 1
+        raise ShifterError(f"{' '.join(map(str, e.cmd))} exited {e.returncode}: "
+                           f"{(e.stderr or b'').decode(errors='replace').strip()[-400:] if isinstance(e.stderr, bytes) else e.stderr}") from None
     return 0
 
 
