@@ -18,7 +18,8 @@ returns the exit code (None: 0); library code under it raises and never prints o
 
 ``launcher=True`` (``shifter``): the codes 1-124 belong to the command it runs, so every
 failure of its own is LAUNCH (125), except ``CommandNotRun`` (126/127) and INTERRUPTED.
-``SystemExit`` passes through (argparse's ``--help``).
+``SystemExit`` passes through (argparse's ``--help``).  Commands that parse with argparse
+use ``parser_class()``, whose errors are ``UsageError``: one line, USAGE.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import os
 import sys
 
 from shifter import exit_codes
-from shifter.errors import ShifterError, describe, line
+from shifter.errors import ShifterError, UsageError, describe, line
+
+_PARSER = None
 
 
 def run(command: str, body, argv: list[str] | None = None, *, launcher: bool = False) -> int:
@@ -53,6 +56,21 @@ def run(command: str, body, argv: list[str] | None = None, *, launcher: bool = F
         raise
     except BaseException as e:  # noqa: BLE001 - a bug: one line, the traceback kept aside
         return _fail(internal_error_line(command, e, debug), _general(launcher), debug)
+
+
+def parser_class():
+    """``argparse.ArgumentParser`` whose errors raise ``UsageError`` (``<prog>: <message>
+    (hint: see <prog> --help)``, USAGE) instead of printing the usage and exiting."""
+    global _PARSER
+    if _PARSER is None:
+        import argparse  # only the commands that use argparse pay for it (docs/dev.md, start-up)
+
+        class UsageParser(argparse.ArgumentParser):
+            def error(self, message: str):
+                raise UsageError(message, f"see {self.prog} --help")
+
+        _PARSER = UsageParser
+    return _PARSER
 
 
 def _own_code(e: ShifterError) -> bool:

@@ -40,7 +40,7 @@ from werkzeug.routing import RequestRedirect
 from werkzeug.serving import WSGIRequestHandler
 
 from shifter import command, paths
-from shifter.errors import ShifterError, UsageError, describe
+from shifter.errors import ShifterError, describe
 from shifter.gateway import config as gwconfig
 from shifter.gateway import logs
 from shifter.gateway.catalog import Catalog
@@ -275,17 +275,12 @@ def serve(config: gwconfig.GatewayConfig, listen: tuple[str, int] | None = None)
         log.info("stopped")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and the usage code, as every shifter command
-        raise UsageError(message, f"see {self.prog} --help")
-
-
 def main(argv: list[str] | None = None) -> int:
     return command.run("shifter-gateway", _main, argv)
 
 
 def _main(argv: list[str]) -> int:
-    parser = _Parser(prog="shifter-gateway",
+    parser = command.parser_class()(prog="shifter-gateway",
                                      description="Shifter's image gateway: pull, convert and serve images.")
     parser.add_argument("--config", default=os.environ.get("GWCONFIG") or
                         os.path.join(paths.PREFIX, "etc", "imagemanager.json"),

@@ -44,9 +44,7 @@ from shifter.runtime import config as udiroot
 _LOCATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,254}$")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{message}", f"see {self.prog} --help")
+_Parser = command.parser_class()  # its errors: one line, exit 2, as every shifter command
 
 
 def _ids(value: str, kind: str) -> tuple[int, ...]:

@@ -24,9 +24,7 @@ from shifter import command, paths
 from shifter.errors import UsageError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, as every shifter command
-        raise UsageError(f"{message}", f"see {self.prog} --help")
+_Parser = command.parser_class()  # its errors: one line, exit 2, as every shifter command
 
 
 def parser() -> argparse.ArgumentParser:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 import time
 
-from shifter.errors import ShifterError, line
+from shifter import errors
+from shifter.errors import ShifterError
 from shifter.spank.handle import CONTEXT_NAMES, CffiSpank, SpankHandle
 from shifter.spank.plugstack import PlugstackArgs
 
@@ -60,7 +61,7 @@ def run(sp: SpankHandle, hook: str, args: list[str], options: dict[str, str]) ->
         func(sp, plugstack, options)
         return 1
     except ShifterError as e:
-        sp.error(line("shifter", e))
+        sp.error(errors.line("shifter", e))
         return -1
     except BaseException as e:  # noqa: BLE001 - nothing may escape into Slurm as success
         sp.error(f"shifter: internal error in {hook}: {type(e).__name__}: {e}")

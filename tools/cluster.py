@@ -14,7 +14,6 @@ site prerequisite for unprivileged squashfuse).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import hashlib
@@ -572,17 +571,12 @@ def status(site: Site) -> int:
     return 0 if ok else 1
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and the usage code, as every shifter command
-        raise UsageError(message, f"see {self.prog} --help")
-
-
 def main(argv=None) -> int:
     return command.run("cluster", _main, argv)
 
 
 def _main(argv: list[str]) -> int:
-    parser = _Parser(prog="tools/cluster", description=__doc__.split("\n\n")[0])
+    parser = command.parser_class()(prog="tools/cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("up", "down", "status", "restart"))
     parser.add_argument("-n", "--nodes", type=int, default=None,
                         help=f"number of slurmd (1..{MAX_NODES}; default: as before, else 3)")

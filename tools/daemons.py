@@ -122,13 +122,12 @@ def log_tail(path: str, lines: int = 5) -> list[str]:
 
 def service_main(argv, prog: str, description: str, start, stop, status) -> int:
     """``python -m shifter.tools.X start|stop|status``: act, then print the status as JSON."""
-    import argparse
     import json
 
     from shifter.tools.site import Site
 
     def body(argv: list[str]) -> int:
-        parser = argparse.ArgumentParser(prog=prog, description=description)
+        parser = command.parser_class()(prog=prog, description=description)
         parser.add_argument("action", choices=("start", "stop", "status"))
         args = parser.parse_args(argv)
         site = Site()

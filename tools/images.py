@@ -925,9 +925,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m shifter.tools.images",
+    parser = command.parser_class()(prog="python -m shifter.tools.images",
                                      description="Build and push the site's test images.")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     parser.add_argument("names", nargs="*", metavar="NAME",
