@@ -107,17 +107,21 @@ def _stdout_gone() -> bool:
     """After a BrokenPipeError: True if it was stdout's reader that went (stdout then points
     at /dev/null, so that the interpreter's last flush does not fail again)."""
     try:
-        sys.stdout.flush()
+        import select  # only after a broken pipe
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        gone = any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
         return False
-    except (BrokenPipeError, ValueError):
-        pass
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stdout.fileno())
-        os.close(null)
-    except (OSError, ValueError):
-        pass
-    return True
+    if gone:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
+    return gone
 
 
 def _traceback() -> str:

@@ -1212,7 +1212,7 @@ static __attribute__((noreturn)) void helper_main(const char *prog, const char *
     while (r < 0 && errno == EINTR);
     struct cmsghdr *c = r > 0 ? CMSG_FIRSTHDR(&msg) : NULL;
     if (c == NULL || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int)))
-        _exit(0); /* the builder gave up before mounting */
+        _exit(SHIFTER_EXIT_OK); /* the builder gave up before mounting */
     int fd; /* received without MSG_CMSG_CLOEXEC: squashfuse inherits it */
     memcpy(&fd, CMSG_DATA(c), sizeof(int));
     if (inproc) sqfs_inproc_serve(fd);
