@@ -95,7 +95,7 @@ HELPER_IGNORED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, 
 
 
 def run(config, image_path: str, image_meta, request, argv: list[str], env: dict[str, str], cwd: str,
-        userhooks: tuple[str, ...] = (), save_plan=None, cover=(), warn=None) -> int:
+        userhooks: tuple[str, ...] = (), save_plan=None, cover=(), *, warn) -> int:
     """Build a private UDI for the calling (non-root) user in a new user+mount namespace,
     run argv inside it as the user, tear everything down, return the exit status
     (128+N if killed by signal N).
@@ -110,7 +110,6 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
     ``cover``: device files covered before the command runs (``shifter.runtime.devices``).
     ``warn(line)``: says what went wrong but does not stop the command (the caller prints).
     """
-    warn = warn or (lambda line: None)
     uid, gid = os.getuid(), os.getgid()
     _check(config, image_path, image_meta, request, argv, uid, gid)
     modules = select_modules(config, request.modules)
