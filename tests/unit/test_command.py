@@ -275,3 +275,21 @@ def test_the_compiled_launchers_own_failure_is_125_and_one_line(tmp_path):
                          timeout=30, env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == exit_codes.LAUNCH == 125, res.stderr
     assert res.stderr == f"shifter: can't start {os.path.realpath(tmp_path)}/bin/python: No such file or directory\n"
+
+
+# ------------------------------------------------------------------ one style everywhere
+def test_the_spank_plugin_and_the_launcher_say_the_same_line(tmp_path):
+    """srun --image=... (the SPANK dispatcher's slurm_error) and shifter --image=... (the
+    wrapper) refuse the same image with the very same line."""
+    from shifter.spank import dispatch
+    from shifter.spank.handle import CTX_ALLOCATOR, FakeSpank
+
+    conf = tmp_path / "udiRoot.conf"
+    conf.write_text("system=test\nimagePath=/images\nudiMount=/var/udiMount\n")
+    sp = FakeSpank(CTX_ALLOCATOR)
+    assert dispatch.run(sp, "init_post_opt", [f"shifter_config={conf}"], {"image": "docker:Bad Name"}) == -1
+    res = subprocess.run([LAUNCHER, "--image=docker:Bad Name", "true"], capture_output=True, text=True,
+                         timeout=60, env={"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": str(conf)})
+    assert res.returncode == 125
+    assert sp.errors == [res.stderr.rstrip("\n")]
+    assert sp.errors[0].startswith("shifter: invalid image 'docker:Bad Name': ") and " (hint: " in sp.errors[0]
