@@ -35,6 +35,7 @@ import sys
 
 from shifter import command
 from shifter.errors import ShifterError, UsageError
+
 USAGE = ("usage: shifter [-i IMAGE] [-V SRC:DST[:FLAGS]]... [-m MODULES] [-e NAME=VALUE]... "
          "[--env-file FILE] [-E] [-w PATH|--workdir[=PATH]] [--entrypoint[=CMD]] [-v] [--dry-run] "
          "[CMD [ARG...]]")

@@ -508,10 +508,6 @@ def test_site_and_image_binds_do_not_carry_user_volumes_back(env, hostile):
     assert out["seen_during"] == out["seen_before"] == out["seen_after"]
 
 
-@pytest.mark.parametrize("dest, is_file", [
-    ("/dev/x", False), ("/tmp/shifter-new/x", False), ("/dev/shm/f", True), ("/site/newdir", False),
-    ("/sys/fs/cgroup/memory/shifter-x", False), ("/usr/newdir", False),
-])
 def test_a_wrong_site_configuration_is_one_line_and_exit_3_with_nothing_mounted(env, tmp_path):
     """The one exit-code table (docs/dev.md, "Failing"): the site's fault is CONFIG, 3, for
     setupRoot and unsetupRoot alike (they said 1 before the table)."""
@@ -529,6 +525,10 @@ def test_a_wrong_site_configuration_is_one_line_and_exit_3_with_nothing_mounted(
     assert len(linux.mountinfo()) == before
 
 
+@pytest.mark.parametrize("dest, is_file", [
+    ("/dev/x", False), ("/tmp/shifter-new/x", False), ("/dev/shm/f", True), ("/site/newdir", False),
+    ("/sys/fs/cgroup/memory/shifter-x", False), ("/usr/newdir", False),
+])
 def test_missing_destination_parents_are_never_made_on_the_host(env, hostile, dest, is_file):
     """Outside review, item 2: root made missing destination parents on whatever was bound
     there (/dev, /tmp, /dev/shm, a site directory, even a memory cgroup) and left them."""
