@@ -411,12 +411,12 @@ def _helper_main(prog: str, image_path: str, sock, log: int, old_mask,
             _, fds, _, _ = socket.recv_fds(sock[1], 16, 1)
         except OSError:
             fds = []
-        if not fds:  # the builder gave up before mounting
+        if not fds:  # the builder gave up before mounting: this forked child just leaves
             os._exit(0)
         os.set_inheritable(fds[0], True)
         os.execv(prog, [os.path.basename(prog), "-f", image_path, f"/dev/fd/{fds[0]}"])
     except BaseException as e:  # noqa: BLE001 - report, never return into the caller
-        try:
+        try:  # a forked child: its stderr is the memfd the launcher shows if the mount fails
             os.write(2, f"shifter: can't start {prog}: {e}\n".encode())
         except BaseException:  # noqa: BLE001
             pass

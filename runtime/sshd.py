@@ -504,7 +504,7 @@ def spawn(state_dir: str, udi: str, bundle_dir: str, uid: int, gid: int, gids, u
                     os.write(2, f"shifter: the job's sshd listener stopped: {e}\n".encode())
                 except OSError:
                     pass
-            os._exit(126)
+            os._exit(126)  # the forked listener's end: never back into the prolog's code
     finally:
         os.close(log)
         sock.close()

@@ -293,3 +293,47 @@ def test_the_spank_plugin_and_the_launcher_say_the_same_line(tmp_path):
     assert res.returncode == 125
     assert sp.errors == [res.stderr.rstrip("\n")]
     assert sp.errors[0].startswith("shifter: invalid image 'docker:Bad Name': ") and " (hint: " in sp.errors[0]
+
+
+# ------------------------------------------------------------------ library code never prints or exits
+#: the command layer: the modules whose main() is a command (they print their output)
+COMMAND_MODULES = {"common/command.py", "runtime/launch.py", "runtime/setuproot.py", "runtime/teardown.py",
+                   "runtime/admin.py", "gateway/server.py", "gateway_client/cli.py", "spank/embed_build.py"}
+LIBRARY_DIRS = ("common", "runtime", "wlm", "gateway", "gateway_client", "spank")
+
+
+def _calls(path):
+    import ast
+
+    tree = ast.parse(open(path).read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else (
+                f"{f.value.id}.{f.attr}" if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else "")
+            if name == "os.write" and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == 2:
+                name = "os.write(2)"
+            if name in ("print", "sys.exit", "os._exit", "SystemExit", "os.write(2)"):
+                yield name, node.lineno
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+                (node.value.id, node.attr) in (("sys", "stderr"), ("sys", "stdout")):
+            yield f"sys.{node.attr}", node.lineno
+
+
+def test_library_code_never_prints_or_exits():
+    """Outside the command layer: no print, no sys.exit/SystemExit, no sys.stderr/stdout;
+    os._exit and writes to fd 2 only in forked children, said in a comment beside them."""
+    found = []
+    for top in LIBRARY_DIRS:
+        for name in sorted(os.listdir(os.path.join(SRC, top))):
+            rel = f"{top}/{name}"
+            if not name.endswith(".py") or rel in COMMAND_MODULES:
+                continue
+            lines = open(os.path.join(SRC, rel)).read().splitlines()
+            for call, lineno in _calls(os.path.join(SRC, rel)):
+                if call in ("os._exit", "os.write(2)"):
+                    near = " ".join(lines[max(0, lineno - 4):lineno]).lower()
+                    if "child" in near or "forked" in near:
+                        continue
+                found.append(f"{rel}:{lineno}: {call}")
+    assert found == []
