@@ -40,8 +40,14 @@ class build_native(Command):
              "-o", SHIM, os.path.join("spank", "shim.c"), os.path.join("spank", "hookd_client.c"), "-ldl"],
             check=True,
         )
+        # the exit codes' header, from the one table (shifter/exit_codes.py)
+        spec = importlib.util.spec_from_file_location("shifter_exit_codes", os.path.join(HERE, "common", "exit_codes.py"))
+        codes = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(codes)
+        with open(os.path.join(NATIVE, "exit_codes.h"), "w") as f:
+            f.write(codes.c_header())
         subprocess.run(
-            [cc, "-O2", "-Wall", "-Wextra", "-o", LAUNCHER, os.path.join("runtime", "launcher.c"),
+            [cc, "-O2", "-Wall", "-Wextra", "-I", NATIVE, "-o", LAUNCHER, os.path.join("runtime", "launcher.c"),
              os.path.join("runtime", "replay.c"), os.path.join("runtime", "sqfs_inproc.c")],
             check=True,
         )

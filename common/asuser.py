@@ -60,7 +60,7 @@ def call(uid: int, gid: int, groups, work, timeout: float | None = None) -> tupl
             else:
                 child.sendall(data)
             status = 0
-        finally:
+        finally:  # a forked child: it must never return into root's code
             os._exit(status)
     child.close()
     try:

@@ -69,7 +69,7 @@ def normalize_tag(itype: str, tag: str) -> str:
     try:
         normal = parse_image(f"docker:{tag}").tag
     except UsageError as e:
-        raise BadRequest(e.message.replace("'docker:", "'", 1), e.hint) from None
+        raise BadRequest(e.what.replace("'docker:", "'", 1), e.hint) from None
     if itype != "docker" and "@" in normal:
         raise BadRequest(f"invalid image {itype}:{tag[:200]!r}: a digest names a registry's image, "
                          "not an imported one", f"use {itype}:NAME:TAG")
@@ -159,7 +159,7 @@ class ImageManager:
         try:
             cred = munge.decode(credential.strip(), platform.munge_socket)
         except munge.MungeError as e:
-            raise Unauthorized(f"munge credential refused: {e.message}",
+            raise Unauthorized(f"munge credential refused: {e.what}",
                                "make a new credential for every request (munge -n)") from None
         try:
             user = pwd.getpwuid(cred.uid).pw_name

@@ -39,8 +39,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 from werkzeug.serving import WSGIRequestHandler
 
-from shifter import paths
-from shifter.errors import ShifterError
+from shifter import command, paths
+from shifter.errors import ShifterError, describe
 from shifter.gateway import config as gwconfig
 from shifter.gateway import logs
 from shifter.gateway.catalog import Catalog
@@ -57,7 +57,7 @@ API_PATHS = "/api/{list,lookup,pull,doimport,expire,autoexpire,queue,metrics}/SY
 
 def error_body(status: int, error: str, hint: str | None, url: str) -> dict:
     """Shifter's error body: ``{"status": N, "error": ERROR, "message": "ERROR (hint: H): URL"}``."""
-    message = f"{error} (hint: {hint})" if hint else error
+    message = describe(error, hint)
     return {"status": status, "error": error, "message": f"{message}: {url}"}
 
 
@@ -133,8 +133,8 @@ def create_app(manager: ImageManager) -> Flask:
 
     @app.errorhandler(ApiError)
     def api_error(e: ApiError):
-        log.info("%s %s -> %d: %s", request.method[:20], where(), e.http_status, e.message)
-        return _error(e.http_status, e.message, e.hint)
+        log.info("%s %s -> %d: %s", request.method[:20], where(), e.http_status, e.what)
+        return _error(e.http_status, e.what, e.hint)
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
@@ -276,7 +276,11 @@ def serve(config: gwconfig.GatewayConfig, listen: tuple[str, int] | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="shifter-gateway",
+    return command.run("shifter-gateway", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = command.parser_class()(prog="shifter-gateway",
                                      description="Shifter's image gateway: pull, convert and serve images.")
     parser.add_argument("--config", default=os.environ.get("GWCONFIG") or
                         os.path.join(paths.PREFIX, "etc", "imagemanager.json"),
@@ -286,13 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     logs.install(handlers=True)
-    try:
-        config = gwconfig.load(args.config)
-        logging.getLogger().setLevel(config.log_level.upper())
-        serve(config, args.listen)
-    except ShifterError as e:
-        print(f"shifter-gateway: {e}", file=sys.stderr)
-        return e.exit_code
+    config = gwconfig.load(args.config)
+    logging.getLogger().setLevel(config.log_level.upper())
+    serve(config, args.listen)
     return 0
 
 

@@ -161,7 +161,7 @@ def sync_image_files(platform: Platform, record: Record, access: imagefiles.Acce
         write_meta(platform, record, access)
         imagefiles.apply([image_paths(platform, record.image_id)[0]], *access)
     except ShifterError as e:
-        raise PullError(e.message, e.hint) from None
+        raise PullError(e.what, e.hint) from None
 
 
 def image_files_after_expiry(platform: Platform, record: Record, access: imagefiles.Access | None) -> None:
@@ -293,7 +293,7 @@ class Worker:
                          record.pulltag, self.catalog.get(rid).status)
                 continue
             except PullError as e:
-                message = f"{e.message} (hint: {e.hint})" if e.hint else e.message
+                message = str(e)  # what (hint: ...): shifter.errors.describe
                 log.warning("%s of %s:%s failed: %s", record.kind, record.itype, record.pulltag, message)
                 self.catalog.fail(rid, message)
             except Exception as e:  # a bug: keep the gateway up, fail this job, log everything
@@ -324,7 +324,7 @@ class Worker:
                 else:
                     imagefiles.apply([squashfs_path], *access)
             except ShifterError as e:
-                raise PullError(e.message, e.hint) from None
+                raise PullError(e.what, e.hint) from None
 
         final = self.catalog.complete(record.rid, fields, self._expiration(), publish)
         log.info("%s:%s is READY: %s%s", record.itype, record.pulltag, fields.image_id,
@@ -341,7 +341,7 @@ class Worker:
         try:
             source = image_source(self.config, record.pulltag)
         except NotFound as e:
-            raise PullError(e.message, e.hint) from None
+            raise PullError(e.what, e.hint) from None
         registry = Registry(source.location.url, source.repo,
                             credentials_for(tokens, source.location.name),
                             source.location.verify, platform=self.config.image_platform)

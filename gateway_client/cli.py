@@ -16,9 +16,10 @@
 a pulled or imported image private to them; they go before or after the command.  ``-v``
 traces every request on stderr; ``--json`` prints the gateway's JSON instead of text.
 
-Exit status: 0 on success; 1 on any failure (unreachable gateway, unknown image, FAILURE of
-a pull...); 2 for a malformed command line or image name; 3 for a site configuration
-error.  Every error is one line on stderr.
+Exit status (the table of ``shifter.exit_codes``): 0 on success; 1 on any failure
+(unreachable gateway, unknown image, FAILURE of a pull...); 2 for a malformed command line
+or image name; 3 for a site configuration error; 130 interrupted.  Every error is one line
+on stderr (``shifter.command.run``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import re
 import sys
 import time
 
+from shifter import command
 from shifter.errors import ShifterError, UsageError
 from shifter.gateway import munge
 from shifter.gateway_client.client import (CredentialStore, GatewayClient, ImageRecord, PullFailed,
@@ -42,9 +44,7 @@ from shifter.runtime import config as udiroot
 _LOCATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,254}$")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{message}", f"see {self.prog} --help")
+_Parser = command.parser_class()  # its errors: one line, exit 2, as every shifter command
 
 
 def _ids(value: str, kind: str) -> tuple[int, ...]:
@@ -264,7 +264,7 @@ def cmd_login(args) -> int:
     try:
         cred = munge.encode(f"{user}:{password}", config.mungeSocketPath)
     except munge.MungeError as e:
-        raise ShifterError(e.message, e.hint) from None
+        raise ShifterError(e.what, e.hint) from None
     store = CredentialStore()
     store.store(system, args.location, cred)
     print(f"shifterimg: stored the login of {user} for {system}:{args.location} in {store.path}",
@@ -289,15 +289,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        return COMMANDS[args.command](args)
-    except ShifterError as e:
-        print(f"shifterimg: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("shifterimg: interrupted", file=sys.stderr)
-        return 130
+    return command.run("shifterimg", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -230,7 +230,7 @@ class GatewayClient:
         try:
             return munge.encode(payload, self.munge_socket)
         except munge.MungeError as e:
-            raise GatewayError(e.message, e.hint) from None
+            raise GatewayError(e.what, e.hint) from None
 
     def request(self, method: str, path: str, body: dict | None = None, params: dict | None = None,
                 with_logins: bool = False):
@@ -275,7 +275,7 @@ class GatewayClient:
         if isinstance(data, dict) and isinstance(data.get("error"), str):
             error = data["error"][:2000]
             message = data.get("message")
-            # our gateway's message is "ERROR (hint: HINT): URL"
+            # our gateway's message is "ERROR (hint: HINT): URL" (shifter.errors.describe, then the URL)
             if isinstance(message, str) and message.startswith(error + " (hint: "):
                 hint = message[len(error) + 8:].rsplit("): ", 1)[0][:500]
         else:

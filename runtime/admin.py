@@ -9,8 +9,9 @@ host that holds the site's module directory).
 
 ``prepare`` copies what the module needs into ``DIR/NAME`` (default DIR:
 ``<prefix>/modules``) and prints the ``module_NAME_*`` lines for udiRoot.conf (or writes
-them to ``--conf FILE``).  Exit status: 0 ok, 2 refused (one line and a hint; nothing
-changed), 1 another failure.  See docs/modules.md.
+them to ``--conf FILE``).  Exit status (``shifter.exit_codes``): 0 ok, 2 refused (one line
+and a hint; nothing changed), 3 a wrong site configuration, 1 another failure.  See
+docs/modules.md.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ import argparse
 import os
 import sys
 
-from shifter import paths
-from shifter.errors import ShifterError, UsageError
+from shifter import command, paths
+from shifter.errors import UsageError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, as every shifter command
-        raise UsageError(f"{message}", f"see {self.prog} --help")
+_Parser = command.parser_class()  # its errors: one line, exit 2, as every shifter command
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,40 +59,36 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    return command.run("shifter-admin", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     from shifter.runtime import modprep
 
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = parser().parse_args(argv)
-        log = lambda m: print(f"shifter-admin: {m}", file=sys.stderr)  # noqa: E731
-        if args.kind == "mpich":
-            import re
+    args = parser().parse_args(argv)
+    log = lambda m: print(f"shifter-admin: {m}", file=sys.stderr)  # noqa: E731
+    if args.kind == "mpich":
+        import re
 
-            for item in args.env:
-                name, eq, value = item.partition("=")
-                if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or re.search(r"\s", value):
-                    raise UsageError(f"invalid --env {item!r}: expected NAME=VALUE (no spaces in VALUE)")
-            lines = modprep.prepare_mpich(args.dir, args.name, args.source, env=args.env, userhook=args.userhook,
-                                          log=log)
-        else:
-            lines = modprep.prepare_gpu(args.dir, args.name, libs=args.lib, bins=args.bin,
-                                        gpu_devices=args.gpu_devices, site_fs=args.site_fs, log=log)
-        if args.conf:
-            tmp = f"{args.conf}.tmp.{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(lines)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, args.conf)
-            log(f"wrote the module's udiRoot.conf lines to {args.conf}")
-        else:
-            sys.stdout.write(lines)
-        return 0
-    except ShifterError as e:
-        print(f"shifter-admin: {e}", file=sys.stderr)
-        return 2 if isinstance(e, UsageError) else 1
-    except OSError as e:
-        print(f"shifter-admin: {e.filename or ''}: {e.strerror}", file=sys.stderr)
-        return 1
+        for item in args.env:
+            name, eq, value = item.partition("=")
+            if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or re.search(r"\s", value):
+                raise UsageError(f"invalid --env {item!r}: expected NAME=VALUE (no spaces in VALUE)")
+        lines = modprep.prepare_mpich(args.dir, args.name, args.source, env=args.env, userhook=args.userhook,
+                                      log=log)
+    else:
+        lines = modprep.prepare_gpu(args.dir, args.name, libs=args.lib, bins=args.bin,
+                                    gpu_devices=args.gpu_devices, site_fs=args.site_fs, log=log)
+    if args.conf:
+        tmp = f"{args.conf}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(lines)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, args.conf)
+        log(f"wrote the module's udiRoot.conf lines to {args.conf}")
+    else:
+        sys.stdout.write(lines)
+    return 0
 
 
 if __name__ == "__main__":

@@ -207,7 +207,7 @@ class _Reader:
             return tuple(volumes.parse_volumes(
                 spec, site=True, warn=lambda line: self.warnings.append(f"{where}: {line}")))
         except ShifterError as e:
-            raise self.error(key, f"is invalid: {e.message}", e.hint) from None
+            raise self.error(key, f"is invalid: {e.what}", e.hint) from None
 
     def env_rules(self, prefix: str) -> EnvRules:
         def get(suffix, fn):

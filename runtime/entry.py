@@ -8,23 +8,24 @@ import os
 import signal
 import warnings  # noqa: F401 - os.execvpe imports it; after the chroot it could not
 
-from shifter.errors import ShifterError
+from shifter import exit_codes
+from shifter.errors import CommandNotRun, ShifterError
 
 
-def start(cwd: str, env: dict[str, str], userhooks) -> None:
-    """chdir to ``cwd`` (``/`` with a one-line warning if the container lacks it, as
-    Shifter does), then run each userhook as the user; a failing hook is an error."""
+def start(cwd: str, env: dict[str, str], userhooks, warn) -> None:
+    """chdir to ``cwd`` (``/`` and a warning through ``warn(line)`` if the container lacks
+    it, as Shifter does), then run each userhook as the user; a failing hook is an error."""
     try:
         os.chdir(cwd)
-    except OSError:
-        os.write(2, f"shifter: {cwd} does not exist in the container, starting in /\n".encode(errors="replace"))
+    except OSError:  # still in / (chrooted just before)
+        warn(f"{cwd} does not exist in the container, starting in /")
     for hook in userhooks:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
             try:
                 os.execve("/bin/sh", ["sh", hook], env)
             finally:
-                os._exit(127)
+                os._exit(exit_codes.NOT_FOUND)  # the forked child must not return into the caller
         _, status = os.waitpid(pid, 0)
         if status != 0:
             code = os.waitstatus_to_exitcode(status)
@@ -34,7 +35,7 @@ def start(cwd: str, env: dict[str, str], userhooks) -> None:
 
 def exec_command(argv: list[str], env: dict[str, str]) -> None:
     """Replace this process with ``argv`` (searched in the container's PATH); on failure
-    one line and exit 127 (not found) or 126 (not executable)."""
+    raise ``CommandNotRun`` (exit 127 not found, 126 not executable)."""
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores them; the command must not
         signal.signal(sig, signal.SIG_DFL)
     os.environ.clear()
@@ -44,5 +45,4 @@ def exec_command(argv: list[str], env: dict[str, str]) -> None:
     except OSError as e:
         missing = isinstance(e, (FileNotFoundError, NotADirectoryError))
         why = "command not found" if missing and "/" not in argv[0] else (e.strerror or str(e)).lower()
-        os.write(2, f"shifter: can't run {argv[0]}: {why}\n".encode(errors="replace"))
-        os._exit(127 if missing else 126)
+        raise CommandNotRun(f"can't run {argv[0]}: {why}", missing=missing) from None

@@ -23,8 +23,9 @@ Working directory: the caller's (``/`` if the container lacks it); ``-w PATH``;
 ``--workdir`` alone: the image's WORKDIR.  Command: CMD, else the image's CMD, else
 ``/bin/sh``; ``--entrypoint`` runs the image's ENTRYPOINT (or the given one) before it.
 
-Exit status: the command's; 126 not executable; 127 not found; 125 shifter itself
-failed (one line on stderr, with a hint).
+Exit status (the table of ``shifter.exit_codes``): the command's; 126 not executable;
+127 not found; 125 shifter itself failed (one line on stderr, with a hint:
+``shifter.command.run`` with ``launcher=True``).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from __future__ import annotations
 import os
 import sys
 
+from shifter import command
 from shifter.errors import ShifterError, UsageError
 
-EXIT_LAUNCH = 125
 USAGE = ("usage: shifter [-i IMAGE] [-V SRC:DST[:FLAGS]]... [-m MODULES] [-e NAME=VALUE]... "
          "[--env-file FILE] [-E] [-w PATH|--workdir[=PATH]] [--entrypoint[=CMD]] [-v] [--dry-run] "
          "[CMD [ARG...]]")
@@ -392,7 +393,7 @@ def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, u
     except OSError as e:
         raise ShifterError(f"can't enter the container at {udi}: {e.strerror or e}",
                            "are unprivileged user namespaces enabled (kernel.unprivileged_userns_clone)?") from None
-    entry.start(cwd, env, userhooks)
+    entry.start(cwd, env, userhooks, warn=_warn)
     entry.exec_command(argv, env)
 
 
@@ -415,12 +416,11 @@ def _saver(config, environ, image_path, image_meta, modules, uid, gid):
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        return _main(argv)
-    except ShifterError as e:
-        print(f"shifter: {e}", file=sys.stderr)
-        return EXIT_LAUNCH
+    return command.run("shifter", _main, argv, launcher=True)
+
+
+def _warn(line: str) -> None:
+    print(f"shifter: {line}", file=sys.stderr)
 
 
 def _main(argv: list[str]) -> int:
@@ -437,14 +437,11 @@ def _main(argv: list[str]) -> int:
     environ = caller_environ()
     config = udiconfig.load()
     image = resolve_id(config, choose_image(opts, environ, config))
-    def warn(line: str) -> None:
-        print(f"shifter: {line}", file=sys.stderr)
-
     if opts.volume:
-        vols = volumes.parse_volume_list(opts.volume, warn=warn)
+        vols = volumes.parse_volume_list(opts.volume, warn=_warn)
     else:
         vols = volumes.parse_volumes(first_set(environ, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME") or "",
-                                     warn=warn)
+                                     warn=_warn)
     mod_text = opts.module if opts.module is not None else first_set(environ, "SHIFTER_MODULE",
                                                                     "SLURM_SPANK_SHIFTER_MODULE")
     modules_req = parse_list(mod_text) if mod_text is not None else None
@@ -493,7 +490,7 @@ def _main(argv: list[str]) -> int:
         from shifter.runtime import private_user
 
         return private_user.run(config, image_path, image_meta, request, args, env, cwd, userhooks,
-                                save_plan=saver, cover=cover)
+                                save_plan=saver, cover=cover, warn=_warn)
     # root: a private UDI in a new mount namespace, gone when the process exits
     from shifter.runtime import linux, record
 
@@ -508,7 +505,7 @@ def _main(argv: list[str]) -> int:
             udi.setup_root(config, request, private=True)
         saver(rec, config.udiMount)
     enter(config.udiMount, cwd, env, args, userhooks, userns=False, cover=cover, own_namespace=True)
-    return EXIT_LAUNCH  # not reached
+    raise ShifterError("the command was not started")  # not reached: enter() execs or raises
 
 
 if __name__ == "__main__":

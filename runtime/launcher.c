@@ -27,7 +27,9 @@
  * nothing: tests/data/image_request.json runs through both.
  *
  * Exit status: the command's; 127 command not found, 126 not executable; 125 the
- * container could not be entered (one line on stderr).
+ * container could not be entered (one line on stderr).  The codes are the SHIFTER_EXIT_*
+ * of exit_codes.h, generated at build time from the one table, shifter/exit_codes.py;
+ * SHIFTER_LAUNCHER_PRINT_EXIT_CODES=1 prints them (NAME=CODE lines) and runs nothing.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -63,7 +65,7 @@ void to_python(int argc, char **argv)
     char **args = calloc((size_t) argc + 5, sizeof(char *));
     if (args == NULL) {
         fprintf(stderr, "shifter: out of memory\n");
-        exit(EXIT_LAUNCH);
+        exit(SHIFTER_EXIT_LAUNCH);
     }
     int n = 0;
     args[n++] = python;
@@ -74,7 +76,7 @@ void to_python(int argc, char **argv)
     args[n] = NULL;
     execv(python, args);
     fprintf(stderr, "shifter: can't start %s: %s\n", python, strerror(errno));
-    exit(EXIT_LAUNCH);
+    exit(SHIFTER_EXIT_LAUNCH);
 }
 
 /* ------------------------------------------------------------------ helpers */
@@ -166,7 +168,7 @@ static int job_udi(const char *udi_mount, char *out, size_t outlen)
 static int print_udi(void)
 {
     char mount[PATH_MAX], udi[PATH_MAX];
-    if (udi_mount(mount, sizeof(mount)) != 0) return EXIT_LAUNCH;
+    if (udi_mount(mount, sizeof(mount)) != 0) return SHIFTER_EXIT_LAUNCH;
     fputs("{\"udi\": ", stdout);
     json_string(job_udi(mount, udi, sizeof(udi)) == 0 ? udi : NULL);
     fputs("}\n", stdout);
@@ -456,13 +458,13 @@ int enter_container(const struct entry *e, int argc, char **argv)
 {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
         fprintf(stderr, "shifter: can't enter the container: no_new_privs: %s\n", strerror(errno));
-        return EXIT_LAUNCH;
+        return SHIFTER_EXIT_LAUNCH;
     }
     if (chdir(e->cwd) != 0) {
         fprintf(stderr, "shifter: %s does not exist in the container, starting in /\n", e->cwd);
         if (chdir("/") != 0) {
             fprintf(stderr, "shifter: can't enter the container: /: %s\n", strerror(errno));
-            return EXIT_LAUNCH;
+            return SHIFTER_EXIT_LAUNCH;
         }
     }
 
@@ -479,12 +481,12 @@ int enter_container(const struct entry *e, int argc, char **argv)
         pid_t pid = fork();
         if (pid == 0) {
             execl("/bin/sh", "sh", e->userhook[i], (char *) NULL);
-            _exit(127);
+            _exit(SHIFTER_EXIT_NOT_FOUND);
         }
         int status = 0;
         if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
             fprintf(stderr, "shifter: module userhook %s failed\n", e->userhook[i]);
-            return EXIT_LAUNCH;
+            return SHIFTER_EXIT_LAUNCH;
         }
     }
 
@@ -494,7 +496,7 @@ int enter_container(const struct entry *e, int argc, char **argv)
     execvp(cmd[0], cmd);
     int err = errno;
     fprintf(stderr, "shifter: can't run %s: %s\n", cmd[0], strerror(err));
-    return (err == ENOENT || err == ENOTDIR) ? 127 : 126;
+    return (err == ENOENT || err == ENOTDIR) ? SHIFTER_EXIT_NOT_FOUND : SHIFTER_EXIT_NOT_EXECUTABLE;
 }
 
 /* The job's own request (what its SLURM_SPANK_SHIFTER_* pin) is what the environment asks. */
@@ -529,7 +531,7 @@ static void job_error(const char *mount)
     if (own_request()) {
         while (len > 0 && text[len - 1] == '\n') text[--len] = '\0';
         fprintf(stderr, "shifter: %s\n", text);
-        exit(EXIT_LAUNCH);
+        exit(SHIFTER_EXIT_LAUNCH);
     }
     free(text);
 }
@@ -643,7 +645,7 @@ int main(int argc, char **argv)
     ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
     if (n <= 0) {
         fprintf(stderr, "shifter: can't find my own path: %s\n", strerror(errno));
-        return EXIT_LAUNCH;
+        return SHIFTER_EXIT_LAUNCH;
     }
     self[n] = '\0';
     /* <prefix>/bin/shifter */
@@ -653,6 +655,12 @@ int main(int argc, char **argv)
     if (slash) *slash = '\0';
     snprintf(prefix, sizeof(prefix), "%s", self);
 
+    if (getenv("SHIFTER_LAUNCHER_PRINT_EXIT_CODES") != NULL) {
+#define X(name, code) printf("%s=%d\n", #name, SHIFTER_EXIT_##name);
+        SHIFTER_EXIT_TABLE
+#undef X
+        return SHIFTER_EXIT_OK;
+    }
     if (getenv("SHIFTER_LAUNCHER_PRINT_REQUEST") != NULL) return print_request();
     if (getenv("SHIFTER_LAUNCHER_PRINT_UDI") != NULL) return print_udi();
     if (getenv("SHIFTER_LAUNCHER_PRINT_GPUS") != NULL) return print_gpus(getenv("SHIFTER_LAUNCHER_PRINT_GPUS"));
@@ -704,7 +712,7 @@ int main(int argc, char **argv)
         if (map_self(uid, gid) != 0) goto fail;
     }
     if (chdir(udi) != 0 || chroot(udi) != 0 || chdir("/") != 0) goto fail;
-    if (cover_gpus(p.gpudev, p.n_gpudev) != 0) return EXIT_LAUNCH;
+    if (cover_gpus(p.gpudev, p.n_gpudev) != 0) return SHIFTER_EXIT_LAUNCH;
 
     p.cmd[p.n_cmd] = NULL;
     struct entry e = {cwd, p.env, p.n_env, p.userhook, p.n_userhook, p.cmd, p.n_cmd};
@@ -712,5 +720,5 @@ int main(int argc, char **argv)
 
 fail:
     fprintf(stderr, "shifter: can't enter the container at %s: %s\n", udi, strerror(errno));
-    return EXIT_LAUNCH;
+    return SHIFTER_EXIT_LAUNCH;
 }

@@ -16,6 +16,7 @@ import os
 import struct
 import time
 
+from shifter import exit_codes
 from shifter.runtime import record
 from shifter.runtime.record import P
 
@@ -158,7 +159,7 @@ def persist_user_ns(uid: int, gid: int, target: str) -> None:
             unshare(CLONE_NEWUSER)
             os.write(ready_w, b"1")
             os.read(done_r, 1)  # stay until the parent has bound the namespace
-        finally:
+        finally:  # a forked child: it must never return into the caller's code
             os._exit(0)
     os.close(ready_w)
     os.close(done_r)
@@ -182,8 +183,8 @@ def die_with_parent(parent: int) -> None:
 
     if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         _raise("prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != parent:
-        os._exit(125)
+    if os.getppid() != parent:  # called in a forked child (preexec_fn, the builder): nobody to return to
+        os._exit(exit_codes.LAUNCH)
 
 
 def no_new_privs() -> None:

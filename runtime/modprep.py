@@ -333,7 +333,7 @@ def prepare_gpu(module_dir: str, name: str = "gpu", libs=(), bins=(), gpu_device
         try:
             volumes.parse_volumes(spec, site=True)
         except UsageError as e:
-            raise UsageError(f"invalid --site-fs {spec!r}: {e.message}", e.hint) from None
+            raise UsageError(f"invalid --site-fs {spec!r}: {e.what}", e.hint) from None
     closure = elfdeps.closure([*found, *tools], cache)
     for t in tools:
         closure.pop(elfdeps.read(t).soname or os.path.basename(t), None)

@@ -70,7 +70,8 @@ import stat
 import sys
 import time
 
-from shifter.errors import ConfigError, ShifterError, UsageError
+from shifter import exit_codes
+from shifter.errors import CommandNotRun, ConfigError, ShifterError, UsageError
 from shifter.runtime import devices, entry, etcfiles, linux, record, userns, volumes
 from shifter.runtime import udi as _udi
 from shifter.runtime.modules import select_modules
@@ -94,7 +95,7 @@ HELPER_IGNORED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, 
 
 
 def run(config, image_path: str, image_meta, request, argv: list[str], env: dict[str, str], cwd: str,
-        userhooks: tuple[str, ...] = (), save_plan=None, cover=()) -> int:
+        userhooks: tuple[str, ...] = (), save_plan=None, cover=(), *, warn) -> int:
     """Build a private UDI for the calling (non-root) user in a new user+mount namespace,
     run argv inside it as the user, tear everything down, return the exit status
     (128+N if killed by signal N).
@@ -107,6 +108,7 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
     ``save_plan(recorder, root, fuse)``: called in the builder once the container is
     built, with the recording of the build (see ``shifter.runtime.privplan``).
     ``cover``: device files covered before the command runs (``shifter.runtime.devices``).
+    ``warn(line)``: says what went wrong but does not stop the command (the caller prints).
     """
     uid, gid = os.getuid(), os.getgid()
     _check(config, image_path, image_meta, request, argv, uid, gid)
@@ -142,7 +144,7 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
         builder = os.fork()
         if builder == 0:  # pragma: no cover - child
             _builder_main(config, image_path, request, modules, gids, argv, env, cwd, userhooks, base,
-                          prog, sock, err, old_mask, save_plan, launcher, cover)
+                          prog, sock, err, old_mask, save_plan, launcher, cover, warn)
         os.close(err[1])
         ours.remove(err[1])
         if sock:
@@ -163,7 +165,7 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
             _kill_and_reap(builder)
         if helper is not None:
             _stop_helper(helper)
-        _remove_base(base)
+        _remove_base(base, warn)
         while signal.sigtimedwait(FORWARDED, 0) is not None:  # arrived after the command ended
             pass
         if old_chld is not None:
@@ -257,13 +259,13 @@ def _sweep(tmp: str, uid: int) -> None:
             pass
 
 
-def _remove_base(base: str) -> None:
+def _remove_base(base: str, warn) -> None:
     try:
         os.rmdir(base)
     except FileNotFoundError:
         pass
     except OSError as e:
-        print(f"shifter: can't remove {base}: {e.strerror}", file=sys.stderr)
+        warn(f"can't remove {base}: {e.strerror}")
 
 
 def _default_sigchld():
@@ -354,6 +356,7 @@ def _read_all(fd: int) -> bytes:
 
 
 _KINDS = {"UsageError": UsageError, "ConfigError": ConfigError}
+_NOT_RUN = {exit_codes.NOT_FOUND: "NotFound", exit_codes.NOT_EXECUTABLE: "NotExecutable"}
 _FUSE_EXITED = "FuseExited"  # the launcher adds squashfuse's last words
 
 
@@ -365,6 +368,8 @@ def _decode_error(message: bytes) -> ShifterError:
     kind, text, hint, *more = message.decode(errors="replace").split("\0") + ["", ""]
     if kind == _FUSE_EXITED:
         text += ": " + (more[0] or "no error output")
+    if kind in _NOT_RUN.values():
+        return CommandNotRun(text, hint or None, missing=kind == _NOT_RUN[exit_codes.NOT_FOUND])
     return _KINDS.get(kind, ShifterError)(text, hint or None)
 
 
@@ -406,21 +411,21 @@ def _helper_main(prog: str, image_path: str, sock, log: int, old_mask,
             _, fds, _, _ = socket.recv_fds(sock[1], 16, 1)
         except OSError:
             fds = []
-        if not fds:  # the builder gave up before mounting
+        if not fds:  # the builder gave up before mounting: this forked child just leaves
             os._exit(0)
         os.set_inheritable(fds[0], True)
         os.execv(prog, [os.path.basename(prog), "-f", image_path, f"/dev/fd/{fds[0]}"])
     except BaseException as e:  # noqa: BLE001 - report, never return into the caller
-        try:
+        try:  # a forked child: its stderr is the memfd the launcher shows if the mount fails
             os.write(2, f"shifter: can't start {prog}: {e}\n".encode())
         except BaseException:  # noqa: BLE001
             pass
-    finally:
-        os._exit(127)
+    finally:  # a forked child: it must never return into the launcher's code
+        os._exit(exit_codes.NOT_FOUND)
 
 
 def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, userhooks, base, prog, sock, err,
-                  old_mask, save_plan, launcher: int, cover=()) -> None:  # pragma: no cover - child
+                  old_mask, save_plan, launcher: int, cover=(), warn=None) -> None:  # pragma: no cover - child
     """Build the container, exec the command; report a failure to the launcher."""
     try:
         linux.die_with_parent(launcher)  # like the single process of the other paths
@@ -435,13 +440,15 @@ def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, us
             with record.recording(record.Recorder(base)) as rec:
                 b.build()
             save_plan(rec, "@" + b.root[len(base):], prog)
-        b.enter(cwd, env, userhooks, cover)
+        b.enter(cwd, env, userhooks, cover, warn)
         entry.exec_command(argv, env)
     except BaseException as e:  # noqa: BLE001 - everything becomes one line for the launcher
         if isinstance(e, _FuseExited):
-            kind, text, hint = _FUSE_EXITED, e.message, ""
+            kind, text, hint = _FUSE_EXITED, e.what, ""
+        elif isinstance(e, CommandNotRun):
+            kind, text, hint = _NOT_RUN[e.exit_code], e.what, e.hint or ""
         elif isinstance(e, ShifterError):
-            kind, text, hint = type(e).__name__, e.message, e.hint or ""
+            kind, text, hint = type(e).__name__, e.what, e.hint or ""
             if not isinstance(e, (UsageError, ConfigError)):
                 kind = "ShifterError"
         elif isinstance(e, OSError):
@@ -453,8 +460,8 @@ def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, us
             os.write(err[1], "\0".join((kind, text, hint)).encode(errors="replace"))
         except BaseException:  # noqa: BLE001
             pass
-    finally:
-        os._exit(125)
+    finally:  # a forked child: the launcher reads its report and raises it
+        os._exit(exit_codes.LAUNCH)
 
 
 class _Builder:
@@ -628,10 +635,10 @@ class _Builder:
         _udi._bind_site(self.root, v, what, bind=self._bind)
 
     # ---------------------------------------------------------------- entering
-    def enter(self, cwd: str, env: dict[str, str], userhooks, cover=()) -> None:
+    def enter(self, cwd: str, env: dict[str, str], userhooks, cover=(), warn=None) -> None:
         os.chdir(self.root)
         os.chroot(".")
         os.chdir("/")
         devices.restrict(cover, new_namespace=False)  # this namespace is the command's own
         linux.no_new_privs()
-        entry.start(cwd, env, userhooks)
+        entry.start(cwd, env, userhooks, warn=warn or (lambda line: None))

@@ -178,7 +178,7 @@ static void sb_add(struct sbuf *b, const char *fmt, ...)
         b->p = realloc(b->p, b->cap);
         if (b->p == NULL) {
             fprintf(stderr, "shifter: out of memory\n");
-            exit(EXIT_LAUNCH);
+            exit(SHIFTER_EXIT_LAUNCH);
         }
     }
     va_start(ap, fmt);
@@ -456,7 +456,7 @@ static char *expand(char *s, const char *staging)
     char *out = malloc(size);
     if (out == NULL) {
         fprintf(stderr, "shifter: out of memory\n");
-        exit(EXIT_LAUNCH);
+        exit(SHIFTER_EXIT_LAUNCH);
     }
     snprintf(out, size, "%s%s", staging, s + 1);
     return out;
@@ -1146,9 +1146,9 @@ static void replay_root(int argc, char **argv, struct pplan *p, const struct pla
          * reference, the loop device clears itself */
         if (setns(ns, CLONE_NEWNS) != 0) {
             fprintf(stderr, "shifter: can't return to the host's mount namespace: %s\n", strerror(errno));
-            exit(EXIT_LAUNCH);
+            exit(SHIFTER_EXIT_LAUNCH);
         }
-        if (chdir(cwd) != 0 && chdir("/") != 0) exit(EXIT_LAUNCH);
+        if (chdir(cwd) != 0 && chdir("/") != 0) exit(SHIFTER_EXIT_LAUNCH);
         to_python(argc, argv);
     }
     close(ns);
@@ -1171,7 +1171,7 @@ static pid_t launcher_pid; /* the supervising process, for its children */
 static void die_with_launcher(void)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    if (getppid() != launcher_pid) _exit(EXIT_LAUNCH); /* it went before prctl */
+    if (getppid() != launcher_pid) _exit(SHIFTER_EXIT_LAUNCH); /* it went before prctl */
 }
 
 static __attribute__((noreturn)) void helper_main(const char *prog, const char *image, int sock,
@@ -1212,7 +1212,7 @@ static __attribute__((noreturn)) void helper_main(const char *prog, const char *
     while (r < 0 && errno == EINTR);
     struct cmsghdr *c = r > 0 ? CMSG_FIRSTHDR(&msg) : NULL;
     if (c == NULL || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int)))
-        _exit(0); /* the builder gave up before mounting */
+        _exit(SHIFTER_EXIT_OK); /* the builder gave up before mounting */
     int fd; /* received without MSG_CMSG_CLOEXEC: squashfuse inherits it */
     memcpy(&fd, CMSG_DATA(c), sizeof(int));
     if (inproc) sqfs_inproc_serve(fd);
@@ -1220,7 +1220,7 @@ static __attribute__((noreturn)) void helper_main(const char *prog, const char *
     snprintf(dev, sizeof(dev), "/dev/fd/%d", fd);
     char *args[] = {(char *) (slash ? slash + 1 : prog), "-f", (char *) image, dev, NULL};
     execv(prog, args);
-    _exit(127);
+    _exit(SHIFTER_EXIT_NOT_FOUND);
 }
 
 /* The builder: a new user namespace (the caller mapped to themselves, setgroups
@@ -1322,8 +1322,8 @@ static __attribute__((noreturn)) void builder_main(int argc, char **argv, struct
 failed:
     say("building the private container: %s", strerror(errno));
     char report = REPORT_REPLAY;
-    if (write(err, &report, 1) < 0) _exit(EXIT_LAUNCH);
-    _exit(EXIT_LAUNCH);
+    if (write(err, &report, 1) < 0) _exit(SHIFTER_EXIT_LAUNCH);
+    _exit(SHIFTER_EXIT_LAUNCH);
 }
 
 /* Reap `pid` within `seconds` (< 0: wait as long as it takes): 1 reaped (or gone),
@@ -1396,7 +1396,7 @@ static int supervise(pid_t builder, const sigset_t *waitset)
             int status;
             pid_t r = waitpid(builder, &status, WNOHANG);
             if (r == builder) return status;
-            if (r < 0 && errno == ECHILD) return EXIT_LAUNCH << 8; /* can't happen: SIGCHLD is not ignored */
+            if (r < 0 && errno == ECHILD) return SHIFTER_EXIT_LAUNCH << 8; /* can't happen: SIGCHLD is not ignored */
         } else if (si.si_code != SI_KERNEL && !from_step_daemon(&si)) {
             kill(builder, sig); /* not the terminal's (it signalled the command too), not Slurm's */
         }
@@ -1495,7 +1495,7 @@ done:
         sigprocmask(SIG_SETMASK, &old_mask, NULL);
         to_python(argc, argv);
     }
-    exit(WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : EXIT_LAUNCH);
+    exit(WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? SHIFTER_EXIT_SIGNAL_BASE + WTERMSIG(status) : SHIFTER_EXIT_LAUNCH);
 }
 
 /* ------------------------------------------------------------------ entry */

@@ -7,7 +7,8 @@
 
 #include <sys/types.h>
 
-#define EXIT_LAUNCH 125
+/* SHIFTER_EXIT_*: generated at build time from shifter/exit_codes.py (setup.py) */
+#include "exit_codes.h"
 
 /* launcher.c */
 extern char prefix[]; /* <prefix> of <prefix>/bin/shifter */

@@ -5,8 +5,8 @@
               [-v map]... [-m modules] [-V] TYPE IDENTIFIER
 
 It runs as root with a clean environment and a fixed PATH (``SHIFTER_CONFIG`` or
-``shifter_config`` is read first).  Exit status: 0 ok, 1 failure (one line on stderr;
-nothing is left mounted), 2 bad usage.
+``shifter_config`` is read first).  Exit status (``shifter.exit_codes``): 0 ok, 1 failure
+(one line on stderr; nothing is left mounted), 2 bad usage, 3 a wrong udiRoot.conf.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import os
 import pwd
 import sys
 
-from shifter.errors import ShifterError, UsageError
+from shifter import command
+from shifter.errors import UsageError
 
 FIXED_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 SETUP_USAGE = ("usage: setupRoot [-U uid] [-G gid] [-u username] [-s sshPubKey] [-N hostlist] "
@@ -30,11 +31,6 @@ def _clean_environment() -> tuple[str | None, str]:
     os.environ.clear()
     os.environ["PATH"] = FIXED_PATH
     return config_path, job_id
-
-
-def _fail(prog: str, e: ShifterError) -> int:
-    print(f"{prog}: {e}", file=sys.stderr)
-    return e.exit_code if isinstance(e, UsageError) else 1
 
 
 def _int(opt: str, value: str) -> int:
@@ -75,7 +71,12 @@ def _getopt(argv: list[str], with_value: str, flags: str):
     return opts, argv[i:]
 
 
-def parse_setup_args(argv: list[str], config, job_id: str = ""):
+def _warn(line: str) -> None:
+    print(f"setupRoot: {line}", file=sys.stderr)
+
+
+def parse_setup_args(argv: list[str], config, job_id: str = "", warn=_warn):
+    """(request, verbose) from setupRoot's command line; (None, False) for -h."""
     from shifter.runtime import udi, volumes
     from shifter.runtime.image import parse_image, resolve_id
     from shifter.runtime.modules import parse_list
@@ -105,8 +106,7 @@ def parse_setup_args(argv: list[str], config, job_id: str = ""):
         elif opt == "-V":
             verbose = True
         elif opt == "-h":
-            print(SETUP_USAGE)
-            raise SystemExit(0)
+            return None, False
     if len(args) != 2:
         raise UsageError("need TYPE and IDENTIFIER", SETUP_USAGE)
     if uid is None:
@@ -127,7 +127,7 @@ def parse_setup_args(argv: list[str], config, job_id: str = ""):
     image = resolve_id(config, image)
     request = udi.Request(
         image=image, uid=uid, gid=gid, username=username,
-        volumes=volumes.parse_volume_list(maps, warn=lambda line: print(f"setupRoot: {line}", file=sys.stderr)),
+        volumes=volumes.parse_volume_list(maps, warn=warn),
         modules=modules,
         job_id=job_id, ssh_pubkey=pubkey, hostlist=hostlist,
     )
@@ -135,22 +135,24 @@ def parse_setup_args(argv: list[str], config, job_id: str = ""):
 
 
 def setup_main(argv: list[str] | None = None) -> int:
-    config_path, job_id = _clean_environment()
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        from shifter.runtime import config as udiconfig
-        from shifter.runtime import udi
+    return command.run("setupRoot", _setup, argv)
 
-        config = udiconfig.load(config_path)
-        if config.notice():
-            print(f"setupRoot: notice: {config.notice()}", file=sys.stderr)
-        for line in config.warnings:
-            print(f"setupRoot: {line}", file=sys.stderr)
-        request, verbose = parse_setup_args(argv, config, job_id)
-        log = (lambda msg: print(f"setupRoot: {msg}", file=sys.stderr)) if verbose else (lambda msg: None)
-        udi.setup_root(config, request, log)
-    except ShifterError as e:
-        return _fail("setupRoot", e)
+
+def _setup(argv: list[str]) -> int:
+    from shifter.runtime import config as udiconfig
+    from shifter.runtime import udi
+
+    config_path, job_id = _clean_environment()
+    config = udiconfig.load(config_path)
+    if config.notice():
+        _warn(f"notice: {config.notice()}")
+    for line in config.warnings:
+        _warn(line)
+    request, verbose = parse_setup_args(argv, config, job_id)
+    if request is None:
+        print(SETUP_USAGE)
+        return 0
+    udi.setup_root(config, request, _warn if verbose else (lambda msg: None))
     return 0
 
 

@@ -15,6 +15,7 @@
  * the helper execs squashfuse_ll as before.
  */
 #include "sqfs_inproc.h"
+#include "exit_codes.h" /* generated at build time from shifter/exit_codes.py */
 
 #if defined(__has_include)
 #if __has_include(<squashfuse/ll.h>) && __has_include(<fuse3/fuse_lowlevel.h>)
@@ -80,9 +81,9 @@ void sqfs_inproc_serve(int fuse_fd)
     struct fuse_session *se = S.session_new(&args, &S.ops, sizeof(S.ops), S.ll);
     char dev[32];
     snprintf(dev, sizeof(dev), "/dev/fd/%d", fuse_fd);
-    if (se == NULL || S.session_mount(se, dev) != 0) _exit(1);
+    if (se == NULL || S.session_mount(se, dev) != 0) _exit(SHIFTER_EXIT_FAILURE);
     /* returns when the mount goes away (the container's namespace died) */
-    _exit(S.session_loop(se) < 0 ? 1 : 0);
+    _exit(S.session_loop(se) < 0 ? SHIFTER_EXIT_FAILURE : SHIFTER_EXIT_OK);
 }
 
 #else
@@ -96,7 +97,7 @@ int sqfs_inproc_prepare(const char *image)
 void sqfs_inproc_serve(int fuse_fd)
 {
     (void) fuse_fd;
-    _exit(127);
+    _exit(SHIFTER_EXIT_NOT_FOUND); /* as when the helper's execv of squashfuse fails */
 }
 
 #endif

@@ -500,11 +500,11 @@ def spawn(state_dir: str, udi: str, bundle_dir: str, uid: int, gid: int, gids, u
                 linux.no_new_privs()
                 _serve(listen_fd, argv)
             except BaseException as e:  # noqa: BLE001 - report in the log, then leave
-                try:
+                try:  # a forked daemon: its stderr is the sshd's log, and it must _exit, never return
                     os.write(2, f"shifter: the job's sshd listener stopped: {e}\n".encode())
                 except OSError:
                     pass
-            os._exit(126)
+            os._exit(126)  # the forked listener's end: never back into the prolog's code
     finally:
         os.close(log)
         sock.close()
@@ -536,7 +536,7 @@ def _serve(listen_fd: int, argv: list[str]) -> None:  # pragma: no cover - runs 
                     os.dup2(conn, 0)
                     os.dup2(conn, 1)
                     os.execve(argv[0], argv, env)
-                finally:
+                finally:  # a forked child: it must never return into the listener's loop
                     os._exit(127)
         finally:
             os.close(conn)

@@ -13,7 +13,8 @@ import errno
 import os
 import sys
 
-from shifter.errors import ShifterError
+from shifter import command
+from shifter.errors import ConfigError, ShifterError, UsageError
 from shifter.runtime import linux
 
 CACHES_FILE = "var/shifter/caches"
@@ -80,33 +81,32 @@ def teardown(udi: str, loop: str, cache_dir: str, log=lambda msg: None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``unsetupRoot [-V]``: clean environment, fixed PATH, one line on failure."""
+    """``unsetupRoot [-V]``: clean environment, fixed PATH, one line on failure
+    (``shifter.command.run``)."""
+    return command.run("unsetupRoot", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     from shifter.runtime import confsyntax
 
     config_path = os.environ.get("SHIFTER_CONFIG") or os.environ.get("shifter_config")
     os.environ.clear()
     os.environ["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
-    argv = sys.argv[1:] if argv is None else argv
     verbose = "-V" in argv
     extra = [a for a in argv if a != "-V"]
     if extra:
-        print(f"unsetupRoot: unexpected argument {extra[0]!r} (usage: unsetupRoot [-V])", file=sys.stderr)
-        return 2
-    try:
-        if os.geteuid() != 0:
-            raise ShifterError("unsetupRoot must run as root")
-        from shifter import paths
+        raise UsageError(f"unexpected argument {extra[0]!r}", "usage: unsetupRoot [-V]")
+    if os.geteuid() != 0:
+        raise ShifterError("unsetupRoot must run as root")
+    from shifter import paths
 
-        path = config_path or paths.DEFAULT_CONFIG
-        values = dict(confsyntax.DEFAULTS)
-        for lineno, key, value in confsyntax.entries(confsyntax.read(path), path):
-            if key in values:
-                if not value.startswith("/"):
-                    raise ShifterError(f"{path}:{lineno}: {key} must be an absolute path, not {value!r}")
-                values[key] = value
-        log = (lambda m: print(f"unsetupRoot: {m}", file=sys.stderr)) if verbose else (lambda m: None)
-        teardown(values["udiMount"], values["loopMount"], values["perNodeCachePath"], log)
-    except ShifterError as e:
-        print(f"unsetupRoot: {e}", file=sys.stderr)
-        return 1
+    path = config_path or paths.DEFAULT_CONFIG
+    values = dict(confsyntax.DEFAULTS)
+    for lineno, key, value in confsyntax.entries(confsyntax.read(path), path):
+        if key in values:
+            if not value.startswith("/"):
+                raise ConfigError(f"{path}:{lineno}: {key} must be an absolute path, not {value!r}")
+            values[key] = value
+    log = (lambda m: print(f"unsetupRoot: {m}", file=sys.stderr)) if verbose else (lambda m: None)
+    teardown(values["udiMount"], values["loopMount"], values["perNodeCachePath"], log)
     return 0

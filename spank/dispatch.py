@@ -2,7 +2,10 @@
 
 The C shim calls ``entry`` (through cffi) for every hook of a job that uses shifter.
 Return value: 1 = success; -1 = failure (the shim returns -1 to Slurm).  Every
-exception becomes one ``slurm_error`` line: ``shifter: <message> (hint: ...)``.
+exception becomes one ``slurm_error`` line: a ``ShifterError`` the line every command
+prints (``shifter.errors.line``: ``shifter: <what> (hint: ...)``); anything else
+``shifter: internal error in <hook>: ...``, its traceback logged at verbose level.  This
+is logging through the SPANK handle: nothing here prints or exits.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import importlib
 import time
 
+from shifter import errors
 from shifter.errors import ShifterError
 from shifter.spank.handle import CONTEXT_NAMES, CffiSpank, SpankHandle
 from shifter.spank.plugstack import PlugstackArgs
@@ -60,7 +64,7 @@ def run(sp: SpankHandle, hook: str, args: list[str], options: dict[str, str]) ->
         func(sp, plugstack, options)
         return 1
     except ShifterError as e:
-        sp.error(f"shifter: {e}")
+        sp.error(errors.line("shifter", e))
         return -1
     except BaseException as e:  # noqa: BLE001 - nothing may escape into Slurm as success
         sp.error(f"shifter: internal error in {hook}: {type(e).__name__}: {e}")

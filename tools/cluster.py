@@ -14,7 +14,6 @@ site prerequisite for unprivileged squashfuse).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import hashlib
@@ -26,8 +25,8 @@ import sys
 import time
 from dataclasses import replace
 
-from shifter import templates
-from shifter.errors import ShifterError
+from shifter import command, templates
+from shifter.errors import ShifterError, UsageError
 from shifter.tools import daemons, users
 from shifter.tools.site import Site
 
@@ -587,7 +586,11 @@ def status(site: Site) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="tools/cluster", description=__doc__.split("\n\n")[0])
+    return command.run("cluster", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = command.parser_class()(prog="tools/cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("up", "down", "status", "restart"))
     parser.add_argument("-n", "--nodes", type=int, default=None,
                         help=f"number of slurmd (1..{MAX_NODES}; default: as before, else 3)")
@@ -599,8 +602,7 @@ def main(argv=None) -> int:
     site = Site()
     nodes = args.nodes or saved_state(site).get("nodes") or 3
     if not 1 <= nodes <= MAX_NODES:
-        print(f"cluster: --nodes must be 1..{MAX_NODES}, not {nodes}", file=sys.stderr)
-        return 2
+        raise UsageError(f"invalid --nodes {nodes}: must be 1..{MAX_NODES}")
     site = replace(site, nodes=nodes, contain=args.contain)
     checkout = os.environ.get("SHIFTER_CHECKOUT")
     try:
@@ -614,14 +616,9 @@ def main(argv=None) -> int:
             up(site, checkout, images=not args.no_images)
         else:
             return status(site)
-    except ShifterError as e:
-        print(f"cluster: error: {e}", file=sys.stderr)
-        return 1
     except subprocess.CalledProcessError as e:
-        print(f"cluster: error: {' '.join(map(str, e.cmd))} exited {e.returncode}: "
-              f"{(e.stderr or b'').decode(errors='replace').strip()[-400:] if isinstance(e.stderr, bytes) else e.stderr}",
-              file=sys.stderr)
-        return 1
+        raise ShifterError(f"{' '.join(map(str, e.cmd))} exited {e.returncode}: "
+                           f"{(e.stderr or b'').decode(errors='replace').strip()[-400:] if isinstance(e.stderr, bytes) else e.stderr}") from None
     return 0
 
 

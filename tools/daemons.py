@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 
+from shifter import command
 from shifter.errors import ShifterError
 
 
@@ -121,23 +122,20 @@ def log_tail(path: str, lines: int = 5) -> list[str]:
 
 def service_main(argv, prog: str, description: str, start, stop, status) -> int:
     """``python -m shifter.tools.X start|stop|status``: act, then print the status as JSON."""
-    import argparse
     import json
-    import sys
 
     from shifter.tools.site import Site
 
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("action", choices=("start", "stop", "status"))
-    args = parser.parse_args(argv)
-    site = Site()
-    try:
+    def body(argv: list[str]) -> int:
+        parser = command.parser_class()(prog=prog, description=description)
+        parser.add_argument("action", choices=("start", "stop", "status"))
+        args = parser.parse_args(argv)
+        site = Site()
         if args.action == "start":
             start(site)
         elif args.action == "stop":
             stop(site)
         print(json.dumps(status(site), indent=2))
-    except ShifterError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+        return 0
+
+    return command.run(prog, body, argv)

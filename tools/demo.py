@@ -19,20 +19,23 @@ import subprocess
 import sys
 import time
 
-from shifter.errors import ShifterError
+from shifter import command
+from shifter.errors import UsageError
 from shifter.tools import cluster
 from shifter.tools.site import TEST_USERS, Site
 
 IMAGE = "docker:test/debian:latest"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    return command.run("demo", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    if argv:
+        raise UsageError(f"unexpected argument {argv[0]!r}", "tools/demo takes no arguments")
     site = Site(nodes=max(3, cluster.saved_state(Site()).get("nodes") or 3))
-    try:
-        cluster.up(site, os.environ.get("SHIFTER_CHECKOUT"))
-    except ShifterError as e:
-        print(f"demo: error: {e}", file=sys.stderr)
-        return 1
+    cluster.up(site, os.environ.get("SHIFTER_CHECKOUT"))
     user = TEST_USERS[0][0]
     pw = pwd.getpwnam(user)
     out = os.path.join(pw.pw_dir, "shifter-demo.out")

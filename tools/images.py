@@ -66,6 +66,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+from shifter import command
 from shifter.errors import ShifterError, UsageError
 from shifter.tools import registry
 from shifter.tools.site import Site
@@ -920,20 +921,18 @@ def ensure(site: Site | None = None, names: Iterable[str] | None = None, force: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    return command.run("images", _main, argv)
 
-    parser = argparse.ArgumentParser(prog="python -m shifter.tools.images",
+
+def _main(argv: list[str]) -> int:
+    parser = command.parser_class()(prog="python -m shifter.tools.images",
                                      description="Build and push the site's test images.")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"images to build (default all): {', '.join(RECIPES)}")
     args = parser.parse_args(argv)
-    try:
-        for ref, digest in ensure(Site(), args.names, args.force).items():
-            print(f"{ref} {digest}")
-    except ShifterError as e:
-        print(f"images: {e}", file=sys.stderr)
-        return e.exit_code
+    for ref, digest in ensure(Site(), args.names, args.force).items():
+        print(f"{ref} {digest}")
     return 0
 
 

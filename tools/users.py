@@ -13,7 +13,8 @@ import pwd
 import subprocess
 import sys
 
-from shifter.errors import ShifterError
+from shifter import command
+from shifter.errors import ShifterError, UsageError
 from shifter.tools.site import TEST_SHARED_GROUP, TEST_USERS
 
 
@@ -62,14 +63,16 @@ def ensure() -> list[pwd.struct_passwd]:
     return out
 
 
-def main() -> int:
-    try:
-        for pw in ensure():
-            groups = [g.gr_name for g in grp.getgrall() if pw.pw_name in g.gr_mem]
-            print(f"{pw.pw_name} uid={pw.pw_uid} gid={pw.pw_gid} home={pw.pw_dir} groups={','.join(groups)}")
-    except ShifterError as e:
-        print(f"users: error: {e}", file=sys.stderr)
-        return 1
+def main(argv: list[str] | None = None) -> int:
+    return command.run("users", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    if argv:
+        raise UsageError(f"unexpected argument {argv[0]!r}", "tools/users takes no arguments")
+    for pw in ensure():
+        groups = [g.gr_name for g in grp.getgrall() if pw.pw_name in g.gr_mem]
+        print(f"{pw.pw_name} uid={pw.pw_uid} gid={pw.pw_gid} home={pw.pw_dir} groups={','.join(groups)}")
     return 0
 
 

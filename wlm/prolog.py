@@ -118,7 +118,7 @@ def _prepare(sp, plugstack, job: jobinfo.JobInfo, query, where: str) -> None:
         udi.setup_root(config, req, log=log, job=True)
     except UsageError as e:
         sp.error(f"shifter: prolog: {where}: the job's container was not prepared: {e}")
-        record_error(config, job, str(e))
+        record_error(config, job, e)
         return
     except (ShifterError, OSError) as e:
         fault(sp, job, str(e))
@@ -205,10 +205,13 @@ def cpu_time() -> str:
     return total + f"{dispatch.HOOK_STARTED_CPU:.3f} s of it before the hook"
 
 
-def record_error(config, job: jobinfo.JobInfo, message: str) -> None:
+def record_error(config, job: jobinfo.JobInfo, error: ShifterError) -> None:
     """Keep the user's mistake where the job's steps find it (``jobpath.error_file``):
     root's, readable by the job's user alone.  Every ``srun shifter`` of the job's own
-    request prints it and fails."""
+    request prints it and fails: the file holds ``str(error)`` (``what (hint: ...)``,
+    ``shifter.errors.describe``), which both launchers print after ``shifter: ``, the
+    line every command prints for an error (``shifter.errors.line``)."""
+    message = str(error)
     from shifter import files
     from shifter.runtime import jobpath, udi
 

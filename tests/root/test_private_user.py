@@ -26,16 +26,17 @@ PYTHON = sys.executable if sys.prefix.startswith("/opt/shifter") else "/opt/shif
 UID = pwd.getpwnam(USER1).pw_uid
 GID = pwd.getpwnam(USER1).pw_gid
 
-# Runs private_user.run() as the calling user: argv[1] is a JSON spec; exit status = run()'s,
-# 125 and one line "shifter: ..." on a ShifterError.
+# Runs private_user.run() as the calling user, under shifter's one wrapper (shifter.command.run,
+# launcher=True): argv[1] is a JSON spec; exit status = run()'s, else one line "shifter: ..."
+# and 125 (126/127: the command can't be run).
 RUNNER = textwrap.dedent("""\
     import json, os, pwd, sys
-    from shifter.errors import ShifterError
+    from shifter import command
     from shifter.runtime import config as udiconfig, private_user, udi, volumes
     from shifter.runtime.image import ImageRef
 
-    spec = json.loads(sys.argv[1])
-    try:
+    def body(argv):
+        spec = json.loads(argv[0])
         cfg = udiconfig.load(spec["conf"])
         ref = ImageRef("id", spec["id"])
         path, meta = udi.resolve_image(cfg, ref)
@@ -44,12 +45,11 @@ RUNNER = textwrap.dedent("""\
                           volumes=volumes.parse_volumes(spec.get("volumes", "")),
                           modules=tuple(spec["modules"]) if "modules" in spec else None,
                           gids=tuple(dict.fromkeys([gid, *os.getgroups()])))
-        rc = private_user.run(cfg, path, meta, req, spec["argv"], spec.get("env", {"PATH": "/bin:/usr/bin"}),
-                              spec.get("cwd", "/"), tuple(spec.get("hooks", ())))
-    except ShifterError as e:
-        print(f"shifter: {e}", file=sys.stderr)
-        sys.exit(125)
-    sys.exit(rc)
+        return private_user.run(cfg, path, meta, req, spec["argv"], spec.get("env", {"PATH": "/bin:/usr/bin"}),
+                                spec.get("cwd", "/"), tuple(spec.get("hooks", ())),
+                                warn=lambda line: print(f"shifter: {line}", file=sys.stderr))
+
+    sys.exit(command.run("shifter", body, launcher=True))  # as shifter's own main
 """)
 
 

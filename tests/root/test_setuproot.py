@@ -508,6 +508,23 @@ def test_site_and_image_binds_do_not_carry_user_volumes_back(env, hostile):
     assert out["seen_during"] == out["seen_before"] == out["seen_after"]
 
 
+def test_a_wrong_site_configuration_is_one_line_and_exit_3_with_nothing_mounted(env, tmp_path):
+    """The one exit-code table (docs/dev.md, "Failing"): the site's fault is CONFIG, 3, for
+    setupRoot and unsetupRoot alike (they said 1 before the table)."""
+    bad = tmp_path / "udiRoot.conf"
+    bad.write_text(open(env["conf"]).read() + "udiMount=relative/path\n")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(bad, 0o644)
+    before = len(linux.mountinfo())
+    for res, command in ((_setup(env, "-U", "4242", "id", env["id"], conf=str(bad)), "setupRoot"),
+                         (subprocess.run([UNSETUPROOT], capture_output=True, text=True,
+                                         env={"SHIFTER_CONFIG": str(bad), "PATH": "/usr/bin:/bin"}), "unsetupRoot")):
+        assert res.returncode == 3, res.stderr
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith(f"{command}: {bad}:"), res.stderr
+        assert "udiMount" in res.stderr
+    assert len(linux.mountinfo()) == before
+
+
 @pytest.mark.parametrize("dest, is_file", [
     ("/dev/x", False), ("/tmp/shifter-new/x", False), ("/dev/shm/f", True), ("/site/newdir", False),
     ("/sys/fs/cgroup/memory/shifter-x", False), ("/usr/newdir", False),
