@@ -195,7 +195,7 @@ def handle(fd: int) -> None:  # pragma: no cover - runs in the forked handler
                 os.write(fd, f"E shifter: internal error in the hook server: {e!r}\n".encode(errors="replace"))
             except OSError:
                 pass
-        finally:
+        finally:  # the forked worker: never back into the handler's code
             os._exit(0 if rc == 1 else 1)
     poller = select.poll()
     poller.register(fd, select.POLLHUP | select.POLLERR)
@@ -224,8 +224,10 @@ def serve(node: str) -> int:  # pragma: no cover - the daemon (tests/slurm/test_
     os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
     st = os.lstat(RUN_DIR)
     if st.st_uid != 0 or st.st_mode & 0o077 or not os.path.isdir(RUN_DIR) or os.path.islink(RUN_DIR):
-        print(f"shifter-hookd: {RUN_DIR} must be root's and closed to others", file=sys.stderr)
-        return 1
+        from shifter.errors import ConfigError
+
+        raise ConfigError(f"{RUN_DIR} is not root's alone (owner {st.st_uid}, mode {st.st_mode & 0o7777:o})",
+                          f"remove it: the next image job's prolog makes it again, mode 0700")
     path = socket_path(node)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -267,7 +269,7 @@ def serve(node: str) -> int:  # pragma: no cover - the daemon (tests/slurm/test_
                     try:
                         sock.close()
                         handle(conn)
-                    finally:
+                    finally:  # the forked handler: never back into the server's loop
                         os._exit(0)
             except OSError:
                 continue
@@ -293,11 +295,17 @@ def _peer(sock) -> tuple[int, int, int]:
 
 
 def main(argv=None) -> int:  # pragma: no cover - started by the shim
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m shifter.wlm.hookd NODE", file=sys.stderr)
-        return 2
-    return serve(args[0])
+    from shifter import command
+
+    def body(args):
+        from shifter.errors import UsageError
+
+        if len(args) != 1:
+            raise UsageError("one argument: the node's name", "python -m shifter.wlm.hookd NODE")
+        socket_path(args[0])  # a ValueError for a name that is not one: an internal error line
+        return serve(args[0])
+
+    return command.run("shifter-hookd", body, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

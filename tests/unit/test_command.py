@@ -298,7 +298,8 @@ def test_the_spank_plugin_and_the_launcher_say_the_same_line(tmp_path):
 # ------------------------------------------------------------------ library code never prints or exits
 #: the command layer: the modules whose main() is a command (they print their output)
 COMMAND_MODULES = {"common/command.py", "runtime/launch.py", "runtime/setuproot.py", "runtime/teardown.py",
-                   "runtime/admin.py", "gateway/server.py", "gateway_client/cli.py", "spank/embed_build.py"}
+                   "runtime/admin.py", "gateway/server.py", "gateway_client/cli.py", "spank/embed_build.py",
+                   "wlm/hookd.py"}
 LIBRARY_DIRS = ("common", "runtime", "wlm", "gateway", "gateway_client", "spank")
 
 
