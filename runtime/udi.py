@@ -19,7 +19,8 @@ Layout of a UDI (every mount nosuid,nodev except /dev; the image read-only)::
       user volumes              sources opened as the user (fd passing), bound by fd
       per-node caches           XFS on a loop device, owned by the user
 
-``teardown`` is idempotent: it unmounts everything under udiMount and loopMount (loop
+The layout is ``shifter.runtime.planner``'s (the same planner lays out private
+containers), run by ``shifter.runtime.execute``.  ``teardown`` is idempotent: it unmounts everything under udiMount and loopMount (loop
 devices free themselves: autoclear) and removes per-node cache files, after a full,
 partial or crashed setup.
 """

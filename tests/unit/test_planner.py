@@ -101,10 +101,10 @@ def test_sshd_and_hostsfile_belong_to_the_prolog_udi():
     from shifter.runtime import sshd
 
     setup = sshd.Setup(bundle="/b", pubkey="ssh-ed25519 AAAA x", address="127.0.0.1", allowed=("sftest1",))
-    ops = _root(_config(), _request(sshd=setup, hostlist="n1:2"))
+    ops = _root(_config(), _request(sshd=setup, hostlist="n1/2 n2/1"))
     assert ("sshd", "/udi", setup) in ops
     (hosts,) = [op for op in ops if op[0] == "file"]
-    assert hosts[:3] == ("file", "/udi/var/hostsfile", "644") and hosts[3].split() == ["n1", "n1"]
+    assert hosts[:3] == ("file", "/udi/var/hostsfile", "644") and hosts[3].split() == ["n1", "n1", "n2"]
 
 
 def test_user_plan_is_staged_at_at_and_keeps_the_hosts_locked_flags():
