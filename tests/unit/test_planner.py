@@ -142,6 +142,39 @@ def test_every_operation_is_a_plan_record_or_one_the_executor_resolves():
                 assert len(op) - 1 == privplan.ARITY[op[0]] and all(isinstance(a, (str, bytes)) for a in op[1:]), op
 
 
+def test_a_local_image_is_merged_from_its_directory_without_its_hidden_paths():
+    config = _config("allowLocalChroot=1\n")
+    req = _request(image=ImageRef("local", "/"))
+    t = planner.Target("root", "/udi", loop="/loop", image="/", prepared=False)
+    hide = frozenset({"/var/udiMount"})
+    ops = planner.plan(config, req, t, "/", (), (4240,), hide=hide)
+    assert "loopmount" not in _names(ops) and ("anchor", "/loop") not in ops
+    merges = [op for op in ops if op[0] == "merge"]
+    assert [m[1] for m in merges] == ["/", "/var", "/opt"] and all(m[4] == hide for m in merges)
+    t = planner.Target("user", "@/root", loop="@/image", image="/srv/tree")
+    ops = planner.plan(config, req, t, "/srv/tree", (), (4240,))
+    assert "fusemount" not in _names(ops)
+    (etc,) = [op for op in ops if op[0] == "etcmount"]
+    assert etc[1][-1] == "lowerdir=root/var/shifter/etc:/srv/tree/etc"  # the tree's own path
+
+
+def test_root_propagation_is_cut_before_site_maps_and_again_before_user_volumes():
+    config = _config("siteFs=/home:/home\n")
+    ops = _root(config, _request(volumes=parse_volumes("/data:/data")))
+    cut = [i for i, op in enumerate(ops) if op == ("mount", "", "/udi", "", str((1 << 19) | 0x4000), "")]
+    assert len(cut) == 2 and ops[cut[0] + 1] == ops[cut[1] + 1] == \
+        ("mount", "", "/udi", "", str((1 << 20) | 0x4000), "")
+    names = _names(ops)
+    assert cut[0] < names.index("site") < cut[1] < names.index("volumes")
+
+
+def test_a_writable_root_and_per_gpu_devices():
+    config = _config("mountUdiRootWritable=1\nmodule_g_gpuDevices=/dev/nvidia0\n")
+    for ops in (_root(config, _request(modules=("g",))), _user(config, _request(modules=("g",)))):
+        assert not any(op[0] == "mount" and op[4] == str(0x20 | 0x1000 | planner.RO | planner.SAFE) for op in ops)
+        assert sum(op[0] == "blankdev" for op in ops) == 1
+
+
 # ------------------------------------------------------------------ the Python executor, unprivileged
 def test_executor_names_paths_as_a_plan_does(tmp_path):
     base = str(tmp_path / "stage")
