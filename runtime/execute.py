@@ -42,13 +42,17 @@ class Executor:
     ``sources``: O_PATH fds of the plain volume sources, opened as the user, in the
     order of the ``volumes`` operation; ``share``: a root
     ``loopmount`` may share the image's mount on the node; ``sock``/``prog``: the user
-    kind's FUSE server; ``config``, ``gids``, ``uid``/``gid``: the request's."""
+    kind's FUSE server; ``config``, ``gids``, ``uid``/``gid``: the request's;
+    ``records``: whether anyone saves the records (the /etc files are read back for
+    them)."""
 
     def __init__(self, kind: str, config, uid: int, gid: int, gids, *, base: str | None = None, sources=(),
-                 share: bool = False, sock=None, prog: str | None = None, t0: float | None = None):
+                 share: bool = False, sock=None, prog: str | None = None, t0: float | None = None,
+                 records: bool = True):
         self.kind, self.config, self.uid, self.gid, self.gids = kind, config, uid, gid, tuple(gids)
         self.base, self.sources, self.share = base, list(sources), share
         self.sock, self.prog = sock, prog
+        self.records = records  # False: nobody saves a plan (the prolog): what costs I/O is skipped
         self.t0 = time.perf_counter() if t0 is None else t0
         self.done: list[tuple] = []
         self.unsaveable: str | None = None
@@ -248,6 +252,9 @@ class Executor:
             top = self.real(image_root)
             check = lambda shell: _in_image(top, shell)  # noqa: E731
         etcfiles.build(real, etc_path or None, uid, username, list(gids), shell_exists=check)
+        if not self.records:
+            self.cannot_save("the executor kept no records")
+            return
         for name in sorted(os.listdir(real)):
             path = os.path.join(real, name)
             st = os.lstat(path)

@@ -425,7 +425,7 @@ def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, us
             sock[1].close()
         _child_signals(old_mask)
         b = _Builder(config, image_path, request, modules, gids, base, prog, sock[0] if sock else None)
-        ex = b.build()
+        ex = b.build(records=save_plan is not None)
         if save_plan is not None:
             save_plan(ex, "@/root", prog)
         b.enter(cwd, env, userhooks, cover)
@@ -460,7 +460,7 @@ class _Builder:
         self.root = os.path.join(base, "root")
 
     # ---------------------------------------------------------------- namespaces
-    def build(self) -> execute.Executor:
+    def build(self, records: bool = True) -> execute.Executor:
         """Enter the namespaces, then plan and run the container's layout; the executor
         (its ``done`` records are the private plan's)."""
         try:
@@ -477,7 +477,7 @@ class _Builder:
                                 fuse=self.prog)
         ops = planner.plan(self.config, self.request, target, self.image_path, self.modules, self.gids)
         ex = execute.Executor("user", self.config, self.uid, self.gid, self.gids, base=self.base, sources=sources,
-                              sock=self.sock, prog=self.prog)
+                              sock=self.sock, prog=self.prog, records=records)
         try:
             ex.run(ops)
         except execute.FuseExited as e:

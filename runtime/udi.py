@@ -261,7 +261,8 @@ def _build(config, req, image_path, image_meta, gids, modules, fds, log, t0, pri
                             job=job)
     ops = planner.plan(config, req, target, image_path, modules, gids, created=time.time(),
                        hide=hidden_host_paths(config) if local else frozenset(), launch=launch)
-    ex = execute.Executor("root", config, req.uid, req.gid, gids, sources=fds, share=private, t0=t0)
+    ex = execute.Executor("root", config, req.uid, req.gid, gids, sources=fds, share=private, t0=t0,
+                          records=on_built is not None)
     ex.run(ops)
     if on_built is not None:
         on_built(ex)

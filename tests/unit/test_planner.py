@@ -211,6 +211,11 @@ def test_executor_runs_plain_records_and_expands_merge_copyopt_and_etc(tmp_path)
     assert "@/root/var/shifter/etc/passwd" in files
     assert not any(op[0] == "copytree" for op in done)  # no optUdiImage: nothing to copy
     assert ex.unsaveable is None
+    # the prolog saves no plan: the files are not read back, and nothing could be saved
+    quiet = execute.Executor("user", None, os.getuid(), os.getgid(), (), base=str(tmp_path / "stage"), records=False)
+    quiet.run([("mkdirp", "@/etc2"), ("etc", "@/etc2", str(site_etc), os.getuid(), "me", (os.getgid(),), None)])
+    assert (tmp_path / "stage/etc2/motd").read_text() == "hello\n"
+    assert not any(op[0] == "file" for op in quiet.done) and quiet.unsaveable
 
 
 def test_what_no_plan_record_expresses_makes_the_build_unsaveable(tmp_path):
