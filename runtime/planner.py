@@ -67,7 +67,7 @@ class Target:
     container's root; ``loop``: where the image is mounted (``image``: a local image's
     directory instead).  ``prepared``: a prepared UDI (setupRoot, the prolog: the
     launch plan and the user namespace handle are made); ``job``: in the job's
-    directories (the prolog); ``fuse``: the user kind's FUSE server for a squashfs image."""
+    directories (the prolog)."""
 
     kind: str
     udi: str
@@ -75,7 +75,6 @@ class Target:
     image: str | None = None
     prepared: bool = False
     job: bool = False
-    fuse: str | None = None
 
 
 def _mount(src, target, fstype, flags, data="") -> tuple:

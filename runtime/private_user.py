@@ -473,8 +473,7 @@ class _Builder:
         linux.make_propagation("/", linux.MS_PRIVATE, recursive=True)
         plain = [v for v in self.request.volumes if v.per_node_cache is None]
         sources = self._open_sources(plain)  # before anything is mounted: the host's view
-        target = planner.Target("user", "@/root", loop="@/image", image=None if self.prog else self.image_path,
-                                fuse=self.prog)
+        target = planner.Target("user", "@/root", loop="@/image", image=None if self.prog else self.image_path)
         ops = planner.plan(self.config, self.request, target, self.image_path, self.modules, self.gids)
         ex = execute.Executor("user", self.config, self.uid, self.gid, self.gids, base=self.base, sources=sources,
                               sock=self.sock, prog=self.prog, records=records)

@@ -37,7 +37,7 @@ def _root(config, req, **kw):
 
 
 def _user(config, req):
-    t = planner.Target("user", "@/root", loop="@/image", fuse="/usr/bin/squashfuse_ll")
+    t = planner.Target("user", "@/root", loop="@/image")
     return planner.plan(config, req, t, IMG, select_modules(config, req.modules), (4240,))
 
 
