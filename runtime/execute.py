@@ -181,10 +181,9 @@ class Executor:
 
     # ------------------------------------------------------------ resolved by the executor
     def op_anchor(self, path):
-        if not any(mp == path and source == linux.ANCHOR for mp, _, source in linux.mountinfo()):
-            self.one(planner._mount(linux.ANCHOR, path, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
-                                    "size=16k,mode=755"))
-            self.one(planner._prop(path, linux.MS_SHARED))
+        if linux.ensure_anchor(self.real(path)):
+            self.done += [planner._mount(linux.ANCHOR, path, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
+                                         "size=16k,mode=755"), planner._prop(path, linux.MS_SHARED)]
 
     def op_bind(self, src, target, flags):
         self.bind(src, target, int(flags))

@@ -338,18 +338,35 @@ def mounts_under(path: str, anchors: bool = False) -> list[str]:
     return list(reversed(found))
 
 
-def ensure_anchor(path: str, mode: int = 0o755) -> None:
-    """A tiny shared tmpfs at ``path`` for a UDI (or its image) to be mounted on.
+def _anchored(path: str) -> bool:
+    return any(mp == path and source == ANCHOR for mp, _, source in mountinfo())
+
+
+def ensure_anchor(path: str, mode: int = 0o755) -> bool:
+    """A tiny shared tmpfs at ``path`` for a UDI (or its image) to be mounted on; True
+    if it was mounted now.
 
     Unmounting a mount propagates to the copies other mount namespaces hold only through
     its parent's peers.  With the host's / private, namespaces created after setup (a
     job's ``unshare -m``, a container runtime, a private launcher) would keep the UDI's
     top mounts, and the image's loop device, after teardown.  Mounted on a shared anchor,
-    teardown reaches them.  The anchor stays (it holds nothing)."""
-    if any(mp == path and source == ANCHOR for mp, _, source in mountinfo()):
-        return
-    mount(ANCHOR, path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size=16k,mode={mode:o}")
-    make_propagation(path, MS_SHARED)
+    teardown reaches them.  The anchor stays (it holds nothing).
+
+    Concurrent callers (the prologs of jobs starting together on a fresh node) take an
+    exclusive flock on the parent directory: two anchors stacked at ``path`` would hide
+    the job directories made in the first one."""
+    if _anchored(path):
+        return False
+    fd = os.open(os.path.dirname(path.rstrip("/")) or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _anchored(path):
+            return False
+        mount(ANCHOR, path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size=16k,mode={mode:o}")
+        make_propagation(path, MS_SHARED)
+        return True
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # ------------------------------------------------------------ unprivileged (user namespace) mounts
