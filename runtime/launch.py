@@ -492,18 +492,14 @@ def _main(argv: list[str]) -> int:
         return private_user.run(config, image_path, image_meta, request, args, env, cwd, userhooks,
                                 save_plan=saver, cover=cover, warn=_warn)
     # root: a private UDI in a new mount namespace, gone when the process exits
-    from shifter.runtime import linux, record
+    from shifter.runtime import linux
 
     linux.unshare(linux.CLONE_NEWNS)
     # slave: our mounts stay ours, and the host's teardown of its UDI still reaches the
     # copies this namespace holds (see linux.ensure_anchor)
     linux.make_propagation("/", linux.MS_SLAVE, recursive=True)
-    if saver is None:
-        udi.setup_root(config, request, private=True)
-    else:
-        with record.recording(record.Recorder()) as rec:
-            udi.setup_root(config, request, private=True)
-        saver(rec, config.udiMount)
+    udi.setup_root(config, request, private=True,
+                   on_built=None if saver is None else lambda ex: saver(ex, config.udiMount))
     enter(config.udiMount, cwd, env, args, userhooks, userns=False, cover=cover, own_namespace=True)
     raise ShifterError("the command was not started")  # not reached: enter() execs or raises
 

@@ -17,8 +17,6 @@ import struct
 import time
 
 from shifter import exit_codes
-from shifter.runtime import record
-from shifter.runtime.record import P
 
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)  # find_library would fork ldconfig
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p)
@@ -81,8 +79,6 @@ def mount(source: str | None, target: str, fstype: str | None = None, flags: int
           data: str | None = None) -> None:
     if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
         _raise("mount", target)
-    if record.active():
-        record.op("mount", P(source), P(target), fstype or "", flags, data or "")
 
 
 def mounted_path(target: str) -> str:
@@ -117,7 +113,6 @@ def umount(target: str, flags: int = MNT_DETACH | UMOUNT_NOFOLLOW) -> bool:
         if err in (errno.EINVAL, errno.ENOENT):
             return False
         _raise("umount", target)
-    record.op("umount", P(target), flags)
     return True
 
 
@@ -278,15 +273,14 @@ def mount_image(image_path: str, target: str, flags: int, share: bool = False) -
     """Mount the squashfs ``image_path`` on ``target`` through a loop device (read-only,
     autoclear: unmounting frees it); with ``share``, the image's mount on the node if
     there is one (``share_image``)."""
-    with record.group("loopmount", image_path, P(target), flags):
-        if share and share_image(image_path, target, flags):
-            return
-        fd = os.open(image_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with loop_device(fd, read_only=True) as dev:
-                mount(dev, target, "squashfs", flags)
-        finally:
-            os.close(fd)
+    if share and share_image(image_path, target, flags):
+        return
+    fd = os.open(image_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with loop_device(fd, read_only=True) as dev:
+            mount(dev, target, "squashfs", flags)
+    finally:
+        os.close(fd)
 
 
 def mountinfo(options: bool = False) -> list[tuple]:
@@ -320,10 +314,9 @@ def harden_tree(path: str, flags: int) -> None:
     """Add ``flags`` (e.g. nosuid) to every mount below ``path``, keeping read-only ones
     read-only: a remount of an rbind changes only its top mount."""
     prefix = path.rstrip("/") + "/"
-    with record.group("hardentree", P(path), flags):
-        for mp, _, _, opts in mountinfo(options=True):
-            if mp.startswith(prefix):
-                mount(None, mp, None, MS_REMOUNT | MS_BIND | flags | (MS_RDONLY if "ro" in opts else 0))
+    for mp, _, _, opts in mountinfo(options=True):
+        if mp.startswith(prefix):
+            mount(None, mp, None, MS_REMOUNT | MS_BIND | flags | (MS_RDONLY if "ro" in opts else 0))
 
 
 def _unescape(field: bytes) -> str:
@@ -346,18 +339,35 @@ def mounts_under(path: str, anchors: bool = False) -> list[str]:
     return list(reversed(found))
 
 
-def ensure_anchor(path: str, mode: int = 0o755) -> None:
-    """A tiny shared tmpfs at ``path`` for a UDI (or its image) to be mounted on.
+def _anchored(path: str) -> bool:
+    return any(mp == path and source == ANCHOR for mp, _, source in mountinfo())
+
+
+def ensure_anchor(path: str, mode: int = 0o755) -> bool:
+    """A tiny shared tmpfs at ``path`` for a UDI (or its image) to be mounted on; True
+    if it was mounted now.
 
     Unmounting a mount propagates to the copies other mount namespaces hold only through
     its parent's peers.  With the host's / private, namespaces created after setup (a
     job's ``unshare -m``, a container runtime, a private launcher) would keep the UDI's
     top mounts, and the image's loop device, after teardown.  Mounted on a shared anchor,
-    teardown reaches them.  The anchor stays (it holds nothing)."""
-    if any(mp == path and source == ANCHOR for mp, _, source in mountinfo()):
-        return
-    mount(ANCHOR, path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size=16k,mode={mode:o}")
-    make_propagation(path, MS_SHARED)
+    teardown reaches them.  The anchor stays (it holds nothing).
+
+    Concurrent callers (the prologs of jobs starting together on a fresh node) take an
+    exclusive flock on the parent directory: two anchors stacked at ``path`` would hide
+    the job directories made in the first one."""
+    if _anchored(path):
+        return False
+    fd = os.open(os.path.dirname(path.rstrip("/")) or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _anchored(path):
+            return False
+        mount(ANCHOR, path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size=16k,mode={mode:o}")
+        make_propagation(path, MS_SHARED)
+        return True
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # ------------------------------------------------------------ unprivileged (user namespace) mounts
@@ -391,21 +401,19 @@ def _opts_flags(opts: list[str]) -> int:
 def bind_keep(source: str, target: str, flags: int = 0, recursive: bool = False) -> None:
     """``bind``, then add ``flags`` to the flags the new mount already has (what a user
     namespace may do); with ``recursive``, every submount gets them too."""
-    with record.group("bindkeep", P(source), P(target), flags, int(recursive)):
-        mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
-        path = mounted_path(target)
-        if recursive:
-            remount_tree_keep(path, flags)
-        elif flags:
-            mount(None, path, None, MS_REMOUNT | MS_BIND | flags | mount_flags(path))
+    mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
+    path = mounted_path(target)
+    if recursive:
+        remount_tree_keep(path, flags)
+    elif flags:
+        mount(None, path, None, MS_REMOUNT | MS_BIND | flags | mount_flags(path))
 
 
 def remount_tree_keep(path: str, flags: int, below: int | None = None) -> None:
     """Add ``flags`` to the mount at ``path`` and ``below`` (default: ``flags``) to every
     mount under it, keeping each one's own flags (read from mountinfo, not statvfs,
     which would trigger automounts)."""
-    with record.group("treekeep", P(path), flags, -1 if below is None else below):
-        _remount_tree_keep(path, flags, below)
+    _remount_tree_keep(path, flags, below)
 
 
 def _remount_tree_keep(path: str, flags: int, below: int | None) -> None:

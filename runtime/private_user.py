@@ -27,7 +27,8 @@ builder and the helper die with the launcher (PR_SET_PDEATHSIG).  It mounts:
   When the node already has the image mounted (the prepared UDI's), that squashfs mount
   is bound instead (``linux.share_image``; the kernel enforces the modes there too) and
   the helper, given nothing, exits;
-- the container root (a tmpfs) laid out as ``udi._build`` does it (helpers reused):
+- the container root (a tmpfs) laid out by ``shifter.runtime.planner`` (the user kind)
+  and built by ``shifter.runtime.execute``, as every container is:
   image entries bound read-only, /etc a read-only overlay of the site's files over the
   image's, /var and /opt directories with the image's entries (/var/tmp 1777), the
   host's /dev (rbind, nosuid), /proc and /sys (rbind, nosuid,nodev,noexec), /tmp (bind),
@@ -62,22 +63,17 @@ and ``sitePostMountHook`` are not run (they are root's hooks); ``rootfsType`` is
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import socket
-import stat
 import sys
 import time
 
 from shifter import exit_codes
 from shifter.errors import CommandNotRun, ConfigError, ShifterError, UsageError
-from shifter.runtime import devices, entry, etcfiles, linux, record, userns, volumes
-from shifter.runtime import udi as _udi
+from shifter.runtime import destinations, devices, entry, etcfiles, execute, linux, planner, userns, volumes
 from shifter.runtime.modules import select_modules
 
-RO = linux.MS_RDONLY
-SAFE = linux.MS_NOSUID | linux.MS_NODEV
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 #: FUSE servers, in order of preference (the low-level one is faster)
 SQUASHFUSE = ("squashfuse_ll", "squashfuse")
@@ -105,8 +101,8 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
     (they need root): per-node caches and modules with a roothook.  The site's
     sitePreMountHook and sitePostMountHook are not run.  See the module docstring.
 
-    ``save_plan(recorder, root, fuse)``: called in the builder once the container is
-    built, with the recording of the build (see ``shifter.runtime.privplan``).
+    ``save_plan(executor, root, fuse)``: called in the builder once the container is
+    built, with the executor that built it (its records: see ``shifter.runtime.privplan``).
     ``cover``: device files covered before the command runs (``shifter.runtime.devices``).
     ``warn(line)``: says what went wrong but does not stop the command (the caller prints).
     """
@@ -434,12 +430,9 @@ def _builder_main(config, image_path, request, modules, gids, argv, env, cwd, us
             sock[1].close()
         _child_signals(old_mask)
         b = _Builder(config, image_path, request, modules, gids, base, prog, sock[0] if sock else None)
-        if save_plan is None:
-            b.build()
-        else:
-            with record.recording(record.Recorder(base)) as rec:
-                b.build()
-            save_plan(rec, "@" + b.root[len(base):], prog)
+        ex = b.build(records=save_plan is not None)
+        if save_plan is not None:
+            save_plan(ex, "@/root", prog)
         b.enter(cwd, env, userhooks, cover, warn)
         entry.exec_command(argv, env)
     except BaseException as e:  # noqa: BLE001 - everything becomes one line for the launcher
@@ -474,7 +467,9 @@ class _Builder:
         self.root = os.path.join(base, "root")
 
     # ---------------------------------------------------------------- namespaces
-    def build(self) -> None:
+    def build(self, records: bool = True) -> execute.Executor:
+        """Enter the namespaces, then plan and run the container's layout; the executor
+        (its ``done`` records are the private plan's)."""
         try:
             userns.enter(self.uid, self.gid)  # the user's shared one (MPI ranks: CMA, shared memory)
         except OSError as e:
@@ -483,50 +478,17 @@ class _Builder:
                                "unprivileged user namespaces must be enabled (sysctl user.max_user_namespaces, "
                                "kernel.unprivileged_userns_clone), " + _OR_PREPARED) from None
         linux.make_propagation("/", linux.MS_PRIVATE, recursive=True)
-        plain = list(self.request.volumes)
+        plain = [v for v in self.request.volumes if v.per_node_cache is None]
         sources = self._open_sources(plain)  # before anything is mounted: the host's view
-        linux.mount("shifter-stage", self.base, "tmpfs", SAFE, "mode=700")
-        os.chdir(self.base)
-        record.op("chdir", record.P(self.base))
-        os.mkdir("image", 0o700)
-        os.mkdir("root", 0o755)
-        record.op("mkdir", record.P(os.path.join(self.base, "image")), "700")
-        record.op("mkdir", record.P(self.root), "755")
-        if self.prog:
-            image_root = os.path.join(self.base, "image")
-            self._mount_image(image_root)
-        else:
-            image_root = self.image_path
-        linux.mount("shifter-udi", self.root, "tmpfs", SAFE, "mode=755")
-        self._layout(image_root, plain, sources)
-        if not self.config.mountUdiRootWritable:
-            linux.remount(self.root, RO | SAFE)
-
-    def _mount_image(self, target: str) -> None:
+        target = planner.Target("user", "@/root", loop="@/image", image=None if self.prog else self.image_path)
+        ops = planner.plan(self.config, self.request, target, self.image_path, self.modules, self.gids)
+        ex = execute.Executor("user", self.config, self.uid, self.gid, self.gids, base=self.base, sources=sources,
+                              sock=self.sock, prog=self.prog, records=records)
         try:
-            fuse = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise ShifterError(f"can't build a private container: can't open /dev/fuse: {e.strerror}",
-                               "the site must allow FUSE, " + _OR_PREPARED) from None
-        with record.group("fusemount", self.image_path, record.P(target), RO | SAFE):
-            if linux.share_image(self.image_path, target, RO | SAFE):
-                os.close(fuse)
-                self.sock.close()  # the helper, given nothing, exits
-                return
-            try:
-                linux.mount(self.image_path, target, "fuse." + os.path.basename(self.prog), RO | SAFE,
-                            f"fd={fuse},rootmode=40000,user_id={self.uid},group_id={self.gid},default_permissions")
-                socket.send_fds(self.sock, [b"fd"], [fuse])
-            finally:
-                os.close(fuse)
-                self.sock.close()
-            try:
-                os.stat(target)  # answers once squashfuse serves the mount
-            except OSError as e:
-                if e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV):
-                    raise _FuseExited(f"can't mount the image {self.image_path}: "
-                                      f"{os.path.basename(self.prog)} failed") from None
-                raise
+            ex.run(ops)
+        except execute.FuseExited as e:
+            raise _FuseExited(e.message) from None
+        return ex
 
     def _open_sources(self, plain) -> list[int]:
         """Open each volume source (O_PATH) and check the user may read it.  In this
@@ -534,105 +496,11 @@ class _Builder:
         fds = []
         for v in plain:
             try:
-                fds.append(_udi.open_source(v.source))
-                record.register_fd(fds[-1], v.source)
+                fds.append(destinations.open_source(v.source))
             except OSError as e:
                 raise UsageError(f"can't mount volume source {v.source}: {(e.strerror or str(e)).lower()} "
                                  f"(as uid {self.uid})", "use a directory or file you can read") from None
         return fds
-
-    # ---------------------------------------------------------------- the tree
-    def _bind(self, source: str, target: str, flags: int = 0, recursive: bool = False) -> None:
-        """A bind that keeps the source's locked flags; recursive when the source has
-        locked submounts (the kernel refuses a plain bind then), without our own mounts."""
-        if not recursive:
-            try:
-                linux.bind_keep(source, target, flags)
-                return
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-        linux.bind_keep(source, target, flags, recursive=True)
-        src, dst = linux.mounted_path(source), linux.mounted_path(target)
-        # recorded as such: a replay's staging directory is another one
-        with record.group("dropstaging", record.P(dst), record.P(src)):
-            if self.base == src or self.base.startswith(src.rstrip("/") + "/"):
-                linux.umount(dst.rstrip("/") + self.base[len(src.rstrip("/")):])
-
-    def _layout(self, image_root: str, plain, sources) -> None:
-        root, config = self.root, self.config
-        _udi._merge_dir(image_root, root, _udi._SPECIAL | {"shifter"}, bind=self._bind)
-        for name in ("var", "opt", "run", "tmp", "dev", "proc", "sys", "etc"):
-            _udi._ensure_dir(os.path.join(root, name))
-        _udi._merge_dir(os.path.join(image_root, "var"), os.path.join(root, "var"), {"tmp", "shifter"},
-                        bind=self._bind)
-        _udi._ensure_dir(os.path.join(root, "var", "tmp"), 0o1777)
-        _udi._merge_dir(os.path.join(image_root, "opt"), os.path.join(root, "opt"), {"udiImage"}, bind=self._bind)
-
-        # /etc: the site's files over the image's, one read-only overlay
-        _udi._mkdir_p(os.path.join(root, _udi.STATE_DIR))
-        site_etc = os.path.join(root, _udi.STATE_DIR, "etc")
-        os.mkdir(site_etc, 0o755)
-        record.op("mkdir", record.P(site_etc), "755")
-        etcfiles.build(site_etc, config.etcPath, self.uid, self.request.username, list(self.gids))
-        record.files(site_etc)
-        image_etc = os.path.join(image_root, "etc")
-        if os.path.isdir(image_etc) and not os.path.islink(image_etc):
-            # relative to the staging dir (cwd): no ',' or ':' of $TMPDIR in the options
-            lower = os.path.relpath(site_etc) + ":" + (os.path.relpath(image_etc) if self.prog else image_etc)
-            linux.mount("shifter-etc", os.path.join(root, "etc"), "overlay", RO | SAFE, f"lowerdir={lower}")
-        else:
-            self._bind(site_etc, os.path.join(root, "etc"), RO | SAFE)
-
-        # the host's /dev, /proc, /sys and /tmp
-        linux.bind("/dev", os.path.join(root, "dev"), recursive=True)
-        linux.remount_tree_keep(os.path.join(root, "dev"), linux.MS_NOSUID, below=SAFE)
-        for name in ("proc", "sys"):
-            linux.bind(f"/{name}", os.path.join(root, name), recursive=True)
-            linux.remount_tree_keep(os.path.join(root, name), SAFE | linux.MS_NOEXEC)
-        self._bind("/tmp", os.path.join(root, "tmp"), SAFE)
-
-        # site filesystems (sitePre/PostMountHook are root's: not run here)
-        for v in config.siteFs:
-            self._site(v, "siteFs", image_root)
-
-        # /opt/udiImage and modules (roothooks were refused before)
-        opt_udi = os.path.join(root, "opt", "udiImage")
-        _udi._ensure_dir(opt_udi)
-        if config.optUdiImage and os.path.isdir(config.optUdiImage):
-            _udi.copytree(config.optUdiImage, opt_udi)
-        for module in self.modules:
-            if module.copy_path:
-                _udi.copytree(module.copy_path, os.path.join(opt_udi, "modules", module.name))
-            for v in module.site_fs:
-                self._site(v, f"module_{module.name}_siteFs of {config.path}", image_root)
-        if devices.needs_blank(self.modules):  # the command covers the GPUs that are not its own
-            record.fail("a module has per-GPU devices (each step covers those not its own)")
-            devices.make_blank(root)
-
-        # the user's volumes, bound from the fds opened as the user
-        for v, src_fd in zip(plain, sources):
-            is_dir = stat.S_ISDIR(os.fstat(src_fd).st_mode)
-            dst_fd = _udi.resolve_destination(root, v.destination, is_dir=is_dir, create=True,
-                                              what=f"volume {v.spec()}")
-            try:
-                self._bind(f"/proc/self/fd/{src_fd}", f"/proc/self/fd/{dst_fd}", SAFE | (RO if v.read_only else 0))
-            finally:
-                os.close(dst_fd)
-                os.close(src_fd)
-
-    def _site(self, v, what: str, image_root: str) -> None:
-        try:
-            os.stat(v.source)
-        except PermissionError:
-            raise ShifterError(f"can't mount {what} {v.spec()}: permission denied (as uid {self.uid})",
-                               "a private container mounts site filesystems as the user: ask the site to open it up, "
-                               + _OR_PREPARED) from None
-        except OSError:
-            pass  # _bind_site says what is wrong
-        if v.per_node_cache is None:
-            _udi._make_room(self.root, image_root, v.destination, bind=self._bind)
-        _udi._bind_site(self.root, v, what, bind=self._bind)
 
     # ---------------------------------------------------------------- entering
     def enter(self, cwd: str, env: dict[str, str], userhooks, cover=(), warn=None) -> None:

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from shifter.runtime import plandir, record
+from shifter.runtime import plandir
 
 MAGIC = "SHIFTER_PRIVATE"
 VERSION = "1"
@@ -21,7 +21,7 @@ KEY_VERSION = "shifter-private-1"
 MAX_SIZE = 1 << 20
 MAX_PLANS = 64  # per user and node; the least recently written go first
 _ID = re.compile(r"id:[0-9a-f]{64}\Z")
-#: records with their arity (the op records of ``shifter.runtime.record``)
+#: records with their arity (the operations of ``shifter.runtime.planner`` as ``execute`` ran them)
 ARITY = {"key": 1, "kind": 1, "root": 1, "fuse": 1, "input": 2, "env": 1, "userhook": 1, "cmd": 1,
          "mkdir": 2, "mkdirp": 1, "chmod": 2, "symlink": 2, "touch": 2, "file": 3, "mount": 5, "umount": 2,
          "bindkeep": 4, "hardentree": 2, "treekeep": 3, "loopmount": 3, "fusemount": 3, "copytree": 2,
@@ -98,15 +98,16 @@ class Saver:
         self.inputs = [(p, signature(p)) for p in input_paths]
         self.env_ops, self.userhooks, self.cmd = list(env_ops), list(userhooks), list(cmd)
 
-    def __call__(self, rec: record.Recorder, root: str, fuse: str | None = None) -> str | None:
-        if rec.broken:
+    def __call__(self, ex, root: str, fuse: str | None = None) -> str | None:
+        """``ex``: the executor that built the container (``shifter.runtime.execute``)."""
+        if ex.unsaveable:
             return None
         try:
-            return write(self.uid, self.key, self.dumps(rec, root, fuse), self.directory)
-        except OSError:
+            return write(self.uid, self.key, self.dumps(ex.done, root, fuse), self.directory)
+        except (OSError, ValueError):
             return None
 
-    def dumps(self, rec: record.Recorder, root: str, fuse: str | None) -> bytes:
+    def dumps(self, ops, root: str, fuse: str | None) -> bytes:
         records: list[tuple] = [("key", self.key), ("kind", self.kind), ("root", root)]
         if fuse:
             records.append(("fuse", fuse))
@@ -114,7 +115,7 @@ class Saver:
         records += [("env", e) for e in self.env_ops]
         records += [("userhook", h) for h in self.userhooks]
         records += [("cmd", c) for c in self.cmd]
-        records += rec.ops
+        records += ops
         return dumps(records)
 
 

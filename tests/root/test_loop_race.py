@@ -1,6 +1,7 @@
 """Many processes attaching loop devices at the same moment (a 64-node job's prologs on
 the local site, which shares one kernel; several jobs starting on one node) all get one:
-LOOP_CTL_GET_FREE hands every racer the same number and one wins per round."""
+LOOP_CTL_GET_FREE hands every racer the same number and one wins per round.  Prologs
+starting together on a fresh node share one jobs anchor."""
 
 from __future__ import annotations
 
@@ -49,3 +50,52 @@ def test_racing_attaches_all_get_a_device(tmp_path):
               for d in devices):
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+ANCHOR_RACE = r"""
+import os, sys, time
+from shifter.runtime import linux, udi
+from shifter.runtime import config as udiconfig
+base, go = sys.argv[1], sys.argv[2]
+# a fresh node: its own mount namespace, no anchor yet (the first jobs after a restart)
+linux.unshare(linux.CLONE_NEWNS)
+linux.make_propagation("/", linux.MS_PRIVATE, recursive=True)
+config = udiconfig.parse(f"udiMount={base}/udi\nloopMount={base}/loop\n")
+pids = []
+for job in range(16):
+    pid = os.fork()
+    if pid == 0:
+        while not os.path.exists(go):
+            time.sleep(0.0002)
+        try:
+            udi.prepare_job_dirs(config, str(job), 4242)
+            # what the prolog does next: mount the image on the job's directory
+            linux.mount("none", udi.job_paths(config, job)[1], "tmpfs", 0, "size=16k")
+        except OSError as e:
+            print(f"job {job}: {e}", flush=True)
+            os._exit(1)
+        os._exit(0)
+    pids.append(pid)
+time.sleep(0.5)
+open(go, "w").close()
+failed = sum(os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) != 0 for p in pids)
+anchors = sum(1 for mp, _, src in linux.mountinfo() if mp == f"{base}/loop.jobs" and src == linux.ANCHOR)
+print(f"failed={failed} anchors={anchors}", flush=True)
+"""
+
+
+def test_prologs_starting_together_on_a_fresh_node_share_one_anchor(tmp_path):
+    """Jobs starting together on a node whose namespace has no anchor yet: every prolog
+    finds its job's directories (before: two anchors stacked, the second hiding the job
+    directories made in the first, and the prolog failed with ENOENT)."""
+    from helpers.prereq import require
+
+    require(os.geteuid() == 0, "mount namespaces need root")
+    for attempt in range(5):
+        base = tmp_path / f"r{attempt}"
+        base.mkdir()
+        go = tmp_path / f"go{attempt}"
+        res = subprocess.run([sys.executable, "-c", ANCHOR_RACE, str(base), str(go)], capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip().splitlines()[-1] == "failed=0 anchors=1", res.stdout

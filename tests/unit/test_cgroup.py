@@ -93,7 +93,7 @@ def test_a_host_directory_container_leaves_out_shifters_anchors(tmp_path):
     """local:/ (--ccm) merges the host's /var: the anchors where every job's container
     and image are mounted are left out, the rest is bound."""
     from shifter.runtime import config as udiconfig
-    from shifter.runtime import udi
+    from shifter.runtime import execute, udi
 
     host_var = tmp_path / "var"
     for name in ("udiMount", "udiMount.jobs", "udiLoopMount", "udiLoopMount.jobs", "lib", "udiMount.jobs.x"):
@@ -103,6 +103,11 @@ def test_a_host_directory_container_leaves_out_shifters_anchors(tmp_path):
     target = tmp_path / "udi-var"
     target.mkdir()
     bound = []
-    udi._merge_dir(str(host_var), str(target), set(), bind=lambda src, dst, flags: bound.append(src), hide=hide)
+
+    class Binds(execute.Executor):  # the executor without mounting: the binds it would make
+        def bind(self, src, target, flags, recursive=False, src_name=None):
+            bound.append(src)
+
+    Binds("root", config, 0, 0, ()).run([("merge", str(host_var), str(target), frozenset(), hide)])
     assert sorted(os.path.basename(b) for b in bound) == ["lib", "udiMount.jobs.x"]
 

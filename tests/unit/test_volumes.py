@@ -670,16 +670,3 @@ def test_check_destination():
         check_destination("/data/../etc")
     with pytest.raises(ConfigError, match="destination '/' would replace"):
         check_destination("/", site=True)
-
-
-def test_a_site_per_node_cache_is_never_bound_from_its_source(tmp_path):
-    """udiRoot.conf loads with it (as Shifter's does); setupRoot makes the cache itself
-    (tests/root/test_setuproot.py); the site-bind path refuses it with one line (a
-    private user container can't make one) rather than binding the map's unused source."""
-    from shifter.runtime import udi
-
-    (volume,) = parse_volumes(f"{tmp_path}:/tmp:perNodeCache=size=100M", site=True)
-    calls = []
-    with pytest.raises(ConfigError, match="a per-node cache needs a container that setupRoot builds as root"):
-        udi._bind_site(str(tmp_path), volume, "siteFs", bind=lambda *a, **k: calls.append(a))
-    assert calls == []
