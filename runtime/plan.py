@@ -103,8 +103,14 @@ def dumps(plan: Plan) -> bytes:
 
 
 def loads(data: bytes) -> Plan:
-    parts = [os.fsdecode(p) for p in data.split(b"\0")]
-    if len(parts) < 3 or parts[0] != MAGIC:
+    """Parse a launch plan; ``ValueError`` when it is invalid: not NUL-terminated strings,
+    another magic or version, an unknown key, a single key missing, no ``END`` (then its
+    value).  Values after END are ignored.  The compiled launcher reads it by the same
+    rule (tests/data/contracts/launch_plan.json)."""
+    if not data.endswith(b"\0"):
+        raise ValueError("not a shifter launch plan")
+    parts = [os.fsdecode(p) for p in data[:-1].split(b"\0")]
+    if len(parts) < 4 or parts[0] != MAGIC:
         raise ValueError("not a shifter launch plan")
     if parts[1] != VERSION:
         raise ValueError(f"launch plan version {parts[1]!r} is not supported (want {VERSION})")
@@ -127,6 +133,9 @@ def loads(data: bytes) -> Plan:
     missing = [k for k in SINGLE_KEYS if k not in single]
     if missing:
         raise ValueError(f"launch plan lacks {', '.join(missing)}")
+    for key in ("uid", "gid"):
+        if not (single[key].isascii() and single[key].isdigit() and len(single[key]) <= 10):
+            raise ValueError(f"launch plan {key} {single[key]!r} is not a number")
     return Plan(uid=int(single.pop("uid")), gid=int(single.pop("gid")),
                 **{key: tuple(values) for key, values in lists.items()}, **single)
 

@@ -1,4 +1,4 @@
-"""One table (tests/data/image_request.json) of what `shifter CMD` takes from the
+"""One table (tests/data/contracts/image_request.json) of what `shifter CMD` takes from the
 environment -- image, volumes, modules, or a refusal -- run through the Python launcher
 (shifter.runtime.launch.env_request) and the compiled one (its
 SHIFTER_LAUNCHER_PRINT_REQUEST=1 report): both must give the table's answer."""
@@ -16,7 +16,7 @@ from shifter.errors import UsageError
 from shifter.runtime import launch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CASES = json.load(open(os.path.join(HERE, "..", "data", "image_request.json")))["cases"]
+CASES = json.load(open(os.path.join(HERE, "..", "data", "contracts", "image_request.json")))["cases"]
 LAUNCHER = os.path.join(sys.prefix, "bin", "shifter")
 
 
