@@ -23,7 +23,7 @@ HEADER = "shifter_contracts.h"
 #: owner file (relative to the source root) -> (C prefix, constants exported)
 OWNERS = {
     "runtime/envrequest.py": ("ENV_", (
-        "IMAGE", "IMAGETYPE", "IMAGEREQUEST", "VOLUME", "MODULE", "CCM", "CONFIG",
+        "IMAGE", "IMAGETYPE", "IMAGEREQUEST", "IMAGEREQUEST_OLD", "VOLUME", "MODULE", "CCM", "CONFIG",
         "JOB_IMAGE", "JOB_IMAGETYPE", "JOB_IMAGEREQUEST", "JOB_IMAGEREQUEST_OLD", "JOB_VOLUME", "JOB_MODULE",
         "JOB_CCM", "PROLOG_PREFIX", "OPTION_PREFIX", "FALLBACK_IMAGE_VARS", "IMAGE_PAIRS")),
     "spank/plugstack.py": ("PLUGSTACK_", ("KNOWN_KEYS", "BOOL_KEYS")),

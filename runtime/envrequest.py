@@ -16,19 +16,17 @@ Where each name is seen:
   it to the job's steps (``..._shifter_shifter_<option>`` with ``long_options``).
 
 Only literal constants at the top level: the build reads them without importing
-this module.
+this module.  It imports nothing at start-up: the prolog reads its names.
 """
 
 from __future__ import annotations
 
-import re
-
-from shifter.runtime.modules import normalize
 
 # what the caller (user or step) asks for
 IMAGE = "SHIFTER_IMAGE"
 IMAGETYPE = "SHIFTER_IMAGETYPE"
 IMAGEREQUEST = "SHIFTER_IMAGEREQUEST"  # what the user asked for (e.g. docker:repo:tag): Shifter's name
+IMAGEREQUEST_OLD = "SHIFTER_IMAGE_REQUEST"  # this project's old name for it, still read
 VOLUME = "SHIFTER_VOLUME"
 MODULE = "SHIFTER_MODULE"
 CCM = "SHIFTER_CCM"
@@ -60,7 +58,11 @@ FALLBACK_IMAGE_VARS = ("SHIFTER_IMAGEREQUEST", "SLURM_SPANK_SHIFTER_IMAGEREQUEST
 #: the (caller's, job's) pairs for the image, in order of precedence
 IMAGE_PAIRS = (("SHIFTER_IMAGE", "SHIFTER_IMAGETYPE"), ("SLURM_SPANK_SHIFTER_IMAGE", "SLURM_SPANK_SHIFTER_IMAGETYPE"))
 
-_ID = re.compile(r"[0-9a-f]{64}\Z")
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_id(tag: str) -> bool:
+    return len(tag) == 64 and _HEX.issuperset(tag)
 
 
 def first_set(env, *names):
@@ -87,7 +89,7 @@ def env_image_spec(env) -> str | None:
     for name, type_name in IMAGE_PAIRS:
         tag, itype = env.get(name), env.get(type_name)
         if tag:
-            if itype and not (itype == "id" and not _ID.match(tag)):
+            if itype and not (itype == "id" and not _is_id(tag)):
                 return f"{itype}:{tag}"
             return tag
     for name in FALLBACK_IMAGE_VARS:
@@ -112,6 +114,9 @@ def env_request(env) -> dict:
     the volume text and the normalised module list (None: the site's defaultModules).
     Raises ``UsageError`` for a module list the launcher refuses.  The compiled launcher
     prints the same with SHIFTER_LAUNCHER_PRINT_REQUEST=1."""
+    # start-up: the prolog imports this module for its names alone (no re, no modules)
+    from shifter.runtime.modules import normalize
+
     module = env_module(env)
     return {"image": env_image_spec(env), "volume": env_volume(env),
             "modules": None if module is None else normalize(module)}
