@@ -26,7 +26,11 @@ contain a NUL byte.
 from __future__ import annotations
 
 import os
+
+from shifter.errors import UsageError
 from shifter.frozen import field, frozen
+from shifter.runtime import envrequest
+from shifter.runtime.modules import normalize
 
 MAGIC = "SHIFTER_PLAN"
 VERSION = "1"
@@ -57,6 +61,30 @@ class Plan:
     def identity(self) -> tuple:
         """What a launch request must match to use this UDI."""
         return (self.uid, self.gid, self.jobid, self.image_type, self.image_id, self.volumes, self.modules)
+
+
+def matches(plan: Plan, uid: int, gid: int, env) -> bool:
+    """Is this prepared UDI the one ``shifter CMD`` (no option) with environment ``env``
+    asks for, byte for byte: the rule of the compiled fast path (launcher.c ``matches``;
+    tests/data/contracts/launch_match.json runs through both).  Same uid, gid and job
+    (``SLURM_JOB_ID``), the environment's image descriptor is ``image_type:image_id``, its
+    volume text the plan's canonical ``volumes``, and its module list, normalised, the
+    plan's ``modules`` (no list: the plan used the site's defaults).  The Python launcher
+    accepts more (another spelling of the same volumes, a tag of the same image), which
+    only costs that request its Python start."""
+    if (plan.uid, plan.gid, plan.jobid) != (uid, gid, env.get("SLURM_JOB_ID", "")):
+        return False
+    if envrequest.env_image_spec(env) != f"{plan.image_type}:{plan.image_id}":
+        return False
+    if (envrequest.env_volume(env) or "") != plan.volumes:
+        return False
+    module = envrequest.env_module(env)
+    if module is None:
+        return plan.modules_default == "1"
+    try:
+        return normalize(module) == plan.modules
+    except UsageError:
+        return False
 
 
 def env_ops(rules, image_env: dict[str, str] | None = None) -> list[str]:

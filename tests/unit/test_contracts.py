@@ -34,6 +34,7 @@ CONTRACTS = {
     "image_request.json": ("runtime/envrequest.py", "runtime/launcher.c", "test_contracts.py"),
     "request_key.json": ("runtime/privplan.py", "runtime/replay.c", "test_contracts.py"),
     "launch_plan.json": ("runtime/plan.py", "runtime/launcher.c", "test_contracts.py"),
+    "launch_match.json": ("runtime/plan.py", "runtime/launcher.c", "test_contracts.py"),
     "private_plan.json": ("runtime/privplan.py", "runtime/replay.c", "test_contracts.py"),
     "plugstack_args.json": ("spank/plugstack.py", "spank/shim.c", "test_plugstack.py"),
     "shim_route.json": ("spank/request.py", "spank/shim.c", "test_shim_route.py"),
@@ -174,6 +175,30 @@ def test_a_written_plan_reads_back_on_both_sides(driver, tmp_path):
     out = run_driver(driver, "launchplan", str(path))
     assert out == {"valid": True, **{k: v for k, v in python_launch_plan(plan.dumps(p)).items()
                                      if k not in ("udi", "entry")}}
+
+
+# ------------------------------------------------------------ which prepared UDI a request uses
+MATCHES = cases("launch_match.json")
+
+
+def match_plan(case) -> plan.Plan:
+    p = case["plan"]
+    return plan.Plan(uid=int(p["uid"]), gid=int(p["gid"]), jobid=p["jobid"], image_type=p["image_type"],
+                     image_id=p["image_id"], volumes=p["volumes"], modules=p["modules"], udi="/var/udiMount",
+                     modules_default=p["modules_default"])
+
+
+@pytest.mark.parametrize("case", MATCHES, ids=[c["name"] for c in MATCHES])
+def test_launch_match_python(case):
+    assert plan.matches(match_plan(case), case["uid"], case["gid"], case["env"]) is case["match"]
+
+
+@pytest.mark.parametrize("case", MATCHES, ids=[c["name"] for c in MATCHES])
+def test_launch_match_c(driver, case, tmp_path):
+    path = tmp_path / "launch.plan"
+    path.write_bytes(plan.dumps(match_plan(case)))
+    out = run_driver(driver, "match", str(path), str(case["uid"]), str(case["gid"]), env=case["env"])
+    assert out == {"match": case["match"]}
 
 
 # ------------------------------------------------------------ the private plan
