@@ -20,6 +20,7 @@ NATIVE = os.path.join("build", "native")
 SHIM = os.path.join(NATIVE, "shifter_slurm.so")
 PYMOD = os.path.join(NATIVE, "_shifter_spank_py.so")
 LAUNCHER = os.path.join(NATIVE, "shifter")
+GEN = os.path.join(NATIVE, "gen")  # shifter_contracts.h, written from the contracts' Python owners
 
 
 class build_native(Command):
@@ -35,28 +36,34 @@ class build_native(Command):
     def run(self):
         os.makedirs(NATIVE, exist_ok=True)
         cc = os.environ.get("CC", "gcc")
+        header = _load("contract_header", os.path.join(HERE, "runtime", "contract_header.py"))
+        header.write(HERE, os.path.join(GEN, header.HEADER))
         subprocess.run(
-            [cc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
-             "-o", SHIM, os.path.join("spank", "shim.c"), os.path.join("spank", "hookd_client.c"), "-ldl"],
+            [cc, *header.SHIM_CFLAGS, "-I", GEN, "-o", SHIM, os.path.join("spank", "shim.c"),
+             os.path.join("spank", "hookd_client.c"), "-ldl"],
             check=True,
         )
         # the exit codes' header, from the one table (shifter/exit_codes.py)
         spec = importlib.util.spec_from_file_location("shifter_exit_codes", os.path.join(HERE, "common", "exit_codes.py"))
         codes = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(codes)
-        with open(os.path.join(NATIVE, "exit_codes.h"), "w") as f:
+        with open(os.path.join(GEN, "exit_codes.h"), "w") as f:
             f.write(codes.c_header())
         subprocess.run(
-            [cc, "-O2", "-Wall", "-Wextra", "-I", NATIVE, "-o", LAUNCHER, os.path.join("runtime", "launcher.c"),
-             os.path.join("runtime", "replay.c"), os.path.join("runtime", "sqfs_inproc.c")],
+            [cc, *header.LAUNCHER_CFLAGS, "-I", GEN, "-o", LAUNCHER, *header.LAUNCHER_SOURCES],
             check=True,
         )
         os.chmod(LAUNCHER, 0o755)
-        spec = importlib.util.spec_from_file_location(
-            "shifter_embed_build", os.path.join(HERE, "spank", "embed_build.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        mod = _load("shifter_embed_build", os.path.join(HERE, "spank", "embed_build.py"))
         mod.build(NATIVE, os.path.join(NATIVE, "tmp"))
+
+
+def _load(name, path):
+    """A build helper of the source tree, loaded from its file (the package is not installed yet)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 class build_with_native(build):

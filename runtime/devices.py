@@ -41,7 +41,7 @@ def step_gpus(env) -> frozenset[int]:
     (comma-separated numbers or ranges ``a-b`` of 1 to 6 ASCII digits, spaces around
     them allowed, ``b - a`` at most 4096, at most 4096 of them).  None of them set, an
     empty or a malformed value: no GPU at all.  The compiled launcher's ``step_gpus`` is
-    the twin (tests/data/gpu_steps.json runs through both)."""
+    the twin (tests/data/contracts/gpu_steps.json runs through both)."""
     value = env.get("SLURM_STEP_GPUS")
     if value is None:
         value = env.get("SLURM_JOB_GPUS")

@@ -35,6 +35,9 @@ import sys
 
 from shifter import command
 from shifter.errors import ShifterError, UsageError
+from shifter.runtime import envrequest as E
+from shifter.runtime.envrequest import (FALLBACK_IMAGE_VARS, env_image_spec, env_module,  # noqa: F401
+                                        env_request, env_volume, first_set)
 
 USAGE = ("usage: shifter [-i IMAGE] [-V SRC:DST[:FLAGS]]... [-m MODULES] [-e NAME=VALUE]... "
          "[--env-file FILE] [-E] [-w PATH|--workdir[=PATH]] [--entrypoint[=CMD]] [-v] [--dry-run] "
@@ -133,53 +136,7 @@ def caller_environ():
 
 
 # --------------------------------------------------------------------------- the request
-def first_set(env, *names):
-    """The value of the first of ``names`` set in ``env`` (even empty), else None."""
-    for name in names:
-        if env.get(name) is not None:
-            return env[name]
-    return None
-
-
-#: Fallbacks for the image, used only when neither SHIFTER_IMAGE nor SLURM_SPANK_SHIFTER_IMAGE
-#: is set: Shifter's request variable (as the plugin hands it to the job), this project's
-#: old name for it, and old Shifter's ``SHIFTER=TYPE:SPEC``.
-FALLBACK_IMAGE_VARS = ("SHIFTER_IMAGEREQUEST", "SLURM_SPANK_SHIFTER_IMAGEREQUEST",
-                       "SHIFTER_IMAGE_REQUEST", "SLURM_SPANK_SHIFTER_IMAGE_REQUEST",
-                       "SHIFTER", "SLURM_SPANK_SHIFTER")
-
-
-def env_image_spec(env) -> str | None:
-    """The image the environment requests, as a descriptor (docs/launcher.md, "Which
-    image"; the compiled launcher's ``env_image_request`` is the same rule, both checked
-    against tests/data/image_request.json):
-
-    1. ``SHIFTER_IMAGE`` (non-empty): ``SHIFTER_IMAGETYPE:SHIFTER_IMAGE`` when the type
-       is set too, else ``SHIFTER_IMAGE`` itself as a descriptor (``id:<hex>``,
-       ``docker:repo:tag``; without a type prefix, the site's defaultImageType);
-    2. else the job's ``SLURM_SPANK_SHIFTER_IMAGE`` likewise with ``..._IMAGETYPE``;
-    3. else the first non-empty of ``FALLBACK_IMAGE_VARS``, as a descriptor.
-    """
-    for prefix in ("SHIFTER_", "SLURM_SPANK_SHIFTER_"):
-        tag, itype = env.get(prefix + "IMAGE"), env.get(prefix + "IMAGETYPE")
-        if tag:
-            return f"{itype}:{tag}" if itype else tag
-    for name in FALLBACK_IMAGE_VARS:
-        if env.get(name):
-            return env[name]
-    return None
-
-
-def env_request(env) -> dict:
-    """What ``shifter CMD`` (no option) takes from the environment: the image descriptor,
-    the volume text and the normalised module list (None: the site's defaultModules).
-    Raises ``UsageError`` for a module list the launcher refuses.  The compiled launcher
-    prints the same with SHIFTER_LAUNCHER_PRINT_REQUEST=1 (tests/data/image_request.json)."""
-    from shifter.runtime.modules import normalize
-
-    module = first_set(env, "SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE")
-    return {"image": env_image_spec(env), "volume": first_set(env, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME"),
-            "modules": None if module is None else normalize(module)}
+# the names and the rule: shifter.runtime.envrequest (the contract's one owner)
 
 
 def choose_image(opts: Options, env, config):
@@ -295,7 +252,7 @@ def job_error(config, environ) -> None:
     from shifter.runtime import jobpath
 
     job_id = environ.get("SLURM_JOB_ID", "")
-    itype, tag = environ.get("SLURM_SPANK_SHIFTER_IMAGETYPE"), environ.get("SLURM_SPANK_SHIFTER_IMAGE")
+    itype, tag = environ.get(E.JOB_IMAGETYPE), environ.get(E.JOB_IMAGE)
     if not jobpath.valid_job_id(job_id) or itype is None or tag is None:
         return
     path = jobpath.error_file(config.udiMount, job_id)
@@ -310,7 +267,7 @@ def job_error(config, environ) -> None:
         text = os.read(fd, 65536).decode(errors="replace").strip()
     finally:
         os.close(fd)
-    for mine, pinned in (("SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME"), ("SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE")):
+    for mine, pinned in ((E.VOLUME, E.JOB_VOLUME), (E.MODULE, E.JOB_MODULE)):
         if first_set(environ, mine, pinned) != environ.get(pinned):
             return
     if env_image_spec(environ) == f"{itype}:{tag}":
@@ -440,10 +397,9 @@ def _main(argv: list[str]) -> int:
     if opts.volume:
         vols = volumes.parse_volume_list(opts.volume, warn=_warn)
     else:
-        vols = volumes.parse_volumes(first_set(environ, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME") or "",
+        vols = volumes.parse_volumes(env_volume(environ) or "",
                                      warn=_warn)
-    mod_text = opts.module if opts.module is not None else first_set(environ, "SHIFTER_MODULE",
-                                                                    "SLURM_SPANK_SHIFTER_MODULE")
+    mod_text = opts.module if opts.module is not None else env_module(environ)
     modules_req = parse_list(mod_text) if mod_text is not None else None
     modules = select_modules(config, modules_req)
     uid, gid = os.getuid(), os.getgid()

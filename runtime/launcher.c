@@ -24,7 +24,7 @@
  * The request is read from the environment by the rule of
  * shifter.runtime.launch.env_image_spec (env_image_request here); with
  * SHIFTER_LAUNCHER_PRINT_REQUEST set, the launcher prints what it took (JSON) and runs
- * nothing: tests/data/image_request.json runs through both.
+ * nothing: tests/data/contracts/image_request.json runs through both.
  *
  * Exit status: the command's; 127 command not found, 126 not executable; 125 the
  * container could not be entered (one line on stderr).  The codes are the SHIFTER_EXIT_*
@@ -48,8 +48,9 @@
 #include <unistd.h>
 
 #include "replay.h"
+#include "shifter_contracts.h" /* the contracts' names, written by the build from their Python owners */
 
-#define PLAN_REL "/var/shifter/launch.plan"
+#define PLAN_REL "/" LAUNCH_PLAN_RELPATH
 #define GPU_BLANK "/var/shifter/nodevice" /* shifter.runtime.devices.BLANK */
 #define PLAN_MAX (1 << 20)
 
@@ -119,7 +120,7 @@ static char *trim(char *s)
 static int udi_mount(char *out, size_t outlen)
 {
     char path[PATH_MAX + 32];
-    const char *conf = getenv("SHIFTER_CONFIG");
+    const char *conf = getenv(ENV_CONFIG);
     if (conf == NULL || conf[0] == '\0') {
         snprintf(path, sizeof(path), "%s/etc/udiRoot.conf", prefix);
         conf = path;
@@ -150,7 +151,7 @@ static int udi_mount(char *out, size_t outlen)
 
 static void json_string(const char *s);
 
-/* The job's prepared UDI (shifter.runtime.jobpath; tests/data/job_udi.json runs through
+/* The job's prepared UDI (shifter.runtime.jobpath; tests/data/contracts/job_udi.json runs through
  * both): <udiMount>.jobs/<SLURM_JOB_ID>/root, for a job id of 1 to 20 ASCII digits. */
 static int job_udi(const char *udi_mount, char *out, size_t outlen)
 {
@@ -183,18 +184,36 @@ struct plan {
     int n_gpudev;
 };
 
+/* 1 to 10 ASCII digits */
+static int is_number(const char *s)
+{
+    size_t n = strspn(s, "0123456789");
+    return n > 0 && n <= 10 && s[n] == '\0';
+}
+
+static int in_list(const char *s, const char *const *list, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(s, list[i]) == 0) return 1;
+    return 0;
+}
+
+/* The launch plan (shifter.runtime.plan, its owner; tests/data/contracts/launch_plan.json
+ * runs through both): an unknown key, a missing single key or no END make it invalid. */
 static int parse_plan(char *buf, size_t len, struct plan *p)
 {
+    static const char *const single[] = {LAUNCH_PLAN_SINGLE_KEYS}, *const lists[] = {LAUNCH_PLAN_LIST_KEYS};
+    int have[LAUNCH_PLAN_SINGLE_KEYS_N] = {0};
     /* count strings */
     size_t count = 0;
     for (size_t i = 0; i < len; i++)
         if (buf[i] == '\0') count++;
-    if (count < 4 || buf[len - 1] != '\0') return -1;
+    if (len == 0 || count < 4 || buf[len - 1] != '\0') return -1;
     char **s = calloc(count + 1, sizeof(char *));
     if (s == NULL) return -1;
     size_t n = 0;
     for (size_t i = 0; i < len; i += strlen(buf + i) + 1) s[n++] = buf + i;
-    if (strcmp(s[0], "SHIFTER_PLAN") != 0 || strcmp(s[1], "1") != 0) return -1;
+    if (strcmp(s[0], LAUNCH_PLAN_MAGIC) != 0 || strcmp(s[1], LAUNCH_PLAN_VERSION) != 0) return -1;
     memset(p, 0, sizeof(*p));
     p->cmd = calloc(count, sizeof(char *));
     p->env = calloc(count, sizeof(char *));
@@ -205,7 +224,10 @@ static int parse_plan(char *buf, size_t len, struct plan *p)
     for (size_t i = 2; i + 1 < n; i += 2) {
         const char *k = s[i], *v = s[i + 1];
         if (strcmp(k, "END") == 0) { ended = 1; break; }
-        else if (strcmp(k, "uid") == 0) p->uid = v;
+        for (int j = 0; j < LAUNCH_PLAN_SINGLE_KEYS_N; j++)
+            if (strcmp(k, single[j]) == 0) have[j] = 1;
+        if (!in_list(k, single, LAUNCH_PLAN_SINGLE_KEYS_N) && !in_list(k, lists, LAUNCH_PLAN_LIST_KEYS_N)) return -1;
+        if (strcmp(k, "uid") == 0) p->uid = v;
         else if (strcmp(k, "gid") == 0) p->gid = v;
         else if (strcmp(k, "jobid") == 0) p->jobid = v;
         else if (strcmp(k, "image_type") == 0) p->image_type = v;
@@ -220,10 +242,10 @@ static int parse_plan(char *buf, size_t len, struct plan *p)
         else if (strcmp(k, "gpudev") == 0) p->gpudev[p->n_gpudev++] = v;
         /* udi, entry: not needed here */
     }
-    if (!ended || !p->uid || !p->gid || !p->jobid || !p->image_type || !p->image_id || !p->volumes ||
-        !p->modules || !p->modules_default)
-        return -1;
-    return 0;
+    if (!ended) return -1;
+    for (int j = 0; j < LAUNCH_PLAN_SINGLE_KEYS_N; j++)
+        if (!have[j]) return -1;
+    return is_number(p->uid) && is_number(p->gid) ? 0 : -1;
 }
 
 static const char *env2(const char *a, const char *b)
@@ -233,11 +255,20 @@ static const char *env2(const char *a, const char *b)
     return v;
 }
 
+static int is_hex64(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++)
+        if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f'))) return 0;
+    return n == 64;
+}
+
 /* The image the environment requests, as a descriptor: the rule of
- * shifter.runtime.launch.env_image_spec (docs/launcher.md "Which image"; both are checked
- * against tests/data/image_request.json).
+ * shifter.runtime.envrequest.env_image_spec, its owner (docs/launcher.md "Which image";
+ * both are checked against tests/data/contracts/image_request.json).
  *   1. SHIFTER_IMAGE (non-empty): "SHIFTER_IMAGETYPE:SHIFTER_IMAGE" when the type is set
- *      too, else SHIFTER_IMAGE itself (a descriptor: id:<hex>, docker:repo:tag, ...);
+ *      too (but a type id with an image that is not 64 hex digits is no pair), else
+ *      SHIFTER_IMAGE itself (a descriptor: id:<hex>, docker:repo:tag, ...);
  *   2. else SLURM_SPANK_SHIFTER_IMAGE likewise with SLURM_SPANK_SHIFTER_IMAGETYPE;
  *   3. else the first non-empty fallback: SHIFTER_IMAGEREQUEST (Shifter's request
  *      variable), SLURM_SPANK_SHIFTER_IMAGEREQUEST, the old SHIFTER_IMAGE_REQUEST names,
@@ -245,22 +276,18 @@ static const char *env2(const char *a, const char *b)
  * 1 and the descriptor in `out`; 0 when there is none; -1 when it does not fit. */
 int env_image_request(char *out, size_t outlen)
 {
-    static const char *const prefixes[] = {"SHIFTER_", "SLURM_SPANK_SHIFTER_"};
-    static const char *const fallbacks[] = {"SHIFTER_IMAGEREQUEST", "SLURM_SPANK_SHIFTER_IMAGEREQUEST",
-                                            "SHIFTER_IMAGE_REQUEST", "SLURM_SPANK_SHIFTER_IMAGE_REQUEST",
-                                            "SHIFTER", "SLURM_SPANK_SHIFTER"};
+    static const char *const pairs[] = {ENV_IMAGE_PAIRS}; /* image, type; image, type */
+    static const char *const fallbacks[] = {ENV_FALLBACK_IMAGE_VARS};
     int n = -1;
-    for (int i = 0; i < 2 && n < 0; i++) {
-        char name[64];
-        snprintf(name, sizeof(name), "%sIMAGE", prefixes[i]);
-        const char *tag = getenv(name);
+    for (int i = 0; i + 1 < ENV_IMAGE_PAIRS_N && n < 0; i += 2) {
+        const char *tag = getenv(pairs[i]);
         if (tag == NULL || tag[0] == '\0') continue;
-        snprintf(name, sizeof(name), "%sIMAGETYPE", prefixes[i]);
-        const char *type = getenv(name);
-        if (type != NULL && type[0] != '\0') n = snprintf(out, outlen, "%s:%s", type, tag);
+        const char *type = getenv(pairs[i + 1]);
+        if (type != NULL && type[0] != '\0' && !(strcmp(type, "id") == 0 && !is_hex64(tag)))
+            n = snprintf(out, outlen, "%s:%s", type, tag);
         else n = snprintf(out, outlen, "%s", tag);
     }
-    for (size_t i = 0; n < 0 && i < sizeof(fallbacks) / sizeof(fallbacks[0]); i++) {
+    for (size_t i = 0; n < 0 && i < ENV_FALLBACK_IMAGE_VARS_N; i++) {
         const char *v = getenv(fallbacks[i]);
         if (v != NULL && v[0] != '\0') n = snprintf(out, outlen, "%s", v);
     }
@@ -321,9 +348,9 @@ static int matches(const struct plan *p, uid_t uid, gid_t gid)
     if (env_image_request(spec, sizeof(spec)) != 1 || strncmp(spec, p->image_type, tlen) != 0 ||
         spec[tlen] != ':' || strcmp(spec + tlen + 1, p->image_id) != 0)
         return 0;
-    const char *vol = env2("SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME");
+    const char *vol = env2(ENV_VOLUME, ENV_JOB_VOLUME);
     if (strcmp(vol ? vol : "", p->volumes) != 0) return 0;
-    const char *mod = env2("SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE");
+    const char *mod = env2(ENV_MODULE, ENV_JOB_MODULE);
     if (mod == NULL) return strcmp(p->modules_default, "1") == 0;
     char *norm = normal_modules(mod);
     int same = norm != NULL && strcmp(norm, p->modules) == 0;
@@ -332,7 +359,7 @@ static int matches(const struct plan *p, uid_t uid, gid_t gid)
 }
 
 /* SHIFTER_LAUNCHER_PRINT_REQUEST=1: print what this program takes from the environment,
- * as JSON (shifter.runtime.launch.env_request's keys; tests/data/image_request.json runs
+ * as JSON (shifter.runtime.launch.env_request's keys; tests/data/contracts/image_request.json runs
  * through both), and run nothing. */
 static void json_string(const char *s)
 {
@@ -353,12 +380,12 @@ static int print_request(void)
 {
     char spec[PATH_MAX];
     int found = env_image_request(spec, sizeof(spec));
-    const char *mod = env2("SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE");
+    const char *mod = env2(ENV_MODULE, ENV_JOB_MODULE);
     char *norm = mod ? normal_modules(mod) : NULL;
     fputs("{\"image\": ", stdout);
     json_string(found == 1 ? spec : NULL);
     fputs(", \"volume\": ", stdout);
-    json_string(env2("SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME"));
+    json_string(env2(ENV_VOLUME, ENV_JOB_VOLUME));
     if (mod != NULL && norm == NULL) {
         fputs(", \"error\": \"module\"}\n", stdout);
     } else {
@@ -503,11 +530,10 @@ int enter_container(const struct entry *e, int argc, char **argv)
 static int own_request(void)
 {
     char spec[PATH_MAX], job[PATH_MAX];
-    const char *type = getenv("SLURM_SPANK_SHIFTER_IMAGETYPE"), *tag = getenv("SLURM_SPANK_SHIFTER_IMAGE");
+    const char *type = getenv(ENV_JOB_IMAGETYPE), *tag = getenv(ENV_JOB_IMAGE);
     if (type == NULL || tag == NULL || env_image_request(spec, sizeof(spec)) != 1) return 0;
     snprintf(job, sizeof(job), "%s:%s", type, tag);
-    const char *pairs[2][2] = {{"SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME"},
-                               {"SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE"}};
+    const char *pairs[2][2] = {{ENV_VOLUME, ENV_JOB_VOLUME}, {ENV_MODULE, ENV_JOB_MODULE}};
     for (int i = 0; i < 2; i++) {
         const char *asked = env2(pairs[i][0], pairs[i][1]), *pinned = getenv(pairs[i][1]);
         if ((asked == NULL) != (pinned == NULL) || (asked && strcmp(asked, pinned) != 0)) return 0;
@@ -537,7 +563,7 @@ static void job_error(const char *mount)
 }
 
 /* ------------------------------------------------------------------ GPUs */
-/* The step's GPUs, by the rule of shifter.runtime.devices.step_gpus (tests/data/gpu_steps.json
+/* The step's GPUs, by the rule of shifter.runtime.devices.step_gpus (tests/data/contracts/gpu_steps.json
  * runs through both): SLURM_STEP_GPUS, else SLURM_JOB_GPUS; comma-separated numbers or
  * ranges a-b (1 to 6 digits, spaces around allowed, hi >= lo, hi - lo <= 4096).  Neither
  * set, empty, or malformed: no GPU.  `lo`/`hi` get the ranges; returns their number. */
@@ -621,7 +647,7 @@ fail:
 }
 
 /* SHIFTER_LAUNCHER_PRINT_GPUS="DEV DEV ...": print which of these device files this step
- * covers, as JSON, and run nothing (tests/data/gpu_steps.json). */
+ * covers, as JSON, and run nothing (tests/data/contracts/gpu_steps.json). */
 static int print_gpus(const char *devices)
 {
     char *copy = strdup(devices), *save = NULL;

@@ -26,7 +26,11 @@ contain a NUL byte.
 from __future__ import annotations
 
 import os
+
+from shifter.errors import UsageError
 from shifter.frozen import field, frozen
+from shifter.runtime import envrequest
+from shifter.runtime.modules import normalize
 
 MAGIC = "SHIFTER_PLAN"
 VERSION = "1"
@@ -57,6 +61,30 @@ class Plan:
     def identity(self) -> tuple:
         """What a launch request must match to use this UDI."""
         return (self.uid, self.gid, self.jobid, self.image_type, self.image_id, self.volumes, self.modules)
+
+
+def matches(plan: Plan, uid: int, gid: int, env) -> bool:
+    """Is this prepared UDI the one ``shifter CMD`` (no option) with environment ``env``
+    asks for, byte for byte: the rule of the compiled fast path (launcher.c ``matches``;
+    tests/data/contracts/launch_match.json runs through both).  Same uid, gid and job
+    (``SLURM_JOB_ID``), the environment's image descriptor is ``image_type:image_id``, its
+    volume text the plan's canonical ``volumes``, and its module list, normalised, the
+    plan's ``modules`` (no list: the plan used the site's defaults).  The Python launcher
+    accepts more (another spelling of the same volumes, a tag of the same image), which
+    only costs that request its Python start."""
+    if (plan.uid, plan.gid, plan.jobid) != (uid, gid, env.get("SLURM_JOB_ID", "")):
+        return False
+    if envrequest.env_image_spec(env) != f"{plan.image_type}:{plan.image_id}":
+        return False
+    if (envrequest.env_volume(env) or "") != plan.volumes:
+        return False
+    module = envrequest.env_module(env)
+    if module is None:
+        return plan.modules_default == "1"
+    try:
+        return normalize(module) == plan.modules
+    except UsageError:
+        return False
 
 
 def env_ops(rules, image_env: dict[str, str] | None = None) -> list[str]:
@@ -103,8 +131,14 @@ def dumps(plan: Plan) -> bytes:
 
 
 def loads(data: bytes) -> Plan:
-    parts = [os.fsdecode(p) for p in data.split(b"\0")]
-    if len(parts) < 3 or parts[0] != MAGIC:
+    """Parse a launch plan; ``ValueError`` when it is invalid: not NUL-terminated strings,
+    another magic or version, an unknown key, a single key missing, no ``END`` (then its
+    value).  Values after END are ignored.  The compiled launcher reads it by the same
+    rule (tests/data/contracts/launch_plan.json)."""
+    if not data.endswith(b"\0"):
+        raise ValueError("not a shifter launch plan")
+    parts = [os.fsdecode(p) for p in data[:-1].split(b"\0")]
+    if len(parts) < 4 or parts[0] != MAGIC:
         raise ValueError("not a shifter launch plan")
     if parts[1] != VERSION:
         raise ValueError(f"launch plan version {parts[1]!r} is not supported (want {VERSION})")
@@ -127,6 +161,9 @@ def loads(data: bytes) -> Plan:
     missing = [k for k in SINGLE_KEYS if k not in single]
     if missing:
         raise ValueError(f"launch plan lacks {', '.join(missing)}")
+    for key in ("uid", "gid"):
+        if not (single[key].isascii() and single[key].isdigit() and len(single[key]) <= 10):
+            raise ValueError(f"launch plan {key} {single[key]!r} is not a number")
     return Plan(uid=int(single.pop("uid")), gid=int(single.pop("gid")),
                 **{key: tuple(values) for key, values in lists.items()}, **single)
 

@@ -2,7 +2,7 @@
  * The plan directory: where a user's private plans and the rendezvous of their shared
  * user namespace live on a node.  The rule is shifter.runtime.plandir's (read its
  * docstring); this is the same in C, checked against the same vectors
- * (tests/data/plandir.json).  Candidates, in order, the first that is the caller's
+ * (tests/data/contracts/plandir.json).  Candidates, in order, the first that is the caller's
  * alone is used (this side never creates one):
  *   1. /var/lib/shifter/users/<node>/<uid>   made by the job prolog (root)
  *   2. <home>/.shifter/<node>                made by Python (the user)

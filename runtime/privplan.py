@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from shifter.runtime import plandir
+from shifter.runtime import envrequest, plandir
 
 MAGIC = "SHIFTER_PRIVATE"
 VERSION = "1"
@@ -26,6 +26,18 @@ ARITY = {"key": 1, "kind": 1, "root": 1, "fuse": 1, "input": 2, "env": 1, "userh
          "mkdir": 2, "mkdirp": 1, "chmod": 2, "symlink": 2, "touch": 2, "file": 3, "mount": 5, "umount": 2,
          "bindkeep": 4, "hardentree": 2, "treekeep": 3, "loopmount": 3, "fusemount": 3, "copytree": 2,
          "chdir": 1, "dropstaging": 2}
+#: which strings of a record are paths (``@`` = the user kind's staging directory)
+PATHS = {"root": (0,), "mkdir": (0,), "mkdirp": (0,), "chmod": (0,), "symlink": (1,), "touch": (0,), "file": (0,),
+         "mount": (0, 1), "umount": (0,), "bindkeep": (0, 1), "hardentree": (0,), "treekeep": (0,),
+         "loopmount": (0, 1), "fusemount": (0, 1), "copytree": (0, 1), "chdir": (0,), "dropstaging": (0, 1)}
+#: the numbers of the operations: record -> ((index, base, max), ...); "-1" is also allowed
+#: where max is negative (treekeep BELOW)
+_U32 = 0xFFFFFFFF
+NUMBERS = {"mkdir": ((1, 8, 0o7777),), "chmod": ((1, 8, 0o7777),), "touch": ((1, 8, 0o7777),),
+           "file": ((1, 8, 0o7777),), "mount": ((3, 10, _U32),), "umount": ((1, 10, 0x7FFFFFFF),),
+           "hardentree": ((1, 10, _U32),), "loopmount": ((2, 10, _U32),), "fusemount": ((2, 10, _U32),),
+           "bindkeep": ((2, 10, _U32), (3, 10, 1)), "treekeep": ((1, 10, _U32), (2, 10, -_U32))}
+_SETTINGS = ("key", "kind", "root", "fuse")
 
 
 def fnv1a64(data: bytes) -> int:
@@ -38,16 +50,14 @@ def fnv1a64(data: bytes) -> int:
 def request_key(env, config_path: str, uid: int, gid: int, groups) -> str | None:
     """The request key of ``shifter CMD`` (no option) in ``env``, or None when the
     launcher would not replay it (not an ``id:`` image)."""
-    from shifter.runtime.launch import env_image_spec, first_set
-
-    spec = env_image_spec(env)
+    spec = envrequest.env_image_spec(env)
     if spec is None or not _ID.match(spec):
         return None
-    module = first_set(env, "SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE")
+    module = envrequest.env_module(env)
     return "\n".join([
         KEY_VERSION, f"uid={uid}", f"gid={gid}", "groups=" + ",".join(str(g) for g in sorted(set(groups))),
         f"config={config_path}", f"image={spec}",
-        "volume=" + (first_set(env, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME") or ""),
+        "volume=" + (envrequest.env_volume(env) or ""),
         "module-default" if module is None else f"module={module}",
     ])
 
@@ -103,7 +113,9 @@ class Saver:
         if ex.unsaveable:
             return None
         try:
-            return write(self.uid, self.key, self.dumps(ex.done, root, fuse), self.directory)
+            data = self.dumps(ex.done, root, fuse)
+            check(loads(data), self.key, self.uid)  # a plan the launcher would refuse: none
+            return write(self.uid, self.key, data, self.directory)
         except (OSError, ValueError):
             return None
 
@@ -134,15 +146,19 @@ def dumps(records) -> bytes:
 
 
 def loads(data: bytes) -> list[tuple]:
-    """The records of a plan (for tests and tools): tuples of bytes."""
+    """The records of a plan (for tests and tools): tuples of bytes.  ``ValueError`` if it
+    is malformed: not NUL-terminated strings, another magic or version, an unknown record,
+    one cut short, no END or anything after it."""
     items = data.split(b"\0")
     if items[-1] != b"" or items[:2] != [MAGIC.encode(), VERSION.encode()]:
         raise ValueError("not a private plan")
     items = items[2:-1]
     out, i = [], 0
     while i < len(items):
-        name = items[i].decode()
+        name = items[i].decode(errors="replace")
         if name == "END":
+            if i != len(items) - 1:
+                raise ValueError("records after END")
             return out
         n = ARITY.get(name)
         if n is None or i + n >= len(items):
@@ -150,6 +166,52 @@ def loads(data: bytes) -> list[tuple]:
         out.append((name, *items[i + 1:i + 1 + n]))
         i += 1 + n
     raise ValueError("no END")
+
+
+def _number(text: bytes, base: int, top: int) -> bool:
+    if top < 0 and text == b"-1":
+        return True
+    digits = b"01234567" if base == 8 else b"0123456789"
+    return bool(text) and all(c in digits for c in text) and int(text, base) <= abs(top)
+
+
+def check(records, key: str, uid: int) -> None:
+    """``ValueError`` unless the launcher replays these records (``loads``) for a caller
+    with this request key and uid (docs/private-plans.md, "Strictness"; the launcher's
+    ``parse`` follows the same rule: tests/data/contracts/private_plan.json)."""
+    seen: dict[str, bytes] = {}
+    fusemounts = 0
+    for rec in records:
+        name = rec[0]
+        if name in _SETTINGS:
+            if name in seen:
+                raise ValueError(f"{name} given twice")
+            seen[name] = rec[1]
+        for index, base, top in NUMBERS.get(name, ()):
+            if not _number(rec[1 + index], base, top):
+                raise ValueError(f"malformed {name} record")
+        fusemounts += name == "fusemount"
+    for name in ("key", "kind", "root"):
+        if name not in seen:
+            raise ValueError(f"no {name} record")
+    if seen["key"] != key.encode(errors="surrogateescape"):
+        raise ValueError("the plan is another request's")
+    if seen["kind"] not in (b"root", b"user"):
+        raise ValueError(f"unknown kind {seen['kind']!r}")
+    user = seen["kind"] == b"user"
+    if user != (uid != 0):
+        raise ValueError("the plan is for another kind of caller")
+    if fusemounts > 1 or ((fusemounts or "fuse" in seen) and not (user and "fuse" in seen)):
+        raise ValueError("fuse and fusemount: a user plan's, one each")
+    for rec in records:
+        if rec[0] == "dropstaging" and not user:
+            raise ValueError("dropstaging in a root plan")
+        for index in PATHS.get(rec[0], ()):
+            path = rec[1 + index]
+            if path.startswith(b"@") and not (user and (path == b"@" or path.startswith(b"@/"))):
+                raise ValueError(f"bad staging path {path!r}")
+        if rec[0] == "input" and rec[1].startswith(b"@"):
+            raise ValueError("an input in the staging directory")
 
 
 def _prune(dfd: int) -> None:

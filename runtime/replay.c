@@ -51,12 +51,13 @@
 
 #include "plandir.h"
 #include "replay.h"
+#include "shifter_contracts.h" /* the contracts' names, written by the build from their Python owners */
 #include "sqfs_inproc.h"
 
 #define PLAN_MAX (1 << 20)
-#define PLAN_MAGIC "SHIFTER_PRIVATE"
-#define PLAN_VERSION "1"
-#define KEY_VERSION "shifter-private-1"
+#define PLAN_MAGIC PRIVATE_PLAN_MAGIC     /* shifter.runtime.privplan */
+#define PLAN_VERSION PRIVATE_PLAN_VERSION
+#define KEY_VERSION PRIVATE_PLAN_KEY_VERSION
 #define LOOP_RETRY_NS 10000000000LL /* racing launchers and prologs may take each free loop device first */
 #define REPORT_REPLAY 'R' /* the builder's report: an operation failed, build through Python */
 
@@ -193,11 +194,33 @@ static int cmp_gid(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* The request key (docs/private-plans.md, "The request key"). */
-static char *request_key(uid_t uid, gid_t gid, const char *spec)
+/* The request key (docs/private-plans.md, "The request key"; its owner is
+ * shifter.runtime.privplan.request_key, tests/data/contracts/request_key.json runs through
+ * both) of a caller with these ids and `n` supplementary groups (sorted here). */
+static char *request_key_of(uid_t uid, gid_t gid, gid_t *groups, int n, const char *spec)
 {
     struct sbuf b = {0};
     sb_add(&b, KEY_VERSION "\nuid=%u\ngid=%u\ngroups=", (unsigned) uid, (unsigned) gid);
+    qsort(groups, (size_t) n, sizeof(gid_t), cmp_gid);
+    for (int i = 0; i < n; i++)
+        if (i == 0 || groups[i] != groups[i - 1]) sb_add(&b, "%s%u", i ? "," : "", (unsigned) groups[i]);
+    const char *conf = getenv(ENV_CONFIG);
+    if (conf != NULL && conf[0] != '\0') sb_add(&b, "\nconfig=%s", conf);
+    else sb_add(&b, "\nconfig=%s/etc/udiRoot.conf", prefix);
+    sb_add(&b, "\nimage=%s", spec);
+    const char *vol = getenv(ENV_VOLUME);
+    if (vol == NULL) vol = getenv(ENV_JOB_VOLUME);
+    sb_add(&b, "\nvolume=%s", vol ? vol : "");
+    const char *mod = getenv(ENV_MODULE);
+    if (mod == NULL) mod = getenv(ENV_JOB_MODULE);
+    if (mod != NULL) sb_add(&b, "\nmodule=%s", mod);
+    else sb_add(&b, "\nmodule-default");
+    return b.p;
+}
+
+/* The caller's request key (its own supplementary groups). */
+static char *request_key(uid_t uid, gid_t gid, const char *spec)
+{
     gid_t small[256], *groups = small;
     int n = getgroups(256, small);
     if (n < 0 && errno == EINVAL) {
@@ -206,21 +229,7 @@ static char *request_key(uid_t uid, gid_t gid, const char *spec)
         n = groups ? getgroups(n, groups) : -1;
     }
     if (n < 0) return NULL;
-    qsort(groups, (size_t) n, sizeof(gid_t), cmp_gid);
-    for (int i = 0; i < n; i++)
-        if (i == 0 || groups[i] != groups[i - 1]) sb_add(&b, "%s%u", i ? "," : "", (unsigned) groups[i]);
-    const char *conf = getenv("SHIFTER_CONFIG");
-    if (conf != NULL && conf[0] != '\0') sb_add(&b, "\nconfig=%s", conf);
-    else sb_add(&b, "\nconfig=%s/etc/udiRoot.conf", prefix);
-    sb_add(&b, "\nimage=%s", spec);
-    const char *vol = getenv("SHIFTER_VOLUME");
-    if (vol == NULL) vol = getenv("SLURM_SPANK_SHIFTER_VOLUME");
-    sb_add(&b, "\nvolume=%s", vol ? vol : "");
-    const char *mod = getenv("SHIFTER_MODULE");
-    if (mod == NULL) mod = getenv("SLURM_SPANK_SHIFTER_MODULE");
-    if (mod != NULL) sb_add(&b, "\nmodule=%s", mod);
-    else sb_add(&b, "\nmodule-default");
-    return b.p;
+    return request_key_of(uid, gid, groups, n, spec);
 }
 
 static unsigned long long fnv1a(const char *s)

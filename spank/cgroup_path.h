@@ -1,7 +1,7 @@
 /*
  * The job's cgroup on a node, in C: <mount>/shifter/uid_<uid>/job_<job>[/<node>] (the
  * node's level with plugstack cgroup_per_node=1).  Python's side is shifter.wlm.cgroup
- * (job_path); the vectors both follow: tests/data/job_cgroup.json.  The SPANK shim uses it
+ * (job_path); the vectors both follow: tests/data/contracts/job_cgroup.json.  The SPANK shim uses it
  * in the job's extern step, to adopt the cgroup's processes (extern_cgroup=1).
  */
 #ifndef SHIFTER_CGROUP_PATH_H

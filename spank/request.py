@@ -31,6 +31,7 @@ from shifter.frozen import frozen
 
 from shifter.errors import ConfigError, UsageError
 from shifter.runtime import config as udiconfig
+from shifter.runtime import envrequest as E
 from shifter.runtime import volumes
 from shifter.runtime.image import _ID_RE, ImageRef, parse_image, resolve_id
 from shifter.runtime.modules import parse_list, select_modules
@@ -41,11 +42,8 @@ from shifter.spank.plugstack import PlugstackArgs
 #: the variables through which Slurm hands a job's SPANK options to its steps: srun
 #: inside the job reads ``SLURM_SPANK_<name>`` (the job-control environment) and salloc's
 #: shell has ``<name>`` itself (``_SLURM_SPANK_OPTION_shifter_shifter_image`` etc. for --shifter.image with long_options)
-OPTION_VARS = {
-    "image": ("_SLURM_SPANK_OPTION_shifter_image", "_SLURM_SPANK_OPTION_shifter_shifter_image"),
-    "volume": ("_SLURM_SPANK_OPTION_shifter_volume", "_SLURM_SPANK_OPTION_shifter_shifter_volume"),
-    "module": ("_SLURM_SPANK_OPTION_shifter_module", "_SLURM_SPANK_OPTION_shifter_shifter_module"),
-}
+OPTION_VARS = {name: (E.OPTION_PREFIX + name, E.OPTION_PREFIX + "shifter_" + name)
+               for name in ("image", "volume", "module")}
 
 
 @frozen
@@ -59,16 +57,16 @@ class JobRequest:
     def control_env(self) -> dict[str, str]:
         env: dict[str, str] = {}
         if self.image is not None:
-            env["SHIFTER_IMAGE"] = self.image.tag
-            env["SHIFTER_IMAGETYPE"] = self.image.type
+            env[E.IMAGE] = self.image.tag
+            env[E.IMAGETYPE] = self.image.type
         if self.requested is not None:
-            env["SHIFTER_IMAGEREQUEST"] = self.requested
+            env[E.IMAGEREQUEST] = self.requested
         if self.volume is not None:
-            env["SHIFTER_VOLUME"] = self.volume
+            env[E.VOLUME] = self.volume
         if self.module is not None:
-            env["SHIFTER_MODULE"] = self.module
+            env[E.MODULE] = self.module
         if self.ccm:
-            env["SHIFTER_CCM"] = "1"
+            env[E.CCM] = "1"
         return env
 
     def option_text(self) -> dict[str, str]:
@@ -98,12 +96,12 @@ class JobEnv:
     def of(cls, environ) -> "JobEnv | None":
         if not inside_allocation(environ):
             return None
-        image = environ.get("SLURM_SPANK_SHIFTER_IMAGE") or None
-        if environ.get("SLURM_SPANK_SHIFTER_IMAGETYPE") != "id" or image is None or not _ID_RE.match(image):
+        image = environ.get(E.JOB_IMAGE) or None
+        if environ.get(E.JOB_IMAGETYPE) != "id" or image is None or not _ID_RE.match(image):
             image = None
-        request = environ.get("SLURM_SPANK_SHIFTER_IMAGEREQUEST") or environ.get("SLURM_SPANK_SHIFTER_IMAGE_REQUEST")
-        return cls(image=image, request=request or None, volume=environ.get("SLURM_SPANK_SHIFTER_VOLUME"),
-                   module=environ.get("SLURM_SPANK_SHIFTER_MODULE"))
+        request = environ.get(E.JOB_IMAGEREQUEST) or environ.get(E.JOB_IMAGEREQUEST_OLD)
+        return cls(image=image, request=request or None, volume=environ.get(E.JOB_VOLUME),
+                   module=environ.get(E.JOB_MODULE))
 
     def pinned(self, requested: ImageRef) -> tuple[ImageRef, str] | None:
         """(the job's image, the job's request text) when a step asks for the job's image:
@@ -128,8 +126,8 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=Non
     ccm = "ccm" in options
     if ccm:
         # a step of a --ccm job: the job's --ccm was checked at submission, as this user
-        job_ccm = step and environ.get("SLURM_SPANK_SHIFTER_CCM") == "1" and \
-            environ.get("SLURM_SPANK_SHIFTER_IMAGETYPE") == "local" and environ.get("SLURM_SPANK_SHIFTER_IMAGE") == "/"
+        job_ccm = step and environ.get(E.JOB_CCM) == "1" and \
+            environ.get(E.JOB_IMAGETYPE) == "local" and environ.get(E.JOB_IMAGE) == "/"
         if step and not job_ccm and "image" not in options:
             raise UsageError(f"--ccm can't be used in job {environ.get('SLURM_JOB_ID')}: it was submitted "
                              "without --ccm, so its nodes have no host-root container",

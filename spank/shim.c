@@ -39,6 +39,7 @@
 
 #include "cgroup_path.h"
 #include "hookd_client.h"
+#include "shifter_contracts.h" /* the contracts' names, written by the build from their Python owners */
 #include "udiconf_key.h"
 
 SPANK_PLUGIN(shifter, 1)
@@ -130,13 +131,9 @@ static struct spank_option long_options[] = {
 /* ------------------------------------------------------------------------ */
 /* plugstack.conf arguments                                                  */
 
-static const char *const known_keys[] = {
-    "shifter_config", "enable_sshd", "enable_ccm", "memory_cgroup",
-    "extern_cgroup",  "extern_setup", "long_options", "cgroup_per_node", NULL
-};
-static const char *const bool_keys[] = {
-    "enable_sshd", "enable_ccm", "extern_cgroup", "long_options", "cgroup_per_node", NULL
-};
+/* the keys' owner is shifter.spank.plugstack (tests/data/contracts/plugstack_args.json) */
+static const char *const known_keys[] = {PLUGSTACK_KNOWN_KEYS, NULL};
+static const char *const bool_keys[] = {PLUGSTACK_BOOL_KEYS, NULL};
 
 static int enable_ccm = 0, enable_sshd = 0, use_long_options = 0, extern_cgroup = 0, cgroup_per_node = 0;
 static char *shifter_config = NULL; /* plugstack shifter_config=, if given */
@@ -178,15 +175,13 @@ static int parse_plugstack(int ac, char **av)
         }
         if (eq == NULL || eq == arg) {
             slurm_error(PLUGIN ": plugstack.conf: argument '%s' is not key=value "
-                        "(known keys: shifter_config, enable_sshd, enable_ccm, memory_cgroup, "
-                        "extern_cgroup, extern_setup, long_options, cgroup_per_node; long_options may stand alone)", arg);
+                        "(known keys: " PLUGSTACK_KNOWN_KEYS_TEXT "; long_options may stand alone)", arg);
             return -1;
         }
         size_t keylen = (size_t) (eq - arg);
         if (!in_list(arg, keylen, known_keys)) {
             slurm_error(PLUGIN ": plugstack.conf: unknown argument '%.*s' in '%s' "
-                        "(known keys: shifter_config, enable_sshd, enable_ccm, memory_cgroup, "
-                        "extern_cgroup, extern_setup, long_options, cgroup_per_node)", (int) keylen, arg, arg);
+                        "(known keys: " PLUGSTACK_KNOWN_KEYS_TEXT ")", (int) keylen, arg, arg);
             return -1;
         }
         const char *value = eq + 1;
@@ -353,7 +348,7 @@ static int active(spank_t sp)
         fetch_job_options(sp, use_long_options ? long_options : options);
     }
     if (ctx == S_CTX_JOB_SCRIPT) {
-        const char *img = getenv("SPANK_SHIFTER_IMAGE");
+        const char *img = getenv(ENV_PROLOG_PREFIX ENV_IMAGE);
         return have_option() || (img != NULL && img[0] != '\0');
     }
     return have_option();
@@ -363,7 +358,7 @@ static int active(spank_t sp)
 /* requests the shim handles without Python                                  */
 /*
  * The contract (Python's side: shifter.spank.request; vectors both follow:
- * tests/data/shim_route.json, run through this compiled shim and through Python by
+ * tests/data/contracts/shim_route.json, run through this compiled shim and through Python by
  * tests/unit/test_shim_route.py):
  *
  *  - the job's request (srun inside an allocation, SLURM_JOB_ID set): every shifter
@@ -448,17 +443,17 @@ static int hand_over(spank_t sp, const struct request_env *r, int required, int 
 static int route_ccm_step(spank_t sp)
 {
     if (!opt_ccm || opt_image_set || opt_volume_set || opt_module_set) return 0;
-    const char *ccm = getenv("SLURM_SPANK_SHIFTER_CCM");
-    const char *type = getenv("SLURM_SPANK_SHIFTER_IMAGETYPE");
-    const char *image = getenv("SLURM_SPANK_SHIFTER_IMAGE");
+    const char *ccm = getenv(ENV_JOB_CCM);
+    const char *type = getenv(ENV_JOB_IMAGETYPE);
+    const char *image = getenv(ENV_JOB_IMAGE);
     if (ccm == NULL || strcmp(ccm, "1") != 0 || type == NULL || strcmp(type, "local") != 0
         || image == NULL || strcmp(image, "/") != 0)
         return 0;
-    if (getenv("SLURM_SPANK_SHIFTER_VOLUME") != NULL || getenv("SLURM_SPANK_SHIFTER_MODULE") != NULL) return 0;
+    if (getenv(ENV_JOB_VOLUME) != NULL || getenv(ENV_JOB_MODULE) != NULL) return 0;
     struct request_env r = {.n = 0};
-    add_env(&r, "SHIFTER_IMAGE", "/");
-    add_env(&r, "SHIFTER_IMAGETYPE", "local");
-    add_env(&r, "SHIFTER_CCM", "1");
+    add_env(&r, ENV_IMAGE, "/");
+    add_env(&r, ENV_IMAGETYPE, "local");
+    add_env(&r, ENV_CCM, "1");
     if (hand_over(sp, &r, 0, 1) != 0) return -1;
     slurm_debug(PLUGIN ": the step uses its job's --ccm");
     return 1;
@@ -469,25 +464,25 @@ static int route_job_request(spank_t sp)
 {
     int ccm_step = route_ccm_step(sp);
     if (ccm_step != 0) return ccm_step;
-    const char *type = env_nonempty("SLURM_SPANK_SHIFTER_IMAGETYPE");
-    const char *id = env_nonempty("SLURM_SPANK_SHIFTER_IMAGE");
+    const char *type = env_nonempty(ENV_JOB_IMAGETYPE);
+    const char *id = env_nonempty(ENV_JOB_IMAGE);
     if (!opt_image_set || opt_image == NULL || type == NULL || id == NULL) return 0;
     if (strcmp(type, "id") != 0 || !is_image_id(id)) return 0;
     if (strncmp(opt_image, "id:", 3) != 0 || strcmp(opt_image + 3, id) != 0) return 0;
-    if (!same_as_job(opt_volume_set, opt_volume, "SLURM_SPANK_SHIFTER_VOLUME")) return 0;
-    if (!same_as_job(opt_module_set, opt_module, "SLURM_SPANK_SHIFTER_MODULE")) return 0;
-    const char *ccm = getenv("SLURM_SPANK_SHIFTER_CCM");
+    if (!same_as_job(opt_volume_set, opt_volume, ENV_JOB_VOLUME)) return 0;
+    if (!same_as_job(opt_module_set, opt_module, ENV_JOB_MODULE)) return 0;
+    const char *ccm = getenv(ENV_JOB_CCM);
     if (opt_ccm != (ccm != NULL && strcmp(ccm, "1") == 0)) return 0;
 
-    const char *request = env_nonempty("SLURM_SPANK_SHIFTER_IMAGEREQUEST");
-    if (request == NULL) request = env_nonempty("SLURM_SPANK_SHIFTER_IMAGE_REQUEST");
+    const char *request = env_nonempty(ENV_JOB_IMAGEREQUEST);
+    if (request == NULL) request = env_nonempty(ENV_JOB_IMAGEREQUEST_OLD);
     struct request_env r = {.n = 0};
-    add_env(&r, "SHIFTER_IMAGE", id);
-    add_env(&r, "SHIFTER_IMAGETYPE", "id");
-    add_env(&r, "SHIFTER_IMAGEREQUEST", request ? request : opt_image);
-    if (opt_volume_set) add_env(&r, "SHIFTER_VOLUME", opt_volume ? opt_volume : "");
-    if (opt_module_set) add_env(&r, "SHIFTER_MODULE", opt_module ? opt_module : "");
-    if (opt_ccm) add_env(&r, "SHIFTER_CCM", "1");
+    add_env(&r, ENV_IMAGE, id);
+    add_env(&r, ENV_IMAGETYPE, "id");
+    add_env(&r, ENV_IMAGEREQUEST, request ? request : opt_image);
+    if (opt_volume_set) add_env(&r, ENV_VOLUME, opt_volume ? opt_volume : "");
+    if (opt_module_set) add_env(&r, ENV_MODULE, opt_module ? opt_module : "");
+    if (opt_ccm) add_env(&r, ENV_CCM, "1");
     if (hand_over(sp, &r, 0, 1) != 0) return -1;
     slurm_debug(PLUGIN ": the step uses its job's request (image id:%s)", id);
     return 1;
@@ -498,7 +493,7 @@ static int route_job_request(spank_t sp)
 static int config_path(char *out, size_t len)
 {
     const char *path = shifter_config;
-    if (path == NULL || path[0] == '\0') path = env_nonempty("SHIFTER_CONFIG");
+    if (path == NULL || path[0] == '\0') path = env_nonempty(ENV_CONFIG);
     if (path != NULL) return (size_t) snprintf(out, len, "%s", path) < len ? 0 : -1;
     char dir[PATH_MAX];
     if (shim_dir(dir, sizeof(dir)) != 0) return -1;
@@ -542,9 +537,9 @@ static int route_image_id(spank_t sp, int to_tasks)
     if (!can_open(path)) return 0;
 
     struct request_env r = {.n = 0};
-    add_env(&r, "SHIFTER_IMAGE", id);
-    add_env(&r, "SHIFTER_IMAGETYPE", "id");
-    add_env(&r, "SHIFTER_IMAGEREQUEST", opt_image);
+    add_env(&r, ENV_IMAGE, id);
+    add_env(&r, ENV_IMAGETYPE, "id");
+    add_env(&r, ENV_IMAGEREQUEST, opt_image);
     if (hand_over(sp, &r, 1, to_tasks) != 0) return -1;
     slurm_debug(PLUGIN ": image id:%s is readable: no Python needed", id);
     return 1;
@@ -577,7 +572,7 @@ static int route_without_python(spank_t sp)
 #ifndef SLURM_EXTERN_CONT
 #define SLURM_EXTERN_CONT (0xfffffffc)
 #endif
-#define PLAN_RELPATH "var/shifter/launch.plan"
+#define PLAN_RELPATH LAUNCH_PLAN_RELPATH
 #define PLAN_MAX (1024 * 1024)
 
 /* Does the plan at `fd` (root's, a regular file) describe a local:/ container of `job`? */
@@ -601,11 +596,11 @@ static int plan_is_ccm(int fd, uint32_t job)
     char want_job[32];
     snprintf(want_job, sizeof(want_job), "%u", job);
     if (got == len && buf[len - 1] == '\0') {
-        /* NUL-terminated strings: "SHIFTER_PLAN" "1" then KEY VALUE pairs, "END" "" */
+        /* NUL-terminated strings: magic, version, then KEY VALUE pairs, "END" "" (shifter.runtime.plan) */
         const char *p = buf, *end = buf + len;
         const char *magic = p;
         p += strlen(p) + 1;
-        if (strcmp(magic, "SHIFTER_PLAN") == 0 && p < end && strcmp(p, "1") == 0) {
+        if (strcmp(magic, LAUNCH_PLAN_MAGIC) == 0 && p < end && strcmp(p, LAUNCH_PLAN_VERSION) == 0) {
             p += strlen(p) + 1;
             while (p < end) {
                 const char *key = p;
@@ -653,7 +648,7 @@ static int ccm_requested(spank_t sp)
     char value[8] = "";
     if (opt_image_set) return 0; /* a step's own image: not the host root */
     if (opt_ccm) return 2;
-    return spank_getenv(sp, "SLURM_SPANK_SHIFTER_CCM", value, (int) sizeof(value)) == ESPANK_SUCCESS
+    return spank_getenv(sp, ENV_JOB_CCM, value, (int) sizeof(value)) == ESPANK_SUCCESS
            && strcmp(value, "1") == 0;
 }
 

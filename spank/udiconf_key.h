@@ -13,7 +13,7 @@
  *
  * udiMount follows the same rules (not set: Python's default /var/udiMount).
  *
- * The vectors both parsers must follow: tests/data/udiconf_imagepath.json
+ * The vectors both parsers must follow: tests/data/contracts/udiconf_imagepath.json
  * (tests/unit/test_shim_route.py).
  */
 #ifndef SHIFTER_UDICONF_KEY_H

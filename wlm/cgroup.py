@@ -21,7 +21,7 @@ hierarchy, e.g. ``/sys/fs/cgroup`` or ``/sys/fs/cgroup/unified``) are both handl
   makes).  A v2 hierarchy without controllers still contains and kills.
 
 The path rule is one contract with the C shim, which adopts the cgroup's processes into
-the job's extern step (``spank/cgroup_path.h``; vectors ``tests/data/job_cgroup.json``).
+the job's extern step (``spank/cgroup_path.h``; vectors ``tests/data/contracts/job_cgroup.json``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,13 @@ from __future__ import annotations
 import os
 from shifter.frozen import frozen
 
+from shifter.runtime import envrequest as E
 from shifter.spank.handle import SpankHandle
+
+#: the job's request as the prolog and epilog see it (shifter.runtime.envrequest)
+_IMAGE, _IMAGETYPE, _VOLUME, _MODULE, _CCM = (E.PROLOG_PREFIX + n for n in (E.IMAGE, E.IMAGETYPE, E.VOLUME, E.MODULE,
+                                                                            E.CCM))
+_REQUESTS = (E.PROLOG_PREFIX + E.IMAGEREQUEST, E.PROLOG_PREFIX + E.IMAGEREQUEST_OLD)
 
 
 @frozen
@@ -39,12 +45,12 @@ def from_spank(sp: SpankHandle, options: dict[str, str], environ=os.environ) -> 
         node=node,
         uid=sp.job_uid(),
         gid=sp.job_gid(),
-        image_type=environ.get("SPANK_SHIFTER_IMAGETYPE") or None,
-        image=environ.get("SPANK_SHIFTER_IMAGE") or None,
-        request=environ.get("SPANK_SHIFTER_IMAGEREQUEST") or environ.get("SPANK_SHIFTER_IMAGE_REQUEST") or None,
-        volume=environ.get("SPANK_SHIFTER_VOLUME") or options.get("volume"),
-        module=environ.get("SPANK_SHIFTER_MODULE") or options.get("module"),
-        ccm=environ.get("SPANK_SHIFTER_CCM") == "1" or "ccm" in options,
+        image_type=environ.get(_IMAGETYPE) or None,
+        image=environ.get(_IMAGE) or None,
+        request=environ.get(_REQUESTS[0]) or environ.get(_REQUESTS[1]) or None,
+        volume=environ.get(_VOLUME) or options.get("volume"),
+        module=environ.get(_MODULE) or options.get("module"),
+        ccm=environ.get(_CCM) == "1" or "ccm" in options,
     )
 
 

@@ -1,5 +1,5 @@
 /* The tests' driver for spank/cgroup_path.h: `job_cgroup MOUNT UID JOB [NODE]` prints the
- * job's cgroup path, or exits 1 (tests/unit/test_cgroup.py, tests/data/job_cgroup.json). */
+ * job's cgroup path, or exits 1 (tests/unit/test_cgroup.py, tests/data/contracts/job_cgroup.json). */
 #include <limits.h>
 #include <stdlib.h>
 

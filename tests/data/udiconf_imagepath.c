@@ -1,6 +1,6 @@
 /* The tests' driver for spank/udiconf_key.h: `udiconf_imagepath FILE [udiMount]` prints
  * the imagePath (or udiMount) the shim reads from FILE, or exits 1 when it is not sure
- * (tests/unit/test_shim_route.py, vectors tests/data/udiconf_imagepath.json). */
+ * (tests/unit/test_shim_route.py, vectors tests/data/contracts/udiconf_imagepath.json). */
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>

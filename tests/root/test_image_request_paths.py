@@ -2,7 +2,8 @@
 (the SLURM_SPANK_SHIFTER_* pair), `SHIFTER_IMAGETYPE=id SHIFTER_IMAGE=<B> shifter CMD`
 and `SHIFTER_IMAGE=id:<B> shifter CMD` run B, whether setupRoot prepared A on the node
 (the compiled fast path used to run A for the second) or not (Python builds, then the
-compiled launcher replays); the fallbacks apply only without a pair; `none,x` is
+compiled launcher replays), and in a step whose tasks carry the job's SHIFTER_IMAGETYPE=id
+too; the fallbacks apply only without a pair; `none,x` is
 refused on every path (the fast path used to take it for "no module")."""
 
 from __future__ import annotations
@@ -100,6 +101,15 @@ def test_the_shifter_pair_wins_over_the_jobs(node):
 
 def test_shifter_image_alone_as_a_descriptor_wins_over_the_jobs(node):
     assert _runs(node, {"SHIFTER_IMAGE": f"id:{node['B']}"}) == "image-B"
+
+
+def test_in_a_step_shifter_image_id_b_over_the_tasks_pair_runs_b(node):
+    """A step's tasks carry the job's SHIFTER_IMAGETYPE=id and SHIFTER_IMAGE=<A> (the plugin
+    hands them the request); `SHIFTER_IMAGE=id:<B> shifter CMD` there runs B on every path
+    (both used to read id:id:<B> and refuse it)."""
+    task = {"SHIFTER_IMAGETYPE": "id", "SHIFTER_IMAGE": node["A"]}
+    assert _runs(node, task) == "image-A"
+    assert _runs(node, {**task, "SHIFTER_IMAGE": f"id:{node['B']}"}) == "image-B"
 
 
 @pytest.mark.parametrize("name", ["SHIFTER_IMAGEREQUEST", "SLURM_SPANK_SHIFTER_IMAGEREQUEST",

@@ -62,6 +62,19 @@ def test_batch_script_picks_the_image_the_environment_asks_for(runner, ids):
     assert out == [f"request={BUSYBOX}"] + ["ID=debian"] * 4 + ["ID=busybox"] * 2, out
 
 
+def test_a_step_picks_the_image_the_environment_asks_for(runner, ids):
+    """In a step of a job of image A (busybox) the tasks carry the job's
+    SHIFTER_IMAGETYPE=id and SHIFTER_IMAGE=<A>; `SHIFTER_IMAGE=id:<B> shifter CMD` there
+    runs B (it used to be read as id:id:<B> and refused), twice (Python builds, the
+    launcher replays); without it, A (the prolog's container)."""
+    b = ids[DEBIAN]
+    probe = f"{SHIFTER} sh -c 'grep ^ID= /etc/os-release'"
+    step = (f"echo task=\\$SHIFTER_IMAGETYPE:\\$SHIFTER_IMAGE; SHIFTER_IMAGE=id:{b} {probe}; "
+            f"SHIFTER_IMAGE=id:{b} {probe}; {probe}")
+    out = _batch(runner, ["-N1", f"--image={BUSYBOX}"], f"srun -n1 sh -c \"{step}\"").splitlines()
+    assert out == [f"task=id:{ids[BUSYBOX]}", "ID=debian", "ID=debian", "ID=busybox"], out
+
+
 def test_steps_and_fallback_request_in_a_job_without_image(runner, ids):
     """Without --image there is no pair: Shifter's SHIFTER_IMAGEREQUEST and old Shifter's
     SHIFTER=type:spec are used."""

@@ -1,4 +1,4 @@
-"""The job's cgroup path (one contract, C and Python: tests/data/job_cgroup.json) and the
+"""The job's cgroup path (one contract, C and Python: tests/data/contracts/job_cgroup.json) and the
 cgroup module's handling of v1/v2 hierarchies (on fakes of their files; the real kernel
 is tests/root/test_cgroup.py)."""
 
@@ -20,7 +20,7 @@ from shifter.wlm.jobinfo import JobInfo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "data")
-CASES = json.load(open(os.path.join(DATA, "job_cgroup.json")))["cases"]
+CASES = json.load(open(os.path.join(DATA, "contracts", "job_cgroup.json")))["cases"]
 
 
 def _py(case):

@@ -1,6 +1,6 @@
 """The step's GPUs, one rule written twice: shifter.runtime.devices (Python) and the
 compiled launcher's step_gpus/gpu_id (SHIFTER_LAUNCHER_PRINT_GPUS reports what it would
-cover).  tests/data/gpu_steps.json is the table both must follow."""
+cover).  tests/data/contracts/gpu_steps.json is the table both must follow."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import pytest
 from shifter.runtime import config, devices
 
 LAUNCHER = os.path.join(sys.prefix, "bin", "shifter")
-with open(os.path.join(os.path.dirname(__file__), "..", "data", "gpu_steps.json"), encoding="utf-8") as f:
+with open(os.path.join(os.path.dirname(__file__), "..", "data", "contracts", "gpu_steps.json"), encoding="utf-8") as f:
     CASES = json.load(f)["cases"]
 
 

@@ -1,7 +1,8 @@
-"""One table (tests/data/image_request.json) of what `shifter CMD` takes from the
-environment -- image, volumes, modules, or a refusal -- run through the Python launcher
-(shifter.runtime.launch.env_request) and the compiled one (its
-SHIFTER_LAUNCHER_PRINT_REQUEST=1 report): both must give the table's answer."""
+"""One table (tests/data/contracts/image_request.json) of what `shifter CMD` takes from the
+environment -- image, volumes, modules, or a refusal -- run through the contract's owner
+(shifter.runtime.envrequest.env_request, which the Python launcher uses) and the installed
+compiled launcher (its SHIFTER_LAUNCHER_PRINT_REQUEST=1 report): both must give the table's
+answer.  (tests/unit/test_contracts.py runs it through the launcher's sources too.)"""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import sys
 import pytest
 
 from shifter.errors import UsageError
-from shifter.runtime import launch
+from shifter.runtime import envrequest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CASES = json.load(open(os.path.join(HERE, "..", "data", "image_request.json")))["cases"]
+CASES = json.load(open(os.path.join(HERE, "..", "data", "contracts", "image_request.json")))["cases"]
 LAUNCHER = os.path.join(sys.prefix, "bin", "shifter")
 
 
@@ -31,10 +32,9 @@ def expected(case) -> dict:
 
 def python_choice(env) -> dict:
     try:
-        return launch.env_request(env)
+        return envrequest.env_request(env)
     except UsageError:
-        return {"image": launch.env_image_spec(env), "volume": launch.first_set(
-            env, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME"), "error": "module"}
+        return {"image": envrequest.env_image_spec(env), "volume": envrequest.env_volume(env), "error": "module"}
 
 
 def compiled_choice(env) -> dict:
@@ -57,7 +57,7 @@ def test_compiled_launcher(case):
 def test_the_table_covers_the_contract():
     names = {n for c in CASES for n in c["env"]}
     for var in ("SHIFTER_IMAGE", "SHIFTER_IMAGETYPE", "SLURM_SPANK_SHIFTER_IMAGE", "SLURM_SPANK_SHIFTER_IMAGETYPE",
-                *launch.FALLBACK_IMAGE_VARS, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME",
+                *envrequest.FALLBACK_IMAGE_VARS, "SHIFTER_VOLUME", "SLURM_SPANK_SHIFTER_VOLUME",
                 "SHIFTER_MODULE", "SLURM_SPANK_SHIFTER_MODULE"):
         assert var in names, var
 

@@ -1,4 +1,4 @@
-"""The job container's path rule (tests/data/job_udi.json) through the Python code
+"""The job container's path rule (tests/data/contracts/job_udi.json) through the Python code
 (shifter.runtime.jobpath) and the compiled launcher (SHIFTER_LAUNCHER_PRINT_UDI=1)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from shifter.runtime import jobpath
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CASES = json.load(open(os.path.join(HERE, "..", "data", "job_udi.json")))["cases"]
+CASES = json.load(open(os.path.join(HERE, "..", "data", "contracts", "job_udi.json")))["cases"]
 LAUNCHER = os.path.join(sys.prefix, "bin", "shifter")
 
 

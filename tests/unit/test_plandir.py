@@ -19,7 +19,7 @@ from shifter.runtime import plandir, privplan
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "data")
 RUNTIME = os.path.join(HERE, "..", "..", "runtime")
-VECTORS = json.load(open(os.path.join(DATA, "plandir.json")))["vectors"]
+VECTORS = json.load(open(os.path.join(DATA, "contracts", "plandir.json")))["vectors"]
 
 
 @pytest.mark.parametrize("v", VECTORS, ids=lambda v: repr(v["hostname"]))

@@ -44,7 +44,7 @@ import sys  # noqa: E402
 from helpers.prereq import require  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data")
-VECTORS = json.load(open(os.path.join(DATA, "plugstack_args.json")))["cases"]
+VECTORS = json.load(open(os.path.join(DATA, "contracts", "plugstack_args.json")))["cases"]
 SHIM = os.path.join(sys.prefix, "lib", "shifter", "shifter_slurm.so")
 
 

@@ -1,11 +1,11 @@
 """What the compiled SPANK shim handles without Python, and that it does exactly what
 Python does for the same request.
 
-tests/data/shim_route.json is run through the installed shifter_slurm.so, driven by a
+tests/data/contracts/shim_route.json is run through the installed shifter_slurm.so, driven by a
 stand-in for srun/sbatch (tests/data/shim_harness.c: the real SPANK call sequence over a
 fake SPANK API; when the shim loads Python, the real embedded Python runs), and through
 shifter.spank.dispatch directly: both must give each case's route, job-control
-variables, task variables or error line.  tests/data/udiconf_imagepath.json is run
+variables, task variables or error line.  tests/data/contracts/udiconf_imagepath.json is run
 through the shim's C reader of udiRoot.conf (spank/udiconf_key.h) and Python's parser.
 """
 
@@ -26,8 +26,8 @@ from shifter.spank.handle import CTX_ALLOCATOR, CTX_LOCAL, FakeSpank
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "data")
 SPANK_SRC = os.path.join(HERE, "..", "..", "spank")
-ROUTES = json.load(open(os.path.join(DATA, "shim_route.json")))["cases"]
-CONF_CASES = json.load(open(os.path.join(DATA, "udiconf_imagepath.json")))["cases"]
+ROUTES = json.load(open(os.path.join(DATA, "contracts", "shim_route.json")))["cases"]
+CONF_CASES = json.load(open(os.path.join(DATA, "contracts", "udiconf_imagepath.json")))["cases"]
 
 
 @pytest.fixture(scope="module")
