@@ -71,7 +71,7 @@ def test_a_step_picks_the_image_the_environment_asks_for(runner, ids):
     probe = f"{SHIFTER} sh -c 'grep ^ID= /etc/os-release'"
     step = (f"echo task=\\$SHIFTER_IMAGETYPE:\\$SHIFTER_IMAGE; SHIFTER_IMAGE=id:{b} {probe}; "
             f"SHIFTER_IMAGE=id:{b} {probe}; {probe}")
-    out = _batch(runner, ["-N1", f"--image={BUSYBOX}"], f"srun -n1 sh -c \"{step}\"").splitlines()
+    out = batch(runner, ["-N1", f"--image={BUSYBOX}"], f"srun -n1 sh -c \"{step}\"").splitlines()
     assert out == [f"task=id:{ids[BUSYBOX]}", "ID=debian", "ID=debian", "ID=busybox"], out
 
 
