@@ -200,9 +200,10 @@ def cpu_time() -> str:
 
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     total = f"cpu {own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime:.3f} s, "
+    tools = f", {kids.ru_utime + kids.ru_stime:.3f} s of it in the tools it ran"  # scontrol, munge, ...
     if dispatch.IN_HOOK_SERVER:  # a fork of the node's hook server: nothing before the hook
-        return total + "in the node's hook server"
-    return total + f"{dispatch.HOOK_STARTED_CPU:.3f} s of it before the hook"
+        return total + "in the node's hook server" + tools
+    return total + f"{dispatch.HOOK_STARTED_CPU:.3f} s of it before the hook" + tools
 
 
 def record_error(config, job: jobinfo.JobInfo, error: ShifterError) -> None:
