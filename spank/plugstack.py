@@ -21,8 +21,9 @@ KNOWN_KEYS = (
     "extern_setup",  # script run as root in the extern step
     "long_options",  # bare word (Shifter's form) or 0/1: --shifter.image, ... instead
     "cgroup_per_node",  # 0/1 (extension): the node's name as a last level of the job's cgroup
+    "hook_server",  # 0/1 (extension, default 1): the prolog/epilog run in the node's hook server
 )
-BOOL_KEYS = ("enable_sshd", "enable_ccm", "extern_cgroup", "long_options", "cgroup_per_node")
+BOOL_KEYS = ("enable_sshd", "enable_ccm", "extern_cgroup", "long_options", "cgroup_per_node", "hook_server")
 
 
 @frozen
@@ -35,6 +36,7 @@ class PlugstackArgs:
     extern_setup: str | None = None
     long_options: bool = False
     cgroup_per_node: bool = False
+    hook_server: bool = True
 
     @classmethod
     def parse(cls, args: list[str]) -> "PlugstackArgs":

@@ -136,6 +136,7 @@ static const char *const known_keys[] = {PLUGSTACK_KNOWN_KEYS, NULL};
 static const char *const bool_keys[] = {PLUGSTACK_BOOL_KEYS, NULL};
 
 static int enable_ccm = 0, enable_sshd = 0, use_long_options = 0, extern_cgroup = 0, cgroup_per_node = 0;
+static int hook_server = 1; /* hook_server=0: the prolog/epilog start Python in slurmstepd */
 static char *shifter_config = NULL; /* plugstack shifter_config=, if given */
 static char *memory_cgroup = NULL;  /* memory_cgroup=, if given */
 static char *extern_setup = NULL;   /* extern_setup=, if given */
@@ -162,6 +163,7 @@ static int in_list(const char *key, size_t keylen, const char *const *list)
 static int parse_plugstack(int ac, char **av)
 {
     enable_ccm = enable_sshd = use_long_options = extern_cgroup = cgroup_per_node = 0;
+    hook_server = 1;
     free(shifter_config);
     free(memory_cgroup);
     free(extern_setup);
@@ -197,6 +199,7 @@ static int parse_plugstack(int ac, char **av)
             if (is_key(arg, keylen, "extern_cgroup")) extern_cgroup = on;
             if (is_key(arg, keylen, "cgroup_per_node")) cgroup_per_node = on;
             if (is_key(arg, keylen, "enable_sshd")) enable_sshd = on;
+            if (is_key(arg, keylen, "hook_server")) hook_server = on;
         } else if (value[0] == '\0') {
             slurm_error(PLUGIN ": plugstack.conf: '%.*s' needs a value", (int) keylen, arg);
             return -1;
@@ -320,7 +323,7 @@ static int call_python(const char *name, spank_t sp, int ac, char **av)
     if (opt_module_set) { names[n] = "module"; values[n++] = opt_module ? opt_module : ""; }
     if (opt_ccm) { names[n] = "ccm"; values[n++] = "1"; }
 
-    if (strcmp(name, "job_prolog") == 0 || strcmp(name, "job_epilog") == 0) {
+    if (hook_server && (strcmp(name, "job_prolog") == 0 || strcmp(name, "job_epilog") == 0)) {
         /* the node's hook server (shifter.wlm.hookd) has Python and the runtime loaded */
         int rc = hookd_call(name, sp, ac, av, n, names, values);
         if (rc != -2) return rc;

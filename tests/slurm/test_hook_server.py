@@ -108,3 +108,29 @@ def test_only_root_reaches_the_server(cluster, runner, slurmd_logs, image_id):
              "except OSError as e:\n    print(type(e).__name__)")
     res = runner.run([f"{cluster.prefix}/bin/python", "-c", probe], user=USER1, check=True)
     assert res.stdout.strip() == "PermissionError"
+
+
+def test_hook_server_0_runs_the_hooks_in_slurmstepd(cluster, runner, slurmd_logs, image_id):
+    """plugstack.conf ``hook_server=0``: a site that wants no long-lived process gets the
+    prolog and epilog in slurmstepd's own Python, with a server running or not."""
+    import re
+    import shutil
+
+    _job(runner, image_id, slurmd_logs)  # a server runs on NODE
+    assert _servers(NODE)
+    with open(cluster.plugstack_conf) as f:
+        text = re.sub(r"^(required .*)$", r"\1 hook_server=0", f.read(), count=1, flags=re.M)
+    conf, plug = cluster_tool.private_slurm_conf(cluster, text)
+    os.chmod(plug, 0o644)
+    pid = open(cluster_tool.slurmd_pidfile(cluster, NODE)).read().strip()
+    subprocess.run(["nsenter", "-t", pid, "-m", "--", "mount", "--bind", plug, cluster.plugstack_conf], check=True)
+    try:
+        job = _job(runner, image_id, slurmd_logs)
+        for hook in ("prolog", "epilog"):
+            lines = _hook_lines(slurmd_logs, job, hook)
+            assert lines and all("before the hook" in line for line in lines), lines
+    finally:
+        subprocess.run(["nsenter", "-t", pid, "-m", "--", "umount", cluster.plugstack_conf], check=False)
+        shutil.rmtree(os.path.dirname(conf), ignore_errors=True)
+    job = _job(runner, image_id, slurmd_logs)  # and back
+    assert all("in the node's hook server" in line for line in _hook_lines(slurmd_logs, job, "prolog"))

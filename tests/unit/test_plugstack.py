@@ -7,16 +7,17 @@ from shifter.spank.plugstack import KNOWN_KEYS, PlugstackArgs
 
 def test_empty_is_defaults():
     assert PlugstackArgs.parse([]) == PlugstackArgs()
+    assert PlugstackArgs().hook_server is True  # the node's hook server unless a site says no
 
 
 def test_every_key():
     args = PlugstackArgs.parse([
         "shifter_config=/etc/shifter/udiRoot.conf", "enable_sshd=1", "enable_ccm=1",
         "memory_cgroup=/sys/fs/cgroup/memory", "extern_cgroup=1", "extern_setup=/usr/sbin/x",
-        "long_options=1",
+        "long_options=1", "hook_server=0",
     ])
     assert args == PlugstackArgs("/etc/shifter/udiRoot.conf", True, True, "/sys/fs/cgroup/memory",
-                                 True, "/usr/sbin/x", True)
+                                 True, "/usr/sbin/x", True, False, False)
     assert set(KNOWN_KEYS) == set(fields(PlugstackArgs))
 
 
