@@ -105,9 +105,9 @@ def collect(child: Child, timeout: float) -> tuple[int | None, bytes, bytes]:
                 if fd == child.stdin_fd:
                     try:
                         sent += os.write(fd, child.data[sent:sent + 65536])
-                    except (BrokenPipeError, BlockingIOError) as e:
-                        if isinstance(e, BlockingIOError):
-                            continue
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:  # the tool stopped reading: the rest is dropped
                         sent = len(child.data)
                     if sent >= len(child.data):
                         poller.unregister(fd)

@@ -133,8 +133,7 @@ def _parse(raw: bytes) -> LiteResponse:
         raise LiteError("the answer is not HTTP")
     for line in lines[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            body = body[:int(value.strip())]
-        elif name.strip().lower() == b"transfer-encoding" and value.strip().lower() != b"identity":
+        if name.strip().lower() == b"transfer-encoding" and value.strip().lower() != b"identity":
             raise LiteError("the answer uses a transfer encoding HTTP/1.0 does not allow")
-    return LiteResponse(int(words[1]), body)
+    length = _expected_length(raw)
+    return LiteResponse(int(words[1]), raw[len(head) + 4:length] if length is not None and length >= 0 else body)

@@ -363,17 +363,25 @@ def nodes_down(site: Site, holders: bool = True) -> None:
                 os.unlink(boot_id_file(site, node))
 
 
-def stop_hook_servers(site: Site) -> None:
-    """The nodes' hook servers (``shifter.wlm.hookd``, started by the first prolog on each
-    node, in its namespace): they leave with their nodes."""
-    import signal
-
-    names = {n.encode() for n in site.node_names()}
+def hook_servers(nodes) -> list[int]:
+    """The pids of the hook servers (``shifter.wlm.hookd``) of the nodes named ``nodes``."""
+    names = {n.encode() for n in nodes}
+    pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         argv = daemons.live_argv(int(pid))
         if argv and argv[1:4] == [b"-I", b"-m", b"shifter.wlm.hookd"] and argv[4:] and argv[4] in names:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGTERM)
+            pids.append(int(pid))
+    return pids
+
+
+def stop_hook_servers(site: Site) -> None:
+    """The nodes' hook servers (started by the first prolog on each node, in its
+    namespace): they leave with their nodes."""
+    import signal
+
+    for pid in hook_servers(site.node_names()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def node_up(site: Site, node: str) -> None:

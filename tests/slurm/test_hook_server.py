@@ -21,16 +21,7 @@ NODE = "n2"
 
 
 def _servers(node: str) -> list[int]:
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv[1:5] == [b"-I", b"-m", b"shifter.wlm.hookd", node.encode()]:
-            out.append(int(pid))
-    return out
+    return cluster_tool.hook_servers([node])
 
 
 def _job(runner, image_id, slurmd_logs) -> str:
