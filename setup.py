@@ -44,7 +44,7 @@ class build_native(Command):
             check=True,
         )
         # the exit codes' header, from the one table (shifter/exit_codes.py)
-        spec = importlib.util.spec_from_file_location("shifter_exit_codes", os.path.join(HERE, "common", "exit_codes.py"))
+        spec = importlib.util.spec_from_file_location("shifter_exit_codes", os.path.join(HERE, "shifter", "exit_codes.py"))
         codes = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(codes)
         with open(os.path.join(GEN, "exit_codes.h"), "w") as f:

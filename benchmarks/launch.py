@@ -29,9 +29,10 @@ import tempfile
 import time
 
 from shifter.runtime import config as udiconfig
-from shifter.runtime import plandir, privplan, udi
-from shifter.tools import squash
-from shifter.tools.site import TEST_USERS, Site
+from shifter.runtime import plandir, privplan
+from shifter.runtime.builder import udi
+from tools import squash
+from tools.site import TEST_USERS, Site
 
 SHIFTER = os.path.join(sys.prefix, "bin", "shifter")
 

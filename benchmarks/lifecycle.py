@@ -42,8 +42,8 @@ import sys
 import tempfile
 import time
 
-from shifter.tools import cluster
-from shifter.tools.site import TEST_USERS, Site
+from tools import cluster
+from tools.site import TEST_USERS, Site
 
 USER = TEST_USERS[0][0]
 DEBIAN = "docker:test/debian:latest"
@@ -215,7 +215,7 @@ import os, resource, sys, time
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.001)
 r0 = resource.getrusage(resource.RUSAGE_SELF)
-import shifter.spank.dispatch, shifter.wlm.prolog, shifter.runtime.udi
+import shifter.spank.dispatch, shifter.wlm.prolog, shifter.runtime.builder.udi
 r = resource.getrusage(resource.RUSAGE_SELF)
 print(r.ru_utime + r.ru_stime - r0.ru_utime - r0.ru_stime)
 """

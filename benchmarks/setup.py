@@ -14,10 +14,11 @@ import tempfile
 import time
 
 from shifter.runtime import config as udiconfig
-from shifter.runtime import udi, volumes
+from shifter.runtime.builder import udi
+from shifter.runtime import volumes
 from shifter.runtime.image import ImageRef
-from shifter.tools import squash
-from shifter.tools.site import Site
+from tools import squash
+from tools.site import Site
 
 
 def main() -> int:

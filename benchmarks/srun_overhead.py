@@ -38,8 +38,8 @@ import sys
 import tempfile
 import time
 
-from shifter.tools import cluster
-from shifter.tools.site import TEST_USERS, Site
+from tools import cluster
+from tools.site import TEST_USERS, Site
 
 
 def plugin_table(site: Site, runs: int, user: str, pw) -> int:

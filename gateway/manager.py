@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 
 from shifter.errors import UsageError
-from shifter.gateway import munge
+from shifter import munge
 from shifter.gateway.catalog import Catalog, Record, Requester
 from shifter.gateway.config import GatewayConfig, Platform
 from shifter.gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized

@@ -30,7 +30,7 @@ from typing import Callable
 import requests
 
 from shifter import files
-from shifter.gateway import http
+from shifter import http
 from shifter.gateway.errors import PullError
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -36,7 +36,7 @@ import time
 
 from shifter import command
 from shifter.errors import ShifterError, UsageError
-from shifter.gateway import munge
+from shifter import munge
 from shifter.gateway_client.client import (CredentialStore, GatewayClient, ImageRecord, PullFailed,
                                            image_ref)
 from shifter.runtime import config as udiroot

@@ -25,7 +25,7 @@ from urllib.parse import quote
 from shifter.errors import ShifterError, UsageError
 from shifter.files import atomic_file
 from shifter.frozen import field, frozen
-from shifter.gateway import http, munge
+from shifter import http, munge
 from shifter.gateway_client import lite
 from shifter.runtime.config import UdiRootConfig
 from shifter.runtime.image import ImageRef, parse_image
@@ -376,3 +376,12 @@ def lookup_id(config: UdiRootConfig, ref: ImageRef) -> str:
         raise GatewayError(f"can't resolve {ref}: the gateway gave no image id (status "
                            f"{record.status})", f"shifterimg pull {ref}")
     return record.id
+
+
+def resolve_id(config, image: ImageRef) -> ImageRef:
+    """Pin an image: a ``docker:`` (or gateway-imported ``custom:``) tag becomes its image
+    id through the image gateway, as Shifter's lookup does; id and local images are
+    returned as they are.  Gateway errors (unknown image, gateway down) are raised."""
+    if image.type not in ("docker", "custom"):
+        return image
+    return ImageRef("id", lookup_id(config, image))

@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit
 
 import _socket  # not ``socket`` or ``http.client`` for http:// (see below)
 
-from shifter.gateway.http import USER_AGENT, is_loopback
+from shifter.http import USER_AGENT, is_loopback
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 

@@ -16,7 +16,7 @@ import sys
 #: how the build compiles the launcher and the SPANK shim (setup.py; the contract tests
 #: compile their driver the same way): flags, then sources relative to the source root
 LAUNCHER_CFLAGS = ("-O2", "-Wall", "-Wextra")
-LAUNCHER_SOURCES = ("runtime/launcher.c", "runtime/replay.c", "runtime/sqfs_inproc.c")
+LAUNCHER_SOURCES = ("runtime/launcher/launcher.c", "runtime/launcher/replay.c", "runtime/launcher/sqfs_inproc.c")
 SHIM_CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter")
 HEADER = "shifter_contracts.h"
 

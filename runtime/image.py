@@ -142,14 +142,3 @@ def _normalise_docker(spec: str, ref: str, hint: str) -> str:
     if any(part in (".", "..") for part in repo.split("/")):
         raise _refuse(spec, "'.' and '..' are not allowed in a repository name", hint)
     return f"{repo}@{digest}" if digest else f"{repo}:{tag}"
-
-
-def resolve_id(config, image: ImageRef) -> ImageRef:
-    """Pin an image: a ``docker:`` (or gateway-imported ``custom:``) tag becomes its image
-    id through the image gateway, as Shifter's lookup does; id and local images are
-    returned as they are.  Gateway errors (unknown image, gateway down) are raised."""
-    if image.type not in ("docker", "custom"):
-        return image
-    from shifter.gateway_client import client
-
-    return ImageRef("id", client.lookup_id(config, image))

@@ -1,5 +1,5 @@
 """Where a job's prepared container lives on a node: the path rule the prolog, the epilog,
-the Python launcher and the compiled launcher (runtime/launcher.c, ``job_udi``) share.
+the Python launcher and the compiled launcher (runtime/launcher/launcher.c, ``job_udi``) share.
 tests/data/contracts/job_udi.json runs through both.
 
 For a job id J (decimal digits only; anything else has no prepared container)::

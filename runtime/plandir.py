@@ -25,7 +25,7 @@ component with O_NOFOLLOW and checked on the open fd (no check-then-use race).
 dot: several nodes may share /var/lib or the home directory (the local site's nodes
 share one disk).
 
-The compiled launcher computes the same (runtime/plandir.h); tests/data/contracts/plandir.json
+The compiled launcher computes the same (runtime/launcher/plandir.h); tests/data/contracts/plandir.json
 holds the vectors both are checked against.
 """
 

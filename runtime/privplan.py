@@ -21,7 +21,7 @@ KEY_VERSION = "shifter-private-1"
 MAX_SIZE = 1 << 20
 MAX_PLANS = 64  # per user and node; the least recently written go first
 _ID = re.compile(r"id:[0-9a-f]{64}\Z")
-#: records with their arity (the operations of ``shifter.runtime.planner`` as ``execute`` ran them)
+#: records with their arity (the operations of ``shifter.runtime.builder.planner`` as ``execute`` ran them)
 ARITY = {"key": 1, "kind": 1, "root": 1, "fuse": 1, "input": 2, "env": 1, "userhook": 1, "cmd": 1,
          "mkdir": 2, "mkdirp": 1, "chmod": 2, "symlink": 2, "touch": 2, "file": 3, "mount": 5, "umount": 2,
          "bindkeep": 4, "hardentree": 2, "treekeep": 3, "loopmount": 3, "fusemount": 3, "copytree": 2,
@@ -109,7 +109,7 @@ class Saver:
         self.env_ops, self.userhooks, self.cmd = list(env_ops), list(userhooks), list(cmd)
 
     def __call__(self, ex, root: str, fuse: str | None = None) -> str | None:
-        """``ex``: the executor that built the container (``shifter.runtime.execute``)."""
+        """``ex``: the executor that built the container (``shifter.runtime.builder.execute``)."""
         if ex.unsaveable:
             return None
         try:

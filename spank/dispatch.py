@@ -17,14 +17,7 @@ from shifter import errors
 from shifter.errors import ShifterError
 from shifter.spank.handle import CONTEXT_NAMES, CffiSpank, SpankHandle
 from shifter.spank.plugstack import PlugstackArgs
-
-#: CPU seconds this process had used when the current hook was called: slurmstepd's own
-#: start, the embedded interpreter's and the imports before the hook (the prolog and
-#: epilog log it beside their total, ``shifter.wlm.prolog.cpu_time``)
-HOOK_STARTED_CPU = 0.0
-#: True in a worker of the node's hook server (``shifter.wlm.hookd``), which runs the
-#: prolog and epilog in a fork of a process that has Python and the runtime loaded
-IN_HOOK_SERVER = False
+from shifter.wlm import hookcpu
 
 #: context -> module implementing that context's hooks (functions named like the hook)
 CONTEXT_MODULES = {
@@ -51,8 +44,7 @@ def entry(ffi, lib, hook, sp, ctx, ac, av, nopt, names, values) -> int:
 
 def run(sp: SpankHandle, hook: str, args: list[str], options: dict[str, str]) -> int:
     """Run ``hook`` for ``sp.context``; map every outcome to 1 (ok) or -1 (error)."""
-    global HOOK_STARTED_CPU
-    HOOK_STARTED_CPU = time.process_time()
+    hookcpu.STARTED = time.process_time()
     try:
         plugstack = PlugstackArgs.parse(args)
         modname = CONTEXT_MODULES.get(CONTEXT_NAMES.get(sp.context, "error"))

@@ -1,8 +1,8 @@
 /*
- * The shim's side of the node's hook server (shifter.wlm.hookd, docs/dev.md): the job
+ * The shim's side of the node's hook server (shifter.spank.hookd, docs/dev.md): the job
  * prolog and epilog are sent to a server that has Python and the runtime loaded, instead
  * of starting Python in this slurmstepd.  The request's records and the answer's lines are
- * defined by shifter.wlm.hookd (tests/unit/test_hookd.py runs this code against it).
+ * defined by shifter.spank.hookd (tests/unit/test_hookd.py runs this code against it).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -201,7 +201,7 @@ void start_hookd(const char *python)
         dup2(out >= 0 ? out : null, 1);
         dup2(out >= 0 ? out : null, 2);
         for (int i = 3; i < 65536; i++) close(i);
-        char *argv[] = { (char *) python, "-I", "-m", "shifter.wlm.hookd", (char *) node, NULL };
+        char *argv[] = { (char *) python, "-I", "-m", "shifter.spank.hookd", (char *) node, NULL };
         char *envp[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL };
         execve(python, argv, envp);
         _exit(127);

@@ -1,10 +1,10 @@
-/* The job prolog/epilog through the node's hook server (shifter.wlm.hookd). */
+/* The job prolog/epilog through the node's hook server (shifter.spank.hookd). */
 #ifndef SHIFTER_HOOKD_CLIENT_H
 #define SHIFTER_HOOKD_CLIENT_H
 
 #include <slurm/spank.h>
 
-/* The hook server's directory; its sockets are <dir>/<node>.sock (shifter.wlm.hookd.RUN_DIR). */
+/* The hook server's directory; its sockets are <dir>/<node>.sock (shifter.spank.hookd.RUN_DIR). */
 #define HOOKD_DIR "/run/shifter/hookd"
 
 /* Run `hook` (job_prolog/job_epilog) in the node's hook server: 0 = succeeded, -1 = failed

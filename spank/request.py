@@ -33,7 +33,7 @@ from shifter.errors import ConfigError, UsageError
 from shifter.runtime import config as udiconfig
 from shifter.runtime import envrequest as E
 from shifter.runtime import volumes
-from shifter.runtime.image import _ID_RE, ImageRef, parse_image, resolve_id
+from shifter.runtime.image import _ID_RE, ImageRef, parse_image
 from shifter.runtime.modules import parse_list, select_modules
 from shifter.spank.handle import SpankHandle
 from shifter.spank.plugstack import PlugstackArgs
@@ -116,6 +116,14 @@ class JobEnv:
         return None
 
 
+def resolve_id(config, image: ImageRef) -> ImageRef:
+    """The image pinned through the gateway (``shifter.gateway_client.client.resolve_id``)."""
+    # start-up: the gateway client is imported only by a submission that names a tag
+    from shifter.gateway_client.client import resolve_id as pin
+
+    return pin(config, image)
+
+
 def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=None,
                   warn=None, *, step: bool = False) -> JobRequest:
     """``step``: srun inside an allocation, whose job's own request (``JobEnv``) is reused."""
@@ -146,7 +154,7 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=Non
                 # the gateway answered for docker/custom tags (a private image of others
                 # is "not found"); an id is checked against the image's files and ACL, as
                 # the user.  Where this host does not see imagePath, the nodes check.
-                from shifter.runtime import udi
+                from shifter.runtime.builder import udi
 
                 udi.check_image_usable(config, parsed, os.getuid(), {os.getgid(), *os.getgroups()})
     volume = options.get("volume")
@@ -161,7 +169,7 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=Non
             raise UsageError("invalid --volume '': the volume map is empty", "use --volume=/src:/dst[:ro]")
         maps = volumes.parse_volumes(volume, warn=warn)
         volumes.destination_conflicts(maps + config.siteFs)
-        from shifter.runtime import udi
+        from shifter.runtime.builder import udi
 
         # sources readable by the user, per-node caches within the site's limits: what
         # setupRoot would refuse on every node, refused here (we run as the user)
@@ -246,7 +254,7 @@ def ensure_ssh_key() -> None:
     refuses the job (docs/sshd.md).  Root's jobs get no sshd, so no key."""
     import pwd
 
-    from shifter.runtime import sshd
+    from shifter.runtime.builder import sshd
 
     uid = os.getuid()
     if uid == 0:

@@ -324,7 +324,7 @@ static int call_python(const char *name, spank_t sp, int ac, char **av)
     if (opt_ccm) { names[n] = "ccm"; values[n++] = "1"; }
 
     if (hook_server && (strcmp(name, "job_prolog") == 0 || strcmp(name, "job_epilog") == 0)) {
-        /* the node's hook server (shifter.wlm.hookd) has Python and the runtime loaded */
+        /* the node's hook server (shifter.spank.hookd) has Python and the runtime loaded */
         int rc = hookd_call(name, sp, ac, av, n, names, values);
         if (rc != -2) return rc;
         char dir[PATH_MAX], exe[PATH_MAX + 64];

@@ -22,14 +22,21 @@ modules never import each other.
 from __future__ import annotations
 
 import os
+import sys
 
-import pytest
+# The checkout's shifter/ folder holds only the package root's own modules, so the checkout
+# comes after site-packages (`shifter` is the installed package, `tools` the checkout's
+# folder), even when pytest was started as `python -m pytest` from the checkout.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != ROOT] + [ROOT]
 
-from helpers import tiers
-from helpers.prereq import require
-from helpers.site import Runner, SlurmdLogs, cluster_ready
-from shifter.tools import cluster as cluster_tool
-from shifter.tools.site import Site
+import pytest  # noqa: E402
+
+from helpers import tiers  # noqa: E402
+from helpers.prereq import require  # noqa: E402
+from helpers.site import Runner, SlurmdLogs, cluster_ready  # noqa: E402
+from tools import cluster as cluster_tool  # noqa: E402
+from tools.site import Site  # noqa: E402
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -27,8 +27,8 @@ from dataclasses import replace
 
 from shifter import command, templates
 from shifter.errors import ShifterError, UsageError
-from shifter.tools import daemons, users
-from shifter.tools.site import Site
+from tools import daemons, users
+from tools.site import Site
 
 APT_PACKAGES = (
     "slurmctld", "slurmd", "slurm-client", "munge", "libslurm-dev", "squashfs-tools",
@@ -117,8 +117,8 @@ def node_table(site: Site) -> list[dict]:
 
 def write_configs(site: Site, modules_conf: str = "") -> bool:
     """Render every config file; True when one that slurm reads changed.  ``modules_conf``:
-    the site modules' udiRoot.conf lines (``shifter.tools.sitemodules``)."""
-    from shifter.tools import sitemodules
+    the site modules' udiRoot.conf lines (``tools.sitemodules``)."""
+    from tools import sitemodules
 
     nodes = node_table(site)
     udiroot = site.udiroot_conf
@@ -364,12 +364,12 @@ def nodes_down(site: Site, holders: bool = True) -> None:
 
 
 def hook_servers(nodes) -> list[int]:
-    """The pids of the hook servers (``shifter.wlm.hookd``) of the nodes named ``nodes``."""
+    """The pids of the hook servers (``shifter.spank.hookd``) of the nodes named ``nodes``."""
     names = {n.encode() for n in nodes}
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         argv = daemons.live_argv(int(pid))
-        if argv and argv[1:4] == [b"-I", b"-m", b"shifter.wlm.hookd"] and argv[4:] and argv[4] in names:
+        if argv and argv[1:4] == [b"-I", b"-m", b"shifter.spank.hookd"] and argv[4:] and argv[4] in names:
             pids.append(int(pid))
     return pids
 
@@ -511,7 +511,7 @@ def up(site: Site, checkout: str | None = None, images: bool = True) -> None:
         say(f"node count changes {previous['nodes']} -> {site.nodes}: restarting Slurm")
         nodes_down(site)
         daemons.stop(os.path.join(site.run, "slurmctld.pid"), "slurmctld")
-    from shifter.tools import sitemodules
+    from tools import sitemodules
 
     modules_conf = sitemodules.prepare(site, log=say)
     slurm_changed = write_configs(site, modules_conf)
@@ -524,14 +524,14 @@ def up(site: Site, checkout: str | None = None, images: bool = True) -> None:
     save_state(site, stamp=stamp, nodes=site.nodes, contain=site.contain)
     wait_idle(site)
     say(f"slurm: {site.nodes} nodes idle ({time.monotonic() - t0:.1f} s)")
-    from shifter.tools import registry
+    from tools import registry
 
     registry.start(site)
     if images:
-        from shifter.tools import images as test_images
+        from tools import images as test_images
 
         test_images.ensure(site, log=lambda m: say(m))
-    from shifter.tools import gateway
+    from tools import gateway
 
     gateway.start(site)
     if images:
@@ -558,11 +558,11 @@ def prepull(site: Site) -> None:
 
 
 def down(site: Site) -> None:
-    from shifter.tools import registry
+    from tools import registry
 
     nodes_down(site)
     daemons.stop(os.path.join(site.run, "slurmctld.pid"), "slurmctld")
-    from shifter.tools import gateway
+    from tools import gateway
 
     gateway.stop(site)
     registry.stop(site)
@@ -571,7 +571,7 @@ def down(site: Site) -> None:
 
 
 def status(site: Site) -> int:
-    from shifter.tools import registry
+    from tools import registry
 
     ok = True
     rows = [("munged", daemons.running(site.pidfile("munged"), "munged")),
@@ -584,7 +584,7 @@ def status(site: Site) -> int:
         ok &= bool(pid)
     for name, value in registry.status(site).items():
         print(f"{name:12} {value}")
-    from shifter.tools import gateway
+    from tools import gateway
 
     print(f"{'gateway':12} {gateway.status(site)}")
     if rows[1][1]:

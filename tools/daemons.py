@@ -121,10 +121,10 @@ def log_tail(path: str, lines: int = 5) -> list[str]:
 
 
 def service_main(argv, prog: str, description: str, start, stop, status) -> int:
-    """``python -m shifter.tools.X start|stop|status``: act, then print the status as JSON."""
+    """``tools/run-module X start|stop|status``: act, then print the status as JSON."""
     import json
 
-    from shifter.tools.site import Site
+    from tools.site import Site
 
     def body(argv: list[str]) -> int:
         parser = command.parser_class()(prog=prog, description=description)

@@ -21,8 +21,8 @@ import time
 
 from shifter import command
 from shifter.errors import UsageError
-from shifter.tools import cluster
-from shifter.tools.site import TEST_USERS, Site
+from tools import cluster
+from tools.site import TEST_USERS, Site
 
 IMAGE = "docker:test/debian:latest"
 

@@ -12,7 +12,7 @@ installed shifter code changed since it started.  ``stop`` signals only the proc
 pidfile names after checking its command line.
 
 ``launch``/``wait_ready``/``render_config`` also serve tests and benchmarks that run a
-private gateway.  CLI: ``python -m shifter.tools.gateway start|stop|status``.
+private gateway.  CLI: ``tools/run-module gateway start|stop|status``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import urllib.request
 
 from shifter import templates
 from shifter.errors import ShifterError
-from shifter.tools import daemons
-from shifter.tools.site import TEST_USERS, Site
+from tools import daemons
+from tools.site import TEST_USERS, Site
 
 SYSTEM = "local"
 READY_TIMEOUT = 20.0
@@ -268,7 +268,7 @@ def status(site: Site) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return daemons.service_main(argv, "python -m shifter.tools.gateway", "Run the test site's image gateway.", start, stop, status)
+    return daemons.service_main(argv, "tools/run-module gateway", "Run the test site's image gateway.", start, stop, status)
 
 
 if __name__ == "__main__":

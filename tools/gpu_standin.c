@@ -1,4 +1,4 @@
-/* A stand-in GPU driver for the local site, which has no GPU (shifter.tools.gpu).
+/* A stand-in GPU driver for the local site, which has no GPU (tools.gpu).
  *
  * Built twice:
  *   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o libcuda.so.1 gpu_standin.c

@@ -43,8 +43,8 @@ Images (registry 127.0.0.1:5000 unless noted):
     busybox layer plus a layer with /etc/arch ("arm64") and an arm64 config (it does not run).
 
 API: ``ensure(site, names=None, force=False, log=print) -> {pushed reference: manifest digest}``.
-CLI: ``python -m shifter.tools.images [--force] [busybox|debian|layers|multiarch ...]``.
-The registries must be running (``python -m shifter.tools.registry start``).
+CLI: ``tools/images [--force] [busybox|debian|layers|multiarch ...]``.
+The registries must be running (``tools/run-module registry start``).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ from typing import Callable, Iterable, Iterator
 
 from shifter import command
 from shifter.errors import ShifterError, UsageError
-from shifter.tools import registry
-from shifter.tools.site import Site
+from tools import registry
+from tools.site import Site
 
 # -- media types and fixed values ------------------------------------------------------------
 
@@ -614,7 +614,7 @@ def build_busybox(ctx: BuildContext) -> dict[str, Descriptor]:
     _busybox_tree(ctx, root)
     layer = ctx.layout.put_layer(tree_entries(root, mtime=EPOCH))
     config = image_config([layer], [PATH_ENV, "SHIFTER_TEST_IMAGE=busybox"], ["/bin/sh"],
-                          "shifter.tools.images busybox")
+                          "tools.images busybox")
     return {"latest": ctx.layout.put_image([layer], config)}
 
 
@@ -658,7 +658,7 @@ def build_debian(ctx: BuildContext) -> dict[str, Descriptor]:
     if skipped:
         ctx.log(f"debian: left out of the layer: {', '.join(skipped)}")
     config = image_config([layer], [PATH_ENV, "SHIFTER_TEST_IMAGE=debian"], ["/bin/bash"],
-                          "shifter.tools.images debian")
+                          "tools.images debian")
     return {"latest": ctx.layout.put_image([layer], config)}
 
 
@@ -708,7 +708,7 @@ def build_layers(ctx: BuildContext) -> dict[str, Descriptor]:
     ctx.layout.copy_blobs(busybox, [layer.descriptor for layer in base_layers])
     layers = base_layers + [ctx.layout.put_layer(entries) for entries in layers_entries()]
     config = image_config(layers, [PATH_ENV, "SHIFTER_TEST_IMAGE=layers"], ["/bin/sh"],
-                          "shifter.tools.images layers")
+                          "tools.images layers")
     return {"latest": ctx.layout.put_image(layers, config)}
 
 
@@ -720,7 +720,7 @@ def build_multiarch(ctx: BuildContext) -> dict[str, Descriptor]:
     arch_layer = ctx.layout.put_layer([dir_entry("etc"), file_entry("etc/arch", b"arm64\n")])
     layers = base_layers + [arch_layer]
     config = image_config(layers, [PATH_ENV, "SHIFTER_TEST_IMAGE=busybox-arm64"], ["/bin/sh"],
-                          "shifter.tools.images multiarch", architecture="arm64", variant="v8")
+                          "tools.images multiarch", architecture="arm64", variant="v8")
     arm64 = ctx.layout.put_image(layers, config, platform={
         "architecture": "arm64", "os": "linux", "variant": "v8"})
     amd64 = Descriptor(amd64.media_type, amd64.digest, amd64.size,
@@ -827,7 +827,7 @@ def remote_digest(site: Site, repo_tag: str, auth: bool = False) -> str | None:
                              auth=(site.registry_user, site.registry_password) if auth else None)
     except requests.RequestException as e:
         raise ShifterError(f"can't query registry: {url}: {e}",
-                           "python -m shifter.tools.registry start") from None
+                           "tools/run-module registry start") from None
     if resp.status_code != 200:
         return None
     return resp.headers.get("Docker-Content-Digest")
@@ -859,7 +859,7 @@ def push(site: Site, layout: OciLayout, target: Push, state: dict, log=print) ->
     with tempfile.NamedTemporaryFile("r", prefix="digest-", dir=site.cache) as digestfile:
         registry.run_tool(argv + ["--digestfile", digestfile.name, f"oci:{layout.path}:{target.ref}",
                                   f"docker://{dest}"], f"push {dest}", secret=site.registry_password,
-                          hint="python -m shifter.tools.registry status", timeout=900)
+                          hint="tools/run-module registry status", timeout=900)
         digest = digestfile.read().strip()
     state["pushed"][dest] = {"source": source, "digest": digest}
     log(f"{dest}: pushed in {time.monotonic() - t0:.1f} s ({digest[:19]})")
@@ -902,7 +902,7 @@ def ensure(site: Site | None = None, names: Iterable[str] | None = None, force: 
         url = site.registry_url(auth)
         if registry.probe(url) not in (200, 401):
             raise ShifterError(f"can't push test images: registry {url} does not answer",
-                               "python -m shifter.tools.registry start")
+                               "tools/run-module registry start")
     for d in (os.path.join(site.cache, "oci"), site.log):
         os.makedirs(d, mode=0o755, exist_ok=True)
     pushed: dict[str, str] = {}
@@ -925,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    parser = command.parser_class()(prog="python -m shifter.tools.images",
+    parser = command.parser_class()(prog="tools/images",
                                      description="Build and push the site's test images.")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     parser.add_argument("names", nargs="*", metavar="NAME",

@@ -1,4 +1,4 @@
-/* mpi-hello: the MPI program of the test/debian image (built by shifter.tools.images).
+/* mpi-hello: the MPI program of the test/debian image (built by tools.images).
  * Each rank prints one line: "hello from rank R of N on HOST". */
 #include <mpi.h>
 #include <stdio.h>

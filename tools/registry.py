@@ -15,7 +15,7 @@ its storage ``site.registry_data/<port>``, its log ``site.log/registry-<port>.lo
 config, and whose port answers ``GET /v2/``, is left alone unless its config changed.  ``stop``
 signals only the processes named by our pidfiles after checking their command line.
 
-CLI: ``python -m shifter.tools.registry start|stop|status``.
+CLI: ``tools/run-module registry start|stop|status``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 from shifter import templates
 from shifter.errors import ShifterError
-from shifter.tools import daemons
-from shifter.tools.site import Site
+from tools import daemons
+from tools.site import Site
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 REALM = "shifter-test-registry"
@@ -304,7 +304,7 @@ def status(site: Site) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return daemons.service_main(argv, "python -m shifter.tools.registry", "Run the test site's two Docker registries.", start, stop, status)
+    return daemons.service_main(argv, "tools/run-module registry", "Run the test site's two Docker registries.", start, stop, status)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ import stat
 import subprocess
 
 from shifter.errors import ShifterError
-from shifter.runtime import modprep
-from shifter.tools.site import Site
+from shifter.runtime.siteprep import modprep
+from tools.site import Site
 
 GPUS = 4
 STANDIN_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_standin.c")

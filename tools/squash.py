@@ -19,8 +19,8 @@ import tarfile
 import tempfile
 
 from shifter.runtime import imagefiles, meta, proc
-from shifter.tools.images import OciLayout
-from shifter.tools.site import Site
+from tools.images import OciLayout
+from tools.site import Site
 
 
 def unpack(site: Site, name: str, dest: str, ref: str = "latest") -> dict:

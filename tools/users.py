@@ -1,7 +1,7 @@
 """``tools/users``: the test users every "as the user" check runs as.
 
 Two users with home directories and fixed ids, each with an own group, both in one
-shared supplementary group (see ``shifter.tools.site.TEST_USERS``).  Idempotent; a
+shared supplementary group (see ``tools.site.TEST_USERS``).  Idempotent; a
 name or id already taken by something else is an error, never silently reused.
 """
 
@@ -15,7 +15,7 @@ import sys
 
 from shifter import command
 from shifter.errors import ShifterError, UsageError
-from shifter.tools.site import TEST_SHARED_GROUP, TEST_USERS
+from tools.site import TEST_SHARED_GROUP, TEST_USERS
 
 
 def _run(argv: list[str]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shifter.wlm import jobinfo
+from shifter.wlm import hookcpu, jobinfo
 
 
 def run(sp, plugstack, options) -> None:
@@ -33,12 +33,12 @@ def remove_container(sp, plugstack, job: jobinfo.JobInfo) -> None:
     """Remove the job's container on this node (``udi.teardown_job``: idempotent, after a
     full, failed or killed prolog).  Failing to is a site fault: raised (the node drains)."""
     from shifter.runtime import config as udiconfig
-    from shifter.runtime import jobpath, udi
+    from shifter.runtime import jobpath
+    from shifter.runtime.builder import udi
 
     if not jobpath.valid_job_id(job.job_id):
         return
     config = udiconfig.load(plugstack.shifter_config)
-    from shifter.wlm.prolog import cpu_time
 
     udi.teardown_job(config, job.job_id, log=lambda m: sp.info(f"shifter: epilog: job={job.job_id} "
-                                                                f"node={job.node}: {m} ({cpu_time()})"))
+                                                                f"node={job.node}: {m} ({hookcpu.cpu_time()})"))

@@ -10,7 +10,6 @@ import os
 from shifter.frozen import frozen
 
 from shifter.runtime import envrequest as E
-from shifter.spank.handle import SpankHandle
 
 #: the job's request as the prolog and epilog see it (shifter.runtime.envrequest)
 _IMAGE, _IMAGETYPE, _VOLUME, _MODULE, _CCM = (E.PROLOG_PREFIX + n for n in (E.IMAGE, E.IMAGETYPE, E.VOLUME, E.MODULE,
@@ -38,7 +37,9 @@ class JobInfo:
         )
 
 
-def from_spank(sp: SpankHandle, options: dict[str, str], environ=os.environ) -> JobInfo:
+def from_spank(sp, options: dict[str, str], environ=os.environ) -> JobInfo:
+    """The job as a prolog or epilog sees it: ``sp`` is the hook's SPANK handle (the
+    interface ``shifter.spank.handle.SpankHandle``, passed down by the SPANK layer)."""
     node = environ.get("SLURMD_NODENAME") or os.uname().nodename
     return JobInfo(
         job_id=sp.job_id(),

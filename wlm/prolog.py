@@ -8,7 +8,7 @@ for the job's own steps to report, and the prolog succeeds.
 Every image job's container gets ``/var/hostsfile`` (the job's nodes, one line per CPU:
 ``scontrol show job`` is asked at the start and read when needed).  With
 ``enable_sshd=1`` a node-exclusive job's container also gets the job's sshd
-(``shifter.runtime.sshd``, docs/sshd.md), started once the container is ready.
+(``shifter.runtime.builder.sshd``, docs/sshd.md), started once the container is ready.
 
 It makes the job user's plan directory on the node (``shifter.runtime.plandir``:
 ``/var/lib/shifter/users/<node>/<uid>``), where their private plans and the rendezvous
@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 
 from shifter.errors import ShifterError
-from shifter.wlm import jobinfo
+from shifter.wlm import hookcpu, jobinfo
 
 
 _started: float | None = None  # when the hook began (the "prolog done in" line)
@@ -91,7 +91,8 @@ def _prepare(sp, plugstack, job: jobinfo.JobInfo, query, where: str) -> None:
 
     from shifter.errors import UsageError
     from shifter.runtime import config as udiconfig
-    from shifter.runtime import etcfiles, hostsfile, jobpath, sshd, udi, volumes
+    from shifter.runtime import etcfiles, hostsfile, jobpath, volumes
+    from shifter.runtime.builder import sshd, udi
     from shifter.runtime.image import ImageRef
     from shifter.runtime.modules import parse_list
 
@@ -100,7 +101,7 @@ def _prepare(sp, plugstack, job: jobinfo.JobInfo, query, where: str) -> None:
     except ShifterError as e:
         fault(sp, job, f"the site configuration: {e}")
         raise
-    log = lambda m: sp.info(f"shifter: prolog: {where}: {m} ({cpu_time()})")  # noqa: E731
+    log = lambda m: sp.info(f"shifter: prolog: {where}: {m} ({hookcpu.cpu_time()})")  # noqa: E731
     try:
         try:
             pw = pwd.getpwuid(job.uid)
@@ -170,7 +171,7 @@ def sshd_setup(sp, plugstack, config, job: jobinfo.JobInfo, pw, gids, alloc):
     job that shares its nodes (said in the log), or the user's key unreadable (said in the
     log: the job runs without sshd).  A bundle or name resolution problem is the site's."""
     from shifter.errors import UsageError
-    from shifter.runtime import sshd
+    from shifter.runtime.builder import sshd
 
     where = f"job={job.job_id} node={job.node}"
     if not plugstack.enable_sshd or job.uid == 0 or alloc is None:
@@ -191,21 +192,6 @@ def sshd_setup(sp, plugstack, config, job: jobinfo.JobInfo, pw, gids, alloc):
                       username=pw.pw_name)
 
 
-def cpu_time() -> str:
-    """This process's CPU time so far, its children's included (what a node spends on a
-    job's prolog or epilog: the benchmark reads it from the slurmd log)."""
-    import resource
-
-    from shifter.spank import dispatch
-
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    total = f"cpu {own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime:.3f} s, "
-    tools = f", {kids.ru_utime + kids.ru_stime:.3f} s of it in the tools it ran"  # scontrol, munge, ...
-    if dispatch.IN_HOOK_SERVER:  # a fork of the node's hook server: nothing before the hook
-        return total + "in the node's hook server" + tools
-    return total + f"{dispatch.HOOK_STARTED_CPU:.3f} s of it before the hook" + tools
-
-
 def record_error(config, job: jobinfo.JobInfo, error: ShifterError) -> None:
     """Keep the user's mistake where the job's steps find it (``jobpath.error_file``):
     root's, readable by the job's user alone.  Every ``srun shifter`` of the job's own
@@ -214,7 +200,8 @@ def record_error(config, job: jobinfo.JobInfo, error: ShifterError) -> None:
     line every command prints for an error (``shifter.errors.line``)."""
     message = str(error)
     from shifter import files
-    from shifter.runtime import jobpath, udi
+    from shifter.runtime import jobpath
+    from shifter.runtime.builder import udi
 
     udi.prepare_job_dirs(config, job.job_id, job.uid)
     path = jobpath.error_file(config.udiMount, job.job_id)

@@ -1,6 +1,6 @@
 /*
- * The contract driver: the compiled launcher's own code (runtime/launcher.c and
- * runtime/replay.c, included whole, compiled with the flags and the generated
+ * The contract driver: the compiled launcher's own code (runtime/launcher/launcher.c and
+ * runtime/launcher/replay.c, included whole, compiled with the flags and the generated
  * shifter_contracts.h of the shipped launcher) answering for the contract vectors in
  * tests/data/contracts/ (tests/unit/test_contracts.py).  It prints each decision as
  * one JSON object and runs nothing.

@@ -1,4 +1,4 @@
-/* The tests' driver for runtime/plandir.h: `plandir_rule UID HOSTNAME [HOME]` prints the
+/* The tests' driver for runtime/launcher/plandir.h: `plandir_rule UID HOSTNAME [HOME]` prints the
  * node key, then the candidates, one per line (tests/unit/test_plandir.py). */
 #include <stdlib.h>
 

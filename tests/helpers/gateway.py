@@ -6,8 +6,8 @@ import os
 import re
 import socket
 
-from shifter.tools import gateway as gwtool
-from shifter.tools.site import Site
+from tools import gateway as gwtool
+from tools.site import Site
 
 #: one line of ``shifterimg pull`` output (Shifter's): the image and its status
 PULL_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d Pulling Image: (\S+), status: ([A-Z]+)$")

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from shifter.tools.site import TEST_USERS
+from tools.site import TEST_USERS
 
 CI = os.environ.get("SHIFTER_CI") == "1"
 USER1, USER2 = TEST_USERS[0][0], TEST_USERS[1][0]

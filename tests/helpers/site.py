@@ -7,8 +7,8 @@ import pwd
 import subprocess
 import time
 
-from shifter.tools import cluster as cluster_tool
-from shifter.tools.site import Site
+from tools import cluster as cluster_tool
+from tools.site import Site
 
 from helpers.prereq import USER1
 

@@ -15,8 +15,8 @@ import time
 from dataclasses import replace
 
 from helpers.prereq import USER1
-from shifter.tools import cluster as cluster_tool
-from shifter.tools.site import MEMORY_CGROUP
+from tools import cluster as cluster_tool
+from tools.site import MEMORY_CGROUP
 
 IMAGE = "docker:test/busybox:latest"
 UID1 = pwd.getpwnam(USER1).pw_uid if USER1 else 4242

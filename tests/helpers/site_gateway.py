@@ -14,10 +14,10 @@ import requests
 
 from helpers.gateway import free_port
 from helpers.prereq import UIDS, require
-from shifter.tools import gateway as gwtool
-from shifter.tools import images as test_images
-from shifter.tools import registry as site_registry
-from shifter.tools.site import Site
+from tools import gateway as gwtool
+from tools import images as test_images
+from tools import registry as site_registry
+from tools.site import Site
 
 SITE = Site()
 NO_PROXY = {"http": None, "https": None, "all": None}

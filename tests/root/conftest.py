@@ -14,8 +14,9 @@ import pytest
 from helpers.prereq import USER1, USER2
 from helpers.site_launch import forget_plans
 from shifter.runtime import config as udiconfig
-from shifter.runtime import meta, udi
-from shifter.tools import squash
+from shifter.runtime import meta
+from shifter.runtime.builder import udi
+from tools import squash
 
 
 def _launch_extras(root):

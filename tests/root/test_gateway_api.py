@@ -25,10 +25,10 @@ from helpers.site_gateway import NO_PROXY, SITE, Api, credential, new_gateway, p
 from shifter.errors import ShifterError
 from shifter.gateway.catalog import API_FIELDS
 from shifter.runtime import imagefiles, meta
-from shifter.tools import gateway as gwtool
-from shifter.tools import images as test_images
-from shifter.tools.images import LAYERS_EXPECT
-from shifter.tools.site import TEST_SHARED_GROUP, TEST_USERS
+from tools import gateway as gwtool
+from tools import images as test_images
+from tools.images import LAYERS_EXPECT
+from tools.site import TEST_SHARED_GROUP, TEST_USERS
 
 pytestmark = pytest.mark.root  # credentials of the test users are made with setpriv
 

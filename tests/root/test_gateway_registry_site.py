@@ -24,9 +24,9 @@ from helpers.prereq import require
 from shifter.gateway import registry as reg
 from shifter.gateway.errors import PullError
 from shifter.gateway.worker import image_fields
-from shifter.tools import images as test_images
-from shifter.tools import registry as site_registry
-from shifter.tools.site import Site
+from tools import images as test_images
+from tools import registry as site_registry
+from tools.site import Site
 
 pytestmark = pytest.mark.root  # the site's registries
 

@@ -18,7 +18,7 @@ from helpers.prereq import require
 from shifter.gateway import userfile
 from shifter.gateway.catalog import Requester
 from shifter.gateway.errors import ImportRefused
-from shifter.tools.site import TEST_SHARED_GROUP, TEST_USERS
+from tools.site import TEST_SHARED_GROUP, TEST_USERS
 
 pytestmark = pytest.mark.root
 

@@ -19,7 +19,7 @@ import pytest
 
 from helpers.prereq import USER1
 from shifter.runtime import config as udiconfig
-from shifter.runtime import udi
+from shifter.runtime.builder import udi
 
 pytestmark = pytest.mark.root
 
@@ -36,7 +36,7 @@ def _marker(text):
 
 @pytest.fixture(scope="module")
 def env(cluster):
-    from shifter.tools import squash
+    from tools import squash
 
     base = tempfile.mkdtemp(prefix="shifter-request-", dir="/var/tmp")
     os.chmod(base, 0o755)

@@ -13,7 +13,8 @@ import pytest
 
 from helpers.prereq import USER1, USER2
 from helpers.site_launch import SHIFTER, python_ran, run
-from shifter.runtime import linux, udi
+from shifter.runtime import linux
+from shifter.runtime.builder import udi
 
 pytestmark = pytest.mark.root
 

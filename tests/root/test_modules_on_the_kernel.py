@@ -1,5 +1,5 @@
 """Site modules on the real kernel, from modules prepared here by ``shifter-admin``'s
-code (``shifter.runtime.modprep``): the host's MPICH in place of the image's, and the
+code (``shifter.runtime.siteprep.modprep``): the host's MPICH in place of the image's, and the
 stand-in GPU driver, whose per-GPU device files a step sees only for its own GPUs
 (prepared containers, private containers as a user and as root); defaultModules,
 ``--module=none``, conflicts and ``--dry-run``."""
@@ -19,7 +19,8 @@ import pytest
 from helpers.prereq import USER1, require
 from helpers.site_launch import SHIFTER, forget_plans, plans
 from shifter.runtime import config as udiconfig
-from shifter.runtime import modprep, udi
+from shifter.runtime.siteprep import modprep
+from shifter.runtime.builder import udi
 
 pytestmark = pytest.mark.root
 

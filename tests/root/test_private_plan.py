@@ -183,7 +183,7 @@ def test_private_containers_share_the_image_mount_of_the_prepared_udi(fresh_plan
     fresh loop device as root, squashfuse as a user): both the Python build and the
     replay.  The kernel still enforces the image's modes for the user, and the private
     container outlives the prepared UDI's teardown."""
-    from shifter.runtime import udi
+    from shifter.runtime.builder import udi
 
     res = subprocess.run(["/opt/shifter/bin/setupRoot", "-U", "4242", "id", fresh_plans["id"]], capture_output=True,
                          text=True, env={"SHIFTER_CONFIG": fresh_plans["conf"], "SLURM_JOB_ID": "4711"})
@@ -312,7 +312,7 @@ def test_a_user_namespace_with_another_mapping_is_never_joined(fresh_plans):
     """The rendezvous names a process of the user's own `unshare -r` (uid 0 inside, mapped
     to the user): joining it would make the container's processes uid 0.  It is refused
     and a namespace of the right shape is made."""
-    from shifter.runtime import userns
+    from shifter.runtime.launcher import userns
 
     pw = pwd.getpwnam(USER1)
     other = subprocess.Popen(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",

@@ -1,4 +1,4 @@
-"""Private containers for an ordinary user (shifter.runtime.private_user): squashfuse in a
+"""Private containers for an ordinary user (shifter.runtime.launcher.private_user): squashfuse in a
 user namespace, run as the test user sftest1 through a small helper script.  What the
 user sees inside, exit statuses, signals, refusals, and that nothing is left behind."""
 
@@ -77,7 +77,7 @@ def env(site):
             "the busybox test image is not built (tools/images)")
     base = tempfile.mkdtemp(prefix="shifter-pu-test.", dir="/tmp")
     os.chmod(base, 0o755)
-    from shifter.tools import squash
+    from tools import squash
 
     images = os.path.join(base, "images")
     image_id = squash.make_image(site, "busybox", images, extra=_extras)

@@ -14,7 +14,8 @@ import pytest
 
 from helpers.prereq import USER1, USER2
 from shifter.runtime import config as udiconfig
-from shifter.runtime import linux, plan, udi, volumes
+from shifter.runtime import linux, plan, volumes
+from shifter.runtime.builder import udi
 from shifter.runtime.image import ImageRef
 
 pytestmark = pytest.mark.root
@@ -41,7 +42,7 @@ def env(tmp_path_factory, cluster):
     base = tmp_path_factory.mktemp("udi")
     os.chmod(base, 0o755)
     images = base / "images"
-    from shifter.tools import squash
+    from tools import squash
 
     image_id = squash.make_image(cluster, "busybox", str(images), extra=_extras)
     private_id = squash.make_image(cluster, "busybox", str(images), user_acl=(4243,),
@@ -349,8 +350,8 @@ def test_site_fs_propagation_follows_mount_propagation_style(torn_down, style, s
 def test_image_var_symlink_never_reaches_the_host(env, tmp_path):
     """An image whose /var is a link to /etc must not get the host's /etc entries bound
     into the container's /var (the link would be followed on the host)."""
-    from shifter.tools import squash
-    from shifter.tools.site import Site
+    from tools import squash
+    from tools.site import Site
 
     def hostile(root):
         shutil.rmtree(os.path.join(root, "var"), ignore_errors=True)

@@ -13,8 +13,8 @@ from dataclasses import replace
 
 import pytest
 
-from shifter.tools import cluster as tool
-from shifter.tools import daemons
+from tools import cluster as tool
+from tools import daemons
 
 pytestmark = pytest.mark.slurm
 

@@ -26,7 +26,7 @@ from helpers.prereq import USER1
 from helpers.site_contain import (IMAGE, UID1, cgroup_jobs, contain_site,
                                   extern_step_holds_the_cgroup_and_cancel_leaves_nothing, job_dirs,
                                   module_daemons, user_workdir, wait_gone, wait_running)
-from shifter.tools.site import MEMORY_CGROUP
+from tools.site import MEMORY_CGROUP
 
 pytestmark = pytest.mark.slurm
 

@@ -14,7 +14,7 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 
 def test_the_demo_job_runs_and_reports_ok(cluster):
-    res = subprocess.run([sys.executable, "-m", "shifter.tools.demo"], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "tools.demo"], capture_output=True, text=True,
                          timeout=600, env={**os.environ, "SHIFTER_CHECKOUT": CHECKOUT})
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.rstrip().endswith("demo: ok"), res.stdout

@@ -17,8 +17,8 @@ import requests
 from helpers.prereq import USER1, USER2
 from shifter.runtime import config as udiroot
 from shifter.runtime import meta
-from shifter.tools import gateway
-from shifter.tools.images import LAYERS_EXPECT
+from tools import gateway
+from tools.images import LAYERS_EXPECT
 
 pytestmark = pytest.mark.slurm
 

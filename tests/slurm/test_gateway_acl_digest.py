@@ -21,9 +21,9 @@ import pytest
 
 from helpers.prereq import USER1, USER2
 from shifter.runtime import imagefiles, meta
-from shifter.tools import gateway as gwtool
-from shifter.tools import images as test_images
-from shifter.tools.site import TEST_SHARED_GROUP, TEST_USERS
+from tools import gateway as gwtool
+from tools import images as test_images
+from tools.site import TEST_SHARED_GROUP, TEST_USERS
 
 pytestmark = pytest.mark.slurm
 

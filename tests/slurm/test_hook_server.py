@@ -1,4 +1,4 @@
-"""The node's hook server on the cluster (shifter.wlm.hookd, docs/dev.md): the first image
+"""The node's hook server on the cluster (shifter.spank.hookd, docs/dev.md): the first image
 job's prolog on a node starts it; later prologs and epilogs run in it; a server whose code
 changed, or that died, is replaced without the job noticing; only root reaches it."""
 
@@ -13,8 +13,8 @@ import time
 import pytest
 
 from helpers.prereq import USER1
-from shifter.tools import cluster as cluster_tool
-from shifter.wlm import hookd
+from tools import cluster as cluster_tool
+from shifter.spank import hookd
 
 pytestmark = pytest.mark.slurm
 NODE = "n2"

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from helpers.site_jobs import batch, forget_node_plans
-from shifter.tools import cluster as cluster_tool
+from tools import cluster as cluster_tool
 
 pytestmark = pytest.mark.slurm
 

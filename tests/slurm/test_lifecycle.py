@@ -18,7 +18,7 @@ import pytest
 
 from helpers.prereq import USER1, USER2
 from shifter.runtime import config as udiconfig
-from shifter.tools import cluster as cluster_tool
+from tools import cluster as cluster_tool
 
 pytestmark = pytest.mark.slurm
 PROBE = ("echo $(hostname) $(id -u) $(test -r /var/shifter/launch.plan && echo prepared) "
@@ -241,7 +241,7 @@ def test_the_epilog_cleans_up_after_slurmd_was_killed_and_restarted(cluster, run
 
 
 def _kill_and_restart_slurmd(cluster, job):
-    from shifter.tools import daemons
+    from tools import daemons
 
     assert _node_mounts(cluster, "n2", f".jobs/{job}/root")
     pid = daemons.running(cluster_tool.slurmd_pidfile(cluster, "n2"), "slurmd")
@@ -513,7 +513,7 @@ def eager_gateway(cluster):
     """The site's gateway restarted with PullUpdateTimeout=0: a pull always asks the
     registry (the site default, 300 s, would serve the first pull's image for five
     minutes; a restart also ends the 10 s in which a finished pull answers its polls)."""
-    from shifter.tools import gateway
+    from tools import gateway
 
     gateway.stop(cluster)
     gateway.render_config(gateway.config_path(cluster), system=gateway.SYSTEM, image_dir=cluster.images,

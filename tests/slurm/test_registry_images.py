@@ -11,8 +11,8 @@ import tarfile
 import pytest
 import requests
 
-from shifter.tools import images, registry
-from shifter.tools.site import Site
+from tools import images, registry
+from tools.site import Site
 
 pytestmark = pytest.mark.slurm
 

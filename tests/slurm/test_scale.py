@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from shifter.tools import cluster as tool
-from shifter.tools.site import Site
+from tools import cluster as tool
+from tools.site import Site
 
 pytestmark = pytest.mark.slurm
 NODES = 16

@@ -135,7 +135,7 @@ def test_gpu_module_in_a_private_container_sees_the_jobs_gpu(cluster, runner):
 
 
 def test_conflicting_modules_are_refused_at_submission_in_one_line(cluster, runner):
-    from shifter.tools import cluster as cluster_tool
+    from tools import cluster as cluster_tool
 
     directory = tempfile.mkdtemp(prefix="shifter-modconf-", dir="/var/tmp")
     os.chmod(directory, 0o755)

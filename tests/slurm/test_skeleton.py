@@ -177,7 +177,7 @@ def test_batch_job_without_shifter_never_maps_libpython(runner):
 
 def _private_conf(site, plugstack_line: str) -> str:
     """A copy of slurm.conf whose PlugStackConfig is a private plugstack.conf."""
-    from shifter.tools import cluster as cluster_tool
+    from tools import cluster as cluster_tool
 
     return cluster_tool.private_slurm_conf(site, plugstack_line + "\n")[0]
 

@@ -21,7 +21,7 @@ import pytest
 from helpers.prereq import USER1, USER2
 from shifter.runtime import config as udiconfig
 from shifter.runtime import hostsfile
-from shifter.tools import cluster as cluster_tool
+from tools import cluster as cluster_tool
 
 pytestmark = pytest.mark.slurm
 BUSYBOX, DEBIAN = "docker:test/busybox:latest", "docker:test/debian:latest"
@@ -180,7 +180,7 @@ def test_another_users_key_is_refused(cluster, runner, sshd_on, workdir):
                                     "--wrap", f"touch {ready}; sleep 120"], cwd=workdir)
     try:
         _wait_file(ready)
-        made = runner.run([sys.executable, "-c", "import pwd, os; from shifter.runtime import sshd; "
+        made = runner.run([sys.executable, "-c", "import pwd, os; from shifter.runtime.builder import sshd; "
                            "sshd.ensure_user_key(pwd.getpwuid(os.getuid()).pw_dir)"], user=USER2)
         assert made.returncode == 0, made.stderr
 

@@ -86,7 +86,7 @@ def test_steps_and_fallback_request_in_a_job_without_image(runner, ids):
 
 # -------------------------------------------------------------------- item 9
 def _squashfs(cluster, directory: str, marker: str, owner: int) -> str:
-    from shifter.tools import squash
+    from tools import squash
 
     def extra(root):
         with open(os.path.join(root, "etc", "marker"), "w") as f:
@@ -197,7 +197,7 @@ def test_the_source_of_a_per_node_cache_is_not_checked(runner):
 
 
 def test_a_per_node_cache_over_the_site_limit_is_refused_at_submission(runner, site):
-    from shifter.tools import cluster as cluster_tool
+    from tools import cluster as cluster_tool
 
     directory = tempfile.mkdtemp(prefix="shifter-cachelimit-", dir="/var/tmp")
     os.chmod(directory, 0o755)
@@ -227,7 +227,7 @@ def test_a_per_node_cache_over_the_site_limit_is_refused_at_submission(runner, s
 # ------------------------------------------------------------- the gateway down
 @pytest.fixture
 def gateway_down(cluster, site):
-    from shifter.tools import gateway
+    from tools import gateway
 
     gateway.stop(site)
     try:

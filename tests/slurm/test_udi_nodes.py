@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from shifter.tools import cluster as cluster_tool
-from shifter.tools import squash
+from tools import cluster as cluster_tool
+from tools import squash
 
 pytestmark = pytest.mark.slurm
 

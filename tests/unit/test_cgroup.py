@@ -93,7 +93,7 @@ def test_a_host_directory_container_leaves_out_shifters_anchors(tmp_path):
     """local:/ (--ccm) merges the host's /var: the anchors where every job's container
     and image are mounted are left out, the rest is bound."""
     from shifter.runtime import config as udiconfig
-    from shifter.runtime import execute, udi
+    from shifter.runtime.builder import execute, udi
 
     host_var = tmp_path / "var"
     for name in ("udiMount", "udiMount.jobs", "udiLoopMount", "udiLoopMount.jobs", "lib", "udiMount.jobs.x"):

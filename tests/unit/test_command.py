@@ -152,7 +152,7 @@ def test_a_broken_pipe_elsewhere_is_a_failure_line(capsys):
 
 # ------------------------------------------------------------------ exec failures
 def _exec(argv, path):
-    code = ("import sys; from shifter import command; from shifter.runtime import entry\n"
+    code = ("import sys; from shifter import command; from shifter.runtime.launcher import entry\n"
             f"sys.exit(command.run('shifter', lambda a: entry.exec_command({argv!r}, {{'PATH': {path!r}}}), [],"
             " launcher=True))\n")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -176,7 +176,7 @@ def test_command_not_executable_is_126_and_one_line(tmp_path):
 def test_exec_failure_in_the_builder_comes_back_with_its_code():
     """A private container's builder (a forked child) reports the exec failure to the
     launcher, which exits with 127/126 as if it had exec'd itself."""
-    from shifter.runtime import private_user
+    from shifter.runtime.launcher import private_user
 
     for missing, code in ((True, 127), (False, 126)):
         report = "\0".join((private_user._NOT_RUN[code], "can't run x: y", "")).encode()
@@ -208,12 +208,12 @@ def test_every_installed_command_fails_with_one_line_and_a_table_code(tmp_path, 
 
 
 @pytest.mark.parametrize("module, argv", [
-    ("shifter.tools.cluster", ["sideways"]),
-    ("shifter.tools.images", ["--no-such-option"]),
-    ("shifter.tools.users", ["extra"]),
-    ("shifter.tools.demo", ["extra"]),
-    ("shifter.tools.gateway", ["sideways"]),
-    ("shifter.tools.registry", ["sideways"]),
+    ("tools.cluster", ["sideways"]),
+    ("tools.images", ["--no-such-option"]),
+    ("tools.users", ["extra"]),
+    ("tools.demo", ["extra"]),
+    ("tools.gateway", ["sideways"]),
+    ("tools.registry", ["sideways"]),
 ])
 def test_the_local_site_tools_fail_the_same_way(module, argv):
     res = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=120)
@@ -262,7 +262,7 @@ def test_the_c_header_compiles_to_the_table(tmp_path):
 def test_the_c_sources_take_every_exit_code_from_the_header():
     """No number in exit()/_exit(), no 125-127 and no 128+N: SHIFTER_EXIT_* of the header."""
     for name in ("launcher.c", "replay.c", "sqfs_inproc.c"):
-        text = re.sub(r"/\*.*?\*/", "", open(os.path.join(SRC, "runtime", name)).read(), flags=re.S)
+        text = re.sub(r"/\*.*?\*/", "", open(os.path.join(SRC, "runtime", "launcher", name)).read(), flags=re.S)
         assert not re.findall(r"\b_?exit\(\d+\)", text), name
         assert not re.findall(r"\b12[5-7]\b|\b128 *\+", text), name
 
@@ -282,7 +282,8 @@ def test_the_spank_plugin_and_the_launcher_say_the_same_line(tmp_path):
     """srun --image=... (the SPANK dispatcher's slurm_error) and shifter --image=... (the
     wrapper) refuse the same image with the very same line."""
     from shifter.spank import dispatch
-    from shifter.spank.handle import CTX_ALLOCATOR, FakeSpank
+    from shifter.spank.handle import CTX_ALLOCATOR
+    from helpers.fake_spank import FakeSpank
 
     conf = tmp_path / "udiRoot.conf"
     conf.write_text("system=test\nimagePath=/images\nudiMount=/var/udiMount\n")
@@ -297,10 +298,10 @@ def test_the_spank_plugin_and_the_launcher_say_the_same_line(tmp_path):
 
 # ------------------------------------------------------------------ library code never prints or exits
 #: the command layer: the modules whose main() is a command (they print their output)
-COMMAND_MODULES = {"common/command.py", "runtime/launch.py", "runtime/setuproot.py", "runtime/teardown.py",
-                   "runtime/admin.py", "gateway/server.py", "gateway_client/cli.py", "spank/embed_build.py",
-                   "wlm/hookd.py"}
-LIBRARY_DIRS = ("common", "runtime", "wlm", "gateway", "gateway_client", "spank")
+COMMAND_MODULES = {"shifter/command.py", "runtime/launcher/launch.py", "runtime/builder/setuproot.py", "runtime/builder/teardown.py",
+                   "runtime/siteprep/admin.py", "gateway/server.py", "gateway_client/cli.py", "spank/embed_build.py",
+                   "spank/hookd.py"}
+LIBRARY_DIRS = ("shifter", "runtime", "wlm", "gateway", "gateway_client", "spank")
 
 
 def _calls(path):

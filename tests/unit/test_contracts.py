@@ -2,7 +2,7 @@
 through the Python owner and through the compiled code (docs/dev.md, "Contracts").
 
 The compiled side here is the contract driver (tests/data/contract_driver.c): the
-launcher's own sources (runtime/launcher.c, replay.c) built with the shipped launcher's
+launcher's own sources (runtime/launcher/launcher.c, replay.c) built with the shipped launcher's
 flags and the header the build writes from the owners (shifter.runtime.contract_header).
 The shim's contracts run through the installed plugin in their own test modules
 (named in CONTRACTS); this module checks that every vector file is run by one.
@@ -31,18 +31,18 @@ PREFIX = "/opt/shifter"  # the installation the request_key vectors assume
 
 #: vector file -> (owner module, the C that follows it, the test module that runs both)
 CONTRACTS = {
-    "image_request.json": ("runtime/envrequest.py", "runtime/launcher.c", "test_contracts.py"),
-    "request_key.json": ("runtime/privplan.py", "runtime/replay.c", "test_contracts.py"),
-    "launch_plan.json": ("runtime/plan.py", "runtime/launcher.c", "test_contracts.py"),
-    "launch_match.json": ("runtime/plan.py", "runtime/launcher.c", "test_contracts.py"),
-    "private_plan.json": ("runtime/privplan.py", "runtime/replay.c", "test_contracts.py"),
+    "image_request.json": ("runtime/envrequest.py", "runtime/launcher/launcher.c", "test_contracts.py"),
+    "request_key.json": ("runtime/privplan.py", "runtime/launcher/replay.c", "test_contracts.py"),
+    "launch_plan.json": ("runtime/plan.py", "runtime/launcher/launcher.c", "test_contracts.py"),
+    "launch_match.json": ("runtime/plan.py", "runtime/launcher/launcher.c", "test_contracts.py"),
+    "private_plan.json": ("runtime/privplan.py", "runtime/launcher/replay.c", "test_contracts.py"),
     "plugstack_args.json": ("spank/plugstack.py", "spank/shim.c", "test_plugstack.py"),
     "shim_route.json": ("spank/request.py", "spank/shim.c", "test_shim_route.py"),
     "udiconf_imagepath.json": ("runtime/config.py", "spank/udiconf_key.h", "test_shim_route.py"),
-    "job_udi.json": ("runtime/jobpath.py", "runtime/launcher.c", "test_jobpath.py"),
-    "plandir.json": ("runtime/plandir.py", "runtime/plandir.h", "test_plandir.py"),
+    "job_udi.json": ("runtime/jobpath.py", "runtime/launcher/launcher.c", "test_jobpath.py"),
+    "plandir.json": ("runtime/plandir.py", "runtime/launcher/plandir.h", "test_plandir.py"),
     "job_cgroup.json": ("wlm/cgroup.py", "spank/cgroup_path.h", "test_cgroup.py"),
-    "gpu_steps.json": ("runtime/devices.py", "runtime/launcher.c", "test_gpu_steps.py"),
+    "gpu_steps.json": ("runtime/devices.py", "runtime/launcher/launcher.c", "test_gpu_steps.py"),
 }
 
 
@@ -63,8 +63,8 @@ def driver(tmp_path_factory):
     with open(os.path.join(gen, "exit_codes.h"), "w") as f:  # the build's other generated header
         f.write(exit_codes.c_header())
     exe = str(out / "contract_driver")
-    sources = [s for s in contract_header.LAUNCHER_SOURCES if s not in ("runtime/launcher.c", "runtime/replay.c")]
-    subprocess.run([cc, *contract_header.LAUNCHER_CFLAGS, "-I", gen, "-I", os.path.join(SRC, "runtime"),
+    sources = [s for s in contract_header.LAUNCHER_SOURCES if s not in ("runtime/launcher/launcher.c", "runtime/launcher/replay.c")]
+    subprocess.run([cc, *contract_header.LAUNCHER_CFLAGS, "-I", gen, "-I", os.path.join(SRC, "runtime", "launcher"),
                     "-o", exe, os.path.join(DATA, "contract_driver.c"), *(os.path.join(SRC, s) for s in sources)],
                    check=True)
     return exe
@@ -277,7 +277,7 @@ def test_the_c_writes_no_owned_name_itself():
     owned = [v for k, v in vars(envrequest).items() if k.isupper() and isinstance(v, str) and k != "PROLOG_PREFIX"]
     owned += [plan.MAGIC, privplan.MAGIC, privplan.KEY_VERSION, plan.RELPATH]
     owned += [name for names in envrequest.IMAGE_PAIRS for name in names] + list(envrequest.FALLBACK_IMAGE_VARS)
-    for rel in ("runtime/launcher.c", "runtime/replay.c", "spank/shim.c"):
+    for rel in ("runtime/launcher/launcher.c", "runtime/launcher/replay.c", "spank/shim.c"):
         with open(os.path.join(SRC, rel), encoding="utf-8") as f:
             code = f.read()
         for value in owned:

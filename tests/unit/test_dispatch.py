@@ -5,7 +5,8 @@ import os
 import pytest
 
 from shifter.spank import dispatch
-from shifter.spank.handle import CTX_ALLOCATOR, CTX_JOB_SCRIPT, CTX_LOCAL, CTX_REMOTE, CTX_SLURMD, FakeSpank
+from shifter.spank.handle import CTX_ALLOCATOR, CTX_JOB_SCRIPT, CTX_LOCAL, CTX_REMOTE, CTX_SLURMD
+from helpers.fake_spank import FakeSpank
 
 
 ID = "ab" * 32

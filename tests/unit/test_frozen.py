@@ -85,7 +85,7 @@ def test_the_submissions_lookup_imports_none_of_the_heavy_modules():
     """The SPANK plugin pins a docker image at every sbatch/srun/salloc (a munge credential
     and one request to the gateway): none of these (~70 ms together) on that path."""
     code = ("import sys, shifter.spank.dispatch, shifter.spank.request, shifter.runtime.image, "
-            "shifter.gateway_client.client, shifter.gateway.munge, shifter.spawn, shifter.runtime.sshd;"
+            "shifter.gateway_client.client, shifter.munge, shifter.spawn, shifter.runtime.builder.sshd;"
             f"print(' '.join(m for m in {HOT!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == []
@@ -95,8 +95,8 @@ def test_the_prologs_imports_stay_off_dataclasses_inspect_and_traceback():
     """The prolog and epilog start a cold interpreter per job on every node: these modules
     cost ~35 ms of import together (docs/dev.md, start-up)."""
     code = ("import sys, shifter.spank.dispatch, shifter.wlm.prolog, shifter.wlm.epilog, "
-            "shifter.runtime.udi, shifter.runtime.teardown, shifter.spank.request, shifter.wlm.cgroup, "
-            "shifter.runtime.sshd, shifter.runtime.hostsfile, shifter.runtime.ed25519, shifter.asuser, "
+            "shifter.runtime.builder.udi, shifter.runtime.builder.teardown, shifter.spank.request, shifter.wlm.cgroup, "
+            "shifter.runtime.builder.sshd, shifter.runtime.hostsfile, shifter.runtime.ed25519, shifter.asuser, "
             "shifter.wlm.jobinfo;"
             f"print(' '.join(m for m in {HOT!r} + ('socket', 'hashlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True)

@@ -9,7 +9,7 @@ import pytest
 
 from shifter.errors import ConfigError
 from shifter.gateway import config
-from shifter.tools import gateway as gwtool
+from tools import gateway as gwtool
 
 # Shifter's own imagemanager.json.example, unchanged
 SHIFTER_EXAMPLE = {

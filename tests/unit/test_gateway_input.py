@@ -23,7 +23,7 @@ from shifter.errors import ConfigError
 from shifter.gateway import config, flatten, logs, server, worker
 from shifter.gateway.errors import BadRequest, PullError
 from shifter.gateway.flatten import LayerError
-from shifter.tools import gateway as gwtool
+from tools import gateway as gwtool
 
 # -- log lines -------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The node's hook server (shifter.wlm.hookd): its request records, and one connection's
+"""The node's hook server (shifter.spank.hookd): its request records, and one connection's
 handling (a real fork, a real socket pair; the hook itself faked at dispatch.run).  The
 server on the cluster, with the compiled shim as its client: tests/slurm/test_hook_server.py."""
 
@@ -11,7 +11,8 @@ import time
 import pytest
 
 from shifter.spank import dispatch
-from shifter.wlm import hookd
+from shifter.spank import hookd
+from shifter.wlm import hookcpu
 
 
 def _request(*records: str) -> bytes:
@@ -77,7 +78,7 @@ def _answer(shim) -> list[str]:
 
 def test_the_hook_runs_with_the_requests_environment_and_its_lines_and_result_come_back(monkeypatch):
     def fake_run(sp, hook, args, options):
-        assert dispatch.IN_HOOK_SERVER
+        assert hookcpu.IN_HOOK_SERVER
         sp.info(f"{hook} job={sp.job_id()} uid={sp.job_uid()} ctx={sp.context} node={os.environ['SLURMD_NODENAME']}")
         sp.error("two\nlines")
         sp.verbose(f"{args} {options} {sorted(os.environ)}")

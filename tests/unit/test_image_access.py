@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from shifter.errors import UsageError
-from shifter.runtime import config, meta, udi
+from shifter.runtime import config, meta
+from shifter.runtime.builder import udi
 from shifter.runtime.image import ImageRef
 
 MINE, THEIRS, PUBLIC, MISSING = "1" * 64, "2" * 64, "3" * 64, "4" * 64

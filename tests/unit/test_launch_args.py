@@ -1,7 +1,7 @@
 import pytest
 
 from shifter.errors import UsageError
-from shifter.runtime.launch import parse_args
+from shifter.runtime.launcher.launch import parse_args
 
 
 def test_stops_at_the_first_non_option():

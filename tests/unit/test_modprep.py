@@ -1,4 +1,4 @@
-"""shifter-admin module prepare (shifter.runtime.modprep, elfdeps), the per-GPU device
+"""shifter-admin module prepare (shifter.runtime.siteprep.modprep, elfdeps), the per-GPU device
 rule (shifter.runtime.devices) and the module keys they write (config, plan)."""
 
 import json
@@ -10,7 +10,8 @@ import pytest
 
 from shifter import paths, templates
 from shifter.errors import ConfigError, UsageError
-from shifter.runtime import config, devices, elfdeps, modprep, plan
+from shifter.runtime import config, devices, plan
+from shifter.runtime.siteprep import elfdeps, modprep
 from helpers.prereq import require
 
 MPICH = "/usr/lib/x86_64-linux-gnu/libmpich.so.12"
@@ -223,7 +224,7 @@ def test_launch_plan_carries_the_gpu_devices():
 
 
 def test_local_site_templates_render_gres_and_modules():
-    from shifter.tools.site import Site
+    from tools.site import Site
 
     site = Site(root="/srv/site")
     text = templates.render("udiRoot.conf", **site.udiroot_context(modules_conf="module_x_siteEnv=A=1\n"))

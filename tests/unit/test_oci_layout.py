@@ -1,4 +1,4 @@
-"""The OCI layout writer of shifter.tools.images: blobs, manifests, layers, whiteouts (no root)."""
+"""The OCI layout writer of tools.images: blobs, manifests, layers, whiteouts (no root)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import tarfile
 
 import pytest
 
-from shifter.tools import images
-from shifter.tools.images import (LAYERS_EXPECT, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP,
-                                  OCI_MANIFEST, OciLayout, dir_entry, file_entry, symlink_entry)
+from tools import images
+from tools.images import LAYERS_EXPECT, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, OciLayout, dir_entry, file_entry, symlink_entry
 
 
 def sha256(data: bytes) -> str:

@@ -1,5 +1,5 @@
 """The plan directory (shifter.runtime.plandir): one rule in Python and in C
-(runtime/plandir.h), checked against one set of vectors; the directories are opened
+(runtime/launcher/plandir.h), checked against one set of vectors; the directories are opened
 without following symlinks and used only if they are the user's alone."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from shifter.runtime import plandir, privplan
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "data")
-RUNTIME = os.path.join(HERE, "..", "..", "runtime")
+RUNTIME = os.path.join(HERE, "..", "..", "runtime", "launcher")
 VECTORS = json.load(open(os.path.join(DATA, "contracts", "plandir.json")))["vectors"]
 
 
@@ -172,7 +172,7 @@ def test_plans_are_written_privately_and_pruned(site, monkeypatch):
 
 
 def test_prolog_makes_the_plan_directory_and_survives_a_site_fault(site, monkeypatch):
-    from shifter.spank.handle import FakeSpank
+    from helpers.fake_spank import FakeSpank
     from shifter.wlm import prolog
 
     top, home = site

@@ -10,7 +10,8 @@ import pytest
 
 from shifter.errors import ConfigError
 from shifter.runtime import config as udiconfig
-from shifter.runtime import execute, planner, privplan, udi
+from shifter.runtime.builder import execute, planner, udi
+from shifter.runtime import privplan
 from shifter.runtime.image import ImageRef
 from shifter.runtime.modules import select_modules
 from shifter.runtime.volumes import parse_volumes
@@ -98,7 +99,7 @@ def test_site_maps_modules_hooks_and_caches_in_the_root_plan():
 
 
 def test_sshd_and_hostsfile_belong_to_the_prolog_udi():
-    from shifter.runtime import sshd
+    from shifter.runtime.builder import sshd
 
     setup = sshd.Setup(bundle="/b", pubkey="ssh-ed25519 AAAA x", address="127.0.0.1", allowed=("sftest1",))
     ops = _root(_config(), _request(sshd=setup, hostlist="n1/2 n2/1"))

@@ -21,7 +21,8 @@ from helpers.shim import A, B, compiler, run_shim, shim_site
 from shifter.errors import ShifterError
 from shifter.runtime import config as udiconfig
 from shifter.spank import dispatch
-from shifter.spank.handle import CTX_ALLOCATOR, CTX_LOCAL, FakeSpank
+from shifter.spank.handle import CTX_ALLOCATOR, CTX_LOCAL
+from helpers.fake_spank import FakeSpank
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "data")

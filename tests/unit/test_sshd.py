@@ -14,7 +14,8 @@ import pytest
 from shifter import templates
 from shifter.errors import ConfigError, ShifterError, UsageError
 from shifter.runtime import config as udiconfig
-from shifter.runtime import ed25519, etcfiles, hostsfile, sshd
+from shifter.runtime import ed25519, etcfiles, hostsfile
+from shifter.runtime.builder import sshd
 from shifter.wlm import jobinfo
 
 

@@ -63,7 +63,7 @@ def test_every_module_keeps_to_its_tier_and_imports_no_test_module():
                 problems[os.path.relpath(path, TESTS)] = found
     for path in [os.path.join(TESTS, "conftest.py"), *_python_files(os.path.join(TESTS, "helpers"))]:
         with open(path) as f:
-            found = tiers.module_problems(None, f.read(), local)
+            found = tiers.module_problems(None, f.read(), local, sets_path=path == os.path.join(TESTS, "conftest.py"))
         if found:
             problems[os.path.relpath(path, TESTS)] = found
     assert problems == {}
@@ -78,7 +78,7 @@ import test_launch
 from conftest import require
 from tests.conftest import USER1
 from test_private_plan import fresh  # noqa: F401
-from shifter.tools import registry
+from tools import registry
 from helpers.site_gateway import SITE
 from helpers import site_launch
 sys.path.insert(0, "/elsewhere")
@@ -105,7 +105,7 @@ def test_b(request):
 def test_the_source_check_refuses_a_unit_module_that_needs_the_site():
     found = "\n".join(tiers.module_problems("unit", BAD_UNIT, {"test_launch", "test_private_plan"}))
     for expected in ("imports test_launch:", "imports conftest:", "imports tests.conftest:",
-                     "imports test_private_plan:", "imports shifter.tools.registry, which reaches the local site",
+                     "imports test_private_plan:", "imports tools.registry, which reaches the local site",
                      "imports helpers.site_gateway, which reaches", "imports helpers.site_launch, which reaches",
                      "changes sys.path", "marked root, so it belongs in tests/root",
                      "marked slurm, so it belongs in tests/slurm", "test_a uses the site fixture 'cluster'",
@@ -119,7 +119,7 @@ def test_the_source_check_passes_what_the_rules_allow():
         import pytest
         from helpers.prereq import require
         from helpers.gateway import free_port
-        from shifter.tools import gateway
+        from tools import gateway
 
 
         @pytest.fixture
@@ -147,6 +147,7 @@ def test_the_collection_check_refuses_tests_in_the_wrong_folder(tmp_path):
     top = tmp_path / "tests"
     shutil.copytree(os.path.join(TESTS, "helpers"), top / "helpers", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(os.path.join(TESTS, "conftest.py"), top / "conftest.py")
+    (tmp_path / "tools").symlink_to(os.path.join(os.path.dirname(TESTS), "tools"))  # the checkout's, not installed
     (top / "unit").mkdir()
     (top / "root").mkdir()
     (tmp_path / "pyproject.toml").write_text(textwrap.dedent('''

@@ -2,7 +2,7 @@
 
 Their destinations are resolved in the container at execution time, without following
 a symlink; what is missing is made only in the container's own storage.  Each step
-goes through the executor (``shifter.runtime.execute.Executor``), which writes the
+goes through the executor (``shifter.runtime.builder.execute.Executor``), which writes the
 private-plan records of what was done.
 """
 
@@ -12,7 +12,8 @@ import os
 import stat
 
 from shifter.errors import ConfigError, ShifterError
-from shifter.runtime import cache, destinations, linux, teardown
+from shifter.runtime.builder import cache, destinations, teardown
+from shifter.runtime import linux
 
 RO = linux.MS_RDONLY
 SAFE = linux.MS_NOSUID | linux.MS_NODEV

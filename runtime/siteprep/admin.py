@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from shifter.runtime import modprep
+    from shifter.runtime.siteprep import modprep
 
     args = parser().parse_args(argv)
     log = lambda m: print(f"shifter-admin: {m}", file=sys.stderr)  # noqa: E731

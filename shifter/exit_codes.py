@@ -1,7 +1,7 @@
 """The exit codes of every shifter command: the one table.
 
 Python reads the constants below (``shifter.command`` maps each outcome to one of them);
-the compiled launcher (``runtime/launcher.c``, ``runtime/replay.c``) includes the header
+the compiled launcher (``runtime/launcher/launcher.c``, ``runtime/launcher/replay.c``) includes the header
 ``c_header()`` renders from this same table at build time (``setup.py``), as
 ``SHIFTER_EXIT_<NAME>``.  docs/dev.md ("Failing") shows the table; the unit tests check
 that the docs, this module and the installed launcher agree.
@@ -45,7 +45,7 @@ def table() -> list[tuple[str, int, str]]:
 def c_header() -> str:
     """The C header of this table (``#define SHIFTER_EXIT_<NAME> <code>``, and the list
     ``SHIFTER_EXIT_TABLE`` the launcher prints with SHIFTER_LAUNCHER_PRINT_EXIT_CODES)."""
-    lines = ["/* Generated at build time from shifter/exit_codes.py (common/exit_codes.py): do not edit. */",
+    lines = ["/* Generated at build time from shifter/exit_codes.py (shifter/exit_codes.py): do not edit. */",
              "#ifndef SHIFTER_EXIT_CODES_H", "#define SHIFTER_EXIT_CODES_H", ""]
     lines += [f"#define SHIFTER_EXIT_{name} {code}" for name, code, _ in table()]
     lines += ["", "#define SHIFTER_EXIT_TABLE \\"]

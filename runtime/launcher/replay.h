@@ -13,10 +13,10 @@
 /* launcher.c */
 extern char prefix[]; /* <prefix> of <prefix>/bin/shifter */
 
-/* exec <prefix>/bin/python -I -m shifter.runtime.launch ARGS... (never returns) */
+/* exec <prefix>/bin/python -I -m shifter.runtime.launcher.launch ARGS... (never returns) */
 __attribute__((noreturn)) void to_python(int argc, char **argv);
 
-/* The image descriptor the environment requests (shifter.runtime.launch.env_image_spec's
+/* The image descriptor the environment requests (shifter.runtime.launcher.launch.env_image_spec's
  * rule): 1 and the descriptor in out; 0 none; -1 too long for out. */
 int env_image_request(char *out, size_t outlen);
 

@@ -3,13 +3,13 @@
 ``plan(...)`` turns (configuration, request, root or user, prepared or private) into the
 operations that build the container, in order.  It makes no system call and reads no
 file: what it needs of the host is passed in (the configuration, the image's metadata,
-the request).  ``shifter.runtime.execute`` runs the list; ``udi.setup_root`` (prolog,
+the request).  ``shifter.runtime.builder.execute`` runs the list; ``udi.setup_root`` (prolog,
 setupRoot, a root's private container) and ``private_user`` (a user's private
 container) are its only callers, so there is one layout.
 
 An operation is a tuple ``(NAME, ARG...)``.  Most are the private-plan records of
 docs/private-plans.md (``mkdir``, ``mount``, ``bindkeep``, ...), with string arguments
-exactly as a plan file writes them; the compiled launcher (runtime/replay.c) runs those.
+exactly as a plan file writes them; the compiled launcher (runtime/launcher/replay.c) runs those.
 The others need something only the executing process knows and are resolved by the
 executor (docs/private-plans.md, "Operations the executor resolves"):
 

@@ -1,5 +1,5 @@
 """``setupRoot``: Shifter's root command, same command line (``unsetupRoot`` lives in
-``shifter.runtime.teardown``).
+``shifter.runtime.builder.teardown``).
 
     setupRoot [-U uid] [-G gid] [-u username] [-s sshPubKey] [-N "host/slots ..."]
               [-v map]... [-m modules] [-V] TYPE IDENTIFIER
@@ -77,8 +77,10 @@ def _warn(line: str) -> None:
 
 def parse_setup_args(argv: list[str], config, job_id: str = "", warn=_warn):
     """(request, verbose) from setupRoot's command line; (None, False) for -h."""
-    from shifter.runtime import udi, volumes
-    from shifter.runtime.image import parse_image, resolve_id
+    from shifter.runtime.builder import udi
+    from shifter.runtime import volumes
+    from shifter.gateway_client.client import resolve_id
+    from shifter.runtime.image import parse_image
     from shifter.runtime.modules import parse_list
 
     opts, args = _getopt(argv, "UGusNvm", "Vh")
@@ -140,7 +142,7 @@ def setup_main(argv: list[str] | None = None) -> int:
 
 def _setup(argv: list[str]) -> int:
     from shifter.runtime import config as udiconfig
-    from shifter.runtime import udi
+    from shifter.runtime.builder import udi
 
     config_path, job_id = _clean_environment()
     config = udiconfig.load(config_path)

@@ -189,7 +189,7 @@ def build_env(opts: Options, environ, image_meta, rules) -> dict[str, str]:
 
 
 def build_argv(opts: Options, image_meta) -> list[str]:
-    from shifter.runtime.udi import command_argv
+    from shifter.runtime.builder.udi import command_argv
 
     args = list(opts.args)
     if not args and image_meta.cmd and opts.entrypoint in (None, ""):
@@ -335,7 +335,8 @@ def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, u
     files ``cover`` (in a new mount namespace unless ``own_namespace``: the process has
     one already; ``shifter.runtime.devices``), no_new_privs, run the userhooks, exec
     ``argv``.  Does not return."""
-    from shifter.runtime import devices, entry, linux  # everything is imported before the chroot
+    from shifter.runtime import devices, linux  # everything is imported before the chroot
+    from shifter.runtime.launcher import entry
 
     uid, gid = os.getuid(), os.getgid()
     try:
@@ -358,7 +359,7 @@ def _saver(config, environ, image_path, image_meta, modules, uid, gid):
     """A ``privplan.Saver`` for this request, or None if the launcher would not replay it."""
     from shifter import paths
     from shifter.runtime import devices, plan, plandir, privplan
-    from shifter.runtime.udi import command_argv
+    from shifter.runtime.builder.udi import command_argv
 
     if devices.needs_blank(modules):  # what a step may open depends on its GPUs: never replayed
         return None
@@ -382,8 +383,9 @@ def _warn(line: str) -> None:
 
 def _main(argv: list[str]) -> int:
     from shifter.runtime import config as udiconfig
-    from shifter.runtime import udi, volumes
-    from shifter.runtime.image import resolve_id
+    from shifter.runtime.builder import udi
+    from shifter.runtime import volumes
+    from shifter.gateway_client.client import resolve_id
     from shifter.runtime.modules import parse_list, select_modules
 
     opts = parse_args(argv)
@@ -443,7 +445,7 @@ def _main(argv: list[str]) -> int:
     saver = None if argv and argv[0].startswith("-") else _saver(config, environ, image_path, image_meta,
                                                                  modules, uid, gid)
     if uid != 0:
-        from shifter.runtime import private_user
+        from shifter.runtime.launcher import private_user
 
         return private_user.run(config, image_path, image_meta, request, args, env, cwd, userhooks,
                                 save_plan=saver, cover=cover, warn=_warn)

@@ -1,10 +1,10 @@
-"""The Python executor: runs the operations ``shifter.runtime.planner`` made.
+"""The Python executor: runs the operations ``shifter.runtime.builder.planner`` made.
 
 ``Executor(...).run(ops)`` performs each operation in order and returns the private-plan
 records of what it did (``Executor.done``): the planner's records as they are, and each
 operation the executor resolves (``planner.EXPANDED``) replaced by the records it became
 (one ``merge`` -> a ``mkdir`` and a bind per image entry, say).  That list is what a
-private plan holds and what the compiled executor (runtime/replay.c) replays.  When an
+private plan holds and what the compiled executor (runtime/launcher/replay.c) replays.  When an
 operation no record can express ran (``planner.PYTHON_ONLY``, a per-node cache, a
 state directory given to a user), ``Executor.unsaveable`` says why, and no plan is
 written.
@@ -25,7 +25,8 @@ import time
 
 from shifter import files
 from shifter.errors import ShifterError
-from shifter.runtime import devices, etcfiles, jobpath, linux, plan, planner, sitemount
+from shifter.runtime import devices, etcfiles, jobpath, linux, plan
+from shifter.runtime.builder import planner, sitemount
 
 RO, SAFE = planner.RO, planner.SAFE
 FAULT_FILE = ".fault"
@@ -311,7 +312,7 @@ class Executor:
                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env})
 
     def op_sshd(self, udi, setup):
-        from shifter.runtime import sshd  # start-up time: only jobs with the job's sshd
+        from shifter.runtime.builder import sshd  # start-up time: only jobs with the job's sshd
 
         self.cannot_save("the build prepared a job's sshd")
         sshd.prepare(udi, setup.bundle, self.uid, self.gid, setup.pubkey, setup.address, list(setup.allowed))

@@ -19,10 +19,10 @@
  * the step's own in which the GPUs that are not the step's are covered (cover_gpus).
  * Everything else (options, another image, no plan, no user namespaces, a failed
  * replay) is handed, unchanged, to the Python implementation:
- *   <prefix>/bin/python -I -m shifter.runtime.launch ARGS...
+ *   <prefix>/bin/python -I -m shifter.runtime.launcher.launch ARGS...
  *
  * The request is read from the environment by the rule of
- * shifter.runtime.launch.env_image_spec (env_image_request here); with
+ * shifter.runtime.launcher.launch.env_image_spec (env_image_request here); with
  * SHIFTER_LAUNCHER_PRINT_REQUEST set, the launcher prints what it took (JSON) and runs
  * nothing: tests/data/contracts/image_request.json runs through both.
  *
@@ -72,7 +72,7 @@ void to_python(int argc, char **argv)
     args[n++] = python;
     args[n++] = "-I";
     args[n++] = "-m";
-    args[n++] = "shifter.runtime.launch";
+    args[n++] = "shifter.runtime.launcher.launch";
     for (int i = 1; i < argc; i++) args[n++] = argv[i];
     args[n] = NULL;
     execv(python, args);
@@ -359,7 +359,7 @@ static int matches(const struct plan *p, uid_t uid, gid_t gid)
 }
 
 /* SHIFTER_LAUNCHER_PRINT_REQUEST=1: print what this program takes from the environment,
- * as JSON (shifter.runtime.launch.env_request's keys; tests/data/contracts/image_request.json runs
+ * as JSON (shifter.runtime.launcher.launch.env_request's keys; tests/data/contracts/image_request.json runs
  * through both), and run nothing. */
 static void json_string(const char *s)
 {

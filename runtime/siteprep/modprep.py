@@ -26,7 +26,7 @@ import shutil
 
 from shifter import templates
 from shifter.errors import UsageError
-from shifter.runtime import elfdeps
+from shifter.runtime.siteprep import elfdeps
 from shifter.runtime.devices import gpu_id
 
 CONTAINER_BASE = "/opt/udiImage/modules"

@@ -7,7 +7,7 @@
  * identical request is built here, by replaying the plan's operations:
  *
  *   root  in a new mount namespace (/ recursively slave), in this process;
- *   user  the three processes of shifter.runtime.private_user: this process stays in
+ *   user  the three processes of shifter.runtime.launcher.private_user: this process stays in
  *         the host's namespaces and supervises; a helper in its own session receives
  *         the /dev/fuse fd and execs squashfuse; the builder unshares a user and mount
  *         namespace, runs the operations and becomes the command.
@@ -1238,7 +1238,7 @@ static __attribute__((noreturn)) void helper_main(const char *prog, const char *
  * Python); the exec of the command closes `err` (O_CLOEXEC). */
 /* ------------------------------------------------------------------ shared user namespace */
 /* One user namespace for all of a user's private containers on the node (see
- * shifter.runtime.userns): processes in sibling user namespaces can't ptrace,
+ * shifter.runtime.launcher.userns): processes in sibling user namespaces can't ptrace,
  * process_vm_readv or open each other's /proc/PID/fd, which MPI's shared memory needs.
  * Join the one named in <plan dir>/userns.<gid> (under an exclusive flock) if it is the
  * caller's with the mapping a new one would have; else create it and name it. */

@@ -5,7 +5,7 @@ which runs the dynamic loader on the file).
 ``closure(paths, keep)`` follows DT_NEEDED through the RUNPATHs, the host's ``ldconfig``
 cache and the default directories, leaving out the sonames in ``keep`` (the libraries
 an image must keep: glibc's, see ``IMAGE_KEEPS``).  Used by ``shifter-admin module
-prepare`` (``shifter.runtime.modprep``).
+prepare`` (``shifter.runtime.siteprep.modprep``).
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ Layout of a UDI (every mount nosuid,nodev except /dev; the image read-only)::
       user volumes              sources opened as the user (fd passing), bound by fd
       per-node caches           XFS on a loop device, owned by the user
 
-The layout is ``shifter.runtime.planner``'s (the same planner lays out private
-containers), run by ``shifter.runtime.execute``.  ``teardown`` is idempotent: it unmounts everything under udiMount and loopMount (loop
+The layout is ``shifter.runtime.builder.planner``'s (the same planner lays out private
+containers), run by ``shifter.runtime.builder.execute``.  ``teardown`` is idempotent: it unmounts everything under udiMount and loopMount (loop
 devices free themselves: autoclear) and removes per-node cache files, after a full,
 partial or crashed setup.
 """
@@ -33,10 +33,11 @@ from shifter.frozen import field, frozen
 
 from shifter import files
 from shifter.errors import ConfigError, ShifterError, UsageError
-from shifter.runtime import cache, etcfiles, execute, jobpath, linux, meta, plan, planner, volumes
-from shifter.runtime.destinations import SetupError, open_source, open_sources_as_user
+from shifter.runtime.builder import cache, execute, planner
+from shifter.runtime import etcfiles, jobpath, linux, meta, plan, volumes
+from shifter.runtime.builder.destinations import SetupError, open_source, open_sources_as_user
 from shifter.runtime.modules import select_modules
-from shifter.runtime import teardown as _teardown
+from shifter.runtime.builder import teardown as _teardown
 from shifter.runtime.image import ImageRef
 
 STATE_DIR = planner.STATE_DIR
@@ -58,7 +59,7 @@ class Request:
     ssh_pubkey: str | None = None
     hostlist: str | None = None
     gids: tuple[int, ...] = field(default=())  # filled by setup_root when empty
-    sshd: object = None  # shifter.runtime.sshd.Setup: prepare the container for the job's sshd
+    sshd: object = None  # shifter.runtime.builder.sshd.Setup: prepare the container for the job's sshd
 
 
 def resolve_image(config, image: ImageRef) -> tuple[str, meta.ImageMeta]:
@@ -161,7 +162,7 @@ def teardown_job(config, job_id, log=lambda msg: None) -> bool:
     """Remove job ``job_id``'s prepared container on this node (idempotent; after a full,
     failed or killed setup): its mounts, its per-node cache files (also those a crash left
     unrecorded), its directories.  Nothing of other jobs is touched."""
-    from shifter.runtime import sshd
+    from shifter.runtime.builder import sshd
 
     udi_path, loop_path = job_paths(config, job_id)
     # first every process in the container (the job's sshd, its sessions: docs/sshd.md)
@@ -273,7 +274,7 @@ def _build(config, req, image_path, image_meta, gids, modules, fds, log, t0, pri
 def _launch_plan(config, req, image_meta, modules, udi: str) -> plan.Plan:
     env_rules = [m.env for m in modules] + [config.siteEnv]
     if req.sshd is not None:  # the injected ssh client on PATH
-        from shifter.runtime import sshd
+        from shifter.runtime.builder import sshd
         from shifter.runtime.config import EnvRules
 
         env_rules.append(EnvRules(append=(("PATH", sshd.IN_UDI + "/bin"),)))
@@ -307,5 +308,5 @@ def remove_anchors(config) -> None:
 
 
 def teardown(config, log=lambda msg: None) -> bool:
-    """Remove the UDI (see ``shifter.runtime.teardown``); idempotent."""
+    """Remove the UDI (see ``shifter.runtime.builder.teardown``); idempotent."""
     return _teardown.teardown(config.udiMount, config.loopMount, config.perNodeCachePath, log)

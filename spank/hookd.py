@@ -37,7 +37,7 @@ IDLE_EXIT = 3600.0
 MAX_REQUEST = 1 << 20
 #: imported before the first request: what the prolog and epilog use
 PRELOAD = ("shifter.spank.dispatch", "shifter.spank.job_script", "shifter.wlm.prolog", "shifter.wlm.epilog", "shifter.wlm.jobinfo",
-           "shifter.wlm.cgroup", "shifter.runtime.udi", "shifter.runtime.teardown", "shifter.runtime.sshd",
+           "shifter.wlm.cgroup", "shifter.runtime.builder.udi", "shifter.runtime.builder.teardown", "shifter.runtime.builder.sshd",
            "shifter.runtime.hostsfile", "shifter.runtime.ed25519", "shifter.runtime.config",
            "shifter.runtime.volumes", "shifter.runtime.etcfiles", "shifter.runtime.jobpath",
            "shifter.runtime.image", "shifter.runtime.modules", "shifter.runtime.plandir", "shifter.asuser",
@@ -165,8 +165,9 @@ def _read_request(fd: int) -> bytes:
 
 def _work(fd: int, req: dict) -> int:  # pragma: no cover - runs in the forked worker
     from shifter.spank import dispatch
+    from shifter.wlm import hookcpu
 
-    dispatch.IN_HOOK_SERVER = True
+    hookcpu.IN_HOOK_SERVER = True
     os.environ.clear()
     os.environ.update(req["env"])
     sp = RemoteSpank(fd, int(req["ctx"]), _int(req.get("job")), _int(req.get("uid")), _int(req.get("gid")))
@@ -301,7 +302,7 @@ def main(argv=None) -> int:  # pragma: no cover - started by the shim
         from shifter.errors import UsageError
 
         if len(args) != 1:
-            raise UsageError("one argument: the node's name", "python -m shifter.wlm.hookd NODE")
+            raise UsageError("one argument: the node's name", "python -m shifter.spank.hookd NODE")
         socket_path(args[0])  # a ValueError for a name that is not one: an internal error line
         return serve(args[0])
 

@@ -27,8 +27,8 @@ builder and the helper die with the launcher (PR_SET_PDEATHSIG).  It mounts:
   When the node already has the image mounted (the prepared UDI's), that squashfs mount
   is bound instead (``linux.share_image``; the kernel enforces the modes there too) and
   the helper, given nothing, exits;
-- the container root (a tmpfs) laid out by ``shifter.runtime.planner`` (the user kind)
-  and built by ``shifter.runtime.execute``, as every container is:
+- the container root (a tmpfs) laid out by ``shifter.runtime.builder.planner`` (the user kind)
+  and built by ``shifter.runtime.builder.execute``, as every container is:
   image entries bound read-only, /etc a read-only overlay of the site's files over the
   image's, /var and /opt directories with the image's entries (/var/tmp 1777), the
   host's /dev (rbind, nosuid), /proc and /sys (rbind, nosuid,nodev,noexec), /tmp (bind),
@@ -71,7 +71,9 @@ import time
 
 from shifter import exit_codes
 from shifter.errors import CommandNotRun, ConfigError, ShifterError, UsageError
-from shifter.runtime import destinations, devices, entry, etcfiles, execute, linux, planner, userns, volumes
+from shifter.runtime.builder import destinations, execute, planner
+from shifter.runtime import devices, etcfiles, linux, volumes
+from shifter.runtime.launcher import entry, userns
 from shifter.runtime.modules import select_modules
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -177,7 +179,7 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
 def _check(config, image_path, image_meta, request, argv, uid, gid) -> None:
     if uid == 0:
         raise ShifterError("can't build a user's private container as root",
-                           "root builds private containers with shifter.runtime.udi.setup_root")
+                           "root builds private containers with shifter.runtime.builder.udi.setup_root")
     if (request.uid, request.gid) != (uid, gid):
         raise ShifterError(f"can't build a private container for uid {request.uid} as uid {uid}")
     if not argv:
