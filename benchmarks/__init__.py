@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table; run by hand as root (benchmarks/<name>)."""
