@@ -118,9 +118,13 @@ def create_app(manager: ImageManager) -> Flask:
     # with an HTML redirect, which no client of this API wants
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
+    _add_error_handlers(app)
+    _add_routes(app, manager)
+    return app
 
-    def session(system: str):
-        return manager.session(system, request.headers.get(AUTH_HEADER))
+
+def _add_error_handlers(app: Flask) -> None:
+    """Every request is logged; every error is answered as the API's JSON error, with its reason."""
 
     def where() -> str:
         return request.full_path.rstrip("?")[:MAX_LOGGED_PATH]
@@ -146,6 +150,13 @@ def create_app(manager: ImageManager) -> Flask:
     def internal_error(e: Exception):
         log.exception("internal error serving %s %s", request.method[:20], where())
         return _error(500, f"internal error: {type(e).__name__}")
+
+
+def _add_routes(app: Flask, manager: ImageManager) -> None:
+    """The REST API (Shifter's imagegw paths)."""
+
+    def session(system: str):
+        return manager.session(system, request.headers.get(AUTH_HEADER))
 
     @app.get("/")
     def apihelp():
@@ -196,8 +207,6 @@ def create_app(manager: ImageManager) -> Flask:
         if not value.isdigit() or not 0 < int(value) <= MAX_METRICS:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_METRICS}, not {value[:20]!r}")
         return _json(manager.metrics(session(system), int(value)))
-
-    return app
 
 
 def _parse_listen(value: str) -> tuple[str, int]:

@@ -223,6 +223,18 @@ class _Reader:
 
 
 def parse(text: str, path: str = "<udiRoot.conf>") -> UdiRootConfig:
+    raw, where, ignored, module_keys = _entries(text, path)
+    r = _Reader(path, raw, where)
+    kw = _site_keys(r, raw)
+    modules = _modules(r, raw, module_keys, kw.get("defaultModules", ()))
+    return UdiRootConfig(path=path, modules=MappingProxyType(modules), ignored=tuple(ignored),
+                         warnings=tuple(r.warnings),
+                         raw=MappingProxyType(raw), **kw)
+
+
+def _entries(text: str, path: str):
+    """The file's keys: ``raw`` (key -> value, repeatable keys joined), the line of each,
+    the ignored keys, and the attributes set for each ``module_<name>_*``."""
     raw: dict[str, str] = {}
     where: dict[str, int] = {}
     ignored: list[str] = []
@@ -249,7 +261,11 @@ def parse(text: str, path: str = "<udiRoot.conf>") -> UdiRootConfig:
         raw[key] = value
         where[key] = lineno
 
-    r = _Reader(path, raw, where)
+    return raw, where, ignored, module_keys
+
+
+def _site_keys(r: "_Reader", raw: dict[str, str]) -> dict[str, object]:
+    """The site-wide keys, checked and converted: UdiRootConfig's keyword arguments."""
     kw: dict[str, object] = {}
     for key in ("udiMount", "loopMount", "imagePath", "udiRootPath", "perNodeCachePath", "mkfsXfsPath", "ddPath"):
         if raw.get(key):
@@ -293,6 +309,11 @@ def parse(text: str, path: str = "<udiRoot.conf>") -> UdiRootConfig:
         kw["siteFs"] = r.volumes("siteFs")
     kw["siteEnv"] = r.env_rules("")
 
+    return kw
+
+
+def _modules(r: "_Reader", raw: dict[str, str], module_keys: dict[str, set[str]], defaults) -> dict:
+    """The site modules (``module_<name>_*``), checked against each other and defaultModules."""
     modules = {}
     for name, attrs in module_keys.items():
         prefix = f"module_{name}_"
@@ -309,7 +330,7 @@ def parse(text: str, path: str = "<udiRoot.conf>") -> UdiRootConfig:
             userhook=r.abspath(prefix + "userhook") if raw.get(prefix + "userhook") else None,
             gpu_devices=r.gpu_devices(prefix + "gpuDevices") if raw.get(prefix + "gpuDevices") else (),
         )
-    for name in kw.get("defaultModules", ()):
+    for name in defaults:
         if name not in modules:
             raise r.error("defaultModules", f"names module {name!r}, which is not defined",
                           f"define it with module_{name}_* keys")
@@ -317,9 +338,7 @@ def parse(text: str, path: str = "<udiRoot.conf>") -> UdiRootConfig:
         for other in module.conflict:
             if other not in modules:
                 raise r.error(f"module_{module.name}_conflict", f"names unknown module {other!r}")
-    return UdiRootConfig(path=path, modules=MappingProxyType(modules), ignored=tuple(ignored),
-                         warnings=tuple(r.warnings),
-                         raw=MappingProxyType(raw), **kw)
+    return modules
 
 
 def load(path: str | None = None) -> UdiRootConfig:

@@ -51,6 +51,45 @@ def _frozen_delattr(self, name):
 
 def frozen(cls):
     """Turn the annotated class ``cls`` into a frozen record (see the module's text)."""
+    names, defaults, factories, hidden, uncompared = _fields(cls)
+    fields = tuple(names)
+    compared = tuple(n for n in names if n not in uncompared)
+    shown = tuple(n for n in names if n not in hidden)
+
+    def _values(self):
+        return tuple(getattr(self, n) for n in compared)
+
+    def __repr__(self):
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in shown)
+        return f"{type(self).__qualname__}({inner})"
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return _values(self) == _values(other)
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(_values(self))
+
+    cls.__init__ = _init(cls, names, defaults, factories)
+    cls.__repr__ = __repr__
+    cls.__eq__ = __eq__
+    cls.__hash__ = __hash__
+    cls.__setattr__ = _frozen_setattr
+    cls.__delattr__ = _frozen_delattr
+    cls.__match_args__ = fields
+    cls.__record_fields__ = fields
+    cls.__record_defaults__ = defaults
+    cls.__record_factories__ = factories
+    cls.__record_hidden__ = frozenset(hidden)
+    cls.__record_uncompared__ = frozenset(uncompared)
+    return cls
+
+
+def _fields(cls):
+    """The record's fields, in order (the bases' first), with their defaults, default
+    factories, and which ones stay out of repr and out of ==/hash.  Removes the class
+    attributes that were ``field(...)`` markers."""
     names: list[str] = []
     defaults: dict[str, object] = {}
     factories: dict[str, object] = {}
@@ -83,6 +122,12 @@ def frozen(cls):
         elif value is not _MISSING:
             defaults[name] = value
             factories.pop(name, None)
+    return names, defaults, factories, hidden, uncompared
+
+
+def _init(cls, names, defaults, factories):
+    """``__init__`` for the fields, generated as source (keyword and positional arguments,
+    defaults and factories, as a dataclass's)."""
     params, body, seen_default = [], [], False
     scope = {"_set": object.__setattr__, "_defaults": defaults, "_factories": factories,
              "_MISSING": _MISSING}
@@ -108,38 +153,7 @@ def frozen(cls):
     exec(src, scope)  # noqa: S102 - generated from the class's own annotations
     init = scope["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
-    fields = tuple(names)
-    compared = tuple(n for n in names if n not in uncompared)
-    shown = tuple(n for n in names if n not in hidden)
-
-    def _values(self):
-        return tuple(getattr(self, n) for n in compared)
-
-    def __repr__(self):
-        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in shown)
-        return f"{type(self).__qualname__}({inner})"
-
-    def __eq__(self, other):
-        if other.__class__ is self.__class__:
-            return _values(self) == _values(other)
-        return NotImplemented
-
-    def __hash__(self):
-        return hash(_values(self))
-
-    cls.__init__ = init
-    cls.__repr__ = __repr__
-    cls.__eq__ = __eq__
-    cls.__hash__ = __hash__
-    cls.__setattr__ = _frozen_setattr
-    cls.__delattr__ = _frozen_delattr
-    cls.__match_args__ = fields
-    cls.__record_fields__ = fields
-    cls.__record_defaults__ = defaults
-    cls.__record_factories__ = factories
-    cls.__record_hidden__ = frozenset(hidden)
-    cls.__record_uncompared__ = frozenset(uncompared)
-    return cls
+    return init
 
 
 def replace(obj, **changes):

@@ -110,11 +110,7 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
     """
     uid, gid = os.getuid(), os.getgid()
     _check(config, image_path, image_meta, request, argv, uid, gid)
-    modules = select_modules(config, request.modules)
-    for module in modules:
-        if module.roothook:
-            raise UsageError(f"can't use module {module.name!r} in a private container: its roothook needs root",
-                             ROOT_HINT)
+    modules = _private_modules(config, request)
     gids = tuple(request.gids) or tuple(etcfiles.user_groups(request.username, gid, config.maxGroupCount))
     local = request.image.type == "local"
     prog = None if local else find_squashfuse(config)
@@ -173,6 +169,16 @@ def run(config, image_path: str, image_meta, request, argv: list[str], env: dict
         raise _decode_error(message)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _private_modules(config, request):
+    """The request's modules; one with a roothook is refused (it needs root)."""
+    modules = select_modules(config, request.modules)
+    for module in modules:
+        if module.roothook:
+            raise UsageError(f"can't use module {module.name!r} in a private container: its roothook needs root",
+                             ROOT_HINT)
+    return modules
 
 
 # --------------------------------------------------------------------------- launcher side

@@ -280,55 +280,9 @@ def prepare_gpu(module_dir: str, name: str = "gpu", libs=(), bins=(), gpu_device
 
     _check_name(name)
     cache = elfdeps.ldconfig_cache() if cache is None else cache
-    found: list[str] = []
-    if libs:
-        for spec in libs:
-            path = spec if "/" in spec else cache.get(spec)
-            if not path or not os.path.isfile(path):
-                raise UsageError(f"invalid --lib {spec!r}: no such library on this host",
-                                 "give a path, or a soname from `ldconfig -p`")
-            found.append(path)
-    else:
-        found = [cache[s] for s in GPU_LIBS if s in cache]
-    sonames = {elfdeps.read(p).soname: p for p in found}
-    for p in found:
-        if elfdeps.read(p).soname is None:
-            raise UsageError(f"{p} has no soname: not a driver library", "list only shared libraries with --lib")
-    if "libcuda.so.1" not in sonames:
-        bad = [f"{os.path.basename(p)} ({elfdeps.read(p).soname})" for p in found if "libcuda" in os.path.basename(p)]
-        raise UsageError("no libcuda.so.1 (the CUDA driver library, soname libcuda.so.1) among "
-                         + (", ".join(bad) if bad else "the host's libraries"),
-                         "install the NVIDIA driver, or list its libcuda.so.1 with --lib")
-    versions = {}
-    for p in found:
-        m = re.search(r"\.so\.(\d+\.\d+(?:\.\d+)?)$", os.path.realpath(p))
-        if m:
-            versions[os.path.basename(p)] = m.group(1)
-    if len(set(versions.values())) > 1:
-        raise UsageError("the driver libraries are of different versions: "
-                         + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
-                         "list the libraries of the one installed driver with --lib")
-    tools = []
-    for spec in bins or GPU_BINS:
-        path = _find_bin(spec)
-        if path is None:
-            if bins:
-                raise UsageError(f"invalid --bin {spec!r}: no such program on this host")
-            continue
-        tools.append(path)
-    devices = list(gpu_devices) or sorted(glob.glob("/dev/nvidia[0-9]*"), key=lambda p: gpu_id(p) or 0)
-    if not devices:
-        raise UsageError("no GPU device files (/dev/nvidia<N>) on this host",
-                         "name them with --gpu-device PATH (each ends in its GPU number, as gres.conf File=)")
-    seen = {}
-    for d in devices:
-        n = gpu_id(d)
-        if n is None or not d.startswith("/"):
-            raise UsageError(f"invalid --gpu-device {d!r}: a GPU device file is an absolute path ending in "
-                             "its GPU number", "e.g. /dev/nvidia0")
-        if n in seen:
-            raise UsageError(f"--gpu-device {seen[n]} and {d} are both GPU {n}")
-        seen[n] = d
+    found, sonames = _gpu_libraries(libs, cache)
+    tools = _gpu_tools(bins)
+    devices = _gpu_devices(gpu_devices)
     for spec in site_fs:
         try:
             volumes.parse_volumes(spec, site=True)
@@ -366,3 +320,68 @@ def prepare_gpu(module_dir: str, name: str = "gpu", libs=(), bins=(), gpu_device
         f"into {final}")
     return lines
 
+
+
+def _gpu_libraries(libs, cache: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The driver's libraries (``libs``, else the NVIDIA ones of the ldconfig cache) and
+    soname -> path: one driver version, libcuda.so.1 among them."""
+    found: list[str] = []
+    if libs:
+        for spec in libs:
+            path = spec if "/" in spec else cache.get(spec)
+            if not path or not os.path.isfile(path):
+                raise UsageError(f"invalid --lib {spec!r}: no such library on this host",
+                                 "give a path, or a soname from `ldconfig -p`")
+            found.append(path)
+    else:
+        found = [cache[s] for s in GPU_LIBS if s in cache]
+    sonames = {elfdeps.read(p).soname: p for p in found}
+    for p in found:
+        if elfdeps.read(p).soname is None:
+            raise UsageError(f"{p} has no soname: not a driver library", "list only shared libraries with --lib")
+    if "libcuda.so.1" not in sonames:
+        bad = [f"{os.path.basename(p)} ({elfdeps.read(p).soname})" for p in found if "libcuda" in os.path.basename(p)]
+        raise UsageError("no libcuda.so.1 (the CUDA driver library, soname libcuda.so.1) among "
+                         + (", ".join(bad) if bad else "the host's libraries"),
+                         "install the NVIDIA driver, or list its libcuda.so.1 with --lib")
+    versions = {}
+    for p in found:
+        m = re.search(r"\.so\.(\d+\.\d+(?:\.\d+)?)$", os.path.realpath(p))
+        if m:
+            versions[os.path.basename(p)] = m.group(1)
+    if len(set(versions.values())) > 1:
+        raise UsageError("the driver libraries are of different versions: "
+                         + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
+                         "list the libraries of the one installed driver with --lib")
+    return found, sonames
+
+
+def _gpu_tools(bins) -> list[str]:
+    """The driver's tools: ``bins`` (each must exist), else those of GPU_BINS the host has."""
+    tools = []
+    for spec in bins or GPU_BINS:
+        path = _find_bin(spec)
+        if path is None:
+            if bins:
+                raise UsageError(f"invalid --bin {spec!r}: no such program on this host")
+            continue
+        tools.append(path)
+    return tools
+
+
+def _gpu_devices(gpu_devices) -> list[str]:
+    """The per-GPU device files (``gpu_devices``, else /dev/nvidia<N>), each a distinct GPU."""
+    devices = list(gpu_devices) or sorted(glob.glob("/dev/nvidia[0-9]*"), key=lambda p: gpu_id(p) or 0)
+    if not devices:
+        raise UsageError("no GPU device files (/dev/nvidia<N>) on this host",
+                         "name them with --gpu-device PATH (each ends in its GPU number, as gres.conf File=)")
+    seen = {}
+    for d in devices:
+        n = gpu_id(d)
+        if n is None or not d.startswith("/"):
+            raise UsageError(f"invalid --gpu-device {d!r}: a GPU device file is an absolute path ending in "
+                             "its GPU number", "e.g. /dev/nvidia0")
+        if n in seen:
+            raise UsageError(f"--gpu-device {seen[n]} and {d} are both GPU {n}")
+        seen[n] = d
+    return devices

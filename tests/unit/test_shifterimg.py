@@ -14,6 +14,7 @@ from helpers.gateway import free_port, write_udiroot
 from shifter.errors import UsageError
 from shifter.gateway_client import cli
 from shifter.gateway_client.client import GatewayClient, GatewayUnavailable, ImageRecord
+from shifter import munge
 from shifter.runtime import config as udiroot
 
 
@@ -88,7 +89,9 @@ def test_records_from_shifters_gateway_parse():
         ImageRecord.from_json(["not", "a", "record"])
 
 
-def test_no_gateway_answering_is_one_clear_error(tmp_path):
+def test_no_gateway_answering_is_one_clear_error(tmp_path, monkeypatch):
+    # the credential's seam: this is about the connections, not munged (unit tier)
+    monkeypatch.setattr(munge, "encode", lambda payload, socket=None: "MUNGE:fake")
     dead = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
     config = udiroot.load(str(write_udiroot(str(tmp_path), dead)))
     with pytest.raises(GatewayUnavailable, match=r"can't reach the image gateway: http://127.0.0.1:\d+: "
