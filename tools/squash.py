@@ -19,7 +19,7 @@ import tarfile
 import tempfile
 
 from shifter.runtime import imagefiles, meta, proc
-from tools.images import OciLayout
+from tools.oci import OciLayout
 from tools.site import Site
 
 

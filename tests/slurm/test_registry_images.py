@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from tools import images, registry
+from tools import oci
 from tools.site import Site
 
 pytestmark = pytest.mark.slurm
@@ -30,7 +31,7 @@ def pushed(cluster) -> dict[str, str]:
 
 def get_manifest(base: str, repo: str, ref: str, auth=None) -> requests.Response:
     return requests.get(f"{base}/v2/{repo}/manifests/{ref}", auth=auth, timeout=30,
-                        headers={"Accept": images.MANIFEST_ACCEPT})
+                        headers={"Accept": oci.MANIFEST_ACCEPT})
 
 
 def manifest(base: str, repo: str, ref: str, media_type: str, auth=None) -> dict:
@@ -66,29 +67,29 @@ def test_ensure_reports_every_pushed_reference(pushed):
 
 @pytest.mark.parametrize("repo", ["test/busybox", "test/debian", "test/layers"])
 def test_latest_is_docker_v2s2(pushed, repo):
-    body = manifest(OPEN, repo, "latest", images.DOCKER_MANIFEST)
-    assert body["config"]["mediaType"] == images.DOCKER_CONFIG
-    assert {layer["mediaType"] for layer in body["layers"]} == {images.DOCKER_LAYER_GZIP}
+    body = manifest(OPEN, repo, "latest", oci.DOCKER_MANIFEST)
+    assert body["config"]["mediaType"] == oci.DOCKER_CONFIG
+    assert {layer["mediaType"] for layer in body["layers"]} == {oci.DOCKER_LAYER_GZIP}
 
 
 @pytest.mark.parametrize("repo", ["test/busybox", "test/debian"])
 def test_oci_tag_is_an_oci_manifest(pushed, repo):
-    body = manifest(OPEN, repo, "oci", images.OCI_MANIFEST)
-    assert body["config"]["mediaType"] == images.OCI_CONFIG
-    assert {layer["mediaType"] for layer in body["layers"]} == {images.OCI_LAYER_GZIP}
+    body = manifest(OPEN, repo, "oci", oci.OCI_MANIFEST)
+    assert body["config"]["mediaType"] == oci.OCI_CONFIG
+    assert {layer["mediaType"] for layer in body["layers"]} == {oci.OCI_LAYER_GZIP}
     # Same layer blobs as the v2s2 tag: the conversion only changes the manifest.
-    v2s2 = manifest(OPEN, repo, "latest", images.DOCKER_MANIFEST)
+    v2s2 = manifest(OPEN, repo, "latest", oci.DOCKER_MANIFEST)
     assert [d["digest"] for d in body["layers"]] == [d["digest"] for d in v2s2["layers"]]
 
 
 def test_multiarch_is_an_index_of_amd64_and_arm64(pushed):
-    index = manifest(OPEN, "test/busybox", "multiarch", images.OCI_INDEX)
+    index = manifest(OPEN, "test/busybox", "multiarch", oci.OCI_INDEX)
     platforms = {m["platform"]["architecture"]: m for m in index["manifests"]}
     assert set(platforms) == {"amd64", "arm64"}
     assert all(m["platform"]["os"] == "linux" for m in index["manifests"])
     assert platforms["amd64"]["digest"] == pushed["127.0.0.1:5000/test/busybox:oci"]
     for arch, desc in platforms.items():
-        body = manifest(OPEN, "test/busybox", desc["digest"], images.OCI_MANIFEST)
+        body = manifest(OPEN, "test/busybox", desc["digest"], oci.OCI_MANIFEST)
         config = blob("test/busybox", body["config"]["digest"])
         assert json.loads(config)["architecture"] == arch
 
@@ -106,7 +107,7 @@ def test_blobs_match_their_digests_and_diff_ids(pushed, repo, ref):
 
 
 def test_layers_image_carries_its_whiteouts(pushed):
-    body = manifest(OPEN, "test/layers", "latest", images.DOCKER_MANIFEST)
+    body = manifest(OPEN, "test/layers", "latest", oci.DOCKER_MANIFEST)
     assert len(body["layers"]) >= 3
     names = []
     for desc in body["layers"]:
@@ -119,7 +120,7 @@ def test_layers_image_carries_its_whiteouts(pushed):
 
 
 def test_debian_image_has_python_mpich_and_mpi_hello(pushed):
-    body = manifest(OPEN, "test/debian", "latest", images.DOCKER_MANIFEST)
+    body = manifest(OPEN, "test/debian", "latest", oci.DOCKER_MANIFEST)
     with tarfile.open(fileobj=io.BytesIO(blob("test/debian", body["layers"][0]["digest"])),
                       mode="r:gz") as t:
         members = {m.name: m for m in t.getmembers()}
@@ -139,8 +140,8 @@ def test_auth_registry_needs_credentials(pushed):
     assert get_manifest(AUTH, "test/busybox", "latest",
                         auth=(SITE.registry_user, "wrong")).status_code == 401
     assert requests.get(f"{AUTH}/v2/", auth=CREDS, timeout=10).status_code == 200
-    body = manifest(AUTH, "test/busybox", "latest", images.DOCKER_MANIFEST, auth=CREDS)
-    assert body == manifest(OPEN, "test/busybox", "latest", images.DOCKER_MANIFEST)
+    body = manifest(AUTH, "test/busybox", "latest", oci.DOCKER_MANIFEST, auth=CREDS)
+    assert body == manifest(OPEN, "test/busybox", "latest", oci.DOCKER_MANIFEST)
 
 
 def test_registries_report_running_and_ensure_is_idempotent(pushed):

@@ -13,7 +13,9 @@ import tarfile
 import pytest
 
 from tools import images
-from tools.images import LAYERS_EXPECT, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, OciLayout, dir_entry, file_entry, symlink_entry
+from tools import oci
+from tools.images import LAYERS_EXPECT
+from tools.oci import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, OciLayout, dir_entry, file_entry, symlink_entry
 
 
 def sha256(data: bytes) -> str:
@@ -25,19 +27,19 @@ def blob(layout: OciLayout, digest: str) -> bytes:
         return f.read()
 
 
-def members(layout: OciLayout, layer: images.Layer) -> list[tarfile.TarInfo]:
+def members(layout: OciLayout, layer: oci.Layer) -> list[tarfile.TarInfo]:
     with tarfile.open(fileobj=io.BytesIO(blob(layout, layer.descriptor.digest)), mode="r:gz") as t:
         return t.getmembers()
 
 
-def small_image(path) -> tuple[OciLayout, images.Descriptor, list[images.Layer]]:
+def small_image(path) -> tuple[OciLayout, oci.Descriptor, list[oci.Layer]]:
     layout = OciLayout.create(str(path))
     layers = [
         layout.put_layer([dir_entry("bin"), file_entry("bin/tool", b"#!/bin/sh\n", mode=0o755),
                           symlink_entry("bin/sh", "/bin/tool")]),
         layout.put_layer([dir_entry("etc"), file_entry("etc/motd", b"hi\n")]),
     ]
-    config = images.image_config(layers, ["PATH=/bin"], ["/bin/sh"], "test")
+    config = oci.image_config(layers, ["PATH=/bin"], ["/bin/sh"], "test")
     manifest = layout.put_image(layers, config)
     layout.write_index({"latest": manifest})
     return layout, manifest, layers
@@ -95,7 +97,7 @@ def test_layer_members_are_relative_numeric_and_stamped(tmp_path):
     for m in infos:
         assert not m.name.startswith("/") and ".." not in m.name.split("/")
         assert (m.uid, m.gid, m.uname, m.gname) == (0, 0, "", "")
-        assert m.mtime == images.EPOCH
+        assert m.mtime == oci.EPOCH
     assert infos[1].mode == 0o755 and infos[2].linkname == "/bin/tool"
 
 
@@ -110,25 +112,25 @@ def test_rebuilding_gives_identical_digests(tmp_path):
                                  "a/."])
 def test_unsafe_member_names_are_refused(bad):
     with pytest.raises(ValueError):
-        images.member_name(bad)
+        oci.member_name(bad)
 
 
 def test_absolute_image_paths_become_relative_members():
-    assert images.member_name("/etc/passwd") == "etc/passwd"
-    assert images.whiteout_entry("/data/x").info.name == "data/.wh.x"
-    assert images.whiteout_entry("top").info.name == ".wh.top"
-    assert images.opaque_entry("/data/d").info.name == "data/d/.wh..wh..opq"
+    assert oci.member_name("/etc/passwd") == "etc/passwd"
+    assert oci.whiteout_entry("/data/x").info.name == "data/.wh.x"
+    assert oci.whiteout_entry("top").info.name == ".wh.top"
+    assert oci.opaque_entry("/data/d").info.name == "data/d/.wh..wh..opq"
 
 
 def test_a_crafted_entry_is_refused_and_leaves_no_partial_blob(tmp_path):
     layout = OciLayout.create(str(tmp_path / "img"))
     for bad in ("../escape", "/abs/file", "a/./b"):
         with pytest.raises(ValueError):
-            layout.put_layer([file_entry("ok", b"x"), images.Entry(tarfile.TarInfo(bad), b"")])
+            layout.put_layer([file_entry("ok", b"x"), oci.Entry(tarfile.TarInfo(bad), b"")])
     link = tarfile.TarInfo("ok-link")
     link.type, link.linkname = tarfile.LNKTYPE, "/etc/shadow"
     with pytest.raises(ValueError):
-        layout.put_layer([images.Entry(link)])
+        layout.put_layer([oci.Entry(link)])
     assert os.listdir(layout.blobs) == []
 
 
@@ -146,7 +148,7 @@ def test_tree_entries_keep_owners_hardlinks_and_skip_special_files(tmp_path):
     sock.bind(str(root / "sock"))
     skipped: list[str] = []
     try:
-        entries = list(images.tree_entries(str(root), mtime=42, skipped=skipped))
+        entries = list(oci.tree_entries(str(root), mtime=42, skipped=skipped))
     finally:
         sock.close()
     by_name = {e.info.name: e for e in entries}
@@ -180,7 +182,7 @@ def test_layers_image_puts_each_whiteout_in_its_layer(tmp_path):
     assert "usr/share/doc/.wh.busybox-static" in names[2]
 
 
-def flatten(layers: list[list[images.Entry]]) -> dict[str, bytes | None]:
+def flatten(layers: list[list[oci.Entry]]) -> dict[str, bytes | None]:
     """A reference model of OCI layer application: path -> content (None for non-files)."""
     tree: dict[str, bytes | None] = {}
     for entries in layers:
@@ -218,11 +220,11 @@ def test_layers_expectation_matches_the_layers():
 def test_image_index_and_blob_copies(tmp_path):
     src, manifest, layers = small_image(tmp_path / "src")
     dst = OciLayout.create(str(tmp_path / "dst"))
-    config = images.Descriptor.from_json(src.read_json(manifest)["config"])
+    config = oci.Descriptor.from_json(src.read_json(manifest)["config"])
     dst.copy_blobs(src, [manifest, config] + [lyr.descriptor for lyr in layers])
-    arm = dst.put_image(layers, images.image_config(layers, [], ["/bin/sh"], "t", "arm64", "v8"),
+    arm = dst.put_image(layers, oci.image_config(layers, [], ["/bin/sh"], "t", "arm64", "v8"),
                         platform={"architecture": "arm64", "os": "linux", "variant": "v8"})
-    amd = images.Descriptor(manifest.media_type, manifest.digest, manifest.size,
+    amd = oci.Descriptor(manifest.media_type, manifest.digest, manifest.size,
                             platform={"architecture": "amd64", "os": "linux"})
     index_desc = dst.put_index([amd, arm])
     dst.write_index({"multi": index_desc})
@@ -232,7 +234,7 @@ def test_image_index_and_blob_copies(tmp_path):
     assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "arm64"]
     for m in index["manifests"]:
         assert os.path.exists(dst.blob_path(m["digest"]))
-        assert dst.read_json(images.Descriptor.from_json(m))["mediaType"] == OCI_MANIFEST
+        assert dst.read_json(oci.Descriptor.from_json(m))["mediaType"] == OCI_MANIFEST
     assert os.path.samefile(dst.blob_path(layers[0].descriptor.digest),
                             src.blob_path(layers[0].descriptor.digest))
 
