@@ -14,6 +14,10 @@ interleaved runs, medians (ms):
                       or squashfuse (user)
   shifter private,    the same with no plan (removed before each run): Python builds
     first launch      the container and records the plan
+
+``--before PREFIX`` adds every shifter row for the shifter installed at PREFIX (another
+version, e.g. ``SHIFTER_PREFIX=/opt/shifter-before tools/install`` in an older checkout),
+timed in the same interleaved runs, each version with configurations of its own.
 """
 
 from __future__ import annotations
@@ -28,121 +32,172 @@ import sys
 import tempfile
 import time
 
-from shifter.runtime import config as udiconfig
 from shifter.runtime import plandir, privplan
-from shifter.runtime.builder import udi
 from tools import squash
 from tools.site import TEST_USERS, Site
 
 SHIFTER = os.path.join(sys.prefix, "bin", "shifter")
+SHIFTER_CASES = ("shifter fast path", "shifter private", "shifter private, image not mounted",
+                 "shifter private, first launch")
+OTHER_CASES = ("chroot", "ch-run tree", "ch-run squashfs")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--image", default="debian")
+    parser.add_argument("--before", metavar="PREFIX",
+                        help="also time the shifter installed at PREFIX (another version), interleaved: "
+                             "its rows are marked (before)")
     args = parser.parse_args()
     site = Site()
     base = tempfile.mkdtemp(prefix="shifter-bench-launch-", dir="/var/tmp")
     os.chmod(base, 0o755)
-    conf = os.path.join(base, "udiRoot.conf")
+    prefixes = {"": sys.prefix, **({" (before)": args.before} if args.before else {})}
+    confs = {}
     try:
-        images = os.path.join(base, "images")
-        image_id = squash.make_image(site, args.image, images)
-        tree = os.path.join(base, "tree")
-        os.mkdir(tree)
-        squash.unpack(site, args.image, tree)
-        sqfs = os.path.join(images, image_id + ".squashfs")
-        with open(conf, "w") as f:
-            f.write(f"udiMount={base}/udi\nloopMount={base}/loop\nimagePath={images}\n")
-        for path in (images, sqfs, conf, sqfs[:-9] + ".meta"):
-            os.chmod(path, 0o755 if os.path.isdir(path) else 0o644)
-        # the same image under another path: no mount of it on the node to share
-        images2, conf2 = os.path.join(base, "images2"), os.path.join(base, "udiRoot2.conf")
-        os.mkdir(images2, 0o755)
-        for ext in (".squashfs", ".meta"):
-            os.link(sqfs[:-9] + ext, os.path.join(images2, image_id + ext))
-        with open(conf2, "w") as f:
-            f.write(f"udiMount={base}/udi2\nloopMount={base}/loop2\nimagePath={images2}\n")
-        os.chmod(conf2, 0o644)
-        # first launches: their own configuration, so that removing their plan leaves the others'
-        conf3 = os.path.join(base, "udiRoot3.conf")
-        with open(conf3, "w") as f:
-            f.write(f"udiMount={base}/udi3\nloopMount={base}/loop3\nimagePath={images}\n")
-        os.chmod(conf3, 0o644)
-        config = udiconfig.load(conf)
+        image_id, tree, sqfs, confs = _prepare(site, args.image, base, prefixes)
         results = {}
         for who in ("root", TEST_USERS[0][0]):
-            pw = pwd.getpwnam(who)
-            env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": pw.pw_dir, "USER": who,
-                   "SHIFTER_CONFIG": conf, "SHIFTER_IMAGETYPE": "id", "SHIFTER_IMAGE": image_id}
-            as_user = [] if who == "root" else [
-                "setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"]
-            chroot = ["/usr/sbin/chroot", tree, "/bin/true"] if who == "root" else [
-                "unshare", "-r", "/usr/sbin/chroot", tree, "/bin/true"]
-            cases = {
-                "chroot": chroot,
-                "ch-run tree": ["ch-run", tree, "--", "/bin/true"],
-                "ch-run squashfs": ["ch-run", sqfs, "--", "/bin/true"],
-                "shifter fast path": [SHIFTER, "/bin/true"],
-                "shifter private": [SHIFTER, "/bin/true"],
-                "shifter private, image not mounted": [SHIFTER, "/bin/true"],
-                "shifter private, first launch": [SHIFTER, "/bin/true"],
-            }
-            udi.teardown(config)
-            subprocess.run([os.path.join(sys.prefix, "bin", "setupRoot"), "-U", str(pw.pw_uid), "id", image_id],
-                           env={"SHIFTER_CONFIG": conf}, check=True)
-            times = {name: [] for name in cases}
-            for i in range(args.runs + 2):
-                for name, argv in cases.items():
-                    e = dict(env, SLURM_JOB_ID="other") if name.startswith("shifter private") else env
-                    if name == "shifter private, image not mounted":
-                        e = dict(e, SHIFTER_CONFIG=conf2)
-                    if name == "shifter private, first launch":
-                        e = dict(e, SHIFTER_CONFIG=conf3)
-                        groups = os.getgrouplist(who, pw.pw_gid) if who != "root" else os.getgroups()
-                        key = privplan.request_key(e, conf3, pw.pw_uid, pw.pw_gid, groups)
-                        try:
-                            os.unlink(os.path.join(plandir.path(pw.pw_uid), privplan.plan_name(key)))
-                        except FileNotFoundError:
-                            pass
-                    t0 = time.perf_counter()
-                    res = subprocess.run(as_user + argv, env=e, cwd="/", capture_output=True, text=True)
-                    elapsed = (time.perf_counter() - t0) * 1000
-                    if res.returncode != 0:
-                        times[name] = None
-                        print(f"launch: {who}: {name} failed: {res.stderr.strip()[:200]}", file=sys.stderr)
-                    if times[name] is not None and i >= 2:
-                        times[name].append(elapsed)
-                cases = {n: a for n, a in cases.items() if times[n] is not None}
-            results[who] = {n: (statistics.median(v) if v else None) for n, v in times.items()}
-            udi.teardown(config)
-        names = ["chroot", "ch-run tree", "ch-run squashfs", "shifter fast path", "shifter private",
-                 "shifter private, image not mounted", "shifter private, first launch"]
-        print(f"/bin/true in test/{args.image} (lz4 squashfs {os.path.getsize(sqfs) >> 20} MB), "
-              f"median of {args.runs} interleaved runs, ms")
-        print(f"{'':36}" + "".join(f"{w:>24}" for w in results))
-        for n in names:
-            row = f"{n:36}"
-            for w, r in results.items():
-                v = r.get(n)
-                if v is None:
-                    row += f"{'n/a':>24}"
-                    continue
-                ratio = ""
-                if n == "shifter fast path" and r.get("ch-run tree"):
-                    ratio = f" ({v / r['ch-run tree']:.2f}x tree)"
-                if n.startswith("shifter private") and r.get("ch-run squashfs"):
-                    ratio = f" ({v / r['ch-run squashfs']:.2f}x sqfs)"
-                row += f"{v:>10.1f}{ratio:>14}"
-            print(row)
+            results[who] = _measure(who, args.runs, image_id, tree, sqfs, confs, prefixes)
+        _print(results, args, sqfs, prefixes)
     finally:
-        for c in (conf, os.path.join(base, "udiRoot2.conf"), os.path.join(base, "udiRoot3.conf")):
+        for prefix, c in (confs.values() if confs else ()):
             if os.path.exists(c):
-                udi.teardown(udiconfig.load(c))
-                udi.remove_anchors(udiconfig.load(c))
+                _teardown(prefix, c)
         shutil.rmtree(base, ignore_errors=True)
     return 0
+
+
+def _write_conf(path: str, udi: str, loop: str, images: str) -> None:
+    with open(path, "w") as f:
+        f.write(f"udiMount={udi}\nloopMount={loop}\nimagePath={images}\n")
+    os.chmod(path, 0o644)
+
+
+def _prepare(site, image: str, base: str, prefixes: dict):
+    """The image as a squashfs (two imagePaths: one hard link, mounted nowhere) and an
+    unpacked tree; per version, three configurations (the prepared UDI's, the unmounted
+    image's, the first launches': removing their plan leaves the others')."""
+    images = os.path.join(base, "images")
+    image_id = squash.make_image(site, image, images)
+    tree = os.path.join(base, "tree")
+    os.mkdir(tree)
+    squash.unpack(site, image, tree)
+    sqfs = os.path.join(images, image_id + ".squashfs")
+    for path in (images, sqfs, sqfs[:-9] + ".meta"):
+        os.chmod(path, 0o755 if os.path.isdir(path) else 0o644)
+    images2 = os.path.join(base, "images2")
+    os.mkdir(images2, 0o755)
+    for ext in (".squashfs", ".meta"):
+        os.link(sqfs[:-9] + ext, os.path.join(images2, image_id + ext))
+    confs = {}
+    for i, (mark, prefix) in enumerate(prefixes.items()):
+        for n, imgs in (("", images), ("2", images2), ("3", images)):
+            name = f"{n}{i}"
+            conf = os.path.join(base, f"udiRoot{name}.conf")
+            _write_conf(conf, f"{base}/udi{name}", f"{base}/loop{name}", imgs)
+            confs[(mark, n)] = (prefix, conf)
+    return image_id, tree, sqfs, confs
+
+
+#: run by each version's own python: remove its UDI and the anchors of its private containers
+TEARDOWN = """
+import sys
+try:
+    except ImportError:  # a version before runtime/ had layers
+    from shifter.runtime import udi
+from shifter.runtime import config
+c = config.load(sys.argv[1])
+udi.teardown(c)
+udi.remove_anchors(c)
+"""
+
+
+def _teardown(prefix: str, conf: str) -> None:
+    subprocess.run([os.path.join(prefix, "bin", "python"), "-I", "-c", TEARDOWN, conf], check=True)
+
+
+def _cases(who: str, pw, tree: str, sqfs: str, image_id: str, confs: dict, prefixes: dict) -> dict:
+    """name -> (argv, environment) of each timed launch."""
+    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": pw.pw_dir, "USER": who,
+           "SHIFTER_IMAGETYPE": "id", "SHIFTER_IMAGE": image_id}
+    chroot = ["/usr/sbin/chroot", tree, "/bin/true"] if who == "root" else [
+        "unshare", "-r", "/usr/sbin/chroot", tree, "/bin/true"]
+    cases = {"chroot": (chroot, env),
+             "ch-run tree": (["ch-run", tree, "--", "/bin/true"], env),
+             "ch-run squashfs": (["ch-run", sqfs, "--", "/bin/true"], env)}
+    for mark, prefix in prefixes.items():
+        shifter = [os.path.join(prefix, "bin", "shifter"), "/bin/true"]
+        conf, conf2, conf3 = (confs[(mark, n)][1] for n in ("", "2", "3"))
+        private = dict(env, SLURM_JOB_ID="other")
+        cases["shifter fast path" + mark] = (shifter, dict(env, SHIFTER_CONFIG=conf))
+        cases["shifter private" + mark] = (shifter, dict(private, SHIFTER_CONFIG=conf))
+        cases["shifter private, image not mounted" + mark] = (shifter, dict(private, SHIFTER_CONFIG=conf2))
+        cases["shifter private, first launch" + mark] = (shifter, dict(private, SHIFTER_CONFIG=conf3))
+    return cases
+
+
+def _forget_plan(who: str, pw, env: dict) -> None:
+    """Remove the private plan of this launch, so that it is a first launch again."""
+    groups = os.getgrouplist(who, pw.pw_gid) if who != "root" else os.getgroups()
+    key = privplan.request_key(env, env["SHIFTER_CONFIG"], pw.pw_uid, pw.pw_gid, groups)
+    try:
+        os.unlink(os.path.join(plandir.path(pw.pw_uid), privplan.plan_name(key)))
+    except FileNotFoundError:
+        pass
+
+
+def _measure(who: str, runs: int, image_id: str, tree: str, sqfs: str, confs: dict, prefixes: dict) -> dict:
+    """Median ms of each case, interleaved runs (the first two are not counted)."""
+    pw = pwd.getpwnam(who)
+    as_user = [] if who == "root" else [
+        "setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"]
+    cases = _cases(who, pw, tree, sqfs, image_id, confs, prefixes)
+    for mark, prefix in prefixes.items():
+        conf = confs[(mark, "")][1]
+        _teardown(prefix, conf)
+        subprocess.run([os.path.join(prefix, "bin", "setupRoot"), "-U", str(pw.pw_uid), "id", image_id],
+                       env={"SHIFTER_CONFIG": conf, "PATH": "/usr/bin:/bin"}, check=True)
+    times = {name: [] for name in cases}
+    for i in range(runs + 2):
+        for name, (argv, e) in cases.items():
+            if times[name] is None:
+                continue
+            if name.startswith("shifter private, first launch"):
+                _forget_plan(who, pw, e)
+            t0 = time.perf_counter()
+            res = subprocess.run(as_user + argv, env=e, cwd="/", capture_output=True, text=True)
+            elapsed = (time.perf_counter() - t0) * 1000
+            if res.returncode != 0:
+                times[name] = None
+                print(f"launch: {who}: {name} failed: {res.stderr.strip()[:200]}", file=sys.stderr)
+            elif i >= 2:
+                times[name].append(elapsed)
+    for mark, prefix in prefixes.items():
+        _teardown(prefix, confs[(mark, "")][1])
+    return {n: (statistics.median(v) if v else None) for n, v in times.items()}
+
+
+def _print(results: dict, args, sqfs: str, prefixes: dict) -> None:
+    names = list(OTHER_CASES) + [n + mark for n in SHIFTER_CASES for mark in prefixes]
+    print(f"/bin/true in test/{args.image} (lz4 squashfs {os.path.getsize(sqfs) >> 20} MB), "
+          f"median of {args.runs} interleaved runs, ms")
+    print(f"{'':45}" + "".join(f"{w:>24}" for w in results))
+    for n in names:
+        row = f"{n:45}"
+        for r in results.values():
+            v = r.get(n)
+            if v is None:
+                row += f"{'n/a':>24}"
+                continue
+            ratio = ""
+            if n.startswith("shifter fast path") and r.get("ch-run tree"):
+                ratio = f" ({v / r['ch-run tree']:.2f}x tree)"
+            if n.startswith("shifter private") and r.get("ch-run squashfs"):
+                ratio = f" ({v / r['ch-run squashfs']:.2f}x sqfs)"
+            row += f"{v:>10.1f}{ratio:>14}"
+        print(row)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,17 @@
 """setupRoot / unsetupRoot as commands (what a prolog/epilog script pays) and the
 in-process setup/teardown (what our own prolog/epilog pay), on busybox and Debian
-images (lz4 squashfs), with one user volume.  Medians of interleaved runs."""
+images (lz4 squashfs), with one user volume.  Medians of interleaved runs.
+
+``--before PREFIX`` times the shifter installed at PREFIX too (another version, e.g.
+``SHIFTER_PREFIX=/opt/shifter-before tools/install`` in an older checkout), in the same
+interleaved runs, with a configuration of its own; its rows are marked (before).  The
+in-process columns run in each version's own interpreter: a warm-up setup and teardown,
+then the timed ones."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -13,66 +20,98 @@ import sys
 import tempfile
 import time
 
-from shifter.runtime import config as udiconfig
-from shifter.runtime.builder import udi
-from shifter.runtime import volumes
-from shifter.runtime.image import ImageRef
 from tools import squash
 from tools.site import Site
+
+#: run by a version's own python: one warm-up, then one timed in-process setup and teardown
+IN_PROCESS = """
+import json, sys, time
+try:
+    from shifter.runtime.builder import udi
+except ImportError:  # a version before runtime/ had layers
+    from shifter.runtime import udi
+from shifter.runtime import config, volumes
+from shifter.runtime.image import ImageRef
+conf, image_id, vol, mode = sys.argv[1:5]
+c = config.load(conf)
+if mode == "clean":
+    udi.teardown(c)
+    udi.remove_anchors(c)
+    sys.exit(0)
+request = udi.Request(image=ImageRef("id", image_id), uid=0, gid=0, username="root",
+                      volumes=volumes.parse_volumes(vol + ":/data"))
+udi.setup_root(c, request)
+udi.teardown(c)
+t0 = time.perf_counter()
+udi.setup_root(c, request)
+t1 = time.perf_counter()
+udi.teardown(c)
+t2 = time.perf_counter()
+print(json.dumps([t1 - t0, t2 - t1]))
+"""
+COLUMNS = ("setupRoot", "unsetupRoot", "setup (in-proc)", "teardown (in-proc)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--before", metavar="PREFIX", help="also time the shifter installed at PREFIX")
     args = parser.parse_args()
     site = Site()
     base = tempfile.mkdtemp(prefix="shifter-bench-setup-")
+    versions = {"": sys.prefix, **({" (before)": args.before} if args.before else {})}
+    confs = {}
     try:
         images = os.path.join(base, "images")
         ids = {name: squash.make_image(site, name, images) for name in ("busybox", "debian")}
-        conf = os.path.join(base, "udiRoot.conf")
-        with open(conf, "w") as f:
-            f.write(f"udiMount={base}/udi\nloopMount={base}/loop\nimagePath={images}\n")
-        config = udiconfig.load(conf)
         vol = os.path.join(base, "vol")
         os.mkdir(vol)
-        env = {"SHIFTER_CONFIG": conf, "PATH": "/usr/bin:/bin"}
-        bindir = os.path.join(sys.prefix, "bin")
+        for i, mark in enumerate(versions):
+            confs[mark] = os.path.join(base, f"udiRoot{i}.conf")
+            with open(confs[mark], "w") as f:
+                f.write(f"udiMount={base}/udi{i}\nloopMount={base}/loop{i}\nimagePath={images}\n")
         rows = {}
         for name, image_id in ids.items():
-            setup_cmd = [os.path.join(bindir, "setupRoot"), "-U", "0", "-v", f"{vol}:/data", "id", image_id]
-            t_setup, t_unsetup, t_in_setup, t_in_teardown = [], [], [], []
-            request = udi.Request(image=ImageRef("id", image_id), uid=0, gid=0, username="root",
-                                  volumes=volumes.parse_volumes(f"{vol}:/data"))
+            times = {mark: [[], [], [], []] for mark in versions}
             for i in range(args.runs + 2):
-                t0 = time.perf_counter()
-                subprocess.run(setup_cmd, env=env, check=True)
-                t1 = time.perf_counter()
-                subprocess.run([os.path.join(bindir, "unsetupRoot")], env=env, check=True)
-                t2 = time.perf_counter()
-                udi.setup_root(config, request)
-                t3 = time.perf_counter()
-                udi.teardown(config)
-                t4 = time.perf_counter()
-                if i >= 2:
-                    t_setup.append(t1 - t0)
-                    t_unsetup.append(t2 - t1)
-                    t_in_setup.append(t3 - t2)
-                    t_in_teardown.append(t4 - t3)
-            rows[name] = [statistics.median(v) * 1000 for v in (t_setup, t_unsetup, t_in_setup, t_in_teardown)]
+                for mark, prefix in versions.items():
+                    sample = _one_run(prefix, confs[mark], image_id, vol)
+                    if i >= 2:
+                        for column, value in zip(times[mark], sample):
+                            column.append(value)
+            for mark in versions:
+                rows[name + mark] = [statistics.median(v) * 1000 for v in times[mark]]
         size = {n: os.path.getsize(os.path.join(images, i + ".squashfs")) >> 20 for n, i in ids.items()}
-        print(f"median of {args.runs} runs (ms); one user volume; lz4 squashfs")
-        print(f"{'image':18} {'setupRoot':>10} {'unsetupRoot':>12} {'setup (in-proc)':>16} {'teardown (in-proc)':>19}")
-        for name, (a, b, c, d) in rows.items():
-            print(f"{name + f' ({size[name]} MB)':18} {a:10.1f} {b:12.1f} {c:16.1f} {d:19.1f}")
+        print(f"median of {args.runs} interleaved runs (ms); one user volume; lz4 squashfs")
+        print(f"{'image':28}" + "".join(f"{c:>20}" for c in COLUMNS))
+        for name, values in rows.items():
+            image = name.split(" ")[0]
+            label = f"{image} ({size[image]} MB){name[len(image):]}"
+            print(f"{label:28}" + "".join(f"{v:20.1f}" for v in values))
         print("Shifter's C setupRoot here: 17 ms (busybox), 117 ms (Debian); unsetupRoot 2-5 ms")
     finally:
-        if os.path.exists(os.path.join(base, "udiRoot.conf")):
-            config = udiconfig.load(os.path.join(base, "udiRoot.conf"))
-            udi.teardown(config)
-            udi.remove_anchors(config)
+        for mark, conf in confs.items():
+            if os.path.exists(conf):
+                subprocess.run([os.path.join(versions[mark], "bin", "python"), "-I", "-c", IN_PROCESS,
+                                conf, "-", "-", "clean"], check=False)
         shutil.rmtree(base, ignore_errors=True)
     return 0
+
+
+def _one_run(prefix: str, conf: str, image_id: str, vol: str) -> list[float]:
+    """setupRoot and unsetupRoot as commands, then in-process in that version's python: seconds."""
+    env = {"SHIFTER_CONFIG": conf, "PATH": "/usr/bin:/bin"}
+    bindir = os.path.join(prefix, "bin")
+    t0 = time.perf_counter()
+    subprocess.run([os.path.join(bindir, "setupRoot"), "-U", "0", "-v", f"{vol}:/data", "id", image_id],
+                   env=env, check=True)
+    t1 = time.perf_counter()
+    subprocess.run([os.path.join(bindir, "unsetupRoot")], env=env, check=True)
+    t2 = time.perf_counter()
+    out = subprocess.run([os.path.join(bindir, "python"), "-I", "-c", IN_PROCESS, conf, image_id, vol, "run"],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    setup, teardown = json.loads(out)
+    return [t1 - t0, t2 - t1, setup, teardown]
 
 
 if __name__ == "__main__":
