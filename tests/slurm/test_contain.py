@@ -144,6 +144,10 @@ def test_ccm_tasks_do_not_see_other_jobs_containers(contain, runner, workdir):
     other = res.stdout.strip()
     try:
         wait_running(runner, other)
+        # RUNNING may come before n1's prolog has finished the container: wait for it
+        deadline = time.monotonic() + 30
+        while other not in job_dirs(contain, "n1") and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert other in job_dirs(contain, "n1")
         probe = runner.run(["srun", "--ccm", "-w", "n1", "-N1", "/bin/sh", "-c",
                             f"ls /var/udiMount.jobs /var/udiLoopMount.jobs /var/udiMount.jobs/{other}/root/bin; "
