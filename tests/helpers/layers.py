@@ -37,7 +37,6 @@ FOLDERS = {
     "wlm": "shifter.wlm",
     "spank": "shifter.spank",
     "tools": "tools",
-    "benchmarks": "benchmarks",
 }
 
 #: installed scripts that are not modules: path -> (name used in reports, layer)
@@ -141,21 +140,20 @@ def _comments(source: str) -> dict[int, str]:
 
 def _commented(node: ast.stmt, body: list[ast.stmt], lines: list[str], comments: dict[int, str]) -> bool:
     """A ``# start-up:`` comment at the end of one of the import's lines, or in the comment
-    lines right above it, or above the run of import statements (no blank line between) it
-    belongs to."""
+    lines right above it or above an import before it in the same run of import statements
+    (nothing but imports, comments and blank lines between them)."""
     if any(comments.get(n, "").startswith(COMMENT) for n in range(node.lineno, node.end_lineno + 1)):
         return True
-    taken = {n for other in body if isinstance(other, (ast.Import, ast.ImportFrom))
-             for n in range(other.lineno, other.end_lineno + 1)}
-    n = node.lineno - 1
-    while n >= 1:
-        text = lines[n - 1].strip()
-        if text.startswith(COMMENT):
-            return True
-        if n not in taken and not text.startswith("#"):
+    index = body.index(node)
+    while True:
+        n = body[index].lineno - 1
+        while n >= 1 and lines[n - 1].strip().startswith("#"):
+            if lines[n - 1].strip().startswith(COMMENT):
+                return True
+            n -= 1
+        if index == 0 or not isinstance(body[index - 1], (ast.Import, ast.ImportFrom)):
             return False
-        n -= 1
-    return False
+        index -= 1
 
 
 def _resolve(name: str, known: set[str]) -> str:
