@@ -186,7 +186,7 @@ class _Reader:
         return names
 
     def gpu_devices(self, key: str) -> tuple[str, ...]:
-        # start-up: devices compiles its patterns at import (~1 ms); only a site with per-GPU
+        # start-up: devices compiles its patterns at import (~0.5 ms); only a site with per-GPU
         # module files pays it, not every submission's lookup that reads the config
         from shifter.runtime.devices import gpu_id
 

@@ -254,7 +254,7 @@ def ensure_ssh_key() -> None:
     """With ``enable_sshd=1``: the submitting user's container key pair
     (``~/.udiRoot/id_rsa.key``), made now if missing; a home that does not allow it
     refuses the job (docs/sshd.md).  Root's jobs get no sshd, so no key."""
-    from shifter.runtime.builder import sshd  # start-up: ~2 ms (base64, select), only with enable_sshd=1
+    from shifter.runtime.builder import sshd  # start-up: ~4 ms (base64, json, select), only with enable_sshd=1
 
     uid = os.getuid()
     if uid == 0:

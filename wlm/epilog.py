@@ -17,7 +17,7 @@ def release_cgroup(sp, plugstack, job: jobinfo.JobInfo) -> None:
     """With ``memory_cgroup``: kill every process in the job's cgroup on this node (the
     sshd, anything it started) and remove its levels (``shifter.wlm.cgroup``), before the
     container goes.  Idempotent; failing to is a site fault (raised: the node drains)."""
-    # start-up: re and signal (~3 ms); spank.job_script imports this module beside the prolog,
+    # start-up: re and signal (~12 ms); spank.job_script imports this module beside the prolog,
     # and a prolog must not pay for the epilog's imports
     from shifter.wlm import cgroup
 

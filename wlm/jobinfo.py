@@ -74,7 +74,7 @@ def query_allocation(job_id: int, path: str = _PATH):
     running (``shifter.spawn.Child``): the prolog starts it at its first line so the round
     trip overlaps its imports, and ``read_allocation`` collects it.  OSError if it can't
     be started."""
-    # start-up: spawn (~0.5 ms with select), image jobs only: every job's prolog and epilog
+    # start-up: spawn (~1 ms with select), image jobs only: every job's prolog and epilog
     # import this module
     from shifter import spawn
 

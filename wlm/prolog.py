@@ -51,7 +51,7 @@ def enter_cgroup(sp, plugstack, job: jobinfo.JobInfo) -> None:
     """With ``memory_cgroup``: make the job's cgroup on this node and move this process
     into it, so the container's setup and whatever it leaves running (the sshd) are there;
     the epilog kills them all (``shifter.wlm.cgroup``).  Failing to is a site fault."""
-    from shifter.wlm import cgroup  # start-up: re and signal (~3 ms), image jobs only (see _prepare)
+    from shifter.wlm import cgroup  # start-up: re and signal (~12 ms), image jobs only (see _prepare)
 
     try:
         cg = cgroup.for_job(plugstack, job)

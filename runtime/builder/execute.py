@@ -312,7 +312,7 @@ class Executor:
                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env})
 
     def op_sshd(self, udi, setup):
-        from shifter.runtime.builder import sshd  # start-up: only jobs with the job's sshd (not setupRoot, the launcher)
+        from shifter.runtime.builder import sshd  # start-up: ~1 ms, only jobs with their sshd
 
         self.cannot_save("the build prepared a job's sshd")
         sshd.prepare(udi, setup.bundle, self.uid, self.gid, setup.pubkey, setup.address, list(setup.allowed))

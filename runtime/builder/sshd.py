@@ -306,7 +306,7 @@ def bundle(port: int = DEFAULT_PORT) -> str:
 
 def _build_bundle(port: int) -> str:
     # start-up: a bundle is built once per node and sshd version; these (jinja2 above all,
-    # ~40 ms) would weigh on every prolog and submission that imports this module
+    # ~80 ms) would weigh on every prolog and submission that imports this module
     import hashlib
     import shutil
     import tempfile

