@@ -385,8 +385,6 @@ def fault_point(config, name: str) -> None:
     file ``.fault`` (root's: only root can write there) whose text is ``kill-NAME``, the
     process kills itself here with SIGKILL, as a prolog killed halfway (by Slurm's
     PrologTimeout, say) would be.  One failed stat otherwise."""
-    import signal  # start-up: its enums (~1 ms), only when the tests' fault file is there
-
     path = os.path.join(jobpath.jobs_root(config.udiMount), FAULT_FILE)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -397,5 +395,7 @@ def fault_point(config, name: str) -> None:
     finally:
         os.close(fd)
     if wanted:
+        import signal  # start-up: its enums (~1 ms), only when the tests' fault file is there
+
         os.kill(os.getpid(), signal.SIGKILL)
 
