@@ -39,7 +39,8 @@ FOLDERS = {
     "tools": "tools",
 }
 
-#: installed scripts that are not modules: path -> (name used in reports, layer)
+#: installed scripts that are not modules (pyproject's script-files): path -> the name they are
+#: checked under (it puts them in their folder's layer)
 SCRIPTS = {
     "runtime/builder/bin/setupRoot": "shifter.runtime.builder.bin.setupRoot",
     "runtime/builder/bin/unsetupRoot": "shifter.runtime.builder.bin.unsetupRoot",

@@ -6,6 +6,7 @@ seen to fail."""
 
 import os
 import textwrap
+import tomllib
 
 import pytest
 
@@ -31,6 +32,16 @@ def test_the_tree_is_read_whole(tree):
     assert {layers.layer_of(m) for m in sources} == set(layers.ALLOWED) | {"tools"}
     assert len(sources) > 50
     assert "shifter.errors" in sources and "shifter.runtime.builder.bin.setupRoot" in sources
+
+
+def test_the_checker_reads_what_pyproject_installs():
+    """A folder or script installed but missing from ``helpers.layers`` would go unchecked."""
+    with open(os.path.join(CHECKOUT, "pyproject.toml"), "rb") as f:
+        setuptools = tomllib.load(f)["tool"]["setuptools"]
+    installed = {folder: package for folder, package in layers.FOLDERS.items() if layers.installed(package)}
+    assert {folder: package for package, folder in setuptools["package-dir"].items()} == installed
+    assert {layers.layer_of(p) for p in setuptools["packages"]} <= set(layers.ALLOWED)
+    assert sorted(setuptools["script-files"]) == sorted(layers.SCRIPTS)
 
 
 def test_every_import_keeps_to_the_layers(tree):
