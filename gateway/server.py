@@ -37,7 +37,7 @@ import threading
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
-from werkzeug.serving import WSGIRequestHandler
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from shifter import command, paths
 from shifter.errors import ShifterError, describe
@@ -251,8 +251,6 @@ class RequestHandler(WSGIRequestHandler):
 
 def serve(config: gwconfig.GatewayConfig, listen: tuple[str, int] | None = None) -> None:
     """Run the gateway until SIGTERM/SIGINT."""
-    from werkzeug.serving import make_server
-
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # we log requests ourselves
     for notice in config.notices:
         log.warning("notice: %s: %s", config.path, notice)

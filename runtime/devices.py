@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+
+from shifter.errors import ShifterError
 
 #: in every container with a module that has gpuDevices: the empty, mode-0 file that covers
 #: the devices a step may not open (made by setupRoot and the private builders)
@@ -82,8 +85,6 @@ def make_blank(root: str) -> None:
     root, a character device 0:0 of mode 0 (nobody, root included, can open it: the
     container's tmpfs is nodev, and no driver has major 0); made by a user in a private
     container, an empty file of mode 0 (a user without capabilities can't open it)."""
-    import stat
-
     path = os.path.join(root, BLANK.lstrip("/"))
     if os.geteuid() == 0:
         os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
@@ -99,7 +100,8 @@ def restrict(paths, new_namespace: bool) -> None:
     ``BLANK``.  ``new_namespace``: first make a mount namespace of this process's own
     (a prepared container is shared by the job's tasks), whose mounts receive the
     container's but send nothing back.  A device file the container lacks is skipped."""
-    from shifter.errors import ShifterError
+    # start-up: linux loads libc through ctypes (~3 ms); config imports this module (gpu_id)
+    # while the submission's image lookup reads the config, which loads no ctypes
     from shifter.runtime import linux
 
     if not paths:

@@ -174,7 +174,7 @@ PR_SET_PDEATHSIG = 1
 
 def die_with_parent(parent: int) -> None:
     """SIGKILL this process when its parent (``parent``) goes; exit now if it went already."""
-    import signal
+    import signal  # start-up: its enums (~1 ms); setupRoot and the epilog import linux, never call this
 
     if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         _raise("prctl(PR_SET_PDEATHSIG)")

@@ -163,6 +163,8 @@ def write(path: str, meta: ImageMeta) -> None:
     """Write atomically (temp file in the same directory + rename).  Who may read the file
     follows the image's ACL (``runtime.imagefiles``: 0644 when public, else root and the
     ACL's users and groups), set before the rename: the file is never more open."""
+    # start-up: imagefiles imports typing (~8 ms); only the gateway writes metadata, the
+    # prolog and the launcher read it
     from shifter.runtime import imagefiles
 
     text = dumps(meta)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 
+from shifter import files
 from shifter.errors import UsageError
 from shifter.frozen import field, frozen
 from shifter.runtime import envrequest
@@ -170,8 +171,6 @@ def loads(data: bytes) -> Plan:
 
 def write(udi: str, plan: Plan) -> str:
     """Write the plan: root's, readable by the plan's user alone (POSIX ACL)."""
-    from shifter import files
-
     path = os.path.join(udi, RELPATH)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:

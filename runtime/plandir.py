@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import stat
 
 from shifter.errors import ConfigError
@@ -66,8 +67,6 @@ def candidates(uid: int, node: str, home: str | None) -> list[str]:
 
 
 def home_of(uid: int) -> str | None:
-    import pwd
-
     try:
         return pwd.getpwuid(uid).pw_dir
     except KeyError:

@@ -63,7 +63,8 @@ def parser_class():
     (hint: see <prog> --help)``, USAGE) instead of printing the usage and exiting."""
     global _PARSER
     if _PARSER is None:
-        import argparse  # only the commands that use argparse pay for it (docs/dev.md, start-up)
+        # start-up: argparse (with re and gettext, ~5 ms): only the commands that parse options pay it
+        import argparse
 
         class UsageParser(argparse.ArgumentParser):
             def error(self, message: str):
@@ -107,7 +108,7 @@ def _stdout_gone() -> bool:
     """After a BrokenPipeError: True if it was stdout's reader that went (stdout then points
     at /dev/null, so that the interpreter's last flush does not fail again)."""
     try:
-        import select  # only after a broken pipe
+        import select  # start-up: only after a broken pipe (the launcher and the hooks never need it)
 
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
@@ -126,7 +127,7 @@ def _stdout_gone() -> bool:
 
 def _traceback() -> str:
     try:
-        import traceback  # only on a failure: ~18 ms of import (docs/dev.md)
+        import traceback  # start-up: ~18 ms of import (docs/dev.md), paid only on a failure
 
         return traceback.format_exc().rstrip("\n")
     except BaseException:  # noqa: BLE001 - after a chroot the stdlib may be out of reach
@@ -149,7 +150,7 @@ def _save_traceback(command: str) -> str | None:
     """Write the current traceback to a new file (mode 0600, O_EXCL: never a path someone
     made beforehand) in $TMPDIR or /tmp; its path, or None."""
     try:
-        import tempfile
+        import tempfile  # start-up: ~5 ms (random, shutil), paid only on an internal error
 
         fd, path = tempfile.mkstemp(prefix=f"{os.path.basename(command)}-internal-error-", suffix=".txt")
         with os.fdopen(fd, "w") as f:

@@ -33,7 +33,7 @@ def proxies_for(url: str) -> dict | None:
 def new_session():
     """A requests.Session (imported here: ``import requests`` alone costs ~90 ms, which the
     SPANK plugin's one lookup should not pay; see gateway_client.lite)."""
-    import requests
+    import requests  # start-up: ~90 ms; never on the submission's image lookup (gateway_client.lite)
 
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT

@@ -47,6 +47,8 @@ HINT = "is munged running? (mungeSocketPath in udiRoot.conf)"
 def _run(argv: list[str], what: str, data: str | None, hint: str | None) -> tuple[int, str, str]:
     """Run munge or unmunge (``shifter.spawn``: no ``subprocess`` import on the
     submission's path); MungeError if it can't be run or does not finish in time."""
+    # start-up: spawn (~1 ms with select) only when a credential is made or read: the launcher
+    # and setupRoot import this module through the gateway client and seldom need one
     from shifter import spawn
 
     env = {"PATH": os.environ.get("PATH") or spawn.DEFAULT_PATH, "LC_ALL": "C"}

@@ -13,6 +13,8 @@ on timeout the tool is killed.  ``run`` is both.
 from __future__ import annotations
 
 import os
+import select
+import time
 
 import _signal  # not ``signal``: its enums cost import time (see above)
 
@@ -77,9 +79,6 @@ def start(argv: list[str], env: dict, stdin: bytes | None = None) -> Child:
 def collect(child: Child, timeout: float) -> tuple[int | None, bytes, bytes]:
     """(exit code, stdout, stderr) of ``child``; the code is None if it had not finished
     within ``timeout`` seconds (it is killed and reaped then).  Closes its pipes."""
-    import select
-    import time
-
     child.collected = True
     bufs = {child.out_fd: bytearray(), child.err_fd: bytearray()}
     poller = select.poll()

@@ -26,11 +26,19 @@ How (docs/dev.md, "the node's hook server"):
 
 from __future__ import annotations
 
+import importlib
 import os
+import select
+import struct
 import sys
 
 import _signal as signal
 import _socket as socket
+
+from shifter import command
+from shifter.errors import ConfigError, UsageError
+from shifter.spank import dispatch
+from shifter.wlm import hookcpu
 
 RUN_DIR = "/run/shifter/hookd"
 IDLE_EXIT = 3600.0
@@ -164,9 +172,6 @@ def _read_request(fd: int) -> bytes:
 
 
 def _work(fd: int, req: dict) -> int:  # pragma: no cover - runs in the forked worker
-    from shifter.spank import dispatch
-    from shifter.wlm import hookcpu
-
     hookcpu.IN_HOOK_SERVER = True
     os.environ.clear()
     os.environ.update(req["env"])
@@ -177,8 +182,6 @@ def _work(fd: int, req: dict) -> int:  # pragma: no cover - runs in the forked w
 def handle(fd: int) -> None:  # pragma: no cover - runs in the forked handler
     """One connection: read the request, run it in a worker, answer its result; kill the
     worker if the shim goes away first."""
-    import select
-
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
@@ -217,16 +220,11 @@ def handle(fd: int) -> None:  # pragma: no cover - runs in the forked handler
 
 
 def serve(node: str) -> int:  # pragma: no cover - the daemon (tests/slurm/test_hookd.py)
-    import importlib
-    import select
-
     for name in PRELOAD:
         importlib.import_module(name)
     os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
     st = os.lstat(RUN_DIR)
     if st.st_uid != 0 or st.st_mode & 0o077 or not os.path.isdir(RUN_DIR) or os.path.islink(RUN_DIR):
-        from shifter.errors import ConfigError
-
         raise ConfigError(f"{RUN_DIR} is not root's alone (owner {st.st_uid}, mode {st.st_mode & 0o7777:o})",
                           f"remove it: the next image job's prolog makes it again, mode 0700")
     path = socket_path(node)
@@ -289,18 +287,12 @@ def _leave(signum, frame):  # pragma: no cover - the daemon's SIGTERM
 
 
 def _peer(sock) -> tuple[int, int, int]:
-    import struct
-
     SO_PEERCRED = 17
     return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, 12))
 
 
 def main(argv=None) -> int:  # pragma: no cover - started by the shim
-    from shifter import command
-
     def body(args):
-        from shifter.errors import UsageError
-
         if len(args) != 1:
             raise UsageError("one argument: the node's name", "python -m shifter.spank.hookd NODE")
         socket_path(args[0])  # a ValueError for a name that is not one: an internal error line

@@ -27,6 +27,7 @@ job's request byte for byte, which the C shim hands to the step without Python
 from __future__ import annotations
 
 import os
+import pwd
 from shifter.frozen import frozen
 
 from shifter.errors import ConfigError, UsageError
@@ -154,6 +155,7 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=Non
                 # the gateway answered for docker/custom tags (a private image of others
                 # is "not found"); an id is checked against the image's files and ACL, as
                 # the user.  Where this host does not see imagePath, the nodes check.
+                # start-up: the builder (ctypes, ~10 ms) only when an id image is checked here
                 from shifter.runtime.builder import udi
 
                 udi.check_image_usable(config, parsed, os.getuid(), {os.getgid(), *os.getgroups()})
@@ -169,7 +171,7 @@ def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=Non
             raise UsageError("invalid --volume '': the volume map is empty", "use --volume=/src:/dst[:ro]")
         maps = volumes.parse_volumes(volume, warn=warn)
         volumes.destination_conflicts(maps + config.siteFs)
-        from shifter.runtime.builder import udi
+        from shifter.runtime.builder import udi  # start-up: as above, only a job with --volume
 
         # sources readable by the user, per-node caches within the site's limits: what
         # setupRoot would refuse on every node, refused here (we run as the user)
@@ -252,9 +254,7 @@ def ensure_ssh_key() -> None:
     """With ``enable_sshd=1``: the submitting user's container key pair
     (``~/.udiRoot/id_rsa.key``), made now if missing; a home that does not allow it
     refuses the job (docs/sshd.md).  Root's jobs get no sshd, so no key."""
-    import pwd
-
-    from shifter.runtime.builder import sshd
+    from shifter.runtime.builder import sshd  # start-up: ~4 ms (base64, json, select), only with enable_sshd=1
 
     uid = os.getuid()
     if uid == 0:

@@ -19,15 +19,20 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from dataclasses import replace
 
 from shifter import command, templates
 from shifter.errors import ShifterError, UsageError
-from tools import daemons, users
+from tools import daemons, gateway, registry, sitemodules, users
+from tools import images as test_images
 from tools.site import Site
 
 APT_PACKAGES = (
@@ -118,8 +123,6 @@ def node_table(site: Site) -> list[dict]:
 def write_configs(site: Site, modules_conf: str = "") -> bool:
     """Render every config file; True when one that slurm reads changed.  ``modules_conf``:
     the site modules' udiRoot.conf lines (``tools.sitemodules``)."""
-    from tools import sitemodules
-
     nodes = node_table(site)
     udiroot = site.udiroot_conf
     write_etc_files(site.etc_files)
@@ -174,9 +177,6 @@ def private_slurm_conf(site: Site, plugstack_text: str) -> tuple[str, str]:
     """A copy of the site's slurm.conf whose PlugStackConfig is a new plugstack.conf
     holding ``plugstack_text``, in a new directory (the caller removes it): for srun
     with another plugin set-up.  Returns (slurm.conf, plugstack.conf)."""
-    import re
-    import tempfile
-
     d = tempfile.mkdtemp(prefix="shifter-plugstack-")
     os.chmod(d, 0o755)
     plug = os.path.join(d, "plugstack.conf")
@@ -331,8 +331,6 @@ def node_setup(site: Site, node: str, holder: int, fresh: bool = False) -> None:
     if "/etc/hosts" not in targets:
         steps.append('mount --bind "$2" /etc/hosts')
     if BOOT_ID not in targets:
-        import uuid
-
         with open(boot_id_file(site, node) + ".tmp", "w") as f:
             f.write(f"{uuid.uuid4()}\n")
         os.chmod(boot_id_file(site, node) + ".tmp", 0o644)
@@ -377,8 +375,6 @@ def hook_servers(nodes) -> list[int]:
 def stop_hook_servers(site: Site) -> None:
     """The nodes' hook servers (started by the first prolog on each node, in its
     namespace): they leave with their nodes."""
-    import signal
-
     for pid in hook_servers(site.node_names()):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -511,7 +507,6 @@ def up(site: Site, checkout: str | None = None, images: bool = True) -> None:
         say(f"node count changes {previous['nodes']} -> {site.nodes}: restarting Slurm")
         nodes_down(site)
         daemons.stop(os.path.join(site.run, "slurmctld.pid"), "slurmctld")
-    from tools import sitemodules
 
     modules_conf = sitemodules.prepare(site, log=say)
     slurm_changed = write_configs(site, modules_conf)
@@ -524,14 +519,10 @@ def up(site: Site, checkout: str | None = None, images: bool = True) -> None:
     save_state(site, stamp=stamp, nodes=site.nodes, contain=site.contain)
     wait_idle(site)
     say(f"slurm: {site.nodes} nodes idle ({time.monotonic() - t0:.1f} s)")
-    from tools import registry
 
     registry.start(site)
     if images:
-        from tools import images as test_images
-
         test_images.ensure(site, log=lambda m: say(m))
-    from tools import gateway
 
     gateway.start(site)
     if images:
@@ -558,11 +549,8 @@ def prepull(site: Site) -> None:
 
 
 def down(site: Site) -> None:
-    from tools import registry
-
     nodes_down(site)
     daemons.stop(os.path.join(site.run, "slurmctld.pid"), "slurmctld")
-    from tools import gateway
 
     gateway.stop(site)
     registry.stop(site)
@@ -571,8 +559,6 @@ def down(site: Site) -> None:
 
 
 def status(site: Site) -> int:
-    from tools import registry
-
     ok = True
     rows = [("munged", daemons.running(site.pidfile("munged"), "munged")),
             ("slurmctld", daemons.running(os.path.join(site.run, "slurmctld.pid"), "slurmctld"))]
@@ -584,7 +570,6 @@ def status(site: Site) -> int:
         ok &= bool(pid)
     for name, value in registry.status(site).items():
         print(f"{name:12} {value}")
-    from tools import gateway
 
     print(f"{'gateway':12} {gateway.status(site)}")
     if rows[1][1]:

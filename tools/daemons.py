@@ -6,6 +6,7 @@ program we started (checked through /proc/<pid>/exe or cmdline), never by name a
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import time
 
 from shifter import command
 from shifter.errors import ShifterError
+from tools.site import Site
 
 
 def read_pid(pidfile: str) -> int | None:
@@ -122,10 +124,6 @@ def log_tail(path: str, lines: int = 5) -> list[str]:
 
 def service_main(argv, prog: str, description: str, start, stop, status) -> int:
     """``tools/run-module X start|stop|status``: act, then print the status as JSON."""
-    import json
-
-    from tools.site import Site
-
     def body(argv: list[str]) -> int:
         parser = command.parser_class()(prog=prog, description=description)
         parser.add_argument("action", choices=("start", "stop", "status"))

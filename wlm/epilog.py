@@ -17,6 +17,8 @@ def release_cgroup(sp, plugstack, job: jobinfo.JobInfo) -> None:
     """With ``memory_cgroup``: kill every process in the job's cgroup on this node (the
     sshd, anything it started) and remove its levels (``shifter.wlm.cgroup``), before the
     container goes.  Idempotent; failing to is a site fault (raised: the node drains)."""
+    # start-up: re and signal (~12 ms); spank.job_script imports this module beside the prolog,
+    # and a prolog must not pay for the epilog's imports
     from shifter.wlm import cgroup
 
     cg = cgroup.for_job(plugstack, job)
@@ -32,6 +34,7 @@ def release_cgroup(sp, plugstack, job: jobinfo.JobInfo) -> None:
 def remove_container(sp, plugstack, job: jobinfo.JobInfo) -> None:
     """Remove the job's container on this node (``udi.teardown_job``: idempotent, after a
     full, failed or killed prolog).  Failing to is a site fault: raised (the node drains)."""
+    # start-up: the runtime (~25 ms cold), image jobs only (and never in a prolog, see above)
     from shifter.runtime import config as udiconfig
     from shifter.runtime import jobpath
     from shifter.runtime.builder import udi

@@ -20,8 +20,10 @@ is logged and does not drain the node: the user's tasks use their home directory
 from __future__ import annotations
 
 import os
+import pwd
+import time
 
-from shifter.errors import ShifterError
+from shifter.errors import ShifterError, UsageError
 from shifter.wlm import hookcpu, jobinfo
 
 
@@ -29,8 +31,6 @@ _started: float | None = None  # when the hook began (the "prolog done in" line)
 
 
 def run(sp, plugstack, options) -> None:
-    import time
-
     global _started
     _started = time.perf_counter()
     job = jobinfo.from_spank(sp, options)
@@ -51,7 +51,7 @@ def enter_cgroup(sp, plugstack, job: jobinfo.JobInfo) -> None:
     """With ``memory_cgroup``: make the job's cgroup on this node and move this process
     into it, so the container's setup and whatever it leaves running (the sshd) are there;
     the epilog kills them all (``shifter.wlm.cgroup``).  Failing to is a site fault."""
-    from shifter.wlm import cgroup
+    from shifter.wlm import cgroup  # start-up: re and signal (~12 ms), image jobs only (see _prepare)
 
     try:
         cg = cgroup.for_job(plugstack, job)
@@ -72,7 +72,7 @@ def prepare_container(sp, plugstack, job: jobinfo.JobInfo, query=None) -> None:
     drain the node; anything else is a site fault: the node is drained with a reason that
     names shifter and the cause, and the error returned.  ``query`` is the allocation
     query run() started (``jobinfo.query_allocation``), or None."""
-    from shifter.runtime import jobpath
+    from shifter.runtime import jobpath  # start-up: image jobs only (see _prepare)
 
     where = f"job={job.job_id} node={job.node}"
     if not jobpath.valid_job_id(job.job_id):
@@ -87,11 +87,10 @@ def prepare_container(sp, plugstack, job: jobinfo.JobInfo, query=None) -> None:
 
 
 def _prepare(sp, plugstack, job: jobinfo.JobInfo, query, where: str) -> None:
-    import pwd
-
-    from shifter.errors import UsageError
+    # start-up: the runtime (~25 ms cold) is imported by image jobs alone (the prolog runs for
+    # every job), and after run() started the allocation query: slurmctld answers meanwhile
     from shifter.runtime import config as udiconfig
-    from shifter.runtime import etcfiles, hostsfile, jobpath, volumes
+    from shifter.runtime import etcfiles, hostsfile, volumes
     from shifter.runtime.builder import sshd, udi
     from shifter.runtime.image import ImageRef
     from shifter.runtime.modules import parse_list
@@ -137,8 +136,6 @@ def _prepare(sp, plugstack, job: jobinfo.JobInfo, query, where: str) -> None:
         log(f"sshd (pid {pid}) listening on {ssh.address}:{ssh.port}")
         udi.fault_point(config, "after-sshd")
     if _started is not None:  # what benchmarks/lifecycle --sshd reads
-        import time
-
         log(f"prolog done in {time.perf_counter() - _started:.4f} s")
 
 
@@ -170,8 +167,7 @@ def sshd_setup(sp, plugstack, config, job: jobinfo.JobInfo, pw, gids, alloc):
     """What the container needs for the job's sshd, or None: not enabled, root's job, a
     job that shares its nodes (said in the log), or the user's key unreadable (said in the
     log: the job runs without sshd).  A bundle or name resolution problem is the site's."""
-    from shifter.errors import UsageError
-    from shifter.runtime.builder import sshd
+    from shifter.runtime.builder import sshd  # start-up: as in _prepare (which imported it already)
 
     where = f"job={job.job_id} node={job.node}"
     if not plugstack.enable_sshd or job.uid == 0 or alloc is None:
@@ -184,7 +180,7 @@ def sshd_setup(sp, plugstack, config, job: jobinfo.JobInfo, pw, gids, alloc):
     except UsageError as e:
         sp.error(f"shifter: prolog: {where}: no sshd for the job: {e}")
         return None
-    from shifter.runtime import jobpath
+    from shifter.runtime import jobpath  # start-up: as in _prepare
 
     return sshd.Setup(bundle=sshd.bundle(config.sshdPort), pubkey=pubkey, address=sshd.node_address(job.node),
                       allowed=tuple(dict.fromkeys(sshd.node_address(h) for h, _ in alloc.hosts)),
@@ -199,6 +195,7 @@ def record_error(config, job: jobinfo.JobInfo, error: ShifterError) -> None:
     ``shifter.errors.describe``), which both launchers print after ``shifter: ``, the
     line every command prints for an error (``shifter.errors.line``)."""
     message = str(error)
+    # start-up: as in _prepare (after a user's mistake, which _prepare's imports precede)
     from shifter import files
     from shifter.runtime import jobpath
     from shifter.runtime.builder import udi
@@ -216,7 +213,7 @@ def record_error(config, job: jobinfo.JobInfo, error: ShifterError) -> None:
 def fault(sp, job: jobinfo.JobInfo, cause: str) -> None:
     """A site fault: log it with job and node, and drain the node with a reason naming
     shifter and the cause (before Slurm's own "Prolog error" reason would be set)."""
-    import subprocess
+    import subprocess  # start-up: ~6 ms, paid only by a site fault
 
     reason = f"shifter: {cause}"[:200]
     sp.error(f"shifter: prolog: job={job.job_id} node={job.node}: site fault, draining the node: {cause}")
@@ -228,6 +225,7 @@ def fault(sp, job: jobinfo.JobInfo, cause: str) -> None:
 
 
 def make_plan_dir(sp, job: jobinfo.JobInfo) -> None:
+    # start-up: spank.job_script imports this module beside the epilog, which must not pay it
     from shifter.runtime import plandir
 
     if job.uid is None or job.gid is None:

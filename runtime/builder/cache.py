@@ -36,7 +36,7 @@ def create(config, volume, backing: str, target: str, uid: int, gid: int, reopen
     then give its root to the user.  ``reopen()`` opens the target again after the mount
     (lookups cross into the new file system); what it opens must be the new file system's
     root, or nothing is changed: root never follows a path a user could swap meanwhile."""
-    from shifter.runtime import proc
+    from shifter.runtime import proc  # start-up: subprocess (~6 ms), only jobs with a per-node cache
 
     cache = volume.per_node_cache
     os.makedirs(config.perNodeCachePath, mode=0o755, exist_ok=True)

@@ -227,7 +227,9 @@ def _sites_and_modules(config, req, t: Target, image_root: str, modules, hook_en
     if any(getattr(m, "gpu_devices", ()) for m in modules):  # each step covers the GPUs not its own
         ops.append(("blankdev", udi))
     if root and req.hostlist is not None:  # /var/hostsfile (docs/sshd.md)
-        from shifter.runtime import hostsfile  # pure (parsing); only a job with --hostlist needs it
+        # start-up: hostsfile compiles its patterns at import (~1 ms); only a job with a host
+        # list needs it, not the launcher or setupRoot without -N
+        from shifter.runtime import hostsfile
 
         ops.append(("file", _j(udi, HOSTSFILE), "644", hostsfile.render(hostsfile.parse_option(req.hostlist))))
     return ops

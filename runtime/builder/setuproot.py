@@ -17,6 +17,12 @@ import sys
 
 from shifter import command
 from shifter.errors import UsageError
+from shifter.gateway_client.client import resolve_id
+from shifter.runtime import config as udiconfig
+from shifter.runtime import volumes
+from shifter.runtime.builder import udi
+from shifter.runtime.image import parse_image
+from shifter.runtime.modules import parse_list
 
 FIXED_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 SETUP_USAGE = ("usage: setupRoot [-U uid] [-G gid] [-u username] [-s sshPubKey] [-N hostlist] "
@@ -77,12 +83,6 @@ def _warn(line: str) -> None:
 
 def parse_setup_args(argv: list[str], config, job_id: str = "", warn=_warn):
     """(request, verbose) from setupRoot's command line; (None, False) for -h."""
-    from shifter.runtime.builder import udi
-    from shifter.runtime import volumes
-    from shifter.gateway_client.client import resolve_id
-    from shifter.runtime.image import parse_image
-    from shifter.runtime.modules import parse_list
-
     opts, args = _getopt(argv, "UGusNvm", "Vh")
     uid = gid = username = pubkey = hostlist = modules = None
     maps: list[str] = []
@@ -97,7 +97,7 @@ def parse_setup_args(argv: list[str], config, job_id: str = "", warn=_warn):
         elif opt == "-s":
             pubkey = value
         elif opt == "-N":
-            from shifter.runtime import hostsfile
+            from shifter.runtime import hostsfile  # start-up: ~1 ms (its patterns), only with -N
 
             hostsfile.parse_option(value)  # refused here, before anything is mounted
             hostlist = value
@@ -141,9 +141,6 @@ def setup_main(argv: list[str] | None = None) -> int:
 
 
 def _setup(argv: list[str]) -> int:
-    from shifter.runtime import config as udiconfig
-    from shifter.runtime.builder import udi
-
     config_path, job_id = _clean_environment()
     config = udiconfig.load(config_path)
     if config.notice():

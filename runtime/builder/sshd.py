@@ -118,8 +118,8 @@ def ensure_user_key(home: str) -> bool:
     0600) if missing; True if made.  Refuses (UsageError, one line) a home that does not
     allow it, and a private key others can read.  Concurrent submissions make one pair
     (a lock on the directory; the public key is in place before the private one)."""
-    import fcntl
-
+    # start-up: ed25519 computes its curve constants at import (~1.5 ms); the prolog imports
+    # this module for every image job, and only a new key or a job's sshd needs them
     from shifter.runtime import ed25519
 
     d, priv, pub = user_key_paths(home)
@@ -185,6 +185,7 @@ def _with_fs_ids(uid: int, gid: int, gids, work):
     """Run ``work()`` with the user's file-system uid, gid and groups: the kernel checks
     every path it opens with the user's rights (root's file capabilities drop while the
     fs uid is not 0), and nothing needs a child process.  Restored after."""
+    # start-up: ctypes (~3 ms); the submission imports this module (ensure_user_key) and must not pay it
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -250,7 +251,7 @@ def _stamp(path: str) -> list:
 def _libraries(binaries) -> tuple[tuple[str, str], list[tuple[str, str]]]:
     """The loader and the libraries the binaries load, as ``ldd`` lists them: (the name
     they are loaded by, the file's real path) pairs."""
-    import subprocess  # here: only a bundle build runs ldd (start-up time)
+    import subprocess  # start-up: ~6 ms; only a bundle build runs ldd
 
     loader, libs = None, {}
     for binary in binaries:
@@ -275,7 +276,7 @@ def _libraries(binaries) -> tuple[tuple[str, str], list[tuple[str, str]]]:
 
 def _place(src: str, dst: str) -> None:
     """Hard-link ``src`` (same file system) or copy it; read-only, root's."""
-    import shutil
+    import shutil  # start-up: ~3 ms (bz2, lzma); only a bundle build copies
 
     try:
         os.link(src, dst)
@@ -304,6 +305,8 @@ def bundle(port: int = DEFAULT_PORT) -> str:
 
 
 def _build_bundle(port: int) -> str:
+    # start-up: a bundle is built once per node and sshd version; these (jinja2 above all,
+    # ~80 ms) would weigh on every prolog and submission that imports this module
     import hashlib
     import shutil
     import tempfile
@@ -386,6 +389,8 @@ def prepare(udi: str, bundle_dir: str, uid: int, gid: int, pubkey: str, address:
             allowed: list[str]) -> None:
     """Bind the bundle at /opt/udiImage/ssh and write the job's files (during setupRoot,
     before the root goes read-only)."""
+    # start-up: linux loads libc through ctypes (~3 ms), not on the submission's path; ed25519
+    # as in ensure_user_key
     from shifter.runtime import ed25519, linux
 
     target = os.path.join(udi, IN_UDI.lstrip("/"))
@@ -461,7 +466,7 @@ def spawn(state_dir: str, udi: str, bundle_dir: str, uid: int, gid: int, gids, u
     mode (``sshd -i``: what the prolog pays is a socket and a fork; each connection pays
     the sshd's start-up, ~10-30 ms of loading its libraries).  The socket listens before
     this returns.  Returns the listener's pid."""
-    from shifter.runtime import linux
+    from shifter.runtime import linux  # start-up: ctypes (~3 ms), not on the submission's path
 
     argv = command(bundle_dir, username)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -13,9 +13,9 @@ import errno
 import os
 import sys
 
-from shifter import command
+from shifter import command, paths
 from shifter.errors import ConfigError, ShifterError, UsageError
-from shifter.runtime import linux
+from shifter.runtime import confsyntax, linux
 
 CACHES_FILE = "var/shifter/caches"
 
@@ -87,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from shifter.runtime import confsyntax
-
     config_path = os.environ.get("SHIFTER_CONFIG") or os.environ.get("shifter_config")
     os.environ.clear()
     os.environ["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -98,8 +96,6 @@ def _main(argv: list[str]) -> int:
         raise UsageError(f"unexpected argument {extra[0]!r}", "usage: unsetupRoot [-V]")
     if os.geteuid() != 0:
         raise ShifterError("unsetupRoot must run as root")
-    from shifter import paths
-
     path = config_path or paths.DEFAULT_CONFIG
     values = dict(confsyntax.DEFAULTS)
     for lineno, key, value in confsyntax.entries(confsyntax.read(path), path):

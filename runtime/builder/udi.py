@@ -35,6 +35,7 @@ from shifter import files
 from shifter.errors import ConfigError, ShifterError, UsageError
 from shifter.runtime.builder import cache, execute, planner
 from shifter.runtime import etcfiles, jobpath, linux, meta, plan, volumes
+from shifter.runtime.config import EnvRules
 from shifter.runtime.builder.destinations import SetupError, open_source, open_sources_as_user
 from shifter.runtime.modules import select_modules
 from shifter.runtime.builder import teardown as _teardown
@@ -162,6 +163,8 @@ def teardown_job(config, job_id, log=lambda msg: None) -> bool:
     """Remove job ``job_id``'s prepared container on this node (idempotent; after a full,
     failed or killed setup): its mounts, its per-node cache files (also those a crash left
     unrecorded), its directories.  Nothing of other jobs is touched."""
+    # start-up: sshd (~2 ms: base64, select and its own code); the epilog needs it here, while
+    # setupRoot, the launcher and the submission's checks import this module without a job
     from shifter.runtime.builder import sshd
 
     udi_path, loop_path = job_paths(config, job_id)
@@ -274,8 +277,7 @@ def _build(config, req, image_path, image_meta, gids, modules, fds, log, t0, pri
 def _launch_plan(config, req, image_meta, modules, udi: str) -> plan.Plan:
     env_rules = [m.env for m in modules] + [config.siteEnv]
     if req.sshd is not None:  # the injected ssh client on PATH
-        from shifter.runtime.builder import sshd
-        from shifter.runtime.config import EnvRules
+        from shifter.runtime.builder import sshd  # start-up: only jobs with the job's sshd (see teardown_job)
 
         env_rules.append(EnvRules(append=(("PATH", sshd.IN_UDI + "/bin"),)))
     return plan.Plan(

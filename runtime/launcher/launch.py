@@ -30,14 +30,24 @@ Exit status (the table of ``shifter.exit_codes``): the command's; 126 not execut
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
 import sys
 
 from shifter import command
 from shifter.errors import ShifterError, UsageError
+from shifter.gateway_client.client import resolve_id
+from shifter.runtime import config as udiconfig
+from shifter.runtime import devices, jobpath, linux, plan, volumes
 from shifter.runtime import envrequest as E
+from shifter.runtime.builder import udi
+from shifter.runtime.builder.udi import command_argv
 from shifter.runtime.envrequest import (FALLBACK_IMAGE_VARS, env_image_spec, env_module,  # noqa: F401
                                         env_request, env_volume, first_set)
+from shifter.runtime.image import parse_image
+from shifter.runtime.launcher import entry  # before any chroot: nothing is imported after it
+from shifter.runtime.modules import normalize, parse_list, select_modules
 
 USAGE = ("usage: shifter [-i IMAGE] [-V SRC:DST[:FLAGS]]... [-m MODULES] [-e NAME=VALUE]... "
          "[--env-file FILE] [-E] [-w PATH|--workdir[=PATH]] [--entrypoint[=CMD]] [-v] [--dry-run] "
@@ -140,8 +150,6 @@ def caller_environ():
 
 
 def choose_image(opts: Options, env, config):
-    from shifter.runtime.image import parse_image
-
     if opts.image is not None:
         return parse_image(opts.image, config)
     spec = env_image_spec(env)
@@ -171,8 +179,6 @@ def read_env_file(path: str) -> list[str]:
 
 
 def build_env(opts: Options, environ, image_meta, rules) -> dict[str, str]:
-    from shifter.runtime import plan
-
     env = {} if opts.clearenv else dict(environ)
     env.update(image_meta.env_dict())
     for item in [*(x for f in opts.env_file for x in read_env_file(f)), *opts.env]:
@@ -189,8 +195,6 @@ def build_env(opts: Options, environ, image_meta, rules) -> dict[str, str]:
 
 
 def build_argv(opts: Options, image_meta) -> list[str]:
-    from shifter.runtime.builder.udi import command_argv
-
     args = list(opts.args)
     if not args and image_meta.cmd and opts.entrypoint in (None, ""):
         args = list(command_argv(image_meta.cmd))
@@ -222,9 +226,6 @@ def prepared_plan(config, uid, gid, image, vols, modules_req, env):
     """(the prepared UDI's path, its launch plan) if a prepared UDI was made for exactly
     this request: the job's (the prolog made it; ``jobpath``), else the one setupRoot made
     at udiMount; else None."""
-    from shifter.runtime import jobpath, plan, volumes
-    from shifter.runtime.modules import normalize
-
     for root in (jobpath.prepared_udi(config.udiMount, env), config.udiMount):
         if root is None:
             continue
@@ -249,8 +250,6 @@ def job_error(config, environ) -> None:
     """Raise the user's mistake the prolog recorded for this job (``wlm.prolog.record_error``)
     when the environment asks for the job's own request: a step says it and fails rather
     than quietly building a private container (the compiled launcher's ``job_error``)."""
-    from shifter.runtime import jobpath
-
     job_id = environ.get("SLURM_JOB_ID", "")
     itype, tag = environ.get(E.JOB_IMAGETYPE), environ.get(E.JOB_IMAGE)
     if not jobpath.valid_job_id(job_id) or itype is None or tag is None:
@@ -282,8 +281,6 @@ def _mounts(config, vols, modules) -> list[dict]:
 def _module_report(modules, environ) -> list[dict]:
     """What each module adds (``--dry-run``): its maps, files, environment rules, hooks
     and, for per-GPU device files, which this step may open and which are covered."""
-    from shifter.runtime import devices
-
     out = []
     for m in modules:
         item = {"name": m.name, "mounts": _mounts_of(m.site_fs),
@@ -314,8 +311,6 @@ def _mounts_of(maps) -> list[dict]:
 def _join_user_ns(udi: str) -> bool:
     """Join the user namespace setupRoot made for this UDI's user (shared by all of the
     job's tasks on the node), if there is one."""
-    from shifter.runtime import linux
-
     try:
         fd = os.open(os.path.join(udi, "var/shifter/userns"), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -335,9 +330,6 @@ def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, u
     files ``cover`` (in a new mount namespace unless ``own_namespace``: the process has
     one already; ``shifter.runtime.devices``), no_new_privs, run the userhooks, exec
     ``argv``.  Does not return."""
-    from shifter.runtime import devices, linux  # everything is imported before the chroot
-    from shifter.runtime.launcher import entry
-
     uid, gid = os.getuid(), os.getgid()
     try:
         if userns and not _join_user_ns(udi):
@@ -357,9 +349,10 @@ def enter(udi: str, cwd: str, env: dict[str, str], argv: list[str], userhooks, u
 
 def _saver(config, environ, image_path, image_meta, modules, uid, gid):
     """A ``privplan.Saver`` for this request, or None if the launcher would not replay it."""
+    # start-up: privplan and plandir (~2 ms: their patterns) only when a private container is
+    # built: a prepared container's launch execs before
     from shifter import paths
-    from shifter.runtime import devices, plan, plandir, privplan
-    from shifter.runtime.builder.udi import command_argv
+    from shifter.runtime import plandir, privplan
 
     if devices.needs_blank(modules):  # what a step may open depends on its GPUs: never replayed
         return None
@@ -382,12 +375,6 @@ def _warn(line: str) -> None:
 
 
 def _main(argv: list[str]) -> int:
-    from shifter.runtime import config as udiconfig
-    from shifter.runtime.builder import udi
-    from shifter.runtime import volumes
-    from shifter.gateway_client.client import resolve_id
-    from shifter.runtime.modules import parse_list, select_modules
-
     opts = parse_args(argv)
     if opts.help:
         print(USAGE)
@@ -415,12 +402,8 @@ def _main(argv: list[str]) -> int:
     args = build_argv(opts, image_meta)
     cwd = choose_cwd(opts, image_meta)
     userhooks = tuple(m.userhook for m in modules if m.userhook)
-    from shifter.runtime import devices
-
     cover = devices.covered(modules, environ)  # the caller's: --clearenv does not give GPUs
     if opts.dry_run:
-        import json
-
         print(json.dumps({
             "image": {"type": image.type, "tag": image.tag, "path": image_path},
             "udi": "prepared" if prepared else "private",
@@ -433,8 +416,6 @@ def _main(argv: list[str]) -> int:
     if prepared:
         enter(prepared[0], cwd, env, args, userhooks, userns=uid != 0, cover=cover)
     gids = tuple(dict.fromkeys([gid, *os.getgroups()]))
-    import pwd
-
     try:
         username = pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -445,13 +426,13 @@ def _main(argv: list[str]) -> int:
     saver = None if argv and argv[0].startswith("-") else _saver(config, environ, image_path, image_meta,
                                                                  modules, uid, gid)
     if uid != 0:
+        # start-up: ~3 ms (userns, socket); only a user's private container needs it, not a root's
+        # or a prepared container's launch
         from shifter.runtime.launcher import private_user
 
         return private_user.run(config, image_path, image_meta, request, args, env, cwd, userhooks,
                                 save_plan=saver, cover=cover, warn=_warn)
     # root: a private UDI in a new mount namespace, gone when the process exits
-    from shifter.runtime import linux
-
     linux.unshare(linux.CLONE_NEWNS)
     # slave: our mounts stay ours, and the host's teardown of its UDI still reaches the
     # copies this namespace holds (see linux.ensure_anchor)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from shifter import command, paths
 from shifter.errors import UsageError
+from shifter.runtime.siteprep import modprep
 
 
 _Parser = command.parser_class()  # its errors: one line, exit 2, as every shifter command
@@ -63,13 +65,9 @@ def main(argv=None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from shifter.runtime.siteprep import modprep
-
     args = parser().parse_args(argv)
     log = lambda m: print(f"shifter-admin: {m}", file=sys.stderr)  # noqa: E731
     if args.kind == "mpich":
-        import re
-
         for item in args.env:
             name, eq, value = item.partition("=")
             if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or re.search(r"\s", value):

@@ -27,6 +27,7 @@ import shutil
 from shifter import templates
 from shifter.errors import UsageError
 from shifter.runtime.siteprep import elfdeps
+from shifter.runtime import volumes
 from shifter.runtime.devices import gpu_id
 
 CONTAINER_BASE = "/opt/udiImage/modules"
@@ -276,8 +277,6 @@ def prepare_gpu(module_dir: str, name: str = "gpu", libs=(), bins=(), gpu_device
     exist), per-GPU device files (``gpu_devices``, container paths each ending in its GPU
     number; default /dev/nvidia<N>) and extra site maps (``site_fs``: the devices'
     directory when it is not under /dev).  Returns the module's udiRoot.conf lines."""
-    from shifter.runtime import volumes
-
     _check_name(name)
     cache = elfdeps.ldconfig_cache() if cache is None else cache
     found, sonames = _gpu_libraries(libs, cache)
