@@ -226,7 +226,7 @@ def serve(node: str) -> int:  # pragma: no cover - the daemon (tests/slurm/test_
     st = os.lstat(RUN_DIR)
     if st.st_uid != 0 or st.st_mode & 0o077 or not os.path.isdir(RUN_DIR) or os.path.islink(RUN_DIR):
         raise ConfigError(f"{RUN_DIR} is not root's alone (owner {st.st_uid}, mode {st.st_mode & 0o7777:o})",
-                          f"remove it: the next image job's prolog makes it again, mode 0700")
+                          "remove it: the next image job's prolog makes it again, mode 0700")
     path = socket_path(node)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -229,9 +229,9 @@ def _make_missing(wanted, found, queue: list[int], own_dev: int, on_create) -> l
                 raise UsageError(
                     f"can't mount volume {v.spec()}: {'/' + '/'.join(parts[:depth + 1])} does not exist in the "
                     f"container, and {where} is not the container's own file system (it comes from the image "
-                    f"or the host), where shifter could create it",
-                    f"use a destination that exists, or one whose missing directories start at the top "
-                    f"level (e.g. /data/...), which shifter creates")
+                    "or the host), where shifter could create it",
+                    "use a destination that exists, or one whose missing directories start at the top "
+                    "level (e.g. /data/...), which shifter creates")
             for i in range(depth, len(parts)):
                 last = i == len(parts) - 1
                 if last and not is_dir:

@@ -66,7 +66,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import time
 
 from shifter import exit_codes
