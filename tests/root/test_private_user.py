@@ -32,7 +32,9 @@ GID = pwd.getpwnam(USER1).pw_gid
 RUNNER = textwrap.dedent("""\
     import json, os, pwd, sys
     from shifter import command
-    from shifter.runtime import config as udiconfig, private_user, udi, volumes
+    from shifter.runtime import config as udiconfig, volumes
+    from shifter.runtime.builder import udi
+    from shifter.runtime.launcher import private_user
     from shifter.runtime.image import ImageRef
 
     def body(argv):
