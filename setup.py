@@ -39,8 +39,7 @@ class build_native(Command):
         header = _load("contract_header", os.path.join(HERE, "runtime", "contract_header.py"))
         header.write(HERE, os.path.join(GEN, header.HEADER))
         subprocess.run(
-            [cc, *header.SHIM_CFLAGS, "-I", GEN, "-o", SHIM, os.path.join("spank", "shim.c"),
-             os.path.join("spank", "hookd_client.c"), "-ldl"],
+            [cc, *header.SHIM_CFLAGS, "-I", GEN, "-o", SHIM, *header.SHIM_SOURCES, "-ldl"],
             check=True,
         )
         # the exit codes' header, from the one table (shifter/exit_codes.py)

@@ -16,7 +16,25 @@ import sys
 #: how the build compiles the launcher and the SPANK shim (setup.py; the contract tests
 #: compile their driver the same way): flags, then sources relative to the source root
 LAUNCHER_CFLAGS = ("-O2", "-Wall", "-Wextra")
-LAUNCHER_SOURCES = ("runtime/launcher/launcher.c", "runtime/launcher/replay.c", "runtime/launcher/sqfs_inproc.c")
+LAUNCHER_SOURCES = tuple("runtime/launcher/" + name for name in (
+    "launcher.c",     # main: the fast path into a prepared UDI
+    "replay.c",       # the private plan's replay (root and user kinds)
+    "replay_plan.c",  # the private plan: request key, file, parse
+    "replay_ops.c",   # the plan's operations: mounts, files, copies
+    "container.c",    # entering a container (shared), the way out to Python
+    "envrequest.c",   # the environment's request
+    "sqfs_inproc.c",  # the squashfs FUSE server in the replay's helper
+))
+#: the SPANK shim's sources (spank/), compiled into <prefix>/lib/shifter/shifter_slurm.so
+SHIM_SOURCES = tuple("spank/" + name for name in (
+    "shim.c",          # Slurm's symbols: the plugin's entry points
+    "shim_config.c",   # the options, the plugstack.conf arguments, the site's files
+    "shim_route.c",    # the submissions and steps handled without Python
+    "shim_python.c",   # the embedded Python, loaded on demand
+    "shim_ccm.c",      # --ccm tasks enter the job's host-root container
+    "shim_extern.c",   # the job's extern step
+    "hookd_client.c",  # the client of the node's hook server
+))
 SHIM_CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter")
 HEADER = "shifter_contracts.h"
 

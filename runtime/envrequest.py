@@ -1,7 +1,7 @@
 """The request in the environment: the names of the variables that carry shifter's
 request and which one wins.  The one owner of this contract: Python reads the names
-and the rule here; the compiled launcher (runtime/launcher/launcher.c, runtime/launcher/replay.c) and
-the SPANK shim (spank/shim.c) take the names from ``shifter_contracts.h``, which the
+and the rule here; the compiled launcher (runtime/launcher/envrequest.c, the rule in C) and
+the SPANK shim (spank/shim_route.c) take the names from ``shifter_contracts.h``, which the
 build writes from this file (``shifter.runtime.contract_header``), and the rule is
 checked on both sides against tests/data/contracts/image_request.json.
 

@@ -26,7 +26,7 @@ def check_none(names) -> None:
 def normalize(text: str) -> str:
     """A module request in canonical form: the names sorted, each once; ``none`` -> "".
     What a prepared UDI's launch plan records and the compiled launcher compares
-    (launcher.c ``normal_modules``; tests/data/contracts/image_request.json)."""
+    (runtime/launcher/envrequest.c ``normal_modules``; tests/data/contracts/image_request.json)."""
     names = parse_list(text)
     check_none(names)
     return ",".join(sorted(set(n for n in names if n != "none")))

@@ -1,7 +1,7 @@
 """The exit codes of every shifter command: the one table.
 
 Python reads the constants below (``shifter.command`` maps each outcome to one of them);
-the compiled launcher (``runtime/launcher/launcher.c``, ``runtime/launcher/replay.c``) includes the header
+the compiled launcher (``runtime/launcher/*.c``) includes the header
 ``c_header()`` renders from this same table at build time (``setup.py``), as
 ``SHIFTER_EXIT_<NAME>``.  docs/dev.md ("Failing") shows the table; the unit tests check
 that the docs, this module and the installed launcher agree.

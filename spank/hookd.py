@@ -7,7 +7,7 @@ a cold interpreter and the runtime's imports (~50 ms) push a job's prolog past t
 poll, which costs the job 0.2 s.  Here a request costs a fork.
 
 How (docs/dev.md, "the node's hook server"):
-- The C shim (spank/shim.c) connects to ``<RUN_DIR>/<node>.sock`` and sends the hook:
+- The C shim (spank/shim_python.c, hookd_client.c) connects to ``<RUN_DIR>/<node>.sock`` and sends the hook:
   NUL-separated ``key=value`` records (``hook``, ``ctx``, ``job``, ``uid``, ``gid``, one
   ``arg`` per plugstack argument, one ``opt=NAME=VALUE`` per job option, one ``env=K=V``
   per variable of the hook's environment), then ``end``.  Nothing answers it but this

@@ -4,6 +4,8 @@
 
 #include <slurm/spank.h>
 
+#pragma GCC visibility push(hidden) /* the plugin exports only the SPANK symbols (shim.h) */
+
 /* The hook server's directory; its sockets are <dir>/<node>.sock (shifter.spank.hookd.RUN_DIR). */
 #define HOOKD_DIR "/run/shifter/hookd"
 
@@ -14,5 +16,7 @@ int hookd_call(const char *hook, spank_t sp, int ac, char **av, int nopt,
 
 /* Start the node's hook server (detached) with the Python at `python`. */
 void start_hookd(const char *python);
+
+#pragma GCC visibility pop
 
 #endif

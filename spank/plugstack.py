@@ -67,7 +67,7 @@ class PlugstackArgs:
         return cls(**values)
 
     def option_names(self) -> tuple[str, ...]:
-        """The options the plugin registers in sbatch, salloc and srun (spank/shim.c):
+        """The options the plugin registers in sbatch, salloc and srun (spank/shim_config.c):
         with ``long_options`` only ``--shifter.image``, ``--shifter.volume`` and
         ``--shifter.module`` (no ``--ccm``, as in Shifter); else ``--image``, ``--volume``,
         ``--module`` and, with ``enable_ccm=1``, ``--ccm``."""

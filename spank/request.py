@@ -21,7 +21,7 @@ they may not use, a volume source they can't read, a per-node cache over the sit
 limits.  Once validated, the options the job's steps inherit are rewritten to the
 request (``rewrite_inherited_options``), so that a step that only inherits them is the
 job's request byte for byte, which the C shim hands to the step without Python
-(spank/shim.c, docs/spank.md).
+(spank/shim_route.c, docs/spank.md).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class JobRequest:
 @frozen
 class JobEnv:
     """The request of the job this srun runs in (``SLURM_SPANK_SHIFTER_*``), as the shim
-    reads it (spank/shim.c, route_job_request): what a step may reuse unchecked."""
+    reads it (spank/shim_route.c, route_job_request): what a step may reuse unchecked."""
 
     image: str | None  # the pinned id, if the job's type is id and it is one
     request: str | None

@@ -1,7 +1,8 @@
 /*
  * udiRoot.conf's imagePath and udiMount, read in C by the SPANK shim: imagePath so that
  * `--image=id:<id>` needs no Python at submission, udiMount so that a `--ccm` task enters
- * the job's host-root container without Python in slurmstepd (spank/shim.c).
+ * the job's host-root container without Python in slurmstepd (spank/shim_config.c reads both for the
+ * other units of the shim).
  *
  * This is a deliberately partial reader of the syntax that shifter.runtime.confsyntax owns
  * (`key=value` lines, `#` comments, a trailing `\` continues a line).  It answers only when

@@ -14,7 +14,10 @@
  *     exec: the caller is not uid 0 in the namespace).
  * When no prepared UDI matches, a private container may still be built here: by
  * replaying the private plan Python recorded for this very request the first time
- * (replay.c, docs/private-plans.md).
+ * (replay.c, docs/private-plans.md).  The last steps (no_new_privs, environment,
+ * userhooks, exec) are container.c's, shared with the replay; the request's rule is
+ * envrequest.c's.  Units: launcher.c -> replay.c -> replay_ops.c, replay_plan.c;
+ * each of them -> container.c, envrequest.c (below nothing of the launcher's).
  * A plan whose modules have per-GPU device files (`gpudev`) gets a mount namespace of
  * the step's own in which the GPUs that are not the step's are covered (cover_gpus).
  * Everything else (options, another image, no plan, no user namespaces, a failed
@@ -47,38 +50,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "container.h"
+#include "envrequest.h"
 #include "replay.h"
 #include "shifter_contracts.h" /* the contracts' names, written by the build from their Python owners */
 
 #define PLAN_REL "/" LAUNCH_PLAN_RELPATH
 #define GPU_BLANK "/var/shifter/nodevice" /* shifter.runtime.devices.BLANK */
 #define PLAN_MAX (1 << 20)
-
-extern char **environ;
-
-char prefix[PATH_MAX];
-
-/* ------------------------------------------------------------------ fallback */
-void to_python(int argc, char **argv)
-{
-    char python[PATH_MAX + 32];
-    snprintf(python, sizeof(python), "%s/bin/python", prefix);
-    char **args = calloc((size_t) argc + 5, sizeof(char *));
-    if (args == NULL) {
-        fprintf(stderr, "shifter: out of memory\n");
-        exit(SHIFTER_EXIT_LAUNCH);
-    }
-    int n = 0;
-    args[n++] = python;
-    args[n++] = "-I";
-    args[n++] = "-m";
-    args[n++] = "shifter.runtime.launcher.launch";
-    for (int i = 1; i < argc; i++) args[n++] = argv[i];
-    args[n] = NULL;
-    execv(python, args);
-    fprintf(stderr, "shifter: can't start %s: %s\n", python, strerror(errno));
-    exit(SHIFTER_EXIT_LAUNCH);
-}
 
 /* ------------------------------------------------------------------ helpers */
 static char *read_file(const char *path, size_t *len, int need_root_owned)
@@ -248,91 +227,6 @@ static int parse_plan(char *buf, size_t len, struct plan *p)
     return is_number(p->uid) && is_number(p->gid) ? 0 : -1;
 }
 
-static const char *env2(const char *a, const char *b)
-{
-    const char *v = getenv(a);
-    if (v == NULL) v = getenv(b);
-    return v;
-}
-
-static int is_hex64(const char *s)
-{
-    size_t n = 0;
-    for (; s[n]; n++)
-        if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f'))) return 0;
-    return n == 64;
-}
-
-/* The image the environment requests, as a descriptor: the rule of
- * shifter.runtime.envrequest.env_image_spec, its owner (docs/launcher.md "Which image";
- * both are checked against tests/data/contracts/image_request.json).
- *   1. SHIFTER_IMAGE (non-empty): "SHIFTER_IMAGETYPE:SHIFTER_IMAGE" when the type is set
- *      too (but a type id with an image that is not 64 hex digits is no pair), else
- *      SHIFTER_IMAGE itself (a descriptor: id:<hex>, docker:repo:tag, ...);
- *   2. else SLURM_SPANK_SHIFTER_IMAGE likewise with SLURM_SPANK_SHIFTER_IMAGETYPE;
- *   3. else the first non-empty fallback: SHIFTER_IMAGEREQUEST (Shifter's request
- *      variable), SLURM_SPANK_SHIFTER_IMAGEREQUEST, the old SHIFTER_IMAGE_REQUEST names,
- *      old Shifter's SHIFTER (and SLURM_SPANK_SHIFTER).
- * 1 and the descriptor in `out`; 0 when there is none; -1 when it does not fit. */
-int env_image_request(char *out, size_t outlen)
-{
-    static const char *const pairs[] = {ENV_IMAGE_PAIRS}; /* image, type; image, type */
-    static const char *const fallbacks[] = {ENV_FALLBACK_IMAGE_VARS};
-    int n = -1;
-    for (int i = 0; i + 1 < ENV_IMAGE_PAIRS_N && n < 0; i += 2) {
-        const char *tag = getenv(pairs[i]);
-        if (tag == NULL || tag[0] == '\0') continue;
-        const char *type = getenv(pairs[i + 1]);
-        if (type != NULL && type[0] != '\0' && !(strcmp(type, "id") == 0 && !is_hex64(tag)))
-            n = snprintf(out, outlen, "%s:%s", type, tag);
-        else n = snprintf(out, outlen, "%s", tag);
-    }
-    for (size_t i = 0; n < 0 && i < ENV_FALLBACK_IMAGE_VARS_N; i++) {
-        const char *v = getenv(fallbacks[i]);
-        if (v != NULL && v[0] != '\0') n = snprintf(out, outlen, "%s", v);
-    }
-    if (n < 0) return 0;
-    return (size_t) n < outlen ? 1 : -1;
-}
-
-static int cmpstr(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *) a, *(const char *const *) b);
-}
-
-/* The module request in canonical form, as shifter.runtime.modules.normalize: "b,a,,b"
- * -> "a,b" (sorted, unique; ',' and ' ' separate); "none" -> "".  NULL when "none" is
- * combined with anything (refused, as in Shifter: Python says why) or on overflow. */
-static char *normal_modules(const char *spec)
-{
-    char *copy = strdup(spec), *save = NULL;
-    const char *items[256];
-    int n = 0, none = 0;
-    if (copy == NULL) return NULL;
-    for (char *t = strtok_r(copy, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
-        if (n == 256) {
-            free(copy);
-            return NULL;
-        }
-        if (strcmp(t, "none") == 0) none = 1;
-        items[n++] = t;
-    }
-    if (none && n > 1) {
-        free(copy);
-        return NULL;
-    }
-    if (none) n = 0;
-    qsort(items, (size_t) n, sizeof(char *), cmpstr);
-    char *out = calloc(strlen(spec) + 1, 1);
-    for (int i = 0; out && i < n; i++) {
-        if (i > 0 && strcmp(items[i], items[i - 1]) == 0) continue;
-        if (out[0]) strcat(out, ",");
-        strcat(out, items[i]);
-    }
-    free(copy);
-    return out;
-}
-
 /* Does the caller's request match the prepared UDI? */
 static int matches(const struct plan *p, uid_t uid, gid_t gid)
 {
@@ -396,136 +290,6 @@ static int print_request(void)
     free(norm);
     return 0;
 }
-
-static int write_file(const char *path, const char *text)
-{
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t len = (ssize_t) strlen(text);
-    int ok = write(fd, text, (size_t) len) == len;
-    close(fd);
-    return ok ? 0 : -1;
-}
-
-int map_self(uid_t uid, gid_t gid)
-{
-    char map[64];
-    if (write_file("/proc/self/setgroups", "deny") != 0) return -1;
-    snprintf(map, sizeof(map), "%u %u 1", (unsigned) uid, (unsigned) uid);
-    if (write_file("/proc/self/uid_map", map) != 0) return -1;
-    snprintf(map, sizeof(map), "%u %u 1", (unsigned) gid, (unsigned) gid);
-    return write_file("/proc/self/gid_map", map);
-}
-
-/* ------------------------------------------------------------------ environment */
-static char **env_copy;
-static int env_n, env_cap;
-
-static int env_find(const char *name, size_t len)
-{
-    for (int i = 0; i < env_n; i++)
-        if (strncmp(env_copy[i], name, len) == 0 && env_copy[i][len] == '=') return i;
-    return -1;
-}
-
-static void env_put(const char *name, size_t len, const char *value)
-{
-    size_t size = len + strlen(value) + 2;
-    char *entry = malloc(size);
-    snprintf(entry, size, "%.*s=%s", (int) len, name, value);
-    int i = env_find(name, len);
-    if (i >= 0) {
-        env_copy[i] = entry;
-        return;
-    }
-    if (env_n + 2 > env_cap) {
-        env_cap = env_cap * 2 + 16;
-        env_copy = realloc(env_copy, (size_t) env_cap * sizeof(char *));
-    }
-    env_copy[env_n++] = entry;
-    env_copy[env_n] = NULL;
-}
-
-static void env_apply(const char *op)
-{
-    char kind = op[0];
-    const char *body = op + 1;
-    if (kind == '-') {
-        int i = env_find(body, strlen(body));
-        if (i >= 0) {
-            env_copy[i] = env_copy[--env_n];
-            env_copy[env_n] = NULL;
-        }
-        return;
-    }
-    const char *eq = strchr(body, '=');
-    if (eq == NULL) return;
-    size_t len = (size_t) (eq - body);
-    const char *value = eq + 1;
-    int i = env_find(body, len);
-    const char *old = (i >= 0) ? env_copy[i] + len + 1 : NULL;
-    if (kind == '=' || old == NULL || old[0] == '\0') {
-        env_put(body, len, value);
-    } else {
-        size_t size = strlen(old) + strlen(value) + 2;
-        char *joined = malloc(size);
-        if (kind == '<') snprintf(joined, size, "%s:%s", value, old);
-        else snprintf(joined, size, "%s:%s", old, value);
-        env_put(body, len, joined);
-    }
-}
-
-/* ------------------------------------------------------------------ entering */
-/* The last steps of every way in (the fast path and both kinds of replay), once
- * chrooted into the container: no_new_privs, the caller's working directory, the
- * environment (the caller's, then the plan's rules, SHIFTER_RUNTIME=1), the modules'
- * userhooks, exec of the command (argv[1..], else the image's CMD, else /bin/sh).
- * Returns only on failure, the exit status (one line on stderr). */
-int enter_container(const struct entry *e, int argc, char **argv)
-{
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-        fprintf(stderr, "shifter: can't enter the container: no_new_privs: %s\n", strerror(errno));
-        return SHIFTER_EXIT_LAUNCH;
-    }
-    if (chdir(e->cwd) != 0) {
-        fprintf(stderr, "shifter: %s does not exist in the container, starting in /\n", e->cwd);
-        if (chdir("/") != 0) {
-            fprintf(stderr, "shifter: can't enter the container: /: %s\n", strerror(errno));
-            return SHIFTER_EXIT_LAUNCH;
-        }
-    }
-
-    /* environment: the caller's, then the plan's rules */
-    for (char **v = environ; *v; v++) env_n++;
-    env_cap = env_n + 16;
-    env_copy = calloc((size_t) env_cap, sizeof(char *));
-    for (int i = 0; i < env_n; i++) env_copy[i] = environ[i];
-    for (int i = 0; i < e->n_env; i++) env_apply(e->env[i]);
-    env_put("SHIFTER_RUNTIME", 15, "1");
-    environ = env_copy; /* execvp searches the container's PATH */
-
-    for (int i = 0; i < e->n_userhook; i++) {
-        pid_t pid = fork();
-        if (pid == 0) {
-            execl("/bin/sh", "sh", e->userhook[i], (char *) NULL);
-            _exit(SHIFTER_EXIT_NOT_FOUND);
-        }
-        int status = 0;
-        if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-            fprintf(stderr, "shifter: module userhook %s failed\n", e->userhook[i]);
-            return SHIFTER_EXIT_LAUNCH;
-        }
-    }
-
-    char **cmd = argv + 1;
-    char *shell[] = {"/bin/sh", NULL};
-    if (argc < 2) cmd = e->n_cmd > 0 ? (char **) e->cmd : shell; /* e->cmd[n_cmd] is NULL */
-    execvp(cmd[0], cmd);
-    int err = errno;
-    fprintf(stderr, "shifter: can't run %s: %s\n", cmd[0], strerror(err));
-    return (err == ENOENT || err == ENOTDIR) ? SHIFTER_EXIT_NOT_FOUND : SHIFTER_EXIT_NOT_EXECUTABLE;
-}
-
 /* The job's own request (what its SLURM_SPANK_SHIFTER_* pin) is what the environment asks. */
 static int own_request(void)
 {
@@ -665,22 +429,28 @@ static int print_gpus(const char *devices)
 }
 
 /* ------------------------------------------------------------------ main */
-int main(int argc, char **argv)
+/* <prefix> from this program's own path, <prefix>/bin/shifter: 0, or -1 (said why). */
+static int find_prefix(void)
 {
     char self[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
     if (n <= 0) {
         fprintf(stderr, "shifter: can't find my own path: %s\n", strerror(errno));
-        return SHIFTER_EXIT_LAUNCH;
+        return -1;
     }
     self[n] = '\0';
-    /* <prefix>/bin/shifter */
     char *slash = strrchr(self, '/');
     *slash = '\0';
     slash = strrchr(self, '/');
     if (slash) *slash = '\0';
     snprintf(prefix, sizeof(prefix), "%s", self);
+    return 0;
+}
 
+/* SHIFTER_LAUNCHER_PRINT_*: print what the tests asked for and run nothing.  The exit
+ * status, or -1 when none is asked. */
+static int print_only(void)
+{
     if (getenv("SHIFTER_LAUNCHER_PRINT_EXIT_CODES") != NULL) {
 #define X(name, code) printf("%s=%d\n", #name, SHIFTER_EXIT_##name);
         SHIFTER_EXIT_TABLE
@@ -690,43 +460,36 @@ int main(int argc, char **argv)
     if (getenv("SHIFTER_LAUNCHER_PRINT_REQUEST") != NULL) return print_request();
     if (getenv("SHIFTER_LAUNCHER_PRINT_UDI") != NULL) return print_udi();
     if (getenv("SHIFTER_LAUNCHER_PRINT_GPUS") != NULL) return print_gpus(getenv("SHIFTER_LAUNCHER_PRINT_GPUS"));
-    if (argc >= 2 && argv[1][0] == '-') to_python(argc, argv);
-    if (getenv("SHIFTER_NO_FAST_PATH") != NULL) to_python(argc, argv);
-    uid_t uid = getuid();
-    gid_t gid = getgid();
-    if (geteuid() != uid || getegid() != gid) to_python(argc, argv);
+    return -1;
+}
 
-    /* the prepared UDI, if it was made for this request: the job's (the prolog made it),
-     * else the one setupRoot made at udiMount; else a private container from its plan
-     * (returns only when there is none), else Python */
-    char mount[PATH_MAX], udi[PATH_MAX], plan_path[PATH_MAX + 64];
-    struct plan p;
-    size_t len = 0;
+/* The prepared UDI's launch plan (`len` bytes), its UDI in `udi`; or NULL.  The job's
+ * (the prolog made it; if it could not, and the request is the job's own, job_error
+ * ends here), else the one setupRoot made at udiMount. */
+static char *prepared_plan(char *udi, size_t size, size_t *len)
+{
+    char mount[PATH_MAX], plan_path[PATH_MAX + 64];
     char *buf = NULL;
-    if (udi_mount(mount, sizeof(mount)) == 0) {
-        if (job_udi(mount, udi, sizeof(udi)) == 0) {
-            snprintf(plan_path, sizeof(plan_path), "%s" PLAN_REL, udi);
-            buf = read_file(plan_path, &len, 1);
-            if (buf == NULL) job_error(mount);
-        }
-        if (buf == NULL) {
-            snprintf(udi, sizeof(udi), "%s", mount);
-            snprintf(plan_path, sizeof(plan_path), "%s" PLAN_REL, udi);
-            buf = read_file(plan_path, &len, 1);
-        }
+    if (udi_mount(mount, sizeof(mount)) != 0) return NULL;
+    if (job_udi(mount, udi, size) == 0) {
+        snprintf(plan_path, sizeof(plan_path), "%s" PLAN_REL, udi);
+        buf = read_file(plan_path, len, 1);
+        if (buf == NULL) job_error(mount);
     }
-    if (buf == NULL || parse_plan(buf, len, &p) != 0 || !matches(&p, uid, gid)) {
-        replay_private(argc, argv, uid, gid);
-        to_python(argc, argv);
+    if (buf == NULL) {
+        snprintf(udi, size, "%s", mount);
+        snprintf(plan_path, sizeof(plan_path), "%s" PLAN_REL, udi);
+        buf = read_file(plan_path, len, 1);
     }
+    return buf;
+}
 
-    char cwd[PATH_MAX];
-    if (getcwd(cwd, sizeof(cwd)) == NULL) snprintf(cwd, sizeof(cwd), "/");
-
-    /* enter: the UDI's user namespace (setupRoot made it, owned by the caller, so that
-     * all of the job's tasks on this node share one: MPI ranks can then ptrace and
-     * process_vm_readv each other); else an own one, the caller mapped to themselves.
-     * Root needs none. */
+/* Into the UDI: its user namespace (setupRoot made it, owned by the caller, so that
+ * all of the job's tasks on this node share one: MPI ranks can then ptrace and
+ * process_vm_readv each other), else an own one, the caller mapped to themselves (none
+ * to be had: Python's turn); root needs none.  Then chroot.  0, or -1 (errno set). */
+static int enter_udi(const char *udi, uid_t uid, gid_t gid, int argc, char **argv)
+{
     char userns[PATH_MAX + 64];
     snprintf(userns, sizeof(userns), "%s/var/shifter/userns", udi);
     int nsfd = uid != 0 ? open(userns, O_RDONLY | O_CLOEXEC) : -1;
@@ -735,16 +498,43 @@ int main(int argc, char **argv)
     } else if (uid != 0) {
         if (nsfd >= 0) close(nsfd);
         if (unshare(CLONE_NEWUSER) != 0) to_python(argc, argv);
-        if (map_self(uid, gid) != 0) goto fail;
+        if (map_self(uid, gid) != 0) return -1;
     }
-    if (chdir(udi) != 0 || chroot(udi) != 0 || chdir("/") != 0) goto fail;
+    if (chdir(udi) != 0 || chroot(udi) != 0 || chdir("/") != 0) return -1;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (find_prefix() != 0) return SHIFTER_EXIT_LAUNCH;
+    int printed = print_only();
+    if (printed >= 0) return printed;
+    if (argc >= 2 && argv[1][0] == '-') to_python(argc, argv);
+    if (getenv("SHIFTER_NO_FAST_PATH") != NULL) to_python(argc, argv);
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    if (geteuid() != uid || getegid() != gid) to_python(argc, argv);
+
+    /* the prepared UDI, if it was made for this request; else a private container from
+     * its plan (returns only when there is none), else Python */
+    char udi[PATH_MAX];
+    struct plan p;
+    size_t len = 0;
+    char *buf = prepared_plan(udi, sizeof(udi), &len);
+    if (buf == NULL || parse_plan(buf, len, &p) != 0 || !matches(&p, uid, gid)) {
+        replay_private(argc, argv, uid, gid);
+        to_python(argc, argv);
+    }
+
+    char cwd[PATH_MAX];
+    if (getcwd(cwd, sizeof(cwd)) == NULL) snprintf(cwd, sizeof(cwd), "/");
+    if (enter_udi(udi, uid, gid, argc, argv) != 0) {
+        fprintf(stderr, "shifter: can't enter the container at %s: %s\n", udi, strerror(errno));
+        return SHIFTER_EXIT_LAUNCH;
+    }
     if (cover_gpus(p.gpudev, p.n_gpudev) != 0) return SHIFTER_EXIT_LAUNCH;
 
     p.cmd[p.n_cmd] = NULL;
     struct entry e = {cwd, p.env, p.n_env, p.userhook, p.n_userhook, p.cmd, p.n_cmd};
     return enter_container(&e, argc, argv);
-
-fail:
-    fprintf(stderr, "shifter: can't enter the container at %s: %s\n", udi, strerror(errno));
-    return SHIFTER_EXIT_LAUNCH;
 }

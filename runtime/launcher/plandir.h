@@ -6,7 +6,7 @@
  * alone is used (this side never creates one):
  *   1. /var/lib/shifter/users/<node>/<uid>   made by the job prolog (root)
  *   2. <home>/.shifter/<node>                made by Python (the user)
- * Included by replay.c only (and by the tests' driver).
+ * Included by replay_plan.c only (and by the tests' driver).
  */
 #ifndef SHIFTER_PLANDIR_H
 #define SHIFTER_PLANDIR_H

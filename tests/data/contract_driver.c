@@ -1,9 +1,10 @@
 /*
  * The contract driver: the compiled launcher's own code (runtime/launcher/launcher.c and
- * runtime/launcher/replay.c, included whole, compiled with the flags and the generated
- * shifter_contracts.h of the shipped launcher) answering for the contract vectors in
- * tests/data/contracts/ (tests/unit/test_contracts.py).  It prints each decision as
- * one JSON object and runs nothing.
+ * runtime/launcher/replay_plan.c included whole, for their static functions; the
+ * launcher's other sources linked beside it; all compiled with the flags and the
+ * generated shifter_contracts.h of the shipped launcher) answering for the contract
+ * vectors in tests/data/contracts/ (tests/unit/test_contracts.py).  It prints each
+ * decision as one JSON object and runs nothing.
  *
  *   contract_driver request                      the environment's request (image, volume, modules)
  *   contract_driver key UID GID GROUPS PREFIX    the private plan's request key and file name
@@ -15,7 +16,7 @@
 #define main shifter_launcher_main
 #include "launcher.c"
 #undef main
-#include "replay.c"
+#include "replay_plan.c"
 
 static char *slurp(const char *path, size_t *len)
 {

@@ -172,59 +172,45 @@ static int python_mapped(void)
     return found;
 }
 
-int main(int argc, char **argv)
+/* The options as Slurm gives them after slurm_spank_init: those inherited through the
+ * environment, then the command line's (NAME=VALUE, argv[first..]); each given option's
+ * _SLURM_SPANK_OPTION_ variable set in the environment and the job-control environment
+ * (spank_init_post_opt).  The first callback's failure, or 0. */
+static int give_options(spank_t sp, int argc, char **argv, int first)
 {
-    if (argc < 3) {
-        fprintf(stderr, "usage: shim_harness SHIM.so local|allocator [ARG...] [-- NAME=VALUE...]\n");
-        return 2;
-    }
-    if (strcmp(argv[2], "allocator") == 0) context = S_CTX_ALLOCATOR;
-    else if (strcmp(argv[2], "local") != 0) return 2;
-    int ac = 0, first_opt = argc;
-    char *av[32];
-    for (int i = 3; i < argc; i++) {
-        if (strcmp(argv[i], "--") == 0) { first_opt = i + 1; break; }
-        if (ac < 32) av[ac++] = argv[i];
-    }
-    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
-    if (h == NULL) { fprintf(stderr, "dlopen: %s\n", dlerror()); return 2; }
-    spank_f *init = (spank_f *) dlsym(h, "slurm_spank_init");
-    spank_f *post_opt = (spank_f *) dlsym(h, "slurm_spank_init_post_opt");
-    if (init == NULL || post_opt == NULL) { fprintf(stderr, "missing SPANK symbols\n"); return 2; }
-    spank_t sp = (spank_t) &context; /* opaque to the shim */
-
-    int rc = init(sp, ac, av);
-    int found[64] = {0};
+    int rc = 0, found[64] = {0};
     char name[256];
-    if (rc == 0) {
-        for (int i = 0; i < n_registered && rc == 0; i++) { /* inherited through the environment */
-            char var[300];
-            env_name(registered[i], name, sizeof(name));
-            snprintf(var, sizeof(var), "SLURM_SPANK_%s", name);
-            const char *value = getenv(var);
-            if (value == NULL) continue;
-            rc = registered[i]->cb(registered[i]->val, value, 0);
-            found[i] = 1;
-            setenv(name, value, 1); /* spank_init_post_opt: the last value of each option */
-        }
-        for (int i = first_opt; i < argc && rc == 0; i++) { /* the command line */
-            char *eq = strchr(argv[i], '=');
-            if (eq) *eq = '\0';
-            struct spank_option *opt = find_option(argv[i]);
-            if (opt == NULL) { fprintf(stderr, "unknown option %s\n", argv[i]); return 2; }
-            rc = opt->cb(opt->val, eq ? eq + 1 : NULL, 0);
-            for (int j = 0; j < n_registered; j++) if (registered[j] == opt) found[j] = 1;
-            env_name(opt, name, sizeof(name));
-            setenv(name, eq ? eq + 1 : "", 1);
-        }
-        for (int i = 0; i < n_registered; i++) {
-            env_name(registered[i], name, sizeof(name));
-            const char *value = getenv(name);
-            if (found[i] && value != NULL) spank_job_control_setenv(sp, name, value, 1);
-        }
+    for (int i = 0; i < n_registered && rc == 0; i++) { /* inherited through the environment */
+        char var[300];
+        env_name(registered[i], name, sizeof(name));
+        snprintf(var, sizeof(var), "SLURM_SPANK_%s", name);
+        const char *value = getenv(var);
+        if (value == NULL) continue;
+        rc = registered[i]->cb(registered[i]->val, value, 0);
+        found[i] = 1;
+        setenv(name, value, 1); /* spank_init_post_opt: the last value of each option */
     }
-    if (rc == 0) rc = post_opt(sp, ac, av);
+    for (int i = first; i < argc && rc == 0; i++) { /* the command line */
+        char *eq = strchr(argv[i], '=');
+        if (eq) *eq = '\0';
+        struct spank_option *opt = find_option(argv[i]);
+        if (opt == NULL) { fprintf(stderr, "unknown option %s\n", argv[i]); exit(2); }
+        rc = opt->cb(opt->val, eq ? eq + 1 : NULL, 0);
+        for (int j = 0; j < n_registered; j++) if (registered[j] == opt) found[j] = 1;
+        env_name(opt, name, sizeof(name));
+        setenv(name, eq ? eq + 1 : "", 1);
+    }
+    for (int i = 0; i < n_registered; i++) {
+        env_name(registered[i], name, sizeof(name));
+        const char *value = getenv(name);
+        if (found[i] && value != NULL) spank_job_control_setenv(sp, name, value, 1);
+    }
+    return rc;
+}
 
+/* The one JSON object (see the top of this file). */
+static void print_result(int rc)
+{
     printf("{\"rc\": %d, \"python\": %s, \"control\": {", rc, python_mapped() ? "true" : "false");
     for (int i = 0; i < n_control; i++) {
         if (i) printf(", ");
@@ -254,6 +240,33 @@ int main(int argc, char **argv)
     json_list("infos", infos, n_infos);
     json_list("debug", debugs, n_debugs);
     printf("}\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: shim_harness SHIM.so local|allocator [ARG...] [-- NAME=VALUE...]\n");
+        return 2;
+    }
+    if (strcmp(argv[2], "allocator") == 0) context = S_CTX_ALLOCATOR;
+    else if (strcmp(argv[2], "local") != 0) return 2;
+    int ac = 0, first_opt = argc;
+    char *av[32];
+    for (int i = 3; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0) { first_opt = i + 1; break; }
+        if (ac < 32) av[ac++] = argv[i];
+    }
+    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) { fprintf(stderr, "dlopen: %s\n", dlerror()); return 2; }
+    spank_f *init = (spank_f *) dlsym(h, "slurm_spank_init");
+    spank_f *post_opt = (spank_f *) dlsym(h, "slurm_spank_init_post_opt");
+    if (init == NULL || post_opt == NULL) { fprintf(stderr, "missing SPANK symbols\n"); return 2; }
+    spank_t sp = (spank_t) &context; /* opaque to the shim */
+
+    int rc = init(sp, ac, av);
+    if (rc == 0) rc = give_options(sp, argc, argv, first_opt);
+    if (rc == 0) rc = post_opt(sp, ac, av);
+    print_result(rc);
     fflush(stdout);
     _exit(0); /* no atexit: an embedded interpreter is not finalised, as in srun */
 }

@@ -55,8 +55,8 @@ def test_racing_attaches_all_get_a_device(tmp_path):
 ANCHOR_RACE = r"""
 import os, sys, time
 from shifter.runtime import linux
-from shifter.runtime.builder import udi
 from shifter.runtime import config as udiconfig
+from shifter.runtime.builder import udi
 base, go = sys.argv[1], sys.argv[2]
 # a fresh node: its own mount namespace, no anchor yet (the first jobs after a restart)
 linux.unshare(linux.CLONE_NEWNS)

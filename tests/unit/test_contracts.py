@@ -2,8 +2,9 @@
 through the Python owner and through the compiled code (docs/dev.md, "Contracts").
 
 The compiled side here is the contract driver (tests/data/contract_driver.c): the
-launcher's own sources (runtime/launcher/launcher.c, replay.c) built with the shipped launcher's
-flags and the header the build writes from the owners (shifter.runtime.contract_header).
+launcher's own sources (runtime/launcher/*.c: launcher.c and replay_plan.c included whole, the
+others linked) built with the shipped launcher's flags and the header the build writes from
+the owners (shifter.runtime.contract_header).
 The shim's contracts run through the installed plugin in their own test modules
 (named in CONTRACTS); this module checks that every vector file is run by one.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -31,13 +33,13 @@ PREFIX = "/opt/shifter"  # the installation the request_key vectors assume
 
 #: vector file -> (owner module, the C that follows it, the test module that runs both)
 CONTRACTS = {
-    "image_request.json": ("runtime/envrequest.py", "runtime/launcher/launcher.c", "test_contracts.py"),
-    "request_key.json": ("runtime/privplan.py", "runtime/launcher/replay.c", "test_contracts.py"),
+    "image_request.json": ("runtime/envrequest.py", "runtime/launcher/envrequest.c", "test_contracts.py"),
+    "request_key.json": ("runtime/privplan.py", "runtime/launcher/replay_plan.c", "test_contracts.py"),
     "launch_plan.json": ("runtime/plan.py", "runtime/launcher/launcher.c", "test_contracts.py"),
     "launch_match.json": ("runtime/plan.py", "runtime/launcher/launcher.c", "test_contracts.py"),
-    "private_plan.json": ("runtime/privplan.py", "runtime/launcher/replay.c", "test_contracts.py"),
-    "plugstack_args.json": ("spank/plugstack.py", "spank/shim.c", "test_plugstack.py"),
-    "shim_route.json": ("spank/request.py", "spank/shim.c", "test_shim_route.py"),
+    "private_plan.json": ("runtime/privplan.py", "runtime/launcher/replay_plan.c", "test_contracts.py"),
+    "plugstack_args.json": ("spank/plugstack.py", "spank/shim_config.c", "test_plugstack.py"),
+    "shim_route.json": ("spank/request.py", "spank/shim_route.c", "test_shim_route.py"),
     "udiconf_imagepath.json": ("runtime/config.py", "spank/udiconf_key.h", "test_shim_route.py"),
     "job_udi.json": ("runtime/jobpath.py", "runtime/launcher/launcher.c", "test_jobpath.py"),
     "plandir.json": ("runtime/plandir.py", "runtime/launcher/plandir.h", "test_plandir.py"),
@@ -63,7 +65,11 @@ def driver(tmp_path_factory):
     with open(os.path.join(gen, "exit_codes.h"), "w") as f:  # the build's other generated header
         f.write(exit_codes.c_header())
     exe = str(out / "contract_driver")
-    sources = [s for s in contract_header.LAUNCHER_SOURCES if s not in ("runtime/launcher/launcher.c", "runtime/launcher/replay.c")]
+    with open(os.path.join(DATA, "contract_driver.c"), encoding="utf-8") as f:  # the sources it includes whole
+        included = set(re.findall(r'^#include "(\w+\.c)"', f.read(), flags=re.M))
+    assert included, "the driver includes the launcher's sources"
+    sources = [s for s in contract_header.LAUNCHER_SOURCES if os.path.basename(s) not in included]
+    assert len(sources) == len(contract_header.LAUNCHER_SOURCES) - len(included)
     subprocess.run([cc, *contract_header.LAUNCHER_CFLAGS, "-I", gen, "-I", os.path.join(SRC, "runtime", "launcher"),
                     "-o", exe, os.path.join(DATA, "contract_driver.c"), *(os.path.join(SRC, s) for s in sources)],
                    check=True)
@@ -272,12 +278,16 @@ def test_the_c_side_takes_the_owners_names():
 
 
 def test_the_c_writes_no_owned_name_itself():
-    """launcher.c, replay.c and shim.c spell no variable name or magic string the owners
+    """The launcher's and the shim's C spell no variable name or magic string the owners
     define: they use the generated header's macros (so a renamed variable can't drift)."""
     owned = [v for k, v in vars(envrequest).items() if k.isupper() and isinstance(v, str) and k != "PROLOG_PREFIX"]
     owned += [plan.MAGIC, privplan.MAGIC, privplan.KEY_VERSION, plan.RELPATH]
     owned += [name for names in envrequest.IMAGE_PAIRS for name in names] + list(envrequest.FALLBACK_IMAGE_VARS)
-    for rel in ("runtime/launcher/launcher.c", "runtime/launcher/replay.c", "spank/shim.c"):
+    c_files = [*contract_header.LAUNCHER_SOURCES, *contract_header.SHIM_SOURCES]
+    c_files += [os.path.join(d, name) for d in ("runtime/launcher", "spank")
+                for name in sorted(os.listdir(os.path.join(SRC, d))) if name.endswith(".h")]
+    assert "spank/shim_route.c" in c_files and "runtime/launcher/replay_plan.c" in c_files
+    for rel in c_files:
         with open(os.path.join(SRC, rel), encoding="utf-8") as f:
             code = f.read()
         for value in owned:
