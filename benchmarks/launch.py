@@ -105,7 +105,8 @@ def _prepare(site, image: str, base: str, prefixes: dict):
 TEARDOWN = """
 import sys
 try:
-    except ImportError:  # a version before runtime/ had layers
+    from shifter.runtime.builder import udi
+except ImportError:  # a version before runtime/ had layers
     from shifter.runtime import udi
 from shifter.runtime import config
 c = config.load(sys.argv[1])

@@ -375,12 +375,3 @@ def lookup_id(config: UdiRootConfig, ref: ImageRef) -> str:
         raise GatewayError(f"can't resolve {ref}: the gateway gave no image id (status "
                            f"{record.status})", f"shifterimg pull {ref}")
     return record.id
-
-
-def resolve_id(config, image: ImageRef) -> ImageRef:
-    """Pin an image: a ``docker:`` (or gateway-imported ``custom:``) tag becomes its image
-    id through the image gateway, as Shifter's lookup does; id and local images are
-    returned as they are.  Gateway errors (unknown image, gateway down) are raised."""
-    if image.type not in ("docker", "custom"):
-        return image
-    return ImageRef("id", lookup_id(config, image))

@@ -31,6 +31,7 @@ import pwd
 from shifter.frozen import frozen
 
 from shifter.errors import ConfigError, UsageError
+from shifter.gateway_client.resolve import resolve_id
 from shifter.runtime import config as udiconfig
 from shifter.runtime import envrequest as E
 from shifter.runtime import volumes
@@ -115,14 +116,6 @@ class JobEnv:
         if self.request is not None and self.request == str(requested):
             return ImageRef("id", self.image), self.request
         return None
-
-
-def resolve_id(config, image: ImageRef) -> ImageRef:
-    """The image pinned through the gateway (``shifter.gateway_client.client.resolve_id``)."""
-    # start-up: the gateway client is imported only by a submission that names a tag
-    from shifter.gateway_client.client import resolve_id as pin
-
-    return pin(config, image)
 
 
 def parse_request(options: dict[str, str], plugstack: PlugstackArgs, environ=None,

@@ -17,7 +17,7 @@ import sys
 
 from shifter import command
 from shifter.errors import UsageError
-from shifter.gateway_client.client import resolve_id
+from shifter.gateway_client.resolve import resolve_id
 from shifter.runtime import config as udiconfig
 from shifter.runtime import volumes
 from shifter.runtime.builder import udi

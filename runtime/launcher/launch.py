@@ -37,7 +37,7 @@ import sys
 
 from shifter import command
 from shifter.errors import ShifterError, UsageError
-from shifter.gateway_client.client import resolve_id
+from shifter.gateway_client.resolve import resolve_id
 from shifter.runtime import config as udiconfig
 from shifter.runtime import devices, jobpath, linux, plan, volumes
 from shifter.runtime import envrequest as E

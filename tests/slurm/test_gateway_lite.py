@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slurm
 PROBE = textwrap.dedent("""\
     import sys
     from shifter.runtime import config
-    from shifter.gateway_client.client import resolve_id
+    from shifter.gateway_client.resolve import resolve_id
     from shifter.runtime.image import parse_image
     from shifter.errors import ShifterError
     c = config.load(sys.argv[1])
