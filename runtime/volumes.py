@@ -30,6 +30,7 @@ resolving symlinks inside the container (``check_destination``), as Shifter does
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -46,8 +47,16 @@ Warn = Callable[[str], None]
 
 _WS = " \t\n\r\v\f"  # C's isspace in the C locale
 _UNITS = "KMGTPE"  # powers of 1024: K = 1024**1 ... E = 1024**6
-_SIZE_RE = re.compile(r"([0-9]{1,30}(?:\.[0-9]{1,30})?)(?:([kmgtpe])(?:i?b)?|b)?",
-                      re.IGNORECASE | re.ASCII)
+
+
+@functools.cache
+def _size_re():
+    """Compiled at first use, as the other size patterns below: together ~1 ms that every
+    cold start importing this module would pay, and a job without a per-node cache never
+    needs."""
+    return re.compile(r"([0-9]{1,30}(?:\.[0-9]{1,30})?)(?:([kmgtpe])(?:i?b)?|b)?", re.IGNORECASE | re.ASCII)
+
+
 # The characters Shifter keeps in a volume path (it silently drops all others).
 _PATH_CHARS = re.compile(r"[A-Za-z0-9_.+/-]*", re.ASCII)
 _PATH_CHAR = re.compile(r"[A-Za-z0-9_.+/-]", re.ASCII)
@@ -167,7 +176,7 @@ def _parse_size(text: str, what: str) -> int:
     whole bytes, and a K/M/G/T/P/E suffix; 1 .. 2**63-1.  (udiRoot.conf's limits.)"""
     hint = ("write a number with an optional K, M, G, T, P or E suffix "
             "(powers of 1024), e.g. 100G")
-    m = _SIZE_RE.fullmatch(text)
+    m = _size_re().fullmatch(text)
     if not m:
         raise _Refusal(f"{what} {_show(text)} is not a size", hint)
     number, unit = m.groups()
@@ -195,20 +204,28 @@ def parse_size(text: str) -> int:
 
 # What C's strtod reads: leading white space, a sign, then a hexadecimal or decimal
 # floating-point number, or inf/infinity/nan.  Nothing read: the whole text is left.
-_STRTOD_RE = re.compile(
-    r"[ \t\n\r\v\f]*([+-]?)(?:"
-    r"(0[xX](?:[0-9a-fA-F]+(?:\.[0-9a-fA-F]*)?|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?)"
-    r"|((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
-    r"|(inf(?:inity)?|nan(?:\([0-9A-Za-z_]*\))?))",
-    re.IGNORECASE | re.ASCII)
+@functools.cache
+def _strtod_re():
+    return re.compile(
+        r"[ \t\n\r\v\f]*([+-]?)(?:"
+        r"(0[xX](?:[0-9a-fA-F]+(?:\.[0-9a-fA-F]*)?|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?)"
+        r"|((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
+        r"|(inf(?:inity)?|nan(?:\([0-9A-Za-z_]*\))?))",
+        re.IGNORECASE | re.ASCII)
+
+
 _SHIFTER_SCALE = "bkmgtpe"
+
+
 # A size written the plain way: no warning when it also means whole bytes.
-_PLAIN_SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(?:([kmgtpe])(?:i?b?)|b)?", re.IGNORECASE | re.ASCII)
+@functools.cache
+def _plain_size_re():
+    return re.compile(r"([0-9]+(?:\.[0-9]+)?)(?:([kmgtpe])(?:i?b?)|b)?", re.IGNORECASE | re.ASCII)
 
 
 def _strtod(text: str) -> tuple[float, int]:
     """(value, characters read) as C's strtod reads ``text`` (0.0, 0 when nothing)."""
-    m = _STRTOD_RE.match(text)
+    m = _strtod_re().match(text)
     if not m:
         return 0.0, 0
     sign, hexa, dec, special = m.groups()
@@ -242,7 +259,7 @@ def _shifter_size(text: str, what: str) -> tuple[int, str | None]:
     size = int(value) if value > -1 else 0  # C's (ssize_t) cast truncates
     if size <= 0:
         raise _Refusal(f"{what} {_show(text)} must be at least 1 byte", hint)
-    plain = _PLAIN_SIZE_RE.fullmatch(text)
+    plain = _plain_size_re().fullmatch(text)
     if plain:
         number, unit = plain.groups()
         from fractions import Fraction  # start-up: 3.6 ms of import, paid only when a size is given
