@@ -33,6 +33,7 @@ import tempfile
 import time
 
 from shifter.runtime import plandir, privplan
+from benchmarks import versions
 from tools import squash
 from tools.site import TEST_USERS, Site
 
@@ -64,7 +65,7 @@ def main() -> int:
     finally:
         for prefix, c in (confs.values() if confs else ()):
             if os.path.exists(c):
-                _teardown(prefix, c)
+                versions.teardown(prefix, c)
         shutil.rmtree(base, ignore_errors=True)
     return 0
 
@@ -99,24 +100,6 @@ def _prepare(site, image: str, base: str, prefixes: dict):
             _write_conf(conf, f"{base}/udi{name}", f"{base}/loop{name}", imgs)
             confs[(mark, n)] = (prefix, conf)
     return image_id, tree, sqfs, confs
-
-
-#: run by each version's own python: remove its UDI and the anchors of its private containers
-TEARDOWN = """
-import sys
-try:
-    from shifter.runtime.builder import udi
-except ImportError:  # a version before runtime/ had layers
-    from shifter.runtime import udi
-from shifter.runtime import config
-c = config.load(sys.argv[1])
-udi.teardown(c)
-udi.remove_anchors(c)
-"""
-
-
-def _teardown(prefix: str, conf: str) -> None:
-    subprocess.run([os.path.join(prefix, "bin", "python"), "-I", "-c", TEARDOWN, conf], check=True)
 
 
 def _cases(who: str, pw, tree: str, sqfs: str, image_id: str, confs: dict, prefixes: dict) -> dict:
@@ -157,7 +140,7 @@ def _measure(who: str, runs: int, image_id: str, tree: str, sqfs: str, confs: di
     cases = _cases(who, pw, tree, sqfs, image_id, confs, prefixes)
     for mark, prefix in prefixes.items():
         conf = confs[(mark, "")][1]
-        _teardown(prefix, conf)
+        versions.teardown(prefix, conf)
         subprocess.run([os.path.join(prefix, "bin", "setupRoot"), "-U", str(pw.pw_uid), "id", image_id],
                        env={"SHIFTER_CONFIG": conf, "PATH": "/usr/bin:/bin"}, check=True)
     times = {name: [] for name in cases}
@@ -176,7 +159,7 @@ def _measure(who: str, runs: int, image_id: str, tree: str, sqfs: str, confs: di
             elif i >= 2:
                 times[name].append(elapsed)
     for mark, prefix in prefixes.items():
-        _teardown(prefix, confs[(mark, "")][1])
+        versions.teardown(prefix, confs[(mark, "")][1])
     return {n: (statistics.median(v) if v else None) for n, v in times.items()}
 
 

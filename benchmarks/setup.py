@@ -20,24 +20,17 @@ import sys
 import tempfile
 import time
 
+from benchmarks import versions
 from tools import squash
 from tools.site import Site
 
 #: run by a version's own python: one warm-up, then one timed in-process setup and teardown
-IN_PROCESS = """
-import json, sys, time
-try:
-    from shifter.runtime.builder import udi
-except ImportError:  # a version before runtime/ had layers
-    from shifter.runtime import udi
-from shifter.runtime import config, volumes
+IN_PROCESS = versions.IMPORT_UDI + """
+import json, time
+from shifter.runtime import volumes
 from shifter.runtime.image import ImageRef
-conf, image_id, vol, mode = sys.argv[1:5]
+conf, image_id, vol = sys.argv[1:4]
 c = config.load(conf)
-if mode == "clean":
-    udi.teardown(c)
-    udi.remove_anchors(c)
-    sys.exit(0)
 request = udi.Request(image=ImageRef("id", image_id), uid=0, gid=0, username="root",
                       volumes=volumes.parse_volumes(vol + ":/data"))
 udi.setup_root(c, request)
@@ -59,27 +52,27 @@ def main() -> int:
     args = parser.parse_args()
     site = Site()
     base = tempfile.mkdtemp(prefix="shifter-bench-setup-")
-    versions = {"": sys.prefix, **({" (before)": args.before} if args.before else {})}
+    prefixes = {"": sys.prefix, **({" (before)": args.before} if args.before else {})}
     confs = {}
     try:
         images = os.path.join(base, "images")
         ids = {name: squash.make_image(site, name, images) for name in ("busybox", "debian")}
         vol = os.path.join(base, "vol")
         os.mkdir(vol)
-        for i, mark in enumerate(versions):
+        for i, mark in enumerate(prefixes):
             confs[mark] = os.path.join(base, f"udiRoot{i}.conf")
             with open(confs[mark], "w") as f:
                 f.write(f"udiMount={base}/udi{i}\nloopMount={base}/loop{i}\nimagePath={images}\n")
         rows = {}
         for name, image_id in ids.items():
-            times = {mark: [[], [], [], []] for mark in versions}
+            times = {mark: [[], [], [], []] for mark in prefixes}
             for i in range(args.runs + 2):
-                for mark, prefix in versions.items():
+                for mark, prefix in prefixes.items():
                     sample = _one_run(prefix, confs[mark], image_id, vol)
                     if i >= 2:
                         for column, value in zip(times[mark], sample):
                             column.append(value)
-            for mark in versions:
+            for mark in prefixes:
                 rows[name + mark] = [statistics.median(v) * 1000 for v in times[mark]]
         size = {n: os.path.getsize(os.path.join(images, i + ".squashfs")) >> 20 for n, i in ids.items()}
         print(f"median of {args.runs} interleaved runs (ms); one user volume; lz4 squashfs")
@@ -92,8 +85,7 @@ def main() -> int:
     finally:
         for mark, conf in confs.items():
             if os.path.exists(conf):
-                subprocess.run([os.path.join(versions[mark], "bin", "python"), "-I", "-c", IN_PROCESS,
-                                conf, "-", "-", "clean"], check=False)
+                versions.teardown(prefixes[mark], conf)
         shutil.rmtree(base, ignore_errors=True)
     return 0
 
@@ -108,8 +100,8 @@ def _one_run(prefix: str, conf: str, image_id: str, vol: str) -> list[float]:
     t1 = time.perf_counter()
     subprocess.run([os.path.join(bindir, "unsetupRoot")], env=env, check=True)
     t2 = time.perf_counter()
-    out = subprocess.run([os.path.join(bindir, "python"), "-I", "-c", IN_PROCESS, conf, image_id, vol, "run"],
-                         env=env, check=True, capture_output=True, text=True).stdout
+    out = versions.python(prefix, IN_PROCESS, conf, image_id, vol, env=env, check=True, capture_output=True,
+                          text=True).stdout
     setup, teardown = json.loads(out)
     return [t1 - t0, t2 - t1, setup, teardown]
 

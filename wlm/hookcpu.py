@@ -7,8 +7,6 @@ the node's hook server (``shifter.spank.hookd``) sets ``IN_HOOK_SERVER`` in its 
 
 from __future__ import annotations
 
-import resource
-
 #: CPU seconds this process had used when the current hook was called: slurmstepd's own
 #: start, the embedded interpreter's and the imports before the hook
 STARTED = 0.0
@@ -19,6 +17,10 @@ IN_HOOK_SERVER = False
 
 def cpu_time() -> str:
     """This process's CPU time so far, its children's included, and where it went."""
+    # start-up: the dispatcher imports this module for every hook (srun's too); only the
+    # prolog and epilog ask for their CPU
+    import resource
+
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     total = f"cpu {own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime:.3f} s, "
     tools = f", {kids.ru_utime + kids.ru_stime:.3f} s of it in the tools it ran"  # scontrol, munge, ...

@@ -19,10 +19,10 @@ import subprocess
 
 import pytest
 
+from helpers import image_request
 from helpers.prereq import require
 
 from shifter import exit_codes, paths
-from shifter.errors import UsageError
 from shifter.runtime import contract_header, envrequest, plan, privplan
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -93,33 +93,17 @@ def write_items(tmp_path, case) -> str:
 
 
 # ------------------------------------------------------------ the request in the environment
-def python_request(env) -> dict:
-    try:
-        return envrequest.env_request(env)
-    except UsageError:
-        return {"image": envrequest.env_image_spec(env), "volume": envrequest.env_volume(env), "error": "module"}
-
-
-def expected_request(case) -> dict:
-    out = {"image": case["image"], "volume": case["volume"]}
-    if "error" in case:
-        out["error"] = case["error"]
-    else:
-        out["modules"] = case["modules"]
-    return out
-
-
-REQUESTS = cases("image_request.json")
+REQUESTS = image_request.CASES
 
 
 @pytest.mark.parametrize("case", REQUESTS, ids=[c["name"] for c in REQUESTS])
 def test_request_python(case):
-    assert python_request(case["env"]) == expected_request(case)
+    assert image_request.python_answer(case["env"]) == image_request.expected(case)
 
 
 @pytest.mark.parametrize("case", REQUESTS, ids=[c["name"] for c in REQUESTS])
 def test_request_c(driver, case):
-    assert run_driver(driver, "request", env=case["env"]) == expected_request(case)
+    assert run_driver(driver, "request", env=case["env"]) == image_request.expected(case)
 
 
 # ------------------------------------------------------------ the private plan's request key

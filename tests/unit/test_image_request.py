@@ -13,28 +13,11 @@ import sys
 
 import pytest
 
+from helpers.image_request import CASES, expected, python_answer
 from shifter.errors import UsageError
 from shifter.runtime import envrequest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CASES = json.load(open(os.path.join(HERE, "..", "data", "contracts", "image_request.json")))["cases"]
 LAUNCHER = os.path.join(sys.prefix, "bin", "shifter")
-
-
-def expected(case) -> dict:
-    out = {"image": case["image"], "volume": case["volume"]}
-    if "error" in case:
-        out["error"] = case["error"]
-    else:
-        out["modules"] = case["modules"]
-    return out
-
-
-def python_choice(env) -> dict:
-    try:
-        return envrequest.env_request(env)
-    except UsageError:
-        return {"image": envrequest.env_image_spec(env), "volume": envrequest.env_volume(env), "error": "module"}
 
 
 def compiled_choice(env) -> dict:
@@ -46,7 +29,7 @@ def compiled_choice(env) -> dict:
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_python_launcher(case):
-    assert python_choice(case["env"]) == expected(case)
+    assert python_answer(case["env"]) == expected(case)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
